@@ -1,0 +1,54 @@
+# One entry point for everything: `make test` is the test command (README, .ci/run).
+# Every target installs what it needs, idempotently, from the package registries only.
+PYTHON ?= python3
+VENV := .venv
+SERVER_VENV := .venv-infinity
+MODELS_DIR := .cache/models
+PY := $(VENV)/bin/python
+SERVER_PY := $(SERVER_VENV)/bin/python
+
+export INFINITY_ASSETS_SERVER_PYTHON := $(abspath $(SERVER_PY))
+export INFINITY_ASSETS_MODELS_DIR := $(abspath $(MODELS_DIR))
+
+.PHONY: install server-venv models chromium test test-fast demo dev bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $@
+
+server-venv: $(SERVER_VENV)/.installed
+
+$(SERVER_VENV)/.installed: tools/install_infinity_server.sh
+	bash tools/install_infinity_server.sh $(SERVER_VENV)
+	touch $@
+
+models: $(MODELS_DIR)/.built
+
+$(MODELS_DIR)/.built: $(SERVER_VENV)/.installed tools/build_models.py
+	HF_HUB_OFFLINE=1 $(SERVER_PY) tools/build_models.py $(MODELS_DIR)
+	touch $@
+
+chromium:
+	bash tools/install_chromium.sh
+
+test: install models chromium
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow and not ui"
+
+demo: install models
+	$(PY) tools/demo.py
+
+dev: install models
+	$(PY) tools/dev.py
+
+bench: install models
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) $(SERVER_VENV) .cache

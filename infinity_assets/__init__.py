@@ -1,0 +1,1 @@
+"""Dagster assets that embed documents from object storage with a self-hosted Infinity server."""

@@ -1,0 +1,1 @@
+"""Tests of infinity_assets; they start real servers (Infinity, SeaweedFS, Dagster) on 127.0.0.1."""
