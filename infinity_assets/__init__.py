@@ -1,1 +1,39 @@
-"""Dagster assets that embed documents from object storage with a self-hosted Infinity server."""
+"""Dagster assets that embed documents from object storage with a self-hosted Infinity server.
+
+The Infinity client works without Dagster::
+
+    from infinity_assets import InfinityEmbeddings
+"""
+from .client import ClientStats, InfinityEmbeddings
+from .errors import (
+    BatchEmbeddingError,
+    InfinityAuthenticationError,
+    InfinityBadRequestError,
+    InfinityConnectionError,
+    InfinityError,
+    InfinityRateLimitError,
+    InfinityResponseError,
+    InfinityServerError,
+    InfinityStatusError,
+    InfinityTimeoutError,
+    InvalidInputError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchEmbeddingError",
+    "ClientStats",
+    "InfinityAuthenticationError",
+    "InfinityBadRequestError",
+    "InfinityConnectionError",
+    "InfinityEmbeddings",
+    "InfinityError",
+    "InfinityRateLimitError",
+    "InfinityResponseError",
+    "InfinityServerError",
+    "InfinityStatusError",
+    "InfinityTimeoutError",
+    "InvalidInputError",
+    "__version__",
+]

@@ -1,0 +1,588 @@
+"""`InfinityEmbeddings`: a sync + async client for multi-vector embeddings from an Infinity server.
+
+It speaks Infinity's real ``/embeddings`` protocol (see :mod:`infinity_assets.wire`), splits large inputs into
+requests within the server's limits, keeps up to ``max_concurrency`` requests in flight, retries transient
+failures with backoff, and returns float32 numpy arrays of shape ``(n_vectors, hidden_dim)``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Callable, Literal
+
+import httpx
+import numpy as np
+import tenacity
+from tqdm.auto import tqdm
+
+from . import wire
+from .errors import (
+    BatchEmbeddingError,
+    InfinityAuthenticationError,
+    InfinityBadRequestError,
+    InfinityConnectionError,
+    InfinityError,
+    InfinityRateLimitError,
+    InfinityResponseError,
+    InfinityServerError,
+    InfinityStatusError,
+    InfinityTimeoutError,
+    InvalidInputError,
+)
+from .wire import Encoding, ImageInput, Modality
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://localhost:7997"
+DEFAULT_MODEL = "michaelfeil/colqwen2-v0.1"
+Errors = Literal["raise", "collect"]
+_PROBE_TEXT = "hidden_dim probe"
+
+
+@dataclass
+class ClientStats:
+    """What a client did: HTTP responses received, retries, inputs embedded and inputs failed."""
+
+    requests: int = 0
+    retries: int = 0
+    embedded: int = 0
+    failed: int = 0
+
+
+class InfinityEmbeddings:
+    """Multi-vector embeddings (ColPali, ColQwen2, ColBERT) from a self-hosted Infinity server.
+
+    A single input returns one read-only float32 ``np.ndarray`` of shape ``(n_vectors, hidden_dim)``; a list
+    returns a list in input order. Batch methods split by ``embed_batch_size`` and keep up to
+    ``max_concurrency`` requests in flight, in the sync methods too (one shared connection pool).
+
+    Example::
+
+        with InfinityEmbeddings(url="http://localhost:7997", model_name="vidore/colpali-v1.3") as emb:
+            query = emb.embed_query("What is RAG?")            # (n_tokens, 128)
+            pages = emb.embed_images_batch(["p1.png", "p2.png"], show_progress=True)
+
+    ``url`` defaults to ``$INFINITY_API_URL``, else ``http://localhost:7997``. ``hidden_dim=None`` detects the
+    size once from a float-encoded request; with base64 and a set ``hidden_dim`` that request is made once too
+    (``verify_hidden_dim``), because a 384-d payload also splits evenly into 128-d rows. ``api_key`` is sent
+    as ``Authorization: Bearer`` and never shown. ``transport`` replaces the network (tests, proxies).
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        model_name: str = DEFAULT_MODEL,
+        encoding: Encoding = "base64",
+        hidden_dim: int | None = 128,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        embed_batch_size: int = 10,
+        max_concurrency: int = 4,
+        api_key: str | None = None,
+        verify_hidden_dim: bool = True,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if encoding not in ("base64", "float"):
+            raise ValueError(f"encoding must be 'base64' or 'float', got {encoding!r}")
+        if hidden_dim is not None and hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be a positive integer or None, got {hidden_dim!r}")
+        if embed_batch_size < 1 or max_concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise ValueError("embed_batch_size and max_concurrency must be >= 1, max_retries >= 0, timeout > 0")
+        self.url = (url or os.environ.get("INFINITY_API_URL") or DEFAULT_URL).rstrip("/")
+        self.model_name = model_name
+        self.encoding: Encoding = encoding
+        self.hidden_dim = hidden_dim
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.embed_batch_size = embed_batch_size
+        self.max_concurrency = max_concurrency
+        self.verify_hidden_dim = verify_hidden_dim
+        self.stats = ClientStats()
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._transport = transport
+        self._dim_checked = False
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._http: httpx.Client | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._async: _AsyncState | None = None
+        # Seams for tests: retry backoff without real sleeping.
+        self._sleep: Callable[[float], None] = tenacity.nap.sleep
+        self._asleep: Callable[[float], Any] = asyncio.sleep
+
+    def __repr__(self) -> str:
+        auth = ", api_key=***" if "Authorization" in self._headers else ""
+        return (f"InfinityEmbeddings(url={self.url!r}, model_name={self.model_name!r}, encoding={self.encoding!r}, "
+                f"hidden_dim={self.hidden_dim!r}{auth})")
+
+    # ---------------------------------------------------------------- sync API
+    def embed_text(self, text: str) -> np.ndarray:
+        """Embed one text (a document or a query) into ``(n_tokens, hidden_dim)`` vectors."""
+        return self._one(wire.check_text(text), "text")
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """Embed a search query; the same as :meth:`embed_text`."""
+        return self.embed_text(query)
+
+    def embed_documents(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Embed texts in as few requests as the server allows (normally one); raises on any failure."""
+        return self._many(texts, "text", wire.MAX_TEXTS_PER_REQUEST, "raise", False)
+
+    def embed_image(self, image: ImageInput) -> np.ndarray:
+        """Embed one image (path, bytes, BytesIO or PIL image) into ``(n_patches, hidden_dim)`` vectors."""
+        return self._one(wire.image_data_uri(image), "image")
+
+    def embed_images(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """Embed images in as few requests as the server allows (32 per request); raises on any failure."""
+        return self._many(images, "image", wire.MAX_IMAGES_PER_REQUEST, "raise", False)
+
+    def embed_documents_batch(
+        self, texts: Iterable[str], *, errors: Errors = "raise", show_progress: bool = False
+    ) -> list[Any]:
+        """Embed many texts, ``embed_batch_size`` per request, ``max_concurrency`` requests in flight.
+
+        ``errors="raise"`` raises :class:`BatchEmbeddingError` listing every failed index after trying all
+        inputs; ``errors="collect"`` puts the :class:`InfinityError` of a failed input at its position.
+        """
+        return self._many(texts, "text", self._batch_size("text"), errors, show_progress)
+
+    def embed_images_batch(
+        self, images: Iterable[ImageInput], *, errors: Errors = "raise", show_progress: bool = False
+    ) -> list[Any]:
+        """Embed many images, ``embed_batch_size`` per request (at most 32); see :meth:`embed_documents_batch`."""
+        return self._many(images, "image", self._batch_size("image"), errors, show_progress)
+
+    def iter_embeddings(
+        self, items: Iterable[Any], *, modality: Modality = "text", show_progress: bool = False
+    ) -> Iterator[np.ndarray | InfinityError]:
+        """Yield one result per input, in input order, while later batches are still in flight.
+
+        Memory stays bounded by ``2 * max_concurrency`` batches, so this suits inputs that do not fit in
+        memory at once. A failed input yields its :class:`InfinityError` (like ``errors="collect"``); server
+        failures (unreachable, 5xx after retries, wrong hidden_dim) raise.
+        """
+        yield from self._iter_results(items, modality, self._batch_size(modality), show_progress)
+
+    def health(self) -> dict[str, Any]:
+        """The server's ``/health`` answer, e.g. ``{"unix": 1732435200.0}``; raises if it is unreachable."""
+        return self._retrying_call(lambda: self._get("/health"))
+
+    def models(self) -> list[str]:
+        """The names of the models the server serves (``GET /models``)."""
+        payload = self._retrying_call(lambda: self._get("/models"))
+        return [str(item.get("id")) for item in payload.get("data", [])]
+
+    def close(self) -> None:
+        """Close the connection pools and worker threads. The client can still be used afterwards."""
+        with self._lock:
+            http, self._http = self._http, None
+            executor, self._executor = self._executor, None
+            state, self._async = self._async, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        if http is not None:
+            http.close()
+        if state is not None and not state.loop.is_closed() and not state.loop.is_running():
+            state.loop.run_until_complete(state.http.aclose())
+
+    def __enter__(self) -> InfinityEmbeddings:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- async API
+    async def aembed_text(self, text: str) -> np.ndarray:
+        """Async :meth:`embed_text`."""
+        return await self._aone(wire.check_text(text), "text")
+
+    async def aembed_query(self, query: str) -> np.ndarray:
+        """Async :meth:`embed_query`."""
+        return await self.aembed_text(query)
+
+    async def aembed_documents(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Async :meth:`embed_documents`."""
+        return await self._amany(texts, "text", wire.MAX_TEXTS_PER_REQUEST, "raise", False)
+
+    async def aembed_image(self, image: ImageInput) -> np.ndarray:
+        """Async :meth:`embed_image`."""
+        return await self._aone(wire.image_data_uri(image), "image")
+
+    async def aembed_images(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
+        """Async :meth:`embed_images`."""
+        return await self._amany(images, "image", wire.MAX_IMAGES_PER_REQUEST, "raise", False)
+
+    async def aembed_documents_batch(
+        self, texts: Iterable[str], *, errors: Errors = "raise", show_progress: bool = False
+    ) -> list[Any]:
+        """Async :meth:`embed_documents_batch` (concurrent, not sequential)."""
+        return await self._amany(texts, "text", self._batch_size("text"), errors, show_progress)
+
+    async def aembed_images_batch(
+        self, images: Iterable[ImageInput], *, errors: Errors = "raise", show_progress: bool = False
+    ) -> list[Any]:
+        """Async :meth:`embed_images_batch` (concurrent, not sequential)."""
+        return await self._amany(images, "image", self._batch_size("image"), errors, show_progress)
+
+    async def aiter_embeddings(
+        self, items: Iterable[Any], *, modality: Modality = "text", show_progress: bool = False
+    ) -> AsyncIterator[np.ndarray | InfinityError]:
+        """Async :meth:`iter_embeddings`."""
+        async for result in self._aiter_results(items, modality, self._batch_size(modality), show_progress):
+            yield result
+
+    async def ahealth(self) -> dict[str, Any]:
+        """Async :meth:`health`."""
+        return await self._aretrying_call(lambda: self._aget("/health"))
+
+    async def aclose(self) -> None:
+        """Close the async connection pool (and the sync one)."""
+        state, self._async = self._async, None
+        if state is not None and state.loop is asyncio.get_running_loop():
+            await state.http.aclose()
+        self.close()
+
+    async def __aenter__(self) -> InfinityEmbeddings:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ---------------------------------------------------------------- shared logic
+    def _batch_size(self, modality: Modality) -> int:
+        limit = wire.MAX_TEXTS_PER_REQUEST if modality == "text" else wire.MAX_IMAGES_PER_REQUEST
+        return min(self.embed_batch_size, limit)
+
+    @staticmethod
+    def _prepare(items: list[Any], modality: Modality) -> list[str | InvalidInputError]:
+        convert = wire.check_text if modality == "text" else wire.image_data_uri
+        prepared: list[str | InvalidInputError] = []
+        for item in items:
+            try:
+                prepared.append(convert(item))
+            except InvalidInputError as exc:
+                prepared.append(exc)
+        return prepared
+
+    def _retry_options(self) -> dict[str, Any]:
+        return dict(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            wait=self._backoff,
+            retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, InfinityError) and exc.retryable),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
+    _exponential = tenacity.wait_random_exponential(multiplier=0.5, max=10.0)  # "full jitter"
+
+    def _backoff(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            return min(float(retry_after), 60.0)
+        return self._exponential(state)
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        with self._stats_lock:
+            self.stats.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        logger.warning("Infinity request failed (%s); retry %d of %d in %.2fs",
+                       exc, state.attempt_number, self.max_retries, wait)
+
+    def _raise_for_status(self, response: httpx.Response, what: str) -> Any:
+        with self._stats_lock:
+            self.stats.requests += 1
+        if response.status_code == 200:
+            return wire.parse_json(response.content, self.url)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        text = response.text[:300] if payload is None else ""
+        message = wire.server_message(payload, text or response.reason_phrase)
+        status = response.status_code
+        where = f"{what} at {self.url} (model {self.model_name!r})"
+        if status in (401, 403):
+            raise InfinityAuthenticationError(
+                f"the Infinity server rejected the API key (HTTP {status}) for {where}: {message}; "
+                "set api_key / INFINITY_API_KEY to the server's --api-key",
+                status_code=status, server_message=message)
+        if status in (400, 422):
+            raise InfinityBadRequestError(f"HTTP {status} from {where}: {message}",
+                                          status_code=status, server_message=message)
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        if status == 429:
+            raise InfinityRateLimitError(f"the Infinity server is overloaded (HTTP 429) for {where}: {message}",
+                                         status_code=status, server_message=message, retry_after=retry_after)
+        if status >= 500 or status == 408:
+            raise InfinityServerError(f"HTTP {status} from {where}: {message}",
+                                      status_code=status, server_message=message, retry_after=retry_after)
+        raise InfinityStatusError(f"unexpected HTTP {status} from {where}: {message}",
+                                  status_code=status, server_message=message)
+
+    def _transport_error(self, exc: httpx.HTTPError) -> InfinityError:
+        if isinstance(exc, httpx.TimeoutException):
+            return InfinityTimeoutError(
+                f"no answer from the Infinity server at {self.url} within {self.timeout:g}s "
+                f"({type(exc).__name__}); raise timeout or lower embed_batch_size")
+        return InfinityConnectionError(
+            f"cannot reach the Infinity server at {self.url} ({type(exc).__name__}: {exc}); check that it is "
+            "running and that url / INFINITY_API_URL points at it")
+
+    def _decode(self, payload: Any, count: int) -> list[np.ndarray]:
+        assert self.hidden_dim is not None
+        return wire.decode_embeddings(payload, expected=count, encoding=self.encoding,
+                                      hidden_dim=self.hidden_dim, model=self.model_name)
+
+    def _check_dim(self, payload: Any) -> None:
+        detected = wire.detect_dim(payload)
+        if self.hidden_dim is None:
+            self.hidden_dim = detected
+        elif detected != self.hidden_dim:
+            raise InfinityResponseError(
+                f"model {self.model_name!r} at {self.url} returns {detected}-dimensional vectors but hidden_dim is "
+                f"{self.hidden_dim}; set hidden_dim={detected} (INFINITY_HIDDEN_DIM) or None to detect it")
+        self._dim_checked = True
+
+    def _needs_probe(self) -> bool:
+        return not self._dim_checked and (self.hidden_dim is None or
+                                          (self.verify_hidden_dim and self.encoding == "base64"))
+
+    @staticmethod
+    def _merge(prepared: list[Any], sent_results: list[Any]) -> list[Any]:
+        results = iter(sent_results)
+        return [item if isinstance(item, InvalidInputError) else next(results) for item in prepared]
+
+    def _finish(self, results: list[Any], errors: Errors) -> list[Any]:
+        failures = {i: r for i, r in enumerate(results) if isinstance(r, InfinityError)}
+        if failures and errors == "raise":
+            raise BatchEmbeddingError(failures, len(results))
+        return results
+
+    def _count(self, results: list[Any]) -> None:
+        failed = sum(isinstance(r, InfinityError) for r in results)
+        with self._stats_lock:
+            self.stats.failed += failed
+            self.stats.embedded += len(results) - failed
+
+    # ---------------------------------------------------------------- sync machinery
+    def _client(self) -> httpx.Client:
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(
+                    base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                    limits=httpx.Limits(max_connections=self.max_concurrency,
+                                        max_keepalive_connections=self.max_concurrency),
+                    headers=self._headers, transport=self._transport)
+            return self._http
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="infinity")
+            return self._executor
+
+    def _retrying_call(self, attempt: Callable[[], Any]) -> Any:
+        return tenacity.Retrying(sleep=self._sleep, **self._retry_options())(attempt)
+
+    def _get(self, path: str) -> Any:
+        try:
+            response = self._client().get(path)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        return self._raise_for_status(response, f"GET {path}")
+
+    def _post_embeddings(self, inputs: list[str], modality: Modality, encoding: Encoding) -> Any:
+        body = wire.request_body(self.model_name, inputs, modality, encoding)
+
+        def attempt() -> Any:
+            try:
+                response = self._client().post("/embeddings", content=body)
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc) from None
+            return self._raise_for_status(response, "POST /embeddings")
+
+        return self._retrying_call(attempt)
+
+    def _ensure_dim(self) -> None:
+        if self._needs_probe():
+            self._check_dim(self._post_embeddings([_PROBE_TEXT], "text", "float"))
+
+    def _embed_sent(self, inputs: list[str], modality: Modality) -> list[Any]:
+        """Embed prepared inputs; a rejected request is bisected to find the inputs the server refuses."""
+        try:
+            payload = self._post_embeddings(inputs, modality, self.encoding)
+        except InfinityBadRequestError as exc:
+            if len(inputs) == 1:
+                return [exc]
+            middle = len(inputs) // 2
+            return self._embed_sent(inputs[:middle], modality) + self._embed_sent(inputs[middle:], modality)
+        return self._decode(payload, len(inputs))
+
+    def _embed_chunk(self, items: list[Any], modality: Modality) -> list[Any]:
+        prepared = self._prepare(items, modality)
+        sendable = [p for p in prepared if not isinstance(p, InvalidInputError)]
+        results = self._merge(prepared, self._embed_sent(sendable, modality) if sendable else [])
+        self._count(results)
+        return results
+
+    def _one(self, prepared: str, modality: Modality) -> np.ndarray:
+        self._ensure_dim()
+        result = self._embed_sent([prepared], modality)[0]
+        self._count([result])
+        if isinstance(result, InfinityError):
+            raise result
+        return result
+
+    def _iter_chunk_results(self, items: Iterable[Any], modality: Modality, size: int) -> Iterator[list[Any]]:
+        self._ensure_dim()
+        pool, window = self._pool(), 2 * self.max_concurrency
+        pending: deque[Future[list[Any]]] = deque()
+        iterator = iter(items)
+        try:
+            while True:
+                while len(pending) < window and (chunk := list(islice(iterator, size))):
+                    pending.append(pool.submit(self._embed_chunk, chunk, modality))
+                if not pending:
+                    return
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def _iter_results(self, items: Iterable[Any], modality: Modality, size: int, progress: bool) -> Iterator[Any]:
+        with tqdm(total=_length(items), disable=not progress, unit=modality) as bar:
+            for chunk_results in self._iter_chunk_results(items, modality, size):
+                bar.update(len(chunk_results))
+                yield from chunk_results
+
+    def _many(self, items: Iterable[Any], modality: Modality, size: int, errors: Errors, progress: bool) -> list[Any]:
+        return self._finish(list(self._iter_results(items, modality, size, progress)), errors)
+
+    # ---------------------------------------------------------------- async machinery
+    def _astate(self) -> _AsyncState:
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async.loop is not loop:
+            # httpx.AsyncClient and asyncio primitives belong to one event loop; make new ones per loop.
+            http = httpx.AsyncClient(
+                base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                limits=httpx.Limits(max_connections=self.max_concurrency,
+                                    max_keepalive_connections=self.max_concurrency),
+                headers=self._headers, transport=self._transport)
+            self._async = _AsyncState(loop, http, asyncio.Semaphore(self.max_concurrency), asyncio.Lock())
+        return self._async
+
+    async def _aretrying_call(self, attempt: Callable[[], Any]) -> Any:
+        return await tenacity.AsyncRetrying(sleep=self._asleep, **self._retry_options())(attempt)
+
+    async def _aget(self, path: str) -> Any:
+        try:
+            response = await self._astate().http.get(path)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        return self._raise_for_status(response, f"GET {path}")
+
+    async def _apost_embeddings(self, inputs: list[str], modality: Modality, encoding: Encoding) -> Any:
+        body = wire.request_body(self.model_name, inputs, modality, encoding)
+
+        async def attempt() -> Any:
+            state = self._astate()
+            async with state.semaphore:
+                try:
+                    response = await state.http.post("/embeddings", content=body)
+                except httpx.HTTPError as exc:
+                    raise self._transport_error(exc) from None
+            return self._raise_for_status(response, "POST /embeddings")
+
+        return await self._aretrying_call(attempt)
+
+    async def _aensure_dim(self) -> None:
+        if self._needs_probe():
+            async with self._astate().probe_lock:
+                if self._needs_probe():
+                    self._check_dim(await self._apost_embeddings([_PROBE_TEXT], "text", "float"))
+
+    async def _aembed_sent(self, inputs: list[str], modality: Modality) -> list[Any]:
+        try:
+            payload = await self._apost_embeddings(inputs, modality, self.encoding)
+        except InfinityBadRequestError as exc:
+            if len(inputs) == 1:
+                return [exc]
+            middle = len(inputs) // 2
+            halves = await asyncio.gather(self._aembed_sent(inputs[:middle], modality),
+                                          self._aembed_sent(inputs[middle:], modality))
+            return halves[0] + halves[1]
+        return self._decode(payload, len(inputs))
+
+    async def _aembed_chunk(self, items: list[Any], modality: Modality) -> list[Any]:
+        prepared = self._prepare(items, modality)
+        sendable = [p for p in prepared if not isinstance(p, InvalidInputError)]
+        results = self._merge(prepared, await self._aembed_sent(sendable, modality) if sendable else [])
+        self._count(results)
+        return results
+
+    async def _aone(self, prepared: str, modality: Modality) -> np.ndarray:
+        await self._aensure_dim()
+        result = (await self._aembed_sent([prepared], modality))[0]
+        self._count([result])
+        if isinstance(result, InfinityError):
+            raise result
+        return result
+
+    async def _aiter_results(self, items: Iterable[Any], modality: Modality, size: int,
+                             progress: bool) -> AsyncIterator[Any]:
+        await self._aensure_dim()
+        window = 2 * self.max_concurrency
+        pending: deque[asyncio.Task[list[Any]]] = deque()
+        iterator = iter(items)
+        try:
+            with tqdm(total=_length(items), disable=not progress, unit=modality) as bar:
+                while True:
+                    while len(pending) < window and (chunk := list(islice(iterator, size))):
+                        pending.append(asyncio.ensure_future(self._aembed_chunk(chunk, modality)))
+                    if not pending:
+                        return
+                    chunk_results = await pending.popleft()
+                    bar.update(len(chunk_results))
+                    for result in chunk_results:
+                        yield result
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _amany(self, items: Iterable[Any], modality: Modality, size: int, errors: Errors,
+                     progress: bool) -> list[Any]:
+        results = [r async for r in self._aiter_results(items, modality, size, progress)]
+        return self._finish(results, errors)
+
+
+@dataclass
+class _AsyncState:
+    loop: asyncio.AbstractEventLoop
+    http: httpx.AsyncClient
+    semaphore: asyncio.Semaphore
+    probe_lock: asyncio.Lock
+
+
+def _length(items: Iterable[Any]) -> int | None:
+    return len(items) if isinstance(items, Sequence) else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,235 @@
+"""Infinity's wire protocol: request bodies, image data URIs, and decoding responses into numpy arrays.
+
+Facts verified against the real server (infinity-emb 0.0.78):
+
+* ``POST {url}/embeddings`` with ``{"model", "input", "encoding_format", "modality"}``; a body that says
+  ``encoding`` instead of ``encoding_format`` is silently answered with floats.
+* Images travel as ``data:<mime>;base64,...`` URIs; bare base64 gets HTTP 422. Images under 3x3 fail.
+* ``base64`` embeddings are the little-endian float32 bytes of the row-major ``(n, dim)`` array (no shape is
+  sent); ``float`` embeddings are nested lists ``[n][dim]``.
+* ColPali pads with trailing and ColQwen2 with leading all-zero rows, as many as the server's batching needed.
+* Per request at most 2048 texts and 32 images; a text at most 122,880 characters.
+* Errors: 400 ``{"error": {"message": ...}}``, 422 ``{"detail": [...]}``, 429 (no Retry-After), 5xx.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+from PIL import Image
+
+from .errors import InfinityResponseError, InvalidInputError
+
+Modality = Literal["text", "image"]
+Encoding = Literal["base64", "float"]
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, io.BytesIO, Image.Image]
+
+MAX_TEXTS_PER_REQUEST = 2048
+MAX_IMAGES_PER_REQUEST = 32
+MAX_TEXT_CHARS = 122_880
+MIN_IMAGE_SIDE = 3
+
+# Formats the server decodes as they are; anything else is converted to PNG (lossless).
+_PASSTHROUGH_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+
+
+def request_body(model: str, inputs: list[str], modality: Modality, encoding: Encoding) -> bytes:
+    """Serialise one ``/embeddings`` request body."""
+    return json.dumps(
+        {"model": model, "input": inputs, "encoding_format": encoding, "modality": modality},
+        ensure_ascii=False,
+    ).encode("utf-8")
+
+
+def check_text(text: object) -> str:
+    """Return ``text`` if the server can take it, else raise :class:`InvalidInputError` saying why."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"a text input must be str, got {type(text).__name__}")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidInputError(
+            f"text of {len(text):,} characters is over Infinity's limit of {MAX_TEXT_CHARS:,}; split it into "
+            "smaller documents"
+        )
+    return text
+
+
+def image_data_uri(image: ImageInput) -> str:
+    """Turn an image input (path, bytes, BytesIO or PIL image) into the data URI the server expects.
+
+    JPEG, PNG and WebP bytes are sent unchanged (no lossy re-encode); other formats and PIL images are
+    converted to PNG. Raises :class:`InvalidInputError` for unreadable files, non-images and images smaller
+    than 3x3 pixels.
+    """
+    if isinstance(image, Image.Image):
+        return _encode_pil(image, "PIL image")
+    label, data = _image_bytes(image)
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            fmt, size = opened.format, opened.size
+            _check_size(size, label)
+            mime = _PASSTHROUGH_MIME.get(fmt or "")
+            if mime is None:
+                return _encode_pil(opened, label)
+    except InvalidInputError:
+        raise
+    except Exception as exc:  # Pillow raises many types for bad data
+        raise InvalidInputError(f"{label} is not a readable image ({exc}); check the file") from None
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _image_bytes(image: ImageInput) -> tuple[str, bytes]:
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        try:
+            return f"image file {str(path)!r}", path.read_bytes()
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read image file {str(path)!r}: {exc.strerror or exc}") from None
+    if isinstance(image, io.BytesIO):
+        return "image bytes", image.getvalue()
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return "image bytes", bytes(image)
+    raise InvalidInputError(
+        f"an image input must be a path, bytes, BytesIO or PIL.Image.Image, got {type(image).__name__}"
+    )
+
+
+def _check_size(size: tuple[int, int], label: str) -> None:
+    width, height = size
+    if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
+        raise InvalidInputError(
+            f"{label} is {width}x{height} pixels; Infinity needs at least "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+        )
+
+
+def _encode_pil(image: Image.Image, label: str) -> str:
+    _check_size(image.size, label)
+    if image.mode not in ("RGB", "RGBA", "L", "LA", "P", "I;16", "1"):
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def parse_json(content: bytes, url: str) -> Any:
+    """Parse a response body; damaged JSON raises a retryable :class:`InfinityResponseError`."""
+    try:
+        return json.loads(content)
+    except ValueError:
+        preview = content[:120].decode("utf-8", "replace")
+        raise InfinityResponseError(
+            f"the server at {url} answered with invalid JSON ({len(content)} bytes, starting {preview!r}); "
+            "is INFINITY_API_URL pointing at an Infinity server?",
+            retryable=True,
+        ) from None
+
+
+def server_message(payload: Any, fallback: str) -> str:
+    """Extract the human message from either of Infinity's error body shapes."""
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        detail = payload.get("detail")
+        if isinstance(detail, list):
+            parts = []
+            for item in detail:
+                if isinstance(item, dict):
+                    loc = ".".join(str(p) for p in item.get("loc", ()))
+                    parts.append(f"{loc}: {item.get('msg', item)}" if loc else str(item.get("msg", item)))
+                else:
+                    parts.append(str(item))
+            return "; ".join(parts)
+        if detail:
+            return str(detail)
+    return fallback
+
+
+def decode_embeddings(
+    payload: Any, *, expected: int, encoding: Encoding, hidden_dim: int, model: str
+) -> list[np.ndarray]:
+    """Decode a 200 response into one float32 ``(n_vectors, hidden_dim)`` array per input, in input order.
+
+    base64 payloads are decoded zero-copy (``np.frombuffer`` over the decoded bytes, so the arrays are
+    read-only); all-zero padding rows at either end are removed. Raises :class:`InfinityResponseError` when
+    the response has the wrong number of embeddings or a payload that does not fit ``hidden_dim``.
+    """
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise InfinityResponseError(f"the response of model {model!r} has no 'data' list")
+    if len(data) != expected:
+        raise InfinityResponseError(
+            f"model {model!r} returned {len(data)} embeddings for {expected} inputs"
+        )
+    ordered: list[Any] = [None] * expected
+    for position, item in enumerate(data):
+        index = item.get("index", position) if isinstance(item, dict) else position
+        if not isinstance(index, int) or not 0 <= index < expected or ordered[index] is not None:
+            raise InfinityResponseError(f"model {model!r} returned an embedding with invalid index {index!r}")
+        ordered[index] = item.get("embedding") if isinstance(item, dict) else None
+    return [_decode_one(raw, i, encoding, hidden_dim, model) for i, raw in enumerate(ordered)]
+
+
+def _decode_one(raw: Any, index: int, encoding: Encoding, hidden_dim: int, model: str) -> np.ndarray:
+    if isinstance(raw, str):
+        try:
+            buffer = base64.b64decode(raw, validate=True)
+        except ValueError:
+            raise InfinityResponseError(
+                f"embedding {index} from model {model!r} is not valid base64 (encoding='{encoding}')"
+            ) from None
+        row_bytes = 4 * hidden_dim
+        if len(buffer) % row_bytes:
+            raise InfinityResponseError(
+                f"embedding {index} from model {model!r} has {len(buffer)} bytes = {len(buffer) / 4:g} floats, "
+                f"not a whole number of rows of hidden_dim={hidden_dim}; set hidden_dim to the model's "
+                "embedding size (or None to detect it)"
+            )
+        array = np.frombuffer(buffer, dtype="<f4").reshape(-1, hidden_dim)
+    elif isinstance(raw, list):
+        try:
+            array = np.asarray(raw, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise InfinityResponseError(
+                f"embedding {index} from model {model!r} is not a rectangular list of numbers"
+            ) from None
+        if array.ndim == 1:
+            array = array.reshape(1, -1)
+        if array.ndim != 2 or array.shape[1] != hidden_dim:
+            raise InfinityResponseError(
+                f"embedding {index} from model {model!r} has shape {array.shape}, expected (n, {hidden_dim}); "
+                "set hidden_dim to the model's embedding size (or None to detect it)"
+            )
+    else:
+        raise InfinityResponseError(
+            f"embedding {index} from model {model!r} is a {type(raw).__name__}, expected a base64 string or a "
+            "list of floats"
+        )
+    return strip_padding(array)
+
+
+def strip_padding(array: np.ndarray) -> np.ndarray:
+    """Remove all-zero rows at the start and end (ColQwen2 / ColPali padding) without copying."""
+    start, end = 0, len(array)
+    while start < end and not array[start].any():
+        start += 1
+    while end > start and not array[end - 1].any():
+        end -= 1
+    return array[start:end]
+
+
+def detect_dim(payload: Any) -> int:
+    """The embedding size of the first embedding in a float-encoded response."""
+    try:
+        first = payload["data"][0]["embedding"]
+        row = first[0] if first and isinstance(first[0], list) else first
+        return len(row)
+    except (KeyError, IndexError, TypeError):
+        raise InfinityResponseError("cannot detect hidden_dim: the probe response has no float embedding") from None
