@@ -33,7 +33,17 @@ __all__ = [
     "InfinityResponseError",
     "InfinityServerError",
     "InfinityStatusError",
+    "InfinityResource",
     "InfinityTimeoutError",
     "InvalidInputError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # The Dagster resources import dagster (slow); load them only when asked for.
+    if name in ("InfinityResource", "DocumentStoreResource"):
+        from . import resources
+
+        return getattr(resources, name)
+    raise AttributeError(f"module 'infinity_assets' has no attribute {name!r}")

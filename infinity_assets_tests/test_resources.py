@@ -1,0 +1,72 @@
+"""InfinityResource: config from Dagster config and environment variables, lifecycle, secrets."""
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from infinity_assets import InfinityEmbeddings, InfinityResource
+from infinity_assets_tests.servers.fake_infinity import FakeInfinity
+
+
+def test_resource_is_importable_from_package():
+    import infinity_assets
+
+    assert infinity_assets.InfinityResource is InfinityResource
+
+
+def test_environment_fills_unset_fields(monkeypatch):
+    monkeypatch.setenv("INFINITY_API_URL", "http://env-host:1111")
+    monkeypatch.setenv("INFINITY_MODEL", "env-model")
+    monkeypatch.setenv("INFINITY_HIDDEN_DIM", "auto")
+    monkeypatch.setenv("INFINITY_BATCH_SIZE", "7")
+    monkeypatch.setenv("INFINITY_MAX_CONCURRENCY", "2")
+    monkeypatch.setenv("INFINITY_API_KEY", "env-secret")
+    client = InfinityResource(timeout=5.0).build_client()
+    assert (client.url, client.model_name, client.hidden_dim) == ("http://env-host:1111", "env-model", None)
+    assert (client.embed_batch_size, client.max_concurrency, client.timeout) == (7, 2, 5.0)
+    assert client._headers["Authorization"] == "Bearer env-secret"
+
+
+def test_explicit_config_wins_over_environment(monkeypatch):
+    monkeypatch.setenv("INFINITY_API_URL", "http://env-host:1111")
+    monkeypatch.setenv("INFINITY_ENCODING", "float")
+    client = InfinityResource(url="http://cfg:2222", encoding="base64", hidden_dim=384).build_client()
+    assert (client.url, client.encoding, client.hidden_dim) == ("http://cfg:2222", "base64", 384)
+
+
+def test_defaults_without_environment(monkeypatch):
+    for name in ("INFINITY_API_URL", "INFINITY_MODEL", "INFINITY_HIDDEN_DIM", "INFINITY_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    client = InfinityResource().build_client()
+    assert (client.url, client.model_name, client.hidden_dim, client.encoding) == (
+        "http://localhost:7997", "michaelfeil/colqwen2-v0.1", 128, "base64")
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("INFINITY_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="INFINITY_TIMEOUT='soon'"):
+        InfinityResource().build_client()
+
+
+def test_env_var_config_is_resolved_at_run_time_and_client_is_closed(monkeypatch):
+    fake = FakeInfinity(model="m", api_key="run-time-secret")
+    seen: dict[str, InfinityEmbeddings] = {}
+
+    class FakeNetworkResource(InfinityResource):
+        def build_client(self) -> InfinityEmbeddings:
+            return InfinityEmbeddings(**self.effective_settings(), transport=fake.transport())
+
+    @dg.asset
+    def embedded(infinity: InfinityResource) -> None:
+        client = infinity.get_client()
+        seen["client"] = client
+        assert client.embed_text("a b").shape == (4, 128)
+
+    monkeypatch.setenv("MY_KEY", "run-time-secret")
+    resource = FakeNetworkResource(url="http://fake", model_name="m", api_key=dg.EnvVar("MY_KEY"))
+    result = dg.materialize([embedded], resources={"infinity": resource})
+    assert result.success
+    assert seen["client"]._http is None  # closed in teardown_after_execution
+    logs = "\n".join(str(e) for e in result.all_events)
+    assert "run-time-secret" not in logs
