@@ -1,0 +1,423 @@
+"""Parquet multi-vector artifacts: the schema, a streaming writer that publishes atomically, a zero-copy reader.
+
+One artifact per partition and modality, one row per document::
+
+    doc_id string, source_uri string, fingerprint string, n_vectors int32,
+    embedding list<fixed_size_list<float32, hidden_dim>>, embedded_at timestamp(us, UTC)
+
+File key-value metadata (keys prefixed ``infinity_assets.``): model, hidden_dim, modality, encoding, partition,
+package version, publish_id, data_version, failed. Documents that failed are listed in a JSON sidecar
+``<artifact>.failures.json`` carrying the same publish_id.
+
+Publishing order: the sidecar first, then the artifact, each atomically. A crash between the two leaves a
+sidecar whose publish_id does not match the artifact's, which :func:`check_completeness` reports.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+META_PREFIX = "infinity_assets."
+STAGING_DIR = ".staging"
+SCALAR_COLUMNS = ["doc_id", "source_uri", "fingerprint", "n_vectors", "embedded_at"]
+
+
+def artifact_schema(hidden_dim: int, metadata: Mapping[str, Any] | None = None) -> pa.Schema:
+    """The Arrow schema of an artifact with ``hidden_dim``-wide vectors and the given file metadata."""
+    schema = pa.schema([
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("n_vectors", pa.int32(), nullable=False),
+        pa.field("embedding", pa.list_(pa.list_(pa.float32(), hidden_dim)), nullable=False),
+        pa.field("embedded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ])
+    return schema.with_metadata({f"{META_PREFIX}{k}": str(v) for k, v in (metadata or {}).items()})
+
+
+def failures_path(artifact_path: str) -> str:
+    """Where the failures sidecar of an artifact lives."""
+    return artifact_path.removesuffix(".parquet") + ".failures.json"
+
+
+def data_version(fingerprints: Mapping[str, str], model: str, hidden_dim: int | None) -> str:
+    """A stable digest of a partition's source fingerprints and the embedding settings."""
+    digest = hashlib.sha256(f"{model}\n{hidden_dim}\n".encode())
+    for key in sorted(fingerprints):
+        digest.update(f"{key}\t{fingerprints[key]}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+class ArtifactError(Exception):
+    """An embedding cannot go into an artifact (wrong shape, NaN, no vectors); names the document."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A document that could not be embedded, and why."""
+
+    doc_id: str
+    source_uri: str
+    error: str
+
+
+class ArtifactWriter:
+    """Streams rows into an artifact in row groups and publishes it atomically when the block exits cleanly.
+
+    Memory is bounded by one row group (``row_group_size`` documents or ``row_group_bytes`` of vectors, whichever
+    comes first). On a local filesystem the file is written under ``<dir>/.staging/`` and moved into place with
+    ``os.replace``; on S3 it is a multipart upload that completes only on success and is aborted otherwise.
+    If the block raises, nothing is published and the previous artifact stays as it was.
+
+    Example::
+
+        with ArtifactWriter(fs, "root/embeddings/text/b1.parquet", hidden_dim=128, metadata={...}) as writer:
+            writer.write("a.txt", "s3://bucket/raw/text/b1/a.txt", "etag", vectors)
+            writer.add_failure(Failure("bad.txt", "...", "invalid UTF-8 at byte 3"))
+    """
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, *, hidden_dim: int,
+                 metadata: Mapping[str, Any] | None = None, row_group_size: int = 256,
+                 row_group_bytes: int = 64 << 20) -> None:
+        self.fs, self.path, self.hidden_dim = fs, path, hidden_dim
+        self.publish_id = uuid.uuid4().hex
+        self.metadata = {**(metadata or {}), "hidden_dim": hidden_dim, "publish_id": self.publish_id}
+        self.schema = artifact_schema(hidden_dim, self.metadata)
+        self.row_group_size, self.row_group_bytes = row_group_size, row_group_bytes
+        self.rows = 0
+        self.vectors = 0
+        self.failures: list[Failure] = []
+        self._local = _is_local(fs)
+        self._buffer: list[tuple[str, str, str, np.ndarray, datetime]] = []
+        self._buffered_bytes = 0
+        self._sink: Any = None
+        self._staging_path: str | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> ArtifactWriter:
+        if self._local:
+            staging = posixpath.join(posixpath.dirname(self.path), STAGING_DIR)
+            os.makedirs(staging, exist_ok=True)
+            _remove_stale_staging(staging, posixpath.basename(self.path))
+            self._staging_path = posixpath.join(staging, f"{posixpath.basename(self.path)}.{self.publish_id}.tmp")
+            self._sink = open(self._staging_path, "wb")
+        else:
+            self._sink = self.fs.open(self.path, "wb")
+        self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
+        return self
+
+    def write(self, doc_id: str, source_uri: str, fingerprint: str, embedding: np.ndarray,
+              embedded_at: datetime | None = None) -> None:
+        """Add one document's multi-vector; raises :class:`ArtifactError` naming the document if it is unusable."""
+        embedding = self._check(doc_id, embedding)
+        self._buffer.append((doc_id, source_uri, fingerprint, embedding, embedded_at or _now()))
+        self._buffered_bytes += embedding.nbytes
+        if len(self._buffer) >= self.row_group_size or self._buffered_bytes >= self.row_group_bytes:
+            self.flush()
+
+    def write_table(self, table: pa.Table) -> None:
+        """Copy rows that are already in artifact form (e.g. reused from the previous artifact)."""
+        self.flush()
+        table = table.select(self.schema.names).cast(self.schema.remove_metadata())
+        assert self._writer is not None
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+        self.vectors += int(pa.compute.sum(table["n_vectors"]).as_py() or 0)
+
+    def add_failure(self, failure: Failure) -> None:
+        """Record a document that could not be embedded (it goes into the failures sidecar)."""
+        self.failures.append(failure)
+
+    def flush(self) -> None:
+        """Write the buffered rows as one row group."""
+        if not self._buffer:
+            return
+        assert self._writer is not None
+        self._writer.write_table(_rows_table(self._buffer, self.schema))
+        self.rows += len(self._buffer)
+        self.vectors += sum(len(row[3]) for row in self._buffer)
+        self._buffer, self._buffered_bytes = [], 0
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        try:
+            self.flush()
+            assert self._writer is not None
+            self._writer.add_key_value_metadata({f"{META_PREFIX}failed": str(len(self.failures))})
+            self._writer.close()
+            self._write_sidecar()
+        except BaseException:
+            self._abort()
+            raise
+        self._publish()
+
+    @property
+    def bytes_written(self) -> int:
+        """Size of the published artifact in bytes."""
+        return int(self.fs.size(self.path))
+
+    def _check(self, doc_id: str, embedding: np.ndarray) -> np.ndarray:
+        if not isinstance(embedding, np.ndarray) or embedding.ndim != 2 or embedding.shape[1] != self.hidden_dim:
+            shape = getattr(embedding, "shape", type(embedding).__name__)
+            raise ArtifactError(f"document {doc_id!r}: embedding has shape {shape}, expected (n, {self.hidden_dim})")
+        if embedding.shape[0] == 0:
+            raise ArtifactError(f"document {doc_id!r}: the server returned no vectors (only padding)")
+        embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+        if not np.isfinite(embedding).all():
+            raise ArtifactError(f"document {doc_id!r}: the server returned NaN or infinite values")
+        return embedding
+
+    def _write_sidecar(self) -> None:
+        sidecar = {"publish_id": self.publish_id, "artifact": posixpath.basename(self.path),
+                   "failures": [f.__dict__ for f in self.failures]}
+        _atomic_put(self.fs, failures_path(self.path), json.dumps(sidecar, indent=1).encode(), self._local)
+
+    def _publish(self) -> None:
+        if self._local:
+            self._sink.flush()
+            os.fsync(self._sink.fileno())
+            self._sink.close()
+            assert self._staging_path is not None
+            os.replace(self._staging_path, self.path)
+        else:
+            self._sink.close()  # completes the multipart upload: the object appears now, whole
+
+    def _abort(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:
+                pass
+        if self._local:
+            if self._sink is not None:
+                self._sink.close()
+            if self._staging_path and os.path.exists(self._staging_path):
+                os.remove(self._staging_path)
+        elif self._sink is not None:
+            self._sink.discard()  # aborts the multipart upload; close() would publish a partial object
+
+
+def _rows_table(rows: list[tuple[str, str, str, np.ndarray, datetime]], schema: pa.Schema) -> pa.Table:
+    hidden_dim = schema.field("embedding").type.value_type.list_size
+    counts = np.fromiter((len(r[3]) for r in rows), dtype=np.int32, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    flat = np.concatenate([r[3] for r in rows]).reshape(-1)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), hidden_dim)
+    embedding = pa.ListArray.from_arrays(pa.array(offsets), vectors)
+    columns = [
+        pa.array([r[0] for r in rows], pa.string()),
+        pa.array([r[1] for r in rows], pa.string()),
+        pa.array([r[2] for r in rows], pa.string()),
+        pa.array(counts),
+        embedding.cast(schema.field("embedding").type),
+        pa.array([r[4] for r in rows], pa.timestamp("us", tz="UTC")),
+    ]
+    return pa.Table.from_arrays(columns, schema=schema.remove_metadata())
+
+
+def _atomic_put(fs: fsspec.AbstractFileSystem, path: str, data: bytes, local: bool) -> None:
+    if local:
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)  # a single PUT: the object appears whole or not at all
+
+
+def _remove_stale_staging(staging: str, name: str) -> None:
+    # Only one run writes a partition at a time (the asset's pool); leftovers are from a killed writer.
+    for entry in os.listdir(staging):
+        if entry.startswith(f"{name}.") and entry.endswith(".tmp"):
+            try:
+                os.remove(os.path.join(staging, entry))
+            except FileNotFoundError:
+                pass
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+@dataclass
+class Artifact:
+    """An artifact in memory: scalar columns, file metadata, and all vectors as one zero-copy numpy view.
+
+    ``vectors`` is ``(total_vectors, hidden_dim)`` float32 over the Arrow buffer (no copy); document ``i`` owns
+    rows ``offsets[i]:offsets[i + 1]``; :meth:`vectors_of` returns that view.
+    """
+
+    metadata: dict[str, str]
+    hidden_dim: int
+    doc_ids: list[str]
+    fingerprints: list[str]
+    source_uris: list[str]
+    n_vectors: np.ndarray
+    vectors: np.ndarray
+    offsets: np.ndarray
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
+
+    def vectors_of(self, index: int) -> np.ndarray:
+        """The ``(n_vectors, hidden_dim)`` view of document ``index``."""
+        return self.vectors[self.offsets[index]:self.offsets[index + 1]]
+
+
+def artifact_metadata(parquet: pq.ParquetFile) -> dict[str, str]:
+    """The ``infinity_assets.*`` key-value metadata of an artifact file, without the prefix."""
+    raw = parquet.metadata.metadata or {}
+    return {k.decode()[len(META_PREFIX):]: v.decode() for k, v in raw.items() if k.decode().startswith(META_PREFIX)}
+
+
+def read_artifact(fs: fsspec.AbstractFileSystem, path: str) -> Artifact:
+    """Read a whole artifact; the vectors are a zero-copy view of the Arrow buffers."""
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        metadata = artifact_metadata(parquet)
+        table = parquet.read()
+    hidden_dim = table.schema.field("embedding").type.value_type.list_size
+    embedding = table.column("embedding").combine_chunks()
+    offsets = embedding.offsets.to_numpy().astype(np.int64)
+    values = embedding.flatten().flatten()  # respects slicing; a view, not a copy
+    vectors = values.to_numpy(zero_copy_only=True).reshape(-1, hidden_dim)
+    return Artifact(
+        metadata=metadata, hidden_dim=hidden_dim,
+        doc_ids=table.column("doc_id").to_pylist(), fingerprints=table.column("fingerprint").to_pylist(),
+        source_uris=table.column("source_uri").to_pylist(),
+        n_vectors=table.column("n_vectors").to_numpy(), vectors=vectors, offsets=offsets - offsets[0], table=table,
+    )
+
+
+def read_index(fs: fsspec.AbstractFileSystem, path: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    """``(metadata, {doc_id: fingerprint})`` of an existing artifact, reading only two columns; None if absent."""
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        table = parquet.read(columns=["doc_id", "fingerprint"])
+        metadata = artifact_metadata(parquet)
+    return metadata, dict(zip(table.column("doc_id").to_pylist(), table.column("fingerprint").to_pylist()))
+
+
+def iter_rows(fs: fsspec.AbstractFileSystem, path: str, doc_ids: set[str]) -> Iterator[pa.Table]:
+    """Yield the rows of ``doc_ids`` one row group at a time (memory bounded by a row group)."""
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        for index in range(parquet.num_row_groups):
+            group = parquet.read_row_group(index)
+            keep = pa.compute.is_in(group.column("doc_id"), value_set=pa.array(sorted(doc_ids), pa.string()))
+            selected = group.filter(keep)
+            if selected.num_rows:
+                yield selected
+
+
+def read_failures(fs: fsspec.AbstractFileSystem, artifact_path: str) -> dict[str, Any] | None:
+    """The failures sidecar of an artifact (``publish_id``, ``failures``), or None if there is none."""
+    path = failures_path(artifact_path)
+    if not fs.exists(path):
+        return None
+    return json.loads(fs.cat_file(path))
+
+
+# ---------------------------------------------------------------------------------------------- validation
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one artifact check: passed or not, and a sentence saying what was found."""
+
+    passed: bool
+    description: str
+    details: dict[str, Any] | None = None
+
+
+def check_schema(fs: fsspec.AbstractFileSystem, path: str, hidden_dim: int | None) -> Verdict:
+    """The artifact is readable Parquet with the expected columns and types (and ``hidden_dim``, if given)."""
+    try:
+        with fs.open(path, "rb") as handle:
+            schema = pq.read_schema(handle)
+    except FileNotFoundError:
+        return Verdict(False, f"no artifact at {path}")
+    except Exception as exc:
+        return Verdict(False, f"{path} is not readable Parquet: {exc}")
+    actual_dim = _hidden_dim_of(schema)
+    expected = artifact_schema(actual_dim if actual_dim else 1)
+    if actual_dim is None or not schema.remove_metadata().equals(expected.remove_metadata()):
+        return Verdict(False, f"{path} has schema {schema.remove_metadata()}, expected {expected.remove_metadata()}")
+    if hidden_dim is not None and actual_dim != hidden_dim:
+        return Verdict(False, f"{path} holds {actual_dim}-dimensional vectors; hidden_dim is configured as {hidden_dim}")
+    return Verdict(True, f"readable, expected schema, hidden_dim {actual_dim}")
+
+
+def check_vectors(artifact: Artifact) -> Verdict:
+    """No NaN/Inf, at least one vector per row, and n_vectors matching the list lengths."""
+    if not np.isfinite(artifact.vectors).all():
+        bad = sorted({artifact.doc_ids[i] for i in _docs_of_rows(artifact, ~np.isfinite(artifact.vectors).all(axis=1))})
+        return Verdict(False, f"{len(bad)} documents have NaN or infinite values", {"documents": bad[:20]})
+    lengths = np.diff(artifact.offsets)
+    empty = [artifact.doc_ids[i] for i in np.flatnonzero(lengths == 0)]
+    if empty:
+        return Verdict(False, f"{len(empty)} documents have no vectors", {"documents": empty[:20]})
+    mismatched = [artifact.doc_ids[i] for i in np.flatnonzero(lengths != artifact.n_vectors)]
+    if mismatched:
+        return Verdict(False, f"{len(mismatched)} documents have n_vectors different from their vectors",
+                       {"documents": mismatched[:20]})
+    return Verdict(True, f"{len(artifact)} documents, {len(artifact.vectors)} finite vectors, none empty")
+
+
+def check_completeness(artifact: Artifact, sidecar: dict[str, Any] | None, expected_sources: Iterable[str]) -> Verdict:
+    """Every listed source is in the artifact or the failures of the same publish; no row of an unlisted source.
+
+    Sources are compared by URI (a JSONL file is one source of many documents).
+    """
+    publish_id = artifact.metadata.get("publish_id")
+    if sidecar is None or sidecar.get("publish_id") != publish_id:
+        return Verdict(False, "the failures sidecar is missing or belongs to another publish of the artifact")
+    failed = {f["source_uri"] for f in sidecar.get("failures", [])}
+    present = set(artifact.source_uris)
+    expected = set(expected_sources)
+    missing = sorted(expected - present - failed)
+    unexpected = sorted(present - expected)
+    duplicates = len(artifact.doc_ids) - len(set(artifact.doc_ids))
+    if missing or unexpected or duplicates:
+        return Verdict(False, f"{len(missing)} sources missing, {len(unexpected)} unexpected, "
+                              f"{duplicates} duplicated documents",
+                       {"missing": missing[:20], "unexpected": unexpected[:20]})
+    return Verdict(True, f"all {len(expected)} sources accounted for: {len(artifact)} documents embedded, "
+                         f"{len(sidecar.get('failures', []))} failed")
+
+
+def _hidden_dim_of(schema: pa.Schema) -> int | None:
+    try:
+        value_type = schema.field("embedding").type.value_type
+        return value_type.list_size if pa.types.is_fixed_size_list(value_type) else None
+    except (KeyError, AttributeError):
+        return None
+
+
+def _docs_of_rows(artifact: Artifact, row_mask: np.ndarray) -> np.ndarray:
+    rows = np.flatnonzero(row_mask)
+    return np.searchsorted(artifact.offsets, rows, side="right") - 1
