@@ -124,17 +124,10 @@ class ArtifactWriter:
         embedding = self._check(doc_id, embedding)
         self._buffer.append((doc_id, source_uri, fingerprint, embedding, embedded_at or _now()))
         self._buffered_bytes += embedding.nbytes
+        self.rows += 1
+        self.vectors += len(embedding)
         if len(self._buffer) >= self.row_group_size or self._buffered_bytes >= self.row_group_bytes:
             self.flush()
-
-    def write_table(self, table: pa.Table) -> None:
-        """Copy rows that are already in artifact form (e.g. reused from the previous artifact)."""
-        self.flush()
-        table = table.select(self.schema.names).cast(self.schema.remove_metadata())
-        assert self._writer is not None
-        self._writer.write_table(table)
-        self.rows += table.num_rows
-        self.vectors += int(pa.compute.sum(table["n_vectors"]).as_py() or 0)
 
     def add_failure(self, failure: Failure) -> None:
         """Record a document that could not be embedded (it goes into the failures sidecar)."""
@@ -146,8 +139,6 @@ class ArtifactWriter:
             return
         assert self._writer is not None
         self._writer.write_table(_rows_table(self._buffer, self.schema))
-        self.rows += len(self._buffer)
-        self.vectors += sum(len(row[3]) for row in self._buffer)
         self._buffer, self._buffered_bytes = [], 0
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -173,6 +173,12 @@ class InfinityEmbeddings:
         """
         yield from self._iter_results(items, modality, self._batch_size(modality), show_progress)
 
+    def detect_hidden_dim(self) -> int:
+        """The model's embedding size, asked once from the server (one float request) and cached."""
+        self._ensure_dim()
+        assert self.hidden_dim is not None
+        return self.hidden_dim
+
     def health(self) -> dict[str, Any]:
         """The server's ``/health`` answer, e.g. ``{"unix": 1732435200.0}``; raises if it is unreachable."""
         return self._retrying_call(lambda: self._get("/health"))

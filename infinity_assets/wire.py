@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import InfinityResponseError, InvalidInputError
 
@@ -77,6 +77,8 @@ def image_data_uri(image: ImageInput) -> str:
                 return _encode_pil(opened, label)
     except InvalidInputError:
         raise
+    except UnidentifiedImageError:
+        raise InvalidInputError(f"{label} is not an image Pillow can read (unknown format or corrupt header)") from None
     except Exception as exc:  # Pillow raises many types for bad data
         raise InvalidInputError(f"{label} is not a readable image ({exc}); check the file") from None
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

@@ -1,0 +1,202 @@
+"""Embeds one partition: list its documents, reuse unchanged rows, embed the rest, publish one artifact.
+
+Plain Python (no Dagster): the assets call :func:`embed_partition` and turn its :class:`PartitionReport` into
+metadata; benchmarks and scripts can call it directly.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__, artifacts, documents
+from .client import InfinityEmbeddings
+from .errors import InfinityError
+
+logger = logging.getLogger(__name__)
+
+WIRE_MODALITY = {"text": "text", "images": "image"}
+
+
+class TooManyFailuresError(Exception):
+    """More documents failed than the configured ratio allows; nothing was published."""
+
+
+@dataclass
+class PartitionReport:
+    """What one partition materialization did."""
+
+    modality: str
+    partition: str
+    artifact_uri: str
+    data_version: str
+    total: int = 0
+    embedded: int = 0
+    reused: int = 0
+    failed: int = 0
+    skipped: int = 0
+    vectors: int = 0
+    artifact_bytes: int = 0
+    seconds: float = 0.0
+    requests: int = 0
+    retries: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    skipped_keys: list[str] = field(default_factory=list)
+    preview: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def docs_per_second(self) -> float:
+        """Documents embedded (not reused) per second of wall time."""
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+def embed_partition(
+    store: documents.DocumentStore,
+    client: InfinityEmbeddings,
+    modality: str,
+    partition: str,
+    *,
+    row_group_size: int = 256,
+    max_failure_ratio: float = 1.0,
+    preview_rows: int = 5,
+) -> PartitionReport:
+    """Embed the documents of one batch folder into its artifact, reusing rows whose fingerprint is unchanged.
+
+    ``modality`` is ``"text"`` or ``"images"``. Documents that cannot be read or embedded are listed in the
+    report and the artifact's failures sidecar; if their share exceeds ``max_failure_ratio`` nothing is published
+    and :class:`TooManyFailuresError` is raised. Server failures (unreachable, wrong hidden_dim) raise and publish
+    nothing; the previous artifact stays intact.
+    """
+    started = time.monotonic()
+    stats_before = (client.stats.requests, client.stats.retries)
+    listing = store.list_sources(modality, partition)
+    path = store.artifact_path(modality, partition)
+    report = PartitionReport(
+        modality=modality, partition=partition, artifact_uri=store.uri(path),
+        data_version=artifacts.data_version(listing.fingerprints, client.model_name, client.hidden_dim),
+        skipped=len(listing.skipped), skipped_keys=listing.skipped)
+    previous_metadata, previous = _reusable_index(store, path, client)
+
+    # Reuse: a file whose fingerprint is unchanged is not even read; a JSONL file is read (it is text, and
+    # small next to its embeddings) because reuse is decided per line.
+    failures: list[artifacts.Failure] = []
+    reusable: set[str] = set()
+    jsonl_new: list[documents.Document] = []
+    others: list[documents.SourceObject] = []
+    for source in listing.sources:
+        if source.is_jsonl:
+            continue
+        if previous.get(source.key) == source.fingerprint:
+            reusable.add(source.key)
+        else:
+            others.append(source)
+    for document in store.read_documents(modality, [s for s in listing.sources if s.is_jsonl]):
+        if document.error is not None:
+            failures.append(artifacts.Failure(document.doc_id, document.source_uri, document.error))
+        elif previous.get(document.doc_id) == document.fingerprint:
+            reusable.add(document.doc_id)
+        else:
+            jsonl_new.append(document)
+
+    pending: deque[documents.Document] = deque()
+
+    def inputs() -> Iterator[str | bytes]:
+        for document in itertools.chain(jsonl_new, store.read_documents(modality, others)):
+            if document.error is not None:
+                failures.append(artifacts.Failure(document.doc_id, document.source_uri, document.error))
+            else:
+                pending.append(document)
+                yield document.content  # type: ignore[misc]
+
+    embedded = _embedded_rows(client, modality, inputs(), pending, failures)
+    first = next(embedded, None)  # with hidden_dim=None, the first request tells the size
+    hidden_dim = client.hidden_dim or int(previous_metadata.get("hidden_dim", 0)) or client.detect_hidden_dim()
+    metadata = {"model": client.model_name, "hidden_dim": hidden_dim, "modality": modality,
+                "encoding": client.encoding, "partition": partition, "package_version": __version__,
+                "data_version": report.data_version}
+    store.ensure_artifact_dir(modality)
+    try:
+        with artifacts.ArtifactWriter(store.fs, path, hidden_dim=hidden_dim, metadata=metadata,
+                                      row_group_size=row_group_size) as writer:
+            for row in _reused_rows(store, path, reusable):
+                writer.write(*row)
+            for row in itertools.chain([first] if first else [], embedded):
+                writer.write(*row)
+                if len(report.preview) < preview_rows:
+                    report.preview.append(_preview(row))
+            for failure in failures:
+                writer.add_failure(failure)
+            report.total, report.failed = writer.rows + len(failures), len(failures)
+            if report.total and report.failed / report.total > max_failure_ratio:
+                raise TooManyFailuresError(
+                    f"{report.failed} of {report.total} documents of partition {partition!r} failed, over "
+                    f"max_failure_ratio={max_failure_ratio}; nothing was published. First failures: "
+                    + "; ".join(f"{f.doc_id}: {f.error}" for f in failures[:5]))
+    finally:
+        report.seconds = time.monotonic() - started
+    report.reused = len(reusable)
+    report.embedded = writer.rows - report.reused
+    report.vectors = writer.vectors
+    report.failures = [(f.doc_id, f.error) for f in failures]
+    report.artifact_bytes = writer.bytes_written
+    report.requests = client.stats.requests - stats_before[0]
+    report.retries = client.stats.retries - stats_before[1]
+    return report
+
+
+def _reusable_index(store: documents.DocumentStore, path: str,
+                    client: InfinityEmbeddings) -> tuple[dict[str, str], dict[str, str]]:
+    """The previous artifact's metadata and ``{doc_id: fingerprint}``, if made with the same model and hidden_dim."""
+    found = artifacts.read_index(store.fs, path)
+    if found is None:
+        return {}, {}
+    metadata, index = found
+    if metadata.get("model") != client.model_name or (
+            client.hidden_dim is not None and metadata.get("hidden_dim") != str(client.hidden_dim)):
+        logger.info("previous artifact %s was made with other settings; re-embedding everything", path)
+        return {}, {}
+    return metadata, index
+
+
+def _embedded_rows(client: InfinityEmbeddings, modality: str, inputs: Iterator[str | bytes],
+                   pending: deque[documents.Document], failures: list[artifacts.Failure]) -> Iterator[tuple]:
+    """A writer row for each newly embedded document, in input order; failed documents go to ``failures``."""
+    now = datetime.now(timezone.utc)
+    for result in client.iter_embeddings(inputs, modality=WIRE_MODALITY[modality]):
+        document = pending.popleft()
+        if isinstance(result, InfinityError):
+            failures.append(artifacts.Failure(document.doc_id, document.source_uri, str(result)))
+        elif len(result) == 0:
+            failures.append(artifacts.Failure(document.doc_id, document.source_uri,
+                                              "the server returned only padding rows (no vectors)"))
+        else:
+            yield document.doc_id, document.source_uri, document.fingerprint, result, now
+
+
+def _reused_rows(store: documents.DocumentStore, path: str, reusable: set[str]) -> Iterator[tuple]:
+    """Writer rows copied from the previous artifact (vectors as zero-copy views), one row group at a time."""
+    if not reusable:
+        return
+    for group in artifacts.iter_rows(store.fs, path, reusable):
+        embedding = group.column("embedding").combine_chunks()
+        offsets = embedding.offsets.to_numpy()
+        hidden_dim = embedding.type.value_type.list_size
+        flat = embedding.flatten().flatten().to_numpy(zero_copy_only=True).reshape(-1, hidden_dim)
+        base = offsets[0]
+        for i, (doc_id, uri, fingerprint, at) in enumerate(zip(
+                *(group.column(c).to_pylist() for c in ("doc_id", "source_uri", "fingerprint", "embedded_at")))):
+            yield doc_id, uri, fingerprint, flat[offsets[i] - base:offsets[i + 1] - base], at
+
+
+def _preview(row: tuple) -> dict[str, Any]:
+    doc_id, source_uri, _, vectors, _ = row
+    return {"doc_id": doc_id, "n_vectors": int(len(vectors)), "norm_first": round(float(np.linalg.norm(vectors[0])), 4),
+            "source_uri": source_uri}
