@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchEmbeddingError",
     "ClientStats",
+    "DocumentStoreResource",
     "InfinityAuthenticationError",
     "InfinityBadRequestError",
     "InfinityConnectionError",

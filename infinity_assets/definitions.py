@@ -1,4 +1,21 @@
-"""The Dagster code location: assembles assets, checks, resources, sensors and schedules."""
+"""The Dagster code location: assembles assets, checks, resources, jobs, sensors and schedules.
+
+Resources are configured with ``EnvVar``s and environment defaults resolved at run time, so the location loads
+(``dg check defs``, ``dagster definitions validate``) with no environment variables set.
+"""
 import dagster as dg
 
-defs = dg.Definitions()
+from .assets import image_embeddings, text_embeddings
+from .checks import image_checks, text_checks
+from .jobs import embed_images_job, embed_text_job
+from .resources import DocumentStoreResource, InfinityResource
+
+defs = dg.Definitions(
+    assets=[text_embeddings, image_embeddings],
+    asset_checks=[*text_checks, *image_checks],
+    jobs=[embed_text_job, embed_images_job],
+    resources={
+        "infinity": InfinityResource(),
+        "document_store": DocumentStoreResource(),
+    },
+)

@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from .client import DEFAULT_MODEL, DEFAULT_URL, InfinityEmbeddings
+from .documents import DocumentStore
 
 #: Environment variables read by :class:`InfinityResource` when its config leaves a field unset.
 INFINITY_ENV = {
@@ -103,3 +104,27 @@ def _parse_env(name: str, env_name: str, raw: str) -> Any:
     except ValueError:
         raise ValueError(f"environment variable {env_name}={raw!r} is not a valid {name}") from None
     return raw
+
+
+class DocumentStoreResource(dg.ConfigurableResource):
+    """Where documents are read and artifacts written: a local folder or ``s3://bucket/prefix``.
+
+    Unset fields come from environment variables at run time: ``INFINITY_ASSETS_ROOT`` (default ``./.data``),
+    and the standard ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``.
+    Pass the secret as ``dg.EnvVar("AWS_SECRET_ACCESS_KEY")``; it is never logged.
+    """
+
+    root: str | None = Field(default=None, description="Local folder or s3://bucket/prefix; default $INFINITY_ASSETS_ROOT or ./.data.")
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint (SeaweedFS, MinIO, ...); default $AWS_ENDPOINT_URL.")
+    access_key_id: str | None = Field(default=None, description="S3 access key; default $AWS_ACCESS_KEY_ID.")
+    secret_access_key: str | None = Field(default=None, description="S3 secret; default $AWS_SECRET_ACCESS_KEY. Use EnvVar.")
+    region: str | None = Field(default=None, description="S3 region; default $AWS_REGION or us-east-1.")
+    jsonl_id_field: str = Field(default="id", description="Field of a JSONL line holding the document id.")
+    jsonl_text_field: str = Field(default="text", description="Field of a JSONL line holding the text.")
+
+    def get_store(self) -> DocumentStore:
+        """A :class:`DocumentStore` for this configuration (environment variables fill unset fields)."""
+        return DocumentStore(
+            self.root or os.environ.get("INFINITY_ASSETS_ROOT") or "./.data",
+            endpoint_url=self.endpoint_url, key=self.access_key_id, secret=self.secret_access_key,
+            region=self.region, jsonl_id_field=self.jsonl_id_field, jsonl_text_field=self.jsonl_text_field)

@@ -1,0 +1,115 @@
+"""The embedding assets: one partition = one batch folder of documents -> one Parquet multi-vector artifact."""
+
+import dagster as dg
+
+from .artifacts import artifact_schema
+from .partitions import image_partitions, text_partitions
+from .pipeline import PartitionReport, embed_partition
+from .resources import DocumentStoreResource, InfinityResource
+
+#: Bump when the embedding logic changes in a way that should re-embed everything.
+CODE_VERSION = "1"
+FAILURE_CHECK = "failures_within_threshold"
+
+
+class EmbeddingConfig(dg.Config):
+    """Run config of the embedding assets."""
+
+    max_failure_ratio: float = 0.0
+    """Share of documents allowed to fail. Above it the blocking check fails (and so the run), after the
+    others were embedded and published; the failed ones are retried by the next run."""
+    row_group_size: int = 256
+    """Documents per Parquet row group: bounds the writer's memory."""
+
+
+def _build_asset(name: str, modality: str, partitions_def: dg.PartitionsDefinition, description: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=name,
+        description=description,
+        partitions_def=partitions_def,
+        pool="infinity",
+        code_version=CODE_VERSION,
+        group_name="embeddings",
+        kinds={"parquet", "python"},
+        check_specs=[dg.AssetCheckSpec(FAILURE_CHECK, asset=name, blocking=True,
+                                       description="The share of failed documents is within max_failure_ratio.")],
+        metadata={"dagster/column_schema": _column_schema(), "modality": modality},
+    )
+    def _asset(context: dg.AssetExecutionContext, config: EmbeddingConfig, infinity: InfinityResource,
+               document_store: DocumentStoreResource) -> dg.MaterializeResult:
+        client = infinity.get_client()
+        store = document_store.get_store()
+        context.log.info(f"embedding {modality} partition {context.partition_key!r} from {store!r} with "
+                         f"{client!r}")
+        report = embed_partition(store, client, modality, context.partition_key,
+                                 row_group_size=config.row_group_size)
+        for doc_id, error in report.failures[:50]:
+            context.log.warning(f"document {doc_id!r} failed: {error}")
+        if report.retries:
+            context.log.warning(f"{report.retries} requests to {client.url} were retried")
+        return dg.MaterializeResult(
+            metadata=_metadata(report),
+            data_version=dg.DataVersion(report.data_version),
+            check_results=[_failure_check(name, report, config.max_failure_ratio)],
+        )
+
+    return _asset
+
+
+def _failure_check(asset: str, report: PartitionReport, max_ratio: float) -> dg.AssetCheckResult:
+    ratio = report.failed / report.total if report.total else 0.0
+    return dg.AssetCheckResult(
+        asset_key=asset, check_name=FAILURE_CHECK, passed=ratio <= max_ratio,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{report.failed} of {report.total} documents failed ({ratio:.1%}; allowed {max_ratio:.1%})",
+        metadata={"failed": report.failed, "failures": _failures_table(report)},
+    )
+
+
+def _metadata(report: PartitionReport) -> dict[str, object]:
+    return {
+        "documents_total": report.total,
+        "documents_embedded": report.embedded,
+        "documents_reused": report.reused,
+        "documents_failed": report.failed,
+        "files_skipped": report.skipped,
+        "dagster/row_count": report.total - report.failed,
+        "vectors": report.vectors,
+        "artifact_bytes": dg.MetadataValue.int(report.artifact_bytes),
+        "artifact_uri": dg.MetadataValue.path(report.artifact_uri),
+        "docs_per_second": round(report.docs_per_second, 2),
+        "seconds": round(report.seconds, 2),
+        "requests": report.requests,
+        "retries": report.retries,
+        "preview": dg.MetadataValue.table(
+            records=[dg.TableRecord(row) for row in report.preview],
+            schema=dg.TableSchema(columns=[dg.TableColumn("doc_id", "string"), dg.TableColumn("n_vectors", "int"),
+                                           dg.TableColumn("norm_first", "float"), dg.TableColumn("source_uri", "string")])),
+        "failures": _failures_table(report),
+        "skipped_files": dg.MetadataValue.json(report.skipped_keys[:100]),
+    }
+
+
+def _failures_table(report: PartitionReport) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"document": doc_id, "error": error}) for doc_id, error in report.failures[:200]],
+        schema=dg.TableSchema(columns=[dg.TableColumn("document", "string"), dg.TableColumn("error", "string")]))
+
+
+def _column_schema() -> dg.TableSchema:
+    schema = artifact_schema(128)
+    return dg.TableSchema(columns=[
+        dg.TableColumn(f.name, "list<fixed_size_list<float32, hidden_dim>>" if f.name == "embedding" else str(f.type))
+        for f in schema])
+
+
+text_embeddings = _build_asset(
+    "text_embeddings", "text", text_partitions,
+    "Multi-vector embeddings of the text documents (.txt, .md, .jsonl lines) of one batch folder "
+    "raw/text/<batch>/, one Parquet row per document at embeddings/text/<batch>.parquet. Unchanged documents "
+    "are reused; failed ones are listed in the failures sidecar and metadata.")
+image_embeddings = _build_asset(
+    "image_embeddings", "images", image_partitions,
+    "Multi-vector embeddings of the images of one batch folder raw/images/<batch>/, one Parquet row per image "
+    "at embeddings/images/<batch>.parquet. Unchanged images are reused; failed ones are listed in the failures "
+    "sidecar and metadata.")
