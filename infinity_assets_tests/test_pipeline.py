@@ -1,0 +1,181 @@
+"""embed_partition on the local filesystem with the fake server: incremental work, failures, atomicity.
+
+The same behaviours against the real Infinity server and SeaweedFS are in test_assets_real.py.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from infinity_assets import InfinityConnectionError, InfinityEmbeddings, InfinityResponseError, artifacts
+from infinity_assets.documents import DocumentStore
+from infinity_assets.pipeline import TooManyFailuresError, embed_partition
+from infinity_assets_tests.servers import fake_infinity as fi
+from infinity_assets_tests.servers.fake_infinity import FakeInfinity, vectors_for
+
+
+def png(color: tuple[int, int, int], size: tuple[int, int] = (8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    batch = tmp_path / "raw" / "text" / "b1"
+    (batch / "nested").mkdir(parents=True)
+    for i in range(5):
+        (batch / f"doc{i}.txt").write_text(f"text document number {i}")
+    (batch / "nested" / "notes.md").write_text("# notes\nsome markdown")
+    (batch / "lines.jsonl").write_text('{"id": "a", "text": "line a"}\n{"id": "b", "text": "line b"}\n')
+    (batch / "ignore.csv").write_text("x,y")
+    return tmp_path
+
+
+@pytest.fixture
+def fake() -> FakeInfinity:
+    return FakeInfinity()
+
+
+@pytest.fixture
+def client(fake: FakeInfinity):
+    with InfinityEmbeddings(url="http://fake", model_name=fake.model, transport=fake.transport(),
+                            embed_batch_size=3, max_retries=2) as client:
+        client._sleep = lambda seconds: None
+        yield client
+
+
+def embedded_inputs(fake: FakeInfinity) -> list[str]:
+    return [item for body in fake.embedding_requests if body["encoding_format"] == "base64" for item in body["input"]]
+
+
+def test_first_run_embeds_every_document_and_round_trips(root, fake, client):
+    store = DocumentStore(str(root))
+    report = embed_partition(store, client, "text", "b1")
+    assert (report.total, report.embedded, report.reused, report.failed, report.skipped) == (8, 8, 0, 0, 1)
+    artifact = artifacts.read_artifact(store.fs, store.artifact_path("text", "b1"))
+    assert sorted(artifact.doc_ids) == sorted(
+        [f"doc{i}.txt" for i in range(5)] + ["nested/notes.md", "lines.jsonl#a", "lines.jsonl#b"])
+    index = artifact.doc_ids.index("doc3.txt")
+    np.testing.assert_array_equal(artifact.vectors_of(index), vectors_for("text document number 3", "text", 128))
+    assert artifact.metadata["model"] == fake.model and artifact.metadata["hidden_dim"] == "128"
+    assert report.vectors == len(artifact.vectors)
+
+
+def test_unchanged_partition_embeds_nothing(root, fake, client):
+    store = DocumentStore(str(root))
+    embed_partition(store, client, "text", "b1")
+    before = len(fake.requests)
+    report = embed_partition(store, client, "text", "b1")
+    assert (report.embedded, report.reused) == (0, 8)
+    assert len(fake.requests) == before
+
+
+def test_adding_changing_and_deleting_documents(root, fake, client):
+    store = DocumentStore(str(root))
+    embed_partition(store, client, "text", "b1")
+    before = len(embedded_inputs(fake))
+    batch = root / "raw" / "text" / "b1"
+    (batch / "new.txt").write_text("a brand new document")
+    (batch / "doc1.txt").write_text("doc one, rewritten")
+    os.utime(batch / "doc1.txt", ns=(1, 1))
+    (batch / "doc2.txt").unlink()
+    (batch / "lines.jsonl").write_text('{"id": "a", "text": "line a"}\n{"id": "b", "text": "line b changed"}\n')
+    report = embed_partition(store, client, "text", "b1")
+    assert sorted(embedded_inputs(fake)[before:]) == ["a brand new document", "doc one, rewritten", "line b changed"]
+    assert (report.embedded, report.reused, report.total) == (3, 5, 8)
+    artifact = artifacts.read_artifact(store.fs, store.artifact_path("text", "b1"))
+    assert "doc2.txt" not in artifact.doc_ids and "new.txt" in artifact.doc_ids
+    np.testing.assert_array_equal(artifact.vectors_of(artifact.doc_ids.index("doc1.txt")),
+                                  vectors_for("doc one, rewritten", "text", 128))
+
+
+def test_bad_documents_are_recorded_and_the_rest_embedded(root, fake, client):
+    batch = root / "raw" / "text" / "b1"
+    (batch / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (batch / "empty.txt").write_bytes(b"")
+    (batch / "huge.txt").write_text("x" * 122_881)
+    (batch / "lines.jsonl").write_text('{"id": "a", "text": "line a"}\n{"id": "b"}\nnot json\n')
+    store = DocumentStore(str(root))
+    report = embed_partition(store, client, "text", "b1", max_failure_ratio=1.0)
+    reasons = dict(report.failures)
+    assert "not valid UTF-8 (byte 3" in reasons["latin1.txt"]
+    assert "empty file" in reasons["empty.txt"]
+    assert "122,881 characters" in reasons["huge.txt"]
+    assert "text field 'text' is missing" in reasons["lines.jsonl#b"]
+    assert "invalid JSON" in reasons["lines.jsonl#L3"]
+    assert report.embedded == 7 and report.failed == 5
+    sidecar = artifacts.read_failures(store.fs, store.artifact_path("text", "b1"))
+    assert {f["doc_id"] for f in sidecar["failures"]} == set(reasons)
+
+
+def test_corrupt_image_is_reported_and_others_embedded(tmp_path, fake, client):
+    batch = tmp_path / "raw" / "images" / "b1"
+    batch.mkdir(parents=True)
+    for i in range(6):
+        (batch / f"p{i}.png").write_bytes(png((i * 20, 0, 0)))
+    (batch / "truncated.png").write_bytes(png((1, 2, 3), size=(64, 64))[:70])
+    (batch / "tiny.png").write_bytes(png((1, 2, 3), size=(2, 2)))
+    store = DocumentStore(str(tmp_path))
+    report = embed_partition(store, client, "images", "b1", max_failure_ratio=1.0)
+    reasons = dict(report.failures)
+    assert set(reasons) == {"truncated.png", "tiny.png"}
+    assert "2x2 pixels" in reasons["tiny.png"] and "HTTP 400" in reasons["truncated.png"]
+    assert report.embedded == 6
+
+
+def test_too_many_failures_publish_nothing(root, fake, client):
+    store = DocumentStore(str(root))
+    embed_partition(store, client, "text", "b1")
+    path = store.artifact_path("text", "b1")
+    before = Path(path).read_bytes()
+    for f in (root / "raw" / "text" / "b1").glob("doc*.txt"):
+        f.write_bytes(b"\xff\xfe")
+    with pytest.raises(TooManyFailuresError, match="5 of 8 documents"):
+        embed_partition(store, client, "text", "b1", max_failure_ratio=0.5)
+    assert Path(path).read_bytes() == before
+
+
+def test_unreachable_server_publishes_nothing_and_names_url(root):
+    store = DocumentStore(str(root))
+    client = InfinityEmbeddings(url="http://127.0.0.1:9", max_retries=0)
+    with pytest.raises(InfinityConnectionError, match="127.0.0.1:9"):
+        embed_partition(store, client, "text", "b1")
+    assert not os.path.exists(store.artifact_path("text", "b1"))
+
+
+def test_server_failure_mid_partition_keeps_previous_artifact(root, fake, client):
+    store = DocumentStore(str(root))
+    embed_partition(store, client, "text", "b1")
+    path = store.artifact_path("text", "b1")
+    before = Path(path).read_bytes()
+    for f in (root / "raw" / "text" / "b1").glob("doc*.txt"):
+        f.write_text(f.read_text() + " changed")
+    fake.faults = [fi.passthrough()] + [fi.status(503)] * 20
+    with pytest.raises(Exception, match="503"):
+        embed_partition(store, client, "text", "b1")
+    assert Path(path).read_bytes() == before
+    assert os.listdir(Path(path).parent / ".staging") == []
+
+
+def test_wrong_hidden_dim_publishes_nothing(root):
+    fake = FakeInfinity(hidden_dim=384)
+    client = InfinityEmbeddings(url="http://fake", model_name=fake.model, transport=fake.transport(), hidden_dim=128)
+    store = DocumentStore(str(root))
+    with pytest.raises(InfinityResponseError, match="384-dimensional.*hidden_dim is 128"):
+        embed_partition(store, client, "text", "b1")
+    assert not os.path.exists(store.artifact_path("text", "b1"))
+
+
+def test_changing_the_model_re_embeds_everything(root, fake, client):
+    store = DocumentStore(str(root))
+    embed_partition(store, client, "text", "b1")
+    other = FakeInfinity(model="other-model")
+    with InfinityEmbeddings(url="http://fake", model_name="other-model", transport=other.transport()) as second:
+        report = embed_partition(store, second, "text", "b1")
+    assert (report.embedded, report.reused) == (8, 0)
