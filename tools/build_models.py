@@ -74,12 +74,90 @@ def build_minilm_colbert_128(out: Path) -> None:
     pooling.write_text(json.dumps(pooling_config, indent=2))
 
 
+CORPUS_WORDS = (
+    "the a of and to in is was for on that with as by at from it this be are or an which page document image "
+    "describe query table figure chart report revenue year total section summary results method data model text "
+    "retrieval search embedding vector token patch layout scan invoice contract paper title author abstract"
+).split()
+
+
+def train_tokenizer(special_tokens: list[str], vocab_size: int = 600):
+    """A small byte-level BPE tokenizer trained from scratch on a generated corpus (no hub access)."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    rng = random.Random(SEED)
+    corpus = [" ".join(rng.choice(CORPUS_WORDS) for _ in range(12)) for _ in range(2000)]
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return tokenizer
+
+
+def build_colpali_tiny(out: Path) -> None:
+    from colpali_engine.models import ColPali, ColPaliProcessor
+    from transformers import GemmaTokenizerFast, PaliGemmaConfig, SiglipImageProcessor
+
+    tokenizer = GemmaTokenizerFast(
+        tokenizer_object=train_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]),
+        bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>", add_bos_token=True)
+    image_size, patch_size = 448, 14  # 32 x 32 = 1,024 image tokens, like ColPali
+    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size},
+                                           image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    image_processor.image_seq_length = (image_size // patch_size) ** 2
+    processor = ColPaliProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    vocab_size = len(processor.tokenizer)
+    config = PaliGemmaConfig(
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": image_size,
+                       "patch_size": patch_size, "projection_dim": 64},
+        text_config={"model_type": "gemma", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32,
+                     "vocab_size": vocab_size, "max_position_embeddings": 2048},
+        image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"), vocab_size=vocab_size,
+        projection_dim=64, hidden_size=64, pad_token_id=processor.tokenizer.pad_token_id)
+    config.architectures = ["ColPali"]
+    ColPali(config).save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def build_colqwen2_tiny(out: Path) -> None:
+    from colpali_engine.models import ColQwen2, ColQwen2Processor
+    from transformers import Qwen2TokenizerFast, Qwen2VLConfig, Qwen2VLImageProcessor
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = Qwen2TokenizerFast(tokenizer_object=train_tokenizer(specials), unk_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    image_processor = Qwen2VLImageProcessor(min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28)
+    processor = ColQwen2Processor(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=256)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
+    config = Qwen2VLConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+        rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_chans": 3},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"])
+    config.architectures = ["ColQwen2"]
+    ColQwen2(config).save_pretrained(out)
+    processor.save_pretrained(out)
+
+
 def main(out_dir: str) -> None:
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     builders = {
         "minilm-colbert": build_minilm_colbert,
         "minilm-colbert-128": build_minilm_colbert_128,
+        "colpali-tiny": build_colpali_tiny,
+        "colqwen2-tiny": build_colqwen2_tiny,
     }
     for name, build in builders.items():
         target = root / name
