@@ -62,8 +62,8 @@ def image_data_uri(image: ImageInput) -> str:
     """Turn an image input (path, bytes, BytesIO or PIL image) into the data URI the server expects.
 
     JPEG, PNG and WebP bytes are sent unchanged (no lossy re-encode); other formats and PIL images are
-    converted to PNG. Raises :class:`InvalidInputError` for unreadable files, non-images and images smaller
-    than 3x3 pixels.
+    converted to PNG. Every image is decoded once here, because a truncated image crashes the server's worker.
+    Raises :class:`InvalidInputError` for unreadable, truncated or non-image data and images under 3x3 pixels.
     """
     if isinstance(image, Image.Image):
         return _encode_pil(image, "PIL image")
@@ -72,6 +72,9 @@ def image_data_uri(image: ImageInput) -> str:
         with Image.open(io.BytesIO(data)) as opened:
             fmt, size = opened.format, opened.size
             _check_size(size, label)
+            # Decode fully before sending: a truncated image makes infinity-emb 0.0.78's worker crash and the
+            # server stop answering every later request, so it must never reach the server.
+            opened.load()
             mime = _PASSTHROUGH_MIME.get(fmt or "")
             if mime is None:
                 return _encode_pil(opened, label)
@@ -80,7 +83,7 @@ def image_data_uri(image: ImageInput) -> str:
     except UnidentifiedImageError:
         raise InvalidInputError(f"{label} is not an image Pillow can read (unknown format or corrupt header)") from None
     except Exception as exc:  # Pillow raises many types for bad data
-        raise InvalidInputError(f"{label} is not a readable image ({exc}); check the file") from None
+        raise InvalidInputError(f"{label} is truncated or corrupt ({exc}); check the file") from None
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 

@@ -374,18 +374,28 @@ def test_missing_image_file_names_the_path(tmp_path):
             client.embed_images_batch([png_bytes(), tmp_path / "nope.png"])
 
 
-def test_bisect_finds_the_one_corrupt_image_among_20():
-    truncated = png_bytes(size=(64, 64))[:60]  # a valid header, then nothing: only decoding fails
+def test_bisect_finds_the_one_image_the_server_refuses_among_20():
     images = [png_bytes(color=(i, 0, 0)) for i in range(20)]
-    images[13] = truncated
+    images[13] = png_bytes(size=(fi.REFUSED_IMAGE_WIDTH, 8))
     fake = FakeInfinity()
     with make_client(fake, embed_batch_size=20) as client:
         results = client.embed_images_batch(images, errors="collect")
         with pytest.raises(BatchEmbeddingError, match="input 13: HTTP 400") as info:
             client.embed_images_batch(images)
     assert [i for i, r in enumerate(results) if not isinstance(r, np.ndarray)] == [13]
-    assert isinstance(results[13], InfinityBadRequestError) and "failed to open image" in str(results[13])
+    assert isinstance(results[13], InfinityBadRequestError) and "unsupported image" in str(results[13])
     assert list(info.value.failures) == [13]
+
+
+def test_truncated_image_is_refused_before_sending():
+    # A truncated image crashes the real server's worker (see wire.image_data_uri); it must never be sent.
+    truncated = png_bytes(size=(64, 64))[:60]
+    fake = FakeInfinity()
+    with make_client(fake) as client:
+        results = client.embed_images_batch([png_bytes(), truncated], errors="collect")
+    assert isinstance(results[1], InvalidInputError) and "truncated or corrupt" in str(results[1])
+    sent = [u for r in fake.embedding_requests if r["modality"] == "image" for u in r["input"]]
+    assert len(sent) == 1
 
 
 def test_collect_with_invalid_text_keeps_the_others():

@@ -125,7 +125,7 @@ def test_corrupt_image_is_reported_and_others_embedded(tmp_path, fake, client):
     report = embed_partition(store, client, "images", "b1", max_failure_ratio=1.0)
     reasons = dict(report.failures)
     assert set(reasons) == {"truncated.png", "tiny.png"}
-    assert "2x2 pixels" in reasons["tiny.png"] and "HTTP 400" in reasons["truncated.png"]
+    assert "2x2 pixels" in reasons["tiny.png"] and "truncated or corrupt" in reasons["truncated.png"]
     assert report.embedded == 6
 
 

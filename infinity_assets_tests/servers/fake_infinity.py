@@ -148,6 +148,10 @@ def _detail(location: str, message: str) -> httpx.Response:
                                                  "msg": message}]})
 
 
+#: Images this wide are refused by the fake with HTTP 400, as the real server refuses images it cannot use.
+REFUSED_IMAGE_WIDTH = 13
+
+
 def _image_problem(item: str) -> httpx.Response | None:
     if not item.startswith("data:"):
         return _detail("input", "Input should be a valid URL / data URI")
@@ -157,6 +161,8 @@ def _image_problem(item: str) -> httpx.Response | None:
             image.load()
             if min(image.size) < 3:
                 return _error(400, f"image too small: {image.size}")
+            if image.size[0] == REFUSED_IMAGE_WIDTH:
+                return _error(400, f"error decoding data URI: unsupported image {image.size}")
     except Exception as exc:
         return _error(400, f"failed to open image: {exc}")
     return None
