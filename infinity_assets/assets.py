@@ -22,7 +22,8 @@ class EmbeddingConfig(dg.Config):
     """Documents per Parquet row group: bounds the writer's memory."""
 
 
-def _build_asset(name: str, modality: str, partitions_def: dg.PartitionsDefinition, description: str) -> dg.AssetsDefinition:
+def _build_asset(name: str, modality: str, partitions_def: dg.PartitionsDefinition, infinity_key: str,
+                 description: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=name,
         description=description,
@@ -34,9 +35,11 @@ def _build_asset(name: str, modality: str, partitions_def: dg.PartitionsDefiniti
         check_specs=[dg.AssetCheckSpec(FAILURE_CHECK, asset=name, blocking=True,
                                        description="The share of failed documents is within max_failure_ratio.")],
         metadata={"dagster/column_schema": _column_schema(), "modality": modality},
+        required_resource_keys={infinity_key, "document_store"},
     )
-    def _asset(context: dg.AssetExecutionContext, config: EmbeddingConfig, infinity: InfinityResource,
-               document_store: DocumentStoreResource) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext, config: EmbeddingConfig) -> dg.MaterializeResult:
+        infinity: InfinityResource = getattr(context.resources, infinity_key)
+        document_store: DocumentStoreResource = context.resources.document_store
         client = infinity.get_client()
         store = document_store.get_store()
         context.log.info(f"embedding {modality} partition {context.partition_key!r} from {store!r} with "
@@ -104,12 +107,12 @@ def _column_schema() -> dg.TableSchema:
 
 
 text_embeddings = _build_asset(
-    "text_embeddings", "text", text_partitions,
+    "text_embeddings", "text", text_partitions, "infinity",
     "Multi-vector embeddings of the text documents (.txt, .md, .jsonl lines) of one batch folder "
     "raw/text/<batch>/, one Parquet row per document at embeddings/text/<batch>.parquet. Unchanged documents "
     "are reused; failed ones are listed in the failures sidecar and metadata.")
 image_embeddings = _build_asset(
-    "image_embeddings", "images", image_partitions,
+    "image_embeddings", "images", image_partitions, "infinity_images",
     "Multi-vector embeddings of the images of one batch folder raw/images/<batch>/, one Parquet row per image "
     "at embeddings/images/<batch>.parquet. Unchanged images are reused; failed ones are listed in the failures "
     "sidecar and metadata.")

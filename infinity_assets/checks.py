@@ -13,13 +13,15 @@ from .partitions import image_partitions, text_partitions
 from .resources import DocumentStoreResource, InfinityResource
 
 
-def _build_checks(asset: str, modality: str, partitions_def: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
+def _build_checks(asset: str, modality: str, partitions_def: dg.PartitionsDefinition,
+                  infinity_key: str) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(asset=asset, name="artifact_schema", partitions_def=partitions_def, blocking=True,
+                    required_resource_keys={infinity_key, "document_store"},
                     description="The artifact is readable Parquet with the expected schema and the configured "
                                 "hidden_dim.")
-    def artifact_schema(context: dg.AssetCheckExecutionContext, infinity: InfinityResource,
-                        document_store: DocumentStoreResource) -> dg.AssetCheckResult:
-        store = document_store.get_store()
+    def artifact_schema(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        infinity: InfinityResource = getattr(context.resources, infinity_key)
+        store = context.resources.document_store.get_store()
         path = store.artifact_path(modality, context.partition_key)
         verdict = artifacts.check_schema(store.fs, path, infinity.effective_settings()["hidden_dim"])
         return _result(verdict, path)
@@ -58,5 +60,5 @@ def _result(verdict: artifacts.Verdict, path: str) -> dg.AssetCheckResult:
 with warnings.catch_warnings():
     # Partitioned asset checks are a preview feature in Dagster 1.13; they are what makes a check per batch.
     warnings.simplefilter("ignore")
-    text_checks = _build_checks("text_embeddings", "text", text_partitions)
-    image_checks = _build_checks("image_embeddings", "images", image_partitions)
+    text_checks = _build_checks("text_embeddings", "text", text_partitions, "infinity")
+    image_checks = _build_checks("image_embeddings", "images", image_partitions, "infinity_images")

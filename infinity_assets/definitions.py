@@ -15,7 +15,10 @@ defs = dg.Definitions(
     asset_checks=[*text_checks, *image_checks],
     jobs=[embed_text_job, embed_images_job],
     resources={
+        # Text and images may use different models (e.g. ColBERT for text, ColPali for pages): the image
+        # resource reads INFINITY_IMAGE_* variables first, then the shared INFINITY_* ones.
         "infinity": InfinityResource(),
+        "infinity_images": InfinityResource(env_prefix="INFINITY_IMAGE_"),
         "document_store": DocumentStoreResource(),
     },
 )

@@ -54,6 +54,9 @@ class InfinityResource(dg.ConfigurableResource):
     embed_batch_size: int | None = Field(default=None, description="Inputs per request (default 10).")
     max_concurrency: int | None = Field(default=None, description="Requests in flight at once (default 4).")
     api_key: str | None = Field(default=None, description="The server's --api-key; use EnvVar, never a literal.")
+    env_prefix: str = Field(
+        default="INFINITY_", description="Read <prefix>MODEL etc. first, then INFINITY_MODEL etc. "
+        "(e.g. INFINITY_IMAGE_ for a second server or model for images).")
 
     _client: InfinityEmbeddings | None = PrivateAttr(default=None)
 
@@ -63,6 +66,8 @@ class InfinityResource(dg.ConfigurableResource):
         for name, env_name in INFINITY_ENV.items():
             value = getattr(self, name)
             if value is None:
+                own_name = self.env_prefix + env_name.removeprefix("INFINITY_")
+                env_name = own_name if os.environ.get(own_name) else env_name
                 raw = os.environ.get(env_name)
                 value = _parse_env(name, env_name, raw) if raw not in (None, "") else _DEFAULTS[name]
             settings[name] = value

@@ -61,8 +61,8 @@ def resources(infinity_server, store_root):
             root=store_root.url, endpoint_url=store_root.options.get("endpoint_url"),
             access_key_id=store_root.options.get("key"), secret_access_key=store_root.options.get("secret"),
             **store_options)
-        return {"infinity": CountingInfinity(url=infinity_server.url, model_name=model, hidden_dim=128),
-                "document_store": document_store}
+        infinity = CountingInfinity(url=infinity_server.url, model_name=model, hidden_dim=128)
+        return {"infinity": infinity, "infinity_images": infinity, "document_store": document_store}
     COUNTER.inputs.clear()
     return build
 

@@ -43,6 +43,15 @@ def test_defaults_without_environment(monkeypatch):
         "http://localhost:7997", "michaelfeil/colqwen2-v0.1", 128, "base64")
 
 
+def test_env_prefix_reads_its_own_variables_first(monkeypatch):
+    monkeypatch.setenv("INFINITY_MODEL", "shared-model")
+    monkeypatch.setenv("INFINITY_API_URL", "http://shared:1")
+    monkeypatch.setenv("INFINITY_IMAGE_MODEL", "image-model")
+    client = InfinityResource(env_prefix="INFINITY_IMAGE_").build_client()
+    assert (client.model_name, client.url) == ("image-model", "http://shared:1")
+    assert InfinityResource().build_client().model_name == "shared-model"
+
+
 def test_bad_environment_value_names_the_variable(monkeypatch):
     monkeypatch.setenv("INFINITY_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="INFINITY_TIMEOUT='soon'"):
