@@ -52,12 +52,17 @@ def failures_path(artifact_path: str) -> str:
     return artifact_path.removesuffix(".parquet") + ".failures.json"
 
 
-def data_version(fingerprints: Mapping[str, str], model: str, hidden_dim: int | None) -> str:
-    """A stable digest of a partition's source fingerprints and the embedding settings."""
-    digest = hashlib.sha256(f"{model}\n{hidden_dim}\n".encode())
+def fingerprint_digest(fingerprints: Mapping[str, str]) -> str:
+    """A stable digest of ``{source key: fingerprint}``: changes when any source is added, changed or removed."""
+    digest = hashlib.sha256()
     for key in sorted(fingerprints):
         digest.update(f"{key}\t{fingerprints[key]}\n".encode())
     return digest.hexdigest()[:24]
+
+
+def data_version(fingerprints: Mapping[str, str], model: str, hidden_dim: int | None) -> str:
+    """The data version of a partition's artifact: its sources' fingerprints and the embedding settings."""
+    return hashlib.sha256(f"{model}\n{hidden_dim}\n{fingerprint_digest(fingerprints)}".encode()).hexdigest()[:24]
 
 
 class ArtifactError(Exception):

@@ -9,11 +9,15 @@ from .assets import image_embeddings, text_embeddings
 from .checks import image_checks, text_checks
 from .jobs import embed_images_job, embed_text_job
 from .resources import DocumentStoreResource, InfinityResource
+from .schedules import images_incremental_schedule, text_incremental_schedule
+from .sensors import new_documents_sensor
 
 defs = dg.Definitions(
     assets=[text_embeddings, image_embeddings],
     asset_checks=[*text_checks, *image_checks],
     jobs=[embed_text_job, embed_images_job],
+    sensors=[new_documents_sensor],
+    schedules=[text_incremental_schedule, images_incremental_schedule],
     resources={
         # Text and images may use different models (e.g. ColBERT for text, ColPali for pages): the image
         # resource reads INFINITY_IMAGE_* variables first, then the shared INFINITY_* ones.
