@@ -1,0 +1,161 @@
+"""`make demo`: the whole flow on this machine, with real servers, through a real Dagster instance.
+
+Starts SeaweedFS and the real Infinity server on 127.0.0.1, uploads sample documents, runs one sensor tick and
+the runs it requests, prints a summary and one MaxSim search answer, stops the servers. Exits non-zero if
+anything failed. ``tools/dev.py`` (``make dev``) reuses :class:`DemoEnvironment` and adds the Dagster UI.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from infinity_assets_tests.servers.infinity import InfinityServer  # noqa: E402
+from infinity_assets_tests.servers.seaweedfs import SeaweedFS  # noqa: E402
+
+TEXT_MODEL, IMAGE_MODEL = "minilm-colbert-128", "colqwen2-tiny"
+BUCKET = "documents"
+TEXTS = {
+    "raw/text/getting-started/lighthouse.txt":
+        "The lighthouse keeper painted the spiral staircase bright red every spring.",
+    "raw/text/getting-started/vineyards.md":
+        "# Island wines\nVolcanic soil makes the vineyards on the island produce unusually sweet grapes.",
+    "raw/text/getting-started/notes.jsonl":
+        '{"id": "orchestra", "text": "The orchestra rehearsed the symphony twice before the premiere."}\n'
+        '{"id": "comet", "text": "Astronomers detected a faint comet passing close to Jupiter."}\n'
+        '{"id": "bridge", "text": "Engineers reinforced the suspension bridge after the winter storms."}\n',
+    "raw/text/field-reports/cranes.txt": "A migrating flock of cranes rested on the frozen lake at dawn.",
+    "raw/text/field-reports/harvest.txt": "Farmers harvested pumpkins early because of the approaching frost.",
+}
+QUERY = "comet near jupiter"
+
+
+def rendered_page(lines: list[str]) -> bytes:
+    """A small 'scanned page' rendered with Pillow."""
+    image = Image.new("RGB", (160, 120), "white")
+    draw = ImageDraw.Draw(image)
+    for row, line in enumerate(lines):
+        draw.text((6, 6 + 14 * row), line, fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class DemoEnvironment:
+    """SeaweedFS + Infinity on 127.0.0.1 with the sample documents, a DAGSTER_HOME, and the env the code needs."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._stack = ExitStack()
+        self.env: dict[str, str] = {}
+
+    def __enter__(self) -> DemoEnvironment:
+        print("starting SeaweedFS and the Infinity server on 127.0.0.1 ...", flush=True)
+        self.s3 = self._stack.enter_context(SeaweedFS(self.workdir / "seaweedfs"))
+        self.infinity = self._stack.enter_context(
+            InfinityServer([TEXT_MODEL, IMAGE_MODEL], log_dir=self.workdir / "logs"))
+        self.upload_samples()
+        home = self.workdir / "dagster_home"
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        self.env = {
+            "DAGSTER_HOME": str(home),
+            "INFINITY_API_URL": self.infinity.url, "INFINITY_MODEL": TEXT_MODEL, "INFINITY_HIDDEN_DIM": "128",
+            "INFINITY_IMAGE_MODEL": IMAGE_MODEL,
+            "INFINITY_ASSETS_ROOT": f"s3://{BUCKET}", "AWS_ENDPOINT_URL": self.s3.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.s3.access_key, "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
+            "AWS_REGION": "us-east-1",
+        }
+        os.environ.update(self.env)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        print("stopping the servers", flush=True)
+        self._stack.close()
+
+    def upload_samples(self) -> None:
+        fs = self.s3.filesystem()
+        if not fs.exists(BUCKET):
+            self.s3.create_bucket(BUCKET)
+        objects = {f"{BUCKET}/{key}": text.encode() for key, text in TEXTS.items()}
+        for number in range(1, 4):
+            objects[f"{BUCKET}/raw/images/scanned-pages/page-{number}.png"] = rendered_page(
+                [f"Quarterly report, page {number}", "Revenue grew 12%", "in the third quarter."])
+        fs.pipe(objects)
+        print(f"uploaded {len(objects)} sample documents to s3://{BUCKET}/raw/", flush=True)
+
+
+def run_demo() -> int:
+    """Sensor tick -> runs -> summary -> search. Returns the process exit code."""
+    import dagster as dg
+
+    from infinity_assets import InfinityEmbeddings, artifacts
+    from infinity_assets.definitions import defs
+    from infinity_assets.documents import DocumentStore
+    from infinity_assets.search import search
+    from infinity_assets.sensors import new_documents_sensor
+
+    failed = False
+    with dg.DagsterInstance.get() as instance:
+        repository = defs.get_repository_def()
+        with dg.build_sensor_context(instance=instance, repository_def=repository,
+                                     resources={"document_store": defs.resources["document_store"]}) as context:
+            result = new_documents_sensor(context)
+        for request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        print(f"sensor tick: {len(result.run_requests)} run requests", flush=True)
+        for request in result.run_requests:
+            job = defs.resolve_job_def(request.job_name)
+            outcome = job.execute_in_process(instance=instance, partition_key=request.partition_key,
+                                             tags=request.tags, raise_on_error=False)
+            checks = {e.check_name: e.passed for e in outcome.get_asset_check_evaluations()}
+            failed |= not outcome.success or not all(checks.values())
+            print(f"  run {outcome.run_id[:8]} {request.job_name}[{request.partition_key}]: "
+                  f"{'SUCCESS' if outcome.success else 'FAILURE'}; checks "
+                  + ", ".join(f"{name} {'passed' if ok else 'FAILED'}" for name, ok in sorted(checks.items())),
+                  flush=True)
+
+    store = DocumentStore(os.environ["INFINITY_ASSETS_ROOT"])
+    print("\nsummary")
+    text_artifacts = []
+    for modality in ("text", "images"):
+        for partition in store.list_partitions(modality):
+            path = store.artifact_path(modality, partition)
+            artifact = artifacts.read_artifact(store.fs, path)
+            failures = (artifacts.read_failures(store.fs, path) or {}).get("failures", [])
+            print(f"  {modality:6} {partition:16} {len(artifact):3} documents {len(artifact.vectors):6} vectors "
+                  f"{len(failures)} failed  {store.uri(path)}")
+            if modality == "text":
+                text_artifacts.append(artifact)
+
+    with InfinityEmbeddings(model_name=TEXT_MODEL) as client:
+        query = client.embed_query(QUERY)
+    best = max(((artifact, *search(query, artifact.vectors, artifact.offsets, k=1)[0]) for artifact in text_artifacts),
+               key=lambda hit: hit[2])
+    artifact, index, score = best
+    print(f"\nMaxSim search for {QUERY!r}: {artifact.doc_ids[index]} (score {score:.2f}) "
+          f"from {artifact.source_uris[index]}")
+    print("\ndemo " + ("FAILED" if failed else "finished: every run and check succeeded"))
+    return 1 if failed else 0
+
+
+def main() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="infinity-assets-demo-"))
+    try:
+        with DemoEnvironment(workdir):
+            return run_demo()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
