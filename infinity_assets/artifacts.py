@@ -27,6 +27,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 META_PREFIX = "infinity_assets."
@@ -326,7 +327,7 @@ def iter_rows(fs: fsspec.AbstractFileSystem, path: str, doc_ids: set[str]) -> It
         parquet = pq.ParquetFile(handle)
         for index in range(parquet.num_row_groups):
             group = parquet.read_row_group(index)
-            keep = pa.compute.is_in(group.column("doc_id"), value_set=pa.array(sorted(doc_ids), pa.string()))
+            keep = pc.is_in(group.column("doc_id"), value_set=pa.array(sorted(doc_ids), pa.string()))
             selected = group.filter(keep)
             if selected.num_rows:
                 yield selected

@@ -24,7 +24,7 @@ def _build_checks(asset: str, modality: str, partitions_def: dg.PartitionsDefini
         store = context.resources.document_store.get_store()
         path = store.artifact_path(modality, context.partition_key)
         verdict = artifacts.check_schema(store.fs, path, infinity.effective_settings()["hidden_dim"])
-        return _result(verdict, path)
+        return _result(verdict, store.uri(path))
 
     @dg.asset_check(asset=asset, name="documents_accounted_for", partitions_def=partitions_def,
                     description="Every listed document is in the artifact or in its failures; no deleted ones.")
@@ -36,7 +36,7 @@ def _build_checks(asset: str, modality: str, partitions_def: dg.PartitionsDefini
         artifact = artifacts.read_artifact(store.fs, path)
         verdict = artifacts.check_completeness(artifact, artifacts.read_failures(store.fs, path),
                                                [s.uri for s in listing.sources])
-        return _result(verdict, path)
+        return _result(verdict, store.uri(path))
 
     @dg.asset_check(asset=asset, name="vectors_valid", partitions_def=partitions_def,
                     description="No NaN or infinite values, at least one vector per document, n_vectors consistent.")
@@ -44,7 +44,7 @@ def _build_checks(asset: str, modality: str, partitions_def: dg.PartitionsDefini
                       document_store: DocumentStoreResource) -> dg.AssetCheckResult:
         store = document_store.get_store()
         path = store.artifact_path(modality, context.partition_key)
-        return _result(artifacts.check_vectors(artifacts.read_artifact(store.fs, path)), path)
+        return _result(artifacts.check_vectors(artifacts.read_artifact(store.fs, path)), store.uri(path))
 
     return [artifact_schema, documents_accounted_for, vectors_valid]
 
