@@ -216,6 +216,8 @@ class DocumentStore:
         self.is_s3 = root.startswith("s3://")
         self.jsonl_id_field, self.jsonl_text_field = jsonl_id_field, jsonl_text_field
         self.read_concurrency = max(1, read_concurrency)
+        #: Bytes fetched per request while streaming a JSONL file from S3.
+        self.jsonl_block_size = 8 * 2**20
         if self.is_s3:
             import s3fs
 
@@ -398,9 +400,14 @@ class DocumentStore:
                 f"S3 authentication failed or access was denied for {where} ({code or type(exc).__name__}: "
                 f"{_first_line(exc)}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the resource's "
                 "access_key_id / secret_access_key) and that this identity may list and read the bucket")
+        if code is None and ("Connect" in type(exc).__name__ or isinstance(exc, (ConnectionError, TimeoutError))):
+            return DocumentStoreError(
+                f"cannot reach the S3 endpoint {self.endpoint_url or 'of AWS'} (bucket {self.bucket!r}): "
+                f"{type(exc).__name__}: {_first_line(exc)}; check AWS_ENDPOINT_URL (the resource's endpoint_url) "
+                "and that the server is running")
         return DocumentStoreError(
-            f"cannot use {self.uri(path)!r} at {where}: {type(exc).__name__}: {_first_line(exc)}; check "
-            "AWS_ENDPOINT_URL (the resource's endpoint_url) and that the server is running")
+            f"S3 request for {self.uri(path)!r} failed at {where}: {code or type(exc).__name__}: "
+            f"{_first_line(exc)}; check the root URL, AWS_ENDPOINT_URL and AWS_REGION")
 
     # ------------------------------------------------------------------ reading
     def read_documents(self, modality: str, sources: Iterable[SourceObject], *,
@@ -494,7 +501,7 @@ class DocumentStore:
         if not self.is_s3:
             return self._open_local(source)
         # An s3fs file pins the ETag it saw at open on every block it fetches: an overwrite mid-read raises.
-        handle = self.fs.open(source.path, "rb", block_size=_JSONL_BLOCK)
+        handle = self.fs.open(source.path, "rb", block_size=self.jsonl_block_size)
         etag = str(handle.details.get("ETag", "")).strip('"')
         if source.fingerprint and etag != source.fingerprint:
             handle.close()
@@ -657,7 +664,6 @@ def _image_document(source: SourceObject, data: bytes) -> Document:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-_JSONL_BLOCK = 8 * 2**20
 _AUTH_CODES = frozenset({"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403", "ExpiredToken",
                          "InvalidToken", "AuthorizationHeaderMalformed", "RequestTimeTooSkewed"})
 
