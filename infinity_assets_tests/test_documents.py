@@ -214,7 +214,7 @@ def test_scanning_100000_objects_on_seaweedfs_takes_seconds(seaweedfs, s3_bucket
     scanned = time.monotonic() - started
     assert count == 100_000 and largest_page <= 1000
     assert len(listings) == 500 and sum(len(listing.sources) for listing in listings.values()) == 100_000
-    assert paged < 20 and scanned < 20, f"paged {paged:.1f}s, scan {scanned:.1f}s"
+    assert paged < 10 and scanned < 10, f"paged {paged:.1f}s, scan {scanned:.1f}s"
 
 
 # ---------------------------------------------------------------------------------------------- reading text
