@@ -6,52 +6,54 @@ Layout under the root::
     raw/images/<batch>/...    .png .jpg .jpeg .webp .gif .bmp .tif .tiff
     embeddings/text/<batch>.parquet, embeddings/images/<batch>.parquet   (artifacts, see artifacts.py)
 
-A batch folder is a partition; nested folders inside it belong to it. Files directly under ``raw/<modality>/``
-belong to no batch and are ignored (with a warning).
+A batch folder is a partition; nested folders inside it belong to it. Files directly under
+``raw/<modality>/`` belong to no batch and are ignored (with a warning).
 
 Public API (plain Python, no Dagster):
 
-* :func:`partition_key_for_folder` / :func:`folder_for_partition` -- a bijection between batch folder names and
-  Dagster partition keys. Dagster rejects ``...`` and control characters in partition keys (``\\a \\b \\f \\n \\r
-  \\t \\v \\0``, ``INVALID_PARTITION_SUBSTRINGS`` in dagster/_core/definitions/partitions/utils/base.py) and
-  ``| , [ ]`` break partition selections (``INVALID_STATIC_PARTITIONS_KEY_CHARACTERS``, and the ``a...b`` / ``[a, b]``
-  selection syntax of the UI and CLI). So every character outside ``[A-Za-z0-9_.~-]`` is percent-encoded (UTF-8),
-  and so is every dot of a run of two or more dots. Only canonical keys map back; anything else is refused.
-* :class:`DocumentStore` -- ``fs`` (the fsspec filesystem), ``path(key)`` / ``uri(path)`` / ``uri_for(key)``,
-  ``artifact_path(modality, partition)``, ``list_partitions(modality)``, ``list_sources(modality, partition)``
-  -> :class:`Listing`, ``scan(modality)`` and ``iter_object_pages(modality)`` (one recursive listing of a whole
-  modality, page by page, for sensors), ``read_documents(modality, sources)`` -> :class:`Document` s.
+* :func:`partition_key_for_folder` / :func:`folder_for_partition` -- a bijection between batch folder
+  names and Dagster partition keys. Dagster rejects ``...`` and control characters in partition keys
+  (``INVALID_PARTITION_SUBSTRINGS`` in dagster/_core/definitions/partitions/utils/base.py), and
+  ``| , [ ]`` break partition selections (``INVALID_STATIC_PARTITIONS_KEY_CHARACTERS``; the ``a...b`` and
+  ``[a, b]`` selection syntax of the UI and CLI). So every character outside ``[A-Za-z0-9_.~-]`` is
+  percent-encoded (UTF-8), and so is every dot of a run of two or more dots. Only canonical keys map
+  back; anything else is refused.
+* :class:`DocumentStore` -- ``fs`` (the fsspec filesystem), ``path(key)`` / ``uri(path)`` /
+  ``uri_for(key)``, ``artifact_path(modality, partition)``, ``list_partitions(modality)``,
+  ``list_sources(modality, partition)`` -> :class:`Listing`, ``scan(modality)`` and
+  ``iter_object_pages(modality)`` (one recursive listing of a whole modality, page by page, for sensors),
+  ``read_documents(modality, sources)`` -> :class:`Document` s.
 * :class:`SourceObject` -- one file: ``key`` (relative to its batch folder), ``uri``, ``path``, ``size``,
-  ``fingerprint`` and ``last_modified``. The fingerprint is the ETag on S3 and ``<size>-<mtime_ns>`` locally.
-* :class:`Document` -- ``doc_id``, ``source_uri``, ``fingerprint`` and either ``content`` (``str`` for text,
-  ``bytes`` for images) or ``error``, a readable reason. A file is never silently dropped: a file with an
-  unsupported extension (or an unsafe key such as ``a/../b``) is listed in ``Listing.skipped``; a file that
-  cannot be read or parsed becomes a Document with ``error`` set.
+  ``fingerprint``, ``last_modified``. The fingerprint is the ETag on S3, ``<size>-<mtime_ns>`` locally.
+* :class:`Document` -- ``doc_id``, ``source_uri``, ``fingerprint`` and either ``content`` (``str`` for
+  text, ``bytes`` for images) or ``error``, a readable reason. Nothing is silently dropped: a file with an
+  unsupported extension (or an unsafe key such as ``a/../b``) is listed in ``Listing.skipped``; a file
+  that cannot be read or parsed becomes a Document with ``error`` set.
 
 Documents:
 
-* ``.txt`` / ``.md``: one document, ``doc_id`` = the key, fingerprint = the file's. UTF-8 (a BOM is dropped).
-  Failures: zero-byte file, invalid UTF-8 (with the byte offset), empty (whitespace only), over
+* ``.txt`` / ``.md``: one document, ``doc_id`` = the key, fingerprint = the file's. UTF-8 (a BOM is
+  dropped). Failures: zero-byte file, invalid UTF-8 (with the byte offset), empty (whitespace only), over
   :data:`MAX_TEXT_CHARS` characters (Infinity's per-input limit).
-* ``.jsonl``: one document per non-blank line, ``doc_id`` = ``<key>#<id field>``. A line without an id (field
-  missing, null or ``""``) gets ``<key>#L<line number>``, stable as long as the lines above it do not move.
-  The fingerprint is a SHA-256 of the text field's value (the exact content embedded): editing other fields of a
-  line does not re-embed it. Failures (each naming the line number): invalid UTF-8, invalid JSON, not a JSON
-  object, id neither string nor integer, text field missing or not a string, duplicate id, empty or too long
-  text; a file with no JSON line at all is one failure. JSONL files are streamed (bounded memory).
-* images: the raw bytes, after a cheap check with Pillow (header + ``verify()``; no full decode): zero-byte,
-  unreadable or corrupt data, and images under 3x3 pixels (Infinity rejects them) are failures.
+* ``.jsonl``: one document per non-blank line, ``doc_id`` = ``<key>#<id field>``. A line without an id
+  (field missing, null or ``""``) gets ``<key>#L<line number>``, stable while the lines above it stay.
+  The fingerprint is a SHA-256 of the text field's value (the exact content embedded): editing other
+  fields of a line does not re-embed it. Failures (each naming the line number): invalid UTF-8, invalid
+  JSON, not a JSON object, id neither string nor integer, text field missing or not a string, duplicate
+  id, empty or too long text; a file without any JSON line is one failure. JSONL files are streamed.
+* images: the raw bytes, after a cheap check with Pillow (header + ``verify()``, no full decode):
+  zero-byte, unreadable or corrupt data, and images under 3x3 pixels (Infinity rejects them) are failures.
 
-Consistency: a read is pinned to the listed version. On S3 ``GET`` carries ``If-Match: <listed ETag>`` and a
-JSONL stream is an s3fs file, which pins the ETag of every block; locally the file's size and mtime_ns are
-compared before and after reading. A file changed since it was listed, or while it was read, becomes the failure
-"changed ... retry later" (the next run picks up the new version) -- never a crash, never a mismatched
-fingerprint. Listings never use s3fs's listing cache (it misses new objects): they page ``ListObjectsV2``
-directly.
+Consistency: a read is pinned to the listed version. On S3 ``GET`` carries ``If-Match: <listed ETag>`` and
+a JSONL stream is an s3fs file, which pins the ETag on every block; locally the file's size and mtime_ns
+are compared before and after reading. A file changed since it was listed, or while it was read, becomes
+the failure "changed ... retry later" (the next run reads the new version) -- never a crash, never a
+mismatched fingerprint. Listings never use s3fs's listing cache (it misses new objects): they page
+``ListObjectsV2`` directly.
 
-Safety: ``path()`` refuses keys that leave the root (``..``, absolute paths, NUL); listed keys with ``.``/``..``
-or empty segments are skipped, local symlinks are not followed out of the root. The S3 secret never appears in
-``repr``, logs or error messages.
+Safety: ``path()`` refuses keys that leave the root (``..``, absolute paths, NUL); listed keys with
+``.``/``..`` or empty segments are skipped; local symlinks are not followed out of the root. The S3 secret
+never appears in ``repr``, logs or error messages.
 
 Example::
 
@@ -60,6 +62,7 @@ Example::
     for document in store.read_documents("text", listing.sources):
         print(document.doc_id, document.error or len(document.content))
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -95,7 +98,7 @@ class DocumentStoreError(Exception):
     """The store cannot be used: bad credentials, missing bucket, unreachable endpoint, or an unsafe key."""
 
 
-# ---------------------------------------------------------------------------------------------- partition keys
+# --- partition keys
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~-")
 _DOT_RUN = re.compile(r"\.{2,}")
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")
@@ -109,8 +112,10 @@ def partition_key_for_folder(folder: str) -> str:
     """
     if not folder:
         raise ValueError("a batch folder name cannot be empty")
-    encoded = "".join(ch if ch in _SAFE_CHARS else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
-                      for ch in folder)
+    encoded = "".join(
+        ch if ch in _SAFE_CHARS else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+        for ch in folder
+    )
     return _DOT_RUN.sub(lambda run: "%2E" * len(run.group()), encoded)
 
 
@@ -126,8 +131,10 @@ def folder_for_partition(partition_key: str) -> str:
     except (ValueError, UnicodeDecodeError):
         canonical = None
     if canonical != partition_key:
-        raise ValueError(f"{partition_key!r} is not a partition key of this package (expected the form "
-                         "partition_key_for_folder(<batch folder>) produces)")
+        raise ValueError(
+            f"{partition_key!r} is not a partition key of this package (expected the form "
+            "partition_key_for_folder(<batch folder>) produces)"
+        )
     return folder
 
 
@@ -135,13 +142,13 @@ def _unescape_bytes(key: str) -> bytearray:
     out = bytearray()
     position = 0
     for match in _ESCAPE.finditer(key):
-        out += key[position:match.start()].encode("utf-8", "surrogatepass")
+        out += key[position : match.start()].encode("utf-8", "surrogatepass")
         out.append(int(match.group(1), 16))
         position = match.end()
     return out + key[position:].encode("utf-8", "surrogatepass")
 
 
-# ---------------------------------------------------------------------------------------------- records
+# --- records
 @dataclass(frozen=True, slots=True)
 class SourceObject:
     """One file in a batch folder: ``key`` relative to the folder, full ``uri``, ``fingerprint`` for changes.
@@ -165,7 +172,7 @@ class SourceObject:
 
 @dataclass
 class Listing:
-    """The sources of one batch folder (sorted by key), and the keys skipped (unsupported extension/unsafe key)."""
+    """The sources of one batch folder (sorted by key) and the keys skipped (bad extension, unsafe key)."""
 
     sources: list[SourceObject] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -178,7 +185,7 @@ class Listing:
 
 @dataclass
 class Document:
-    """One document to embed: ``content`` (str for text, bytes for images) or the ``error`` that prevents it."""
+    """One document to embed: ``content`` (str for text, bytes for images) or the ``error`` preventing it."""
 
     doc_id: str
     source_uri: str
@@ -200,20 +207,32 @@ def is_supported(modality: str, key: str) -> bool:
     return posixpath.splitext(key)[1].lower() in EXTENSIONS[_modality(modality)]
 
 
-# ---------------------------------------------------------------------------------------------- the store
+# --- the store
 class DocumentStore:
     """Lists and reads documents under ``root``, a local folder or ``s3://bucket/prefix`` (via s3fs).
 
     S3 settings come from the arguments, else the standard variables ``AWS_ACCESS_KEY_ID``,
-    ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_REGION`` (default ``us-east-1``). ``read_concurrency``
-    bounds concurrent S3 reads. See the module docstring for the layout, documents and failures.
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_REGION`` (default ``us-east-1``).
+    ``read_concurrency`` bounds concurrent S3 reads. The module docstring describes the layout, documents
+    and failures.
     """
 
-    def __init__(self, root: str, *, endpoint_url: str | None = None, key: str | None = None,
-                 secret: str | None = None, region: str | None = None, jsonl_id_field: str = "id",
-                 jsonl_text_field: str = "text", read_concurrency: int = 32) -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        endpoint_url: str | None = None,
+        key: str | None = None,
+        secret: str | None = None,
+        region: str | None = None,
+        jsonl_id_field: str = "id",
+        jsonl_text_field: str = "text",
+        read_concurrency: int = 32,
+    ) -> None:
         if not root:
-            raise DocumentStoreError("the document store root is empty; set it to a folder or s3://bucket/prefix")
+            raise DocumentStoreError(
+                "the document store root is empty; set it to a folder or s3://bucket/prefix"
+            )
         self.is_s3 = root.startswith("s3://")
         self.jsonl_id_field, self.jsonl_text_field = jsonl_id_field, jsonl_text_field
         self.read_concurrency = max(1, read_concurrency)
@@ -222,7 +241,7 @@ class DocumentStore:
         if self.is_s3:
             import s3fs
 
-            self.root = root[len("s3://"):].strip("/")
+            self.root = root[len("s3://") :].strip("/")
             self.bucket = self.root.split("/", 1)[0]
             if not self.bucket:
                 raise DocumentStoreError(f"root {root!r} names no bucket; use s3://<bucket>[/<prefix>]")
@@ -232,11 +251,17 @@ class DocumentStore:
             client_kwargs: dict[str, Any] = {"region_name": self.region}
             if self.endpoint_url:
                 client_kwargs["endpoint_url"] = self.endpoint_url
-            options = {"key": key or os.environ.get("AWS_ACCESS_KEY_ID") or None,
-                       "secret": secret or os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
-                       "client_kwargs": client_kwargs, "use_listings_cache": False, "skip_instance_cache": True}
-            # No listing cache and no shared instance: s3fs's caches return stale listings (new objects missing).
-            self.fs: fsspec.AbstractFileSystem = s3fs.S3FileSystem(max_concurrency=self.read_concurrency, **options)
+            options = {
+                "key": key or os.environ.get("AWS_ACCESS_KEY_ID") or None,
+                "secret": secret or os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+                "client_kwargs": client_kwargs,
+                "use_listings_cache": False,
+                "skip_instance_cache": True,
+            }
+            # No listing cache, no shared instance: s3fs's caches return stale listings (new objects missing).
+            self.fs: fsspec.AbstractFileSystem = s3fs.S3FileSystem(
+                max_concurrency=self.read_concurrency, **options
+            )
             self._lister = s3fs.S3FileSystem(session=_raw_timestamp_session(), **options)
         else:
             self.bucket = None
@@ -250,14 +275,21 @@ class DocumentStore:
         endpoint = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
         return f"DocumentStore({self.root_uri!r}{endpoint})"
 
-    # ------------------------------------------------------------------ paths
+    # --- paths
     def path(self, relative: str) -> str:
-        """The filesystem path (for ``self.fs``) of a key relative to the root; refuses keys leaving the root."""
+        """The filesystem path (for ``self.fs``) of a key relative to the root; refuses keys leaving it."""
         cleaned = relative.replace("\\", "/")
         normalized = posixpath.normpath(cleaned) if cleaned else "."
-        if (cleaned.startswith("/") or normalized == ".." or normalized.startswith("../") or "\x00" in cleaned
-                or normalized == "."):
-            raise DocumentStoreError(f"key {relative!r} does not name a file inside the store root {self.root_uri!r}")
+        if (
+            cleaned.startswith("/")
+            or normalized == ".."
+            or normalized.startswith("../")
+            or "\x00" in cleaned
+            or normalized == "."
+        ):
+            raise DocumentStoreError(
+                f"key {relative!r} does not name a file inside the store root {self.root_uri!r}"
+            )
         return f"{self.root}/{normalized}"
 
     def uri(self, path: str) -> str:
@@ -278,13 +310,16 @@ class DocumentStore:
         if not self.is_s3:
             os.makedirs(self.path(f"embeddings/{_modality(modality)}"), exist_ok=True)
 
-    # ------------------------------------------------------------------ listing
+    # --- listing
     def list_partitions(self, modality: str) -> list[str]:
         """The partition keys of the batch folders under ``raw/<modality>/``, sorted (a fresh listing)."""
         base = self.path(f"raw/{_modality(modality)}")
         if self.is_s3:
-            folders = [prefix for page in self._s3_pages(base + "/", delimiter="/")
-                       for prefix in page.get("CommonPrefixes", [])]
+            folders = [
+                prefix
+                for page in self._s3_pages(base + "/", delimiter="/")
+                for prefix in page.get("CommonPrefixes", [])
+            ]
             names = [entry["Prefix"].rstrip("/").rsplit("/", 1)[-1] for entry in folders]
         else:
             try:
@@ -304,8 +339,12 @@ class DocumentStore:
         listing = Listing()
         for page in self._file_pages(base, page_size=1000):
             for path, size, fingerprint, modified in page:
-                _add_to_listing(listing, modality, path[len(base) + 1:], self._source(base, path, size,
-                                                                                        fingerprint, modified))
+                _add_to_listing(
+                    listing,
+                    modality,
+                    path[len(base) + 1 :],
+                    self._source(base, path, size, fingerprint, modified),
+                )
         listing.sources.sort(key=lambda s: s.key)
         listing.skipped.sort()
         return listing
@@ -322,22 +361,31 @@ class DocumentStore:
         for page in self._file_pages(base, page_size=page_size):
             scanned = []
             for path, size, fingerprint, modified in page:
-                relative = path[len(base) + 1:]
+                relative = path[len(base) + 1 :]
                 folder, _, key = relative.partition("/")
                 if not key:
                     loose += 1  # directly under raw/<modality>/: in no batch folder
                     continue
                 if not _is_safe_segment(folder):
                     continue
-                scanned.append(ScannedObject(partition_key_for_folder(folder),
-                                             self._source(f"{base}/{folder}", path, size, fingerprint, modified)))
+                scanned.append(
+                    ScannedObject(
+                        partition_key_for_folder(folder),
+                        self._source(f"{base}/{folder}", path, size, fingerprint, modified),
+                    )
+                )
             yield scanned
         if loose:
-            logger.warning("%d files directly under %s belong to no batch folder and are ignored; move them into "
-                           "raw/%s/<batch>/", loose, self.uri(base), _modality(modality))
+            logger.warning(
+                "%d files directly under %s belong to no batch folder and are ignored; move them into "
+                "raw/%s/<batch>/",
+                loose,
+                self.uri(base),
+                _modality(modality),
+            )
 
     def scan(self, modality: str, *, page_size: int = 1000) -> dict[str, Listing]:
-        """One recursive listing of ``raw/<modality>/``: ``{partition key: Listing}`` sorted by key (for sensors).
+        """One recursive listing of ``raw/<modality>/``: ``{partition key: Listing}``, sorted (for sensors).
 
         Same sources, keys and fingerprints as :meth:`list_sources` of each partition. For bounded memory over
         huge buckets iterate :meth:`iter_object_pages` instead.
@@ -345,16 +393,23 @@ class DocumentStore:
         listings: dict[str, Listing] = {}
         for page in self.iter_object_pages(modality, page_size=page_size):
             for item in page:
-                _add_to_listing(listings.setdefault(item.partition, Listing()), modality, item.source.key,
-                                item.source)
+                _add_to_listing(
+                    listings.setdefault(item.partition, Listing()), modality, item.source.key, item.source
+                )
         for listing in listings.values():
             listing.sources.sort(key=lambda s: s.key)
             listing.skipped.sort()
         return dict(sorted(listings.items()))
 
     def _source(self, base: str, path: str, size: int, fingerprint: str, modified: float) -> SourceObject:
-        return SourceObject(key=path[len(base) + 1:], uri=self.uri(path), path=path, size=size,
-                            fingerprint=fingerprint, last_modified=modified)
+        return SourceObject(
+            key=path[len(base) + 1 :],
+            uri=self.uri(path),
+            path=path,
+            size=size,
+            fingerprint=fingerprint,
+            last_modified=modified,
+        )
 
     def _file_pages(self, base: str, page_size: int) -> Iterator[list[tuple[str, int, str, float]]]:
         """Pages of ``(path, size, fingerprint, last_modified)`` of every file under the folder ``base``."""
@@ -364,18 +419,30 @@ class DocumentStore:
                 for obj in page.get("Contents", []):
                     if obj["Key"].endswith("/"):
                         continue  # a folder marker object, not a file
-                    files.append((f"{self.bucket}/{obj['Key']}", int(obj.get("Size", 0)),
-                                  str(obj.get("ETag", "")).strip('"'), _timestamp(obj.get("LastModified"))))
+                    files.append(
+                        (
+                            f"{self.bucket}/{obj['Key']}",
+                            int(obj.get("Size", 0)),
+                            str(obj.get("ETag", "")).strip('"'),
+                            _timestamp(obj.get("LastModified")),
+                        )
+                    )
                 files.sort()
                 yield files
         else:
             yield from _local_pages(base, page_size)
 
-    def _s3_pages(self, prefix_path: str, *, delimiter: str, page_size: int = 1000) -> Iterator[dict[str, Any]]:
+    def _s3_pages(
+        self, prefix_path: str, *, delimiter: str, page_size: int = 1000
+    ) -> Iterator[dict[str, Any]]:
         """Raw ``ListObjectsV2`` pages under ``bucket/prefix`` -- no s3fs listing cache involved."""
         bucket, _, prefix = prefix_path.partition("/")
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": delimiter,
-                                  "MaxKeys": max(1, min(page_size, 1000))}
+        kwargs: dict[str, Any] = {
+            "Bucket": bucket,
+            "Prefix": prefix,
+            "Delimiter": delimiter,
+            "MaxKeys": max(1, min(page_size, 1000)),
+        }
         while True:
             page = self._s3_call("list_objects_v2", prefix_path, **kwargs)
             yield page
@@ -394,29 +461,39 @@ class DocumentStore:
         code = _s3_code(exc)
         where = f"bucket {self.bucket!r} at endpoint {self.endpoint_url or 'AWS S3 (no AWS_ENDPOINT_URL)'}"
         if code == "NoSuchBucket":
-            return DocumentStoreError(f"{where}: the bucket does not exist; create it or fix the root "
-                                      f"{self.root_uri!r} (INFINITY_ASSETS_ROOT or the resource's root)")
+            return DocumentStoreError(
+                f"{where}: the bucket does not exist; create it or fix the root "
+                f"{self.root_uri!r} (INFINITY_ASSETS_ROOT or the resource's root)"
+            )
         if isinstance(exc, PermissionError) or code in _AUTH_CODES:
             return DocumentStoreError(
                 f"S3 authentication failed or access was denied for {where} ({code or type(exc).__name__}: "
                 f"{_first_line(exc)}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the resource's "
-                "access_key_id / secret_access_key) and that this identity may list and read the bucket")
-        if code is None and ("Connect" in type(exc).__name__ or isinstance(exc, (ConnectionError, TimeoutError))):
+                "access_key_id / secret_access_key) and that this identity may list and read the bucket"
+            )
+        if code is None and (
+            "Connect" in type(exc).__name__ or isinstance(exc, (ConnectionError, TimeoutError))
+        ):
             return DocumentStoreError(
                 f"cannot reach the S3 endpoint {self.endpoint_url or 'of AWS'} (bucket {self.bucket!r}): "
-                f"{type(exc).__name__}: {_first_line(exc)}; check AWS_ENDPOINT_URL (the resource's endpoint_url) "
-                "and that the server is running")
+                f"{type(exc).__name__}: {_first_line(exc)}; check AWS_ENDPOINT_URL (the resource's "
+                "endpoint_url) "
+                "and that the server is running"
+            )
         return DocumentStoreError(
             f"S3 request for {self.uri(path)!r} failed at {where}: {code or type(exc).__name__}: "
-            f"{_first_line(exc)}; check the root URL, AWS_ENDPOINT_URL and AWS_REGION")
+            f"{_first_line(exc)}; check the root URL, AWS_ENDPOINT_URL and AWS_REGION"
+        )
 
-    # ------------------------------------------------------------------ reading
-    def read_documents(self, modality: str, sources: Iterable[SourceObject], *,
-                       chunk_size: int = 64) -> Iterator[Document]:
+    # --- reading
+    def read_documents(
+        self, modality: str, sources: Iterable[SourceObject], *, chunk_size: int = 64
+    ) -> Iterator[Document]:
         """Yield the documents of ``sources`` in order, reading ``chunk_size`` files at a time.
 
-        On S3 the files of a chunk are fetched concurrently (at most ``read_concurrency`` at once), so memory is
-        bounded by a chunk; JSONL files are streamed line by line. A file that cannot be read or parsed yields a
+        On S3 the files of a chunk are fetched concurrently (at most ``read_concurrency`` at once), so memory
+        is bounded by a chunk; JSONL files are streamed line by line. A file that cannot be read or parsed
+        yields a
         :class:`Document` with ``error`` set; only store-wide failures (credentials, endpoint) raise
         :class:`DocumentStoreError`.
         """
@@ -439,7 +516,9 @@ class DocumentStore:
                 continue
             data = contents[source.path]
             if isinstance(data, BaseException):
-                yield Document(source.key, source.uri, source.fingerprint, error=self._read_error(data, source))
+                yield Document(
+                    source.key, source.uri, source.fingerprint, error=self._read_error(data, source)
+                )
             elif modality == "images":
                 yield _image_document(source, data)
             else:
@@ -454,14 +533,14 @@ class DocumentStore:
         from fsspec.asyn import sync
 
         results = sync(self.fs.loop, self._fetch_s3, sources)
-        return {s.path: r for s, r in zip(sources, results)}
+        return {s.path: r for s, r in zip(sources, results, strict=True)}
 
     async def _fetch_s3(self, sources: list[SourceObject]) -> list[bytes | BaseException]:
         gate = asyncio.Semaphore(self.read_concurrency)
 
         async def one(source: SourceObject) -> bytes | BaseException:
             bucket, _, key = source.path.partition("/")
-            # If-Match: the bytes are those of the listed version, so the stored fingerprint matches the content.
+            # If-Match: the bytes are those of the listed version, so the stored fingerprint matches them.
             pin = {"IfMatch": f'"{source.fingerprint}"'} if source.fingerprint else {}
             async with gate:
                 try:
@@ -488,8 +567,10 @@ class DocumentStore:
         real_root = os.path.realpath(self.root)
         real = os.path.realpath(source.path)
         if os.path.commonpath([real_root, real]) != real_root:
-            raise _Unsafe(f"it resolves to {real!r}, outside the store root; symbolic links out of the root "
-                          "are not followed")
+            raise _Unsafe(
+                f"it resolves to {real!r}, outside the store root; symbolic links out of the root "
+                "are not followed"
+            )
         handle = open(source.path, "rb")  # noqa: SIM115 -- returned to the caller's with-block
         try:
             _check_unchanged(handle, source, "since it was listed")
@@ -529,20 +610,31 @@ class DocumentStore:
         except Exception as exc:  # noqa: BLE001 -- the rest of the file is one failure
             if _is_auth_failure(exc):
                 raise self._store_error(exc, source.path) from None
-            yield Document(source.key, source.uri, source.fingerprint,
-                           error=f"after line {parser.number}: {self._read_error(exc, source)}")
+            yield Document(
+                source.key,
+                source.uri,
+                source.fingerprint,
+                error=f"after line {parser.number}: {self._read_error(exc, source)}",
+            )
             return
         if parser.documents == 0:
-            yield Document(source.key, source.uri, source.fingerprint, error="no JSON lines (the file is empty)")
+            yield Document(
+                source.key, source.uri, source.fingerprint, error="no JSON lines (the file is empty)"
+            )
 
     def _read_error(self, exc: BaseException, source: SourceObject) -> str:
         """The readable reason a file could not be read; raises for store-wide failures."""
         code = _s3_code(exc)
         if isinstance(exc, _Changed) or code in ("PreconditionFailed", "412") or _is_file_expired(exc):
-            when = str(exc) if isinstance(exc, _Changed) else (
-                "since it was listed" if code else "while it was read")
-            return (f"the file changed {when} (it no longer matches fingerprint {source.fingerprint}); "
-                    "retry later: the next run reads the new version")
+            when = (
+                str(exc)
+                if isinstance(exc, _Changed)
+                else ("since it was listed" if code else "while it was read")
+            )
+            return (
+                f"the file changed {when} (it no longer matches fingerprint {source.fingerprint}); "
+                "retry later: the next run reads the new version"
+            )
         if isinstance(exc, FileNotFoundError) or code == "NoSuchKey":
             return "the file was deleted after it was listed; retry later: the next run will not list it"
         if isinstance(exc, _Unsafe):
@@ -554,7 +646,7 @@ class DocumentStore:
         return f"could not be read ({type(exc).__name__}: {_first_line(exc)}); retry later"
 
 
-# ---------------------------------------------------------------------------------------------- parsing
+# --- parsing
 class _JsonlParser:
     """Turns the lines of one JSONL file into Documents, remembering ids to refuse duplicates."""
 
@@ -576,14 +668,20 @@ class _JsonlParser:
         fallback_id = f"{source.key}#L{number}"
 
         def failed(reason: str, doc_id: str = fallback_id) -> Document:
-            return Document(doc_id, source.uri, "sha256:" + hashlib.sha256(raw).hexdigest()[:32],
-                            error=f"line {number}: {reason}")
+            return Document(
+                doc_id,
+                source.uri,
+                "sha256:" + hashlib.sha256(raw).hexdigest()[:32],
+                error=f"line {number}: {reason}",
+            )
 
         try:
             text_line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return failed(f"not valid UTF-8 (byte {start + exc.start} from the start of the file is "
-                          f"{raw[exc.start:exc.start + 1]!r}); save the file as UTF-8")
+            return failed(
+                f"not valid UTF-8 (byte {start + exc.start} from the start of the file is "
+                f"{raw[exc.start : exc.start + 1]!r}); save the file as UTF-8"
+            )
         try:
             record = json.loads(text_line)
         except ValueError as exc:
@@ -596,8 +694,10 @@ class _JsonlParser:
         elif isinstance(raw_id, str) or (isinstance(raw_id, int) and not isinstance(raw_id, bool)):
             doc_id = f"{source.key}#{raw_id}"
         else:
-            return failed(f"the id field {self.id_field!r} must be a string or an integer, "
-                          f"not a {type(raw_id).__name__}")
+            return failed(
+                f"the id field {self.id_field!r} must be a string or an integer, "
+                f"not a {type(raw_id).__name__}"
+            )
         if doc_id in self.seen:
             return failed(f"duplicate {self.id_field!r} {raw_id!r} (an earlier line has the same id)")
         self.seen.add(doc_id)
@@ -617,8 +717,10 @@ def _text_document(source: SourceObject, data: bytes) -> Document:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        document.error = (f"not valid UTF-8 (byte {exc.start} from the start is {data[exc.start:exc.start + 1]!r}"
-                          f"); save the file as UTF-8")
+        document.error = (
+            f"not valid UTF-8 (byte {exc.start} from the start is {data[exc.start : exc.start + 1]!r}"
+            f"); save the file as UTF-8"
+        )
         return document
     return _checked_text(document, text.removeprefix("\ufeff"), "")
 
@@ -627,8 +729,10 @@ def _checked_text(document: Document, text: str, where: str) -> Document:
     if not text.strip():
         document.error = f"{where}empty document (no text, only whitespace)"
     elif len(text) > MAX_TEXT_CHARS:
-        document.error = (f"{where}{len(text):,} characters is over Infinity's limit of {MAX_TEXT_CHARS:,} "
-                          "characters per input; split the document")
+        document.error = (
+            f"{where}{len(text):,} characters is over Infinity's limit of {MAX_TEXT_CHARS:,} "
+            "characters per input; split the document"
+        )
     else:
         document.content = text
     return document
@@ -648,25 +752,41 @@ def _image_document(source: SourceObject, data: bytes) -> Document:
             image_format = f"the {image.format} image"
             image.verify()  # checks structure and checksums without decoding the pixels
     except UnidentifiedImageError:
-        document.error = f"not a readable image ({len(data):,} bytes that Pillow does not recognise); check the file"
+        document.error = (
+            f"not a readable image ({len(data):,} bytes that Pillow does not recognise); check the file"
+        )
         return document
     except Image.DecompressionBombError as exc:
         document.error = f"image too large to embed safely ({_first_line(exc)}); downscale it"
         return document
     except Exception as exc:  # noqa: BLE001 -- any decoder failure means a corrupt file
-        document.error = f"{image_format} is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)}); re-export the file"
+        document.error = (
+            f"{image_format} is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)}); "
+            "re-export the file"
+        )
         return document
     if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
-        document.error = (f"image is {width}x{height} pixels; Infinity needs at least "
-                          f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+        document.error = (
+            f"image is {width}x{height} pixels; Infinity needs at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+        )
         return document
     document.content = data
     return document
 
 
-# ---------------------------------------------------------------------------------------------- helpers
-_AUTH_CODES = frozenset({"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403", "ExpiredToken",
-                         "InvalidToken", "AuthorizationHeaderMalformed", "RequestTimeTooSkewed"})
+# --- helpers
+_AUTH_CODES = frozenset(
+    {
+        "SignatureDoesNotMatch",
+        "InvalidAccessKeyId",
+        "AccessDenied",
+        "403",
+        "ExpiredToken",
+        "InvalidToken",
+        "AuthorizationHeaderMalformed",
+        "RequestTimeTooSkewed",
+    }
+)
 
 
 class _Changed(Exception):
@@ -712,8 +832,14 @@ def _local_pages(base: str, page_size: int) -> Iterator[list[tuple[str, int, str
             except OSError:
                 continue  # a dangling symlink or a file deleted since the folder was read
             if stat.S_ISREG(info.st_mode):
-                files.append((entry.path.replace(os.sep, "/"), info.st_size, _local_fingerprint(info),
-                              info.st_mtime_ns / 1e9))
+                files.append(
+                    (
+                        entry.path.replace(os.sep, "/"),
+                        info.st_size,
+                        _local_fingerprint(info),
+                        info.st_mtime_ns / 1e9,
+                    )
+                )
         page.extend(reversed(files))
         while len(page) >= page_size:
             yield page[:page_size]
@@ -745,7 +871,9 @@ def _folder(partition_key: str) -> str:
 
 
 def _is_safe_segment(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
+    return (
+        bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
+    )
 
 
 def _safe_segment(folder: str) -> str:
@@ -755,8 +883,11 @@ def _safe_segment(folder: str) -> str:
 
 
 def _raw_timestamp_session() -> Any:
-    """An aiobotocore session that leaves timestamps as strings: botocore's date parsing is ~40% of the CPU time
-    of a large listing, and the objects of one upload share a handful of distinct LastModified values."""
+    """An aiobotocore session that leaves timestamps as strings.
+
+    botocore's date parsing is ~40% of the CPU time of a large listing, while the objects of one upload share
+    a handful of distinct LastModified values (parsed once each by :func:`_iso_timestamp`).
+    """
     from aiobotocore.session import AioSession
 
     session = AioSession()

@@ -1,4 +1,5 @@
-"""DocumentStore against the local filesystem and the real SeaweedFS: layout, keys, listing, reading, failures."""
+"""DocumentStore on the local filesystem and the real SeaweedFS: layout, keys, listing, reading, failures."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,10 +35,26 @@ def documents_by_id(store: DocumentStore, modality: str, partition: str) -> dict
     return {d.doc_id: d for d in store.read_documents(modality, listing.sources)}
 
 
-# ---------------------------------------------------------------------------------------------- partition keys
-TRICKY_FOLDERS = ["2026-11-24", "a.b", "a..b", "a...b", "....", ".hidden", "q1, q2 [draft]", "x|y", "50%",
-                  "50%25", "caf\u00e9 \u65e5\u672c", "tab\there", "new\nline", "a%2Eb", "~user", "a+b=c&d?e#f",
-                  "emoji \U0001F600"]
+# --- partition keys
+TRICKY_FOLDERS = [
+    "2026-11-24",
+    "a.b",
+    "a..b",
+    "a...b",
+    "....",
+    ".hidden",
+    "q1, q2 [draft]",
+    "x|y",
+    "50%",
+    "50%25",
+    "caf\u00e9 \u65e5\u672c",
+    "tab\there",
+    "new\nline",
+    "a%2Eb",
+    "~user",
+    "a+b=c&d?e#f",
+    "emoji \U0001f600",
+]
 
 
 @pytest.mark.parametrize("folder", TRICKY_FOLDERS)
@@ -54,8 +71,11 @@ def test_partition_keys_of_distinct_folders_are_distinct():
 
 
 def test_plain_folder_names_are_their_own_keys():
-    assert [partition_key_for_folder(f) for f in ("2026-11-24", "batch_01", "v1.2")] == \
-        ["2026-11-24", "batch_01", "v1.2"]
+    assert [partition_key_for_folder(f) for f in ("2026-11-24", "batch_01", "v1.2")] == [
+        "2026-11-24",
+        "batch_01",
+        "v1.2",
+    ]
 
 
 @pytest.mark.parametrize("key", ["a%2eb", "50%", "a,b", "a%41", "a b", "", "a...b", "%zz"])
@@ -64,19 +84,22 @@ def test_keys_the_mapping_cannot_produce_are_refused(key):
         folder_for_partition(key)
 
 
-# ---------------------------------------------------------------------------------------------- layout, paths
+# --- layout, paths
 def test_layout_paths_and_uris(store_root):
     store = store_root.store()
     assert store.artifact_path("text", "b1") == store.path("embeddings/text/b1.parquet")
     assert store.artifact_path("image", "b1") == store.path("embeddings/images/b1.parquet")
-    assert store.artifact_path("images", partition_key_for_folder("q1, q2")).endswith("/embeddings/images/q1, q2.parquet")
+    assert store.artifact_path("images", partition_key_for_folder("q1, q2")).endswith(
+        "/embeddings/images/q1, q2.parquet"
+    )
     assert store.uri_for("raw/text/b/a.txt") == store.uri(store.path("raw/text/b/a.txt"))
     assert store.uri_for("raw/text/b/a.txt").startswith("s3://" if store_root.is_s3 else "/")
     assert store.uri_for("raw/text/b/a.txt").endswith("/raw/text/b/a.txt")
 
 
-@pytest.mark.parametrize("key", ["../outside.txt", "/etc/passwd", "raw/../../outside", "a/\x00b", "", ".",
-                                 "..\\..\\outside"])
+@pytest.mark.parametrize(
+    "key", ["../outside.txt", "/etc/passwd", "raw/../../outside", "a/\x00b", "", ".", "..\\..\\outside"]
+)
 def test_keys_outside_the_root_are_refused(tmp_path, key):
     store = DocumentStore(str(tmp_path / "root"))
     with pytest.raises(DocumentStoreError, match="inside the store root"):
@@ -110,16 +133,25 @@ def test_a_symlink_out_of_the_root_is_listed_but_never_read(tmp_path):
     assert docs["link.txt"].content is None and "outside the store root" in docs["link.txt"].error
 
 
-# ---------------------------------------------------------------------------------------------- listing
+# --- listing
 def test_batch_folders_are_partitions_and_nested_folders_belong_to_them(store_root):
-    store_root.put_many({"raw/text/b2/a.txt": "a", "raw/text/b1/x/y/deep.md": "deep", "raw/text/b1/top.txt": "t",
-                         "raw/text/loose.txt": "in no batch", "raw/images/scan/p.png": image_bytes(),
-                         f"raw/text/{'q1, q2'}/c.txt": "c"})
+    store_root.put_many(
+        {
+            "raw/text/b2/a.txt": "a",
+            "raw/text/b1/x/y/deep.md": "deep",
+            "raw/text/b1/top.txt": "t",
+            "raw/text/loose.txt": "in no batch",
+            "raw/images/scan/p.png": image_bytes(),
+            f"raw/text/{'q1, q2'}/c.txt": "c",
+        }
+    )
     store = store_root.store()
     assert store.list_partitions("text") == sorted(["b1", "b2", partition_key_for_folder("q1, q2")])
     assert store.list_partitions("images") == ["scan"]
     assert [s.key for s in store.list_sources("text", "b1").sources] == ["top.txt", "x/y/deep.md"]
-    assert [s.key for s in store.list_sources("text", partition_key_for_folder("q1, q2")).sources] == ["c.txt"]
+    assert [s.key for s in store.list_sources("text", partition_key_for_folder("q1, q2")).sources] == [
+        "c.txt"
+    ]
 
 
 def test_a_folder_prefix_is_not_a_match(store_root):
@@ -136,9 +168,17 @@ def test_missing_folders_list_as_empty(store_root):
 
 
 def test_unsupported_extensions_are_skipped_and_named(store_root):
-    store_root.put_many({"raw/text/b/a.TXT": "upper", "raw/text/b/notes.docx": b"PK", "raw/text/b/data.csv": "x",
-                         "raw/text/b/sub/README": "no ext", "raw/text/b/p.png": image_bytes(),
-                         "raw/images/b/p.PNG": image_bytes(), "raw/images/b/a.txt": "text"})
+    store_root.put_many(
+        {
+            "raw/text/b/a.TXT": "upper",
+            "raw/text/b/notes.docx": b"PK",
+            "raw/text/b/data.csv": "x",
+            "raw/text/b/sub/README": "no ext",
+            "raw/text/b/p.png": image_bytes(),
+            "raw/images/b/p.PNG": image_bytes(),
+            "raw/images/b/a.txt": "text",
+        }
+    )
     store = store_root.store()
     text = store.list_sources("text", "b")
     assert [s.key for s in text.sources] == ["a.TXT"]
@@ -154,7 +194,9 @@ def test_sources_carry_uri_size_and_fingerprint(store_root):
     assert (source.key, source.uri, source.size) == ("sub/a.txt", uri, 11)
     assert store.fs.cat_file(source.path) == b"hello world"
     if store_root.is_s3:
-        assert source.fingerprint == hashlib.md5(b"hello world").hexdigest()  # the ETag of a single-part upload
+        assert (
+            source.fingerprint == hashlib.md5(b"hello world").hexdigest()
+        )  # the ETag of a single-part upload
     else:
         info = os.stat(source.path)
         assert source.fingerprint == f"{info.st_size}-{info.st_mtime_ns}"
@@ -190,7 +232,9 @@ def test_scan_matches_list_sources_of_every_partition(store_root):
 
 
 def test_object_pages_are_bounded_and_cover_everything(store_root):
-    store_root.put_many({f"raw/images/b{i % 4}/p{i:02d}.png": b"x" for i in range(25)} | {"raw/images/loose.png": b"x"})
+    store_root.put_many(
+        {f"raw/images/b{i % 4}/p{i:02d}.png": b"x" for i in range(25)} | {"raw/images/loose.png": b"x"}
+    )
     pages = list(store_root.store().iter_object_pages("images", page_size=6))
     assert all(len(page) <= 6 for page in pages)
     found = sorted((item.partition, item.source.key) for page in pages for item in page)
@@ -200,8 +244,10 @@ def test_object_pages_are_bounded_and_cover_everything(store_root):
 @pytest.mark.slow
 def test_scanning_100000_objects_on_seaweedfs_takes_seconds(seaweedfs, s3_bucket):
     fs = seaweedfs.filesystem()
-    fs.pipe({f"{s3_bucket}/raw/text/batch-{i % 500:03d}/doc-{i:06d}.txt": b"x" for i in range(100_000)},
-            batch_size=64)
+    fs.pipe(
+        {f"{s3_bucket}/raw/text/batch-{i % 500:03d}/doc-{i:06d}.txt": b"x" for i in range(100_000)},
+        batch_size=64,
+    )
     store = DocumentStore(f"s3://{s3_bucket}", **seaweedfs.storage_options())
     started = time.monotonic()
     count = largest_page = 0
@@ -217,28 +263,38 @@ def test_scanning_100000_objects_on_seaweedfs_takes_seconds(seaweedfs, s3_bucket
     assert paged < 10 and scanned < 10, f"paged {paged:.1f}s, scan {scanned:.1f}s"
 
 
-# ---------------------------------------------------------------------------------------------- reading text
+# --- reading text
 def test_text_files_become_one_document_each(store_root):
-    store_root.put_many({"raw/text/b/a.txt": "plain text", "raw/text/b/sub/n.md": "# Title\n\nbody",
-                         "raw/text/b/bom.txt": "\ufeffwith a BOM".encode("utf-8")})
+    store_root.put_many(
+        {
+            "raw/text/b/a.txt": "plain text",
+            "raw/text/b/sub/n.md": "# Title\n\nbody",
+            "raw/text/b/bom.txt": "\ufeffwith a BOM".encode("utf-8"),
+        }
+    )
     store = store_root.store()
     listing = store.list_sources("text", "b")
     docs = {d.doc_id: d for d in store.read_documents("text", listing.sources)}
-    assert {k: d.content for k, d in docs.items()} == {"a.txt": "plain text", "sub/n.md": "# Title\n\nbody",
-                                                       "bom.txt": "with a BOM"}
+    assert {k: d.content for k, d in docs.items()} == {
+        "a.txt": "plain text",
+        "sub/n.md": "# Title\n\nbody",
+        "bom.txt": "with a BOM",
+    }
     for source in listing.sources:
         assert (docs[source.key].source_uri, docs[source.key].fingerprint) == (source.uri, source.fingerprint)
         assert docs[source.key].error is None
 
 
 def test_bad_text_files_are_reported_with_their_reason(store_root):
-    store_root.put_many({
-        "raw/text/b/latin1.txt": "na\u00efve caf\u00e9".encode("latin-1"),
-        "raw/text/b/zero.txt": b"",
-        "raw/text/b/blank.md": " \n\t\n",
-        "raw/text/b/limit.txt": "x" * MAX_TEXT_CHARS,
-        "raw/text/b/over.txt": "\u00e9" * (MAX_TEXT_CHARS + 1),
-    })
+    store_root.put_many(
+        {
+            "raw/text/b/latin1.txt": "na\u00efve caf\u00e9".encode("latin-1"),
+            "raw/text/b/zero.txt": b"",
+            "raw/text/b/blank.md": " \n\t\n",
+            "raw/text/b/limit.txt": "x" * MAX_TEXT_CHARS,
+            "raw/text/b/over.txt": "\u00e9" * (MAX_TEXT_CHARS + 1),
+        }
+    )
     docs = documents_by_id(store_root.store(), "text", "b")
     assert "not valid UTF-8 (byte 2 " in docs["latin1.txt"].error and "b'\\xef'" in docs["latin1.txt"].error
     assert docs["zero.txt"].error == "empty file (0 bytes)"
@@ -248,24 +304,41 @@ def test_bad_text_files_are_reported_with_their_reason(store_root):
     assert all(d.content is None for k, d in docs.items() if k != "limit.txt")
 
 
-# ---------------------------------------------------------------------------------------------- reading JSONL
+# --- reading JSONL
 def jsonl(*records: object) -> str:
     return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)
 
 
 def test_jsonl_lines_become_documents_with_ids(store_root):
-    store_root.put("raw/text/b/set.jsonl", jsonl({"id": "a", "text": "alpha"}, "", {"id": 7, "text": "seven"},
-                                                  {"text": "no id"}, {"id": "", "text": "empty id"}) + "\r\n")
+    store_root.put(
+        "raw/text/b/set.jsonl",
+        jsonl(
+            {"id": "a", "text": "alpha"},
+            "",
+            {"id": 7, "text": "seven"},
+            {"text": "no id"},
+            {"id": "", "text": "empty id"},
+        )
+        + "\r\n",
+    )
     docs = documents_by_id(store_root.store(), "text", "b")
     assert {k: d.content for k, d in docs.items()} == {
-        "set.jsonl#a": "alpha", "set.jsonl#7": "seven", "set.jsonl#L4": "no id", "set.jsonl#L5": "empty id"}
+        "set.jsonl#a": "alpha",
+        "set.jsonl#7": "seven",
+        "set.jsonl#L4": "no id",
+        "set.jsonl#L5": "empty id",
+    }
     assert all(d.source_uri.endswith("/raw/text/b/set.jsonl") for d in docs.values())
 
 
 def test_jsonl_fingerprints_hash_the_text_only(store_root):
-    store_root.put("raw/text/b/one.jsonl", jsonl({"id": "a", "text": "same", "meta": 1}, {"id": "b", "text": "other"}))
+    store_root.put(
+        "raw/text/b/one.jsonl", jsonl({"id": "a", "text": "same", "meta": 1}, {"id": "b", "text": "other"})
+    )
     first = documents_by_id(store_root.store(), "text", "b")
-    store_root.put("raw/text/b/one.jsonl", jsonl({"id": "a", "text": "same", "meta": 2}, {"id": "b", "text": "changed"}))
+    store_root.put(
+        "raw/text/b/one.jsonl", jsonl({"id": "a", "text": "same", "meta": 2}, {"id": "b", "text": "changed"})
+    )
     second = documents_by_id(store_root.store(), "text", "b")
     assert first["one.jsonl#a"].fingerprint == second["one.jsonl#a"].fingerprint
     assert first["one.jsonl#b"].fingerprint != second["one.jsonl#b"].fingerprint
@@ -279,14 +352,25 @@ def test_jsonl_field_names_are_configurable(store_root):
 
 
 def test_bad_jsonl_lines_are_reported_by_line_and_the_others_kept(store_root):
-    lines = jsonl({"id": "ok", "text": "fine"}, "{not json", "[1, 2]", {"id": "m"}, {"id": "n", "text": 3},
-                  {"id": ["x"], "text": "t"}, {"id": "ok", "text": "dup"}, {"id": "e", "text": "  "},
-                  {"id": "long", "text": "y" * (MAX_TEXT_CHARS + 1)}, {"id": "last", "text": "still read"})
+    lines = jsonl(
+        {"id": "ok", "text": "fine"},
+        "{not json",
+        "[1, 2]",
+        {"id": "m"},
+        {"id": "n", "text": 3},
+        {"id": ["x"], "text": "t"},
+        {"id": "ok", "text": "dup"},
+        {"id": "e", "text": "  "},
+        {"id": "long", "text": "y" * (MAX_TEXT_CHARS + 1)},
+        {"id": "last", "text": "still read"},
+    )
     store_root.put("raw/text/b/bad.jsonl", lines.encode() + b'{"id": "u", "text": "caf\xe9"}\n')
     docs = documents_by_id(store_root.store(), "text", "b")
     errors = {k: d.error for k, d in docs.items() if d.error}
-    assert {k: d.content for k, d in docs.items() if not d.error} == {"bad.jsonl#ok": "fine",
-                                                                      "bad.jsonl#last": "still read"}
+    assert {k: d.content for k, d in docs.items() if not d.error} == {
+        "bad.jsonl#ok": "fine",
+        "bad.jsonl#last": "still read",
+    }
     assert errors["bad.jsonl#L2"].startswith("line 2: invalid JSON")
     assert errors["bad.jsonl#L3"] == "line 3: expected a JSON object, got a JSON list"
     assert errors["bad.jsonl#m"] == "line 4: the text field 'text' is missing"
@@ -296,8 +380,10 @@ def test_bad_jsonl_lines_are_reported_by_line_and_the_others_kept(store_root):
     assert errors["bad.jsonl#e"].startswith("line 8: empty document")
     assert errors["bad.jsonl#long"].startswith("line 9: 122,881 characters")
     offset = len(lines.encode()) + len(b'{"id": "u", "text": "caf')
-    assert errors["bad.jsonl#L11"] == f"line 11: not valid UTF-8 (byte {offset} from the start of the file is " \
-                                      "b'\\xe9'); save the file as UTF-8"
+    assert (
+        errors["bad.jsonl#L11"] == f"line 11: not valid UTF-8 (byte {offset} from the start of the file is "
+        "b'\\xe9'); save the file as UTF-8"
+    )
     assert len(docs) == 11
 
 
@@ -308,10 +394,19 @@ def test_a_jsonl_file_without_lines_is_one_failure(store_root, content):
     assert {k: d.error for k, d in docs.items()} == {"empty.jsonl": "no JSON lines (the file is empty)"}
 
 
-# ---------------------------------------------------------------------------------------------- reading images
+# --- reading images
 def test_images_are_read_as_bytes(store_root):
-    originals = {f"p.{ext}": image_bytes(fmt=fmt) for ext, fmt in
-                 [("png", "PNG"), ("jpg", "JPEG"), ("webp", "WEBP"), ("gif", "GIF"), ("bmp", "BMP"), ("tiff", "TIFF")]}
+    originals = {
+        f"p.{ext}": image_bytes(fmt=fmt)
+        for ext, fmt in [
+            ("png", "PNG"),
+            ("jpg", "JPEG"),
+            ("webp", "WEBP"),
+            ("gif", "GIF"),
+            ("bmp", "BMP"),
+            ("tiff", "TIFF"),
+        ]
+    }
     originals["sub/smallest.png"] = image_bytes((3, 3))
     store_root.put_many({f"raw/images/b/{k}": v for k, v in originals.items()})
     docs = documents_by_id(store_root.store(), "images", "b")
@@ -320,9 +415,15 @@ def test_images_are_read_as_bytes(store_root):
 
 def test_bad_images_are_reported_with_their_reason(store_root):
     png = image_bytes((64, 64))
-    store_root.put_many({"raw/images/b/zero.png": b"", "raw/images/b/text.png": b"this is not an image at all",
-                         "raw/images/b/truncated.png": png[:len(png) // 2], "raw/images/b/tiny.png": image_bytes((2, 5)),
-                         "raw/images/b/good.png": png})
+    store_root.put_many(
+        {
+            "raw/images/b/zero.png": b"",
+            "raw/images/b/text.png": b"this is not an image at all",
+            "raw/images/b/truncated.png": png[: len(png) // 2],
+            "raw/images/b/tiny.png": image_bytes((2, 5)),
+            "raw/images/b/good.png": png,
+        }
+    )
     docs = documents_by_id(store_root.store(), "images", "b")
     assert docs["good.png"].content == png
     assert docs["zero.png"].error == "empty file (0 bytes)"
@@ -331,7 +432,7 @@ def test_bad_images_are_reported_with_their_reason(store_root):
     assert docs["tiny.png"].error == "image is 2x5 pixels; Infinity needs at least 3x3"
 
 
-# ---------------------------------------------------------------------------------------------- consistency
+# --- consistency
 def test_a_file_changed_after_listing_is_a_retry_later_failure(store_root):
     store_root.put_many({"raw/text/b/a.txt": "old", "raw/images/b/p.png": image_bytes()})
     store = store_root.store()
@@ -380,25 +481,36 @@ def test_reads_are_chunked_and_lazy(store_root):
     store_root.delete("raw/text/b/d25.txt")  # not fetched yet: chunks are read only when reached
     rest = list(documents)
     assert [d.doc_id for d in rest] == [f"d{i:02d}.txt" for i in range(1, 30)]
-    assert [d.content for d in rest if d.doc_id != "d25.txt"] == [f"document {i}" for i in range(1, 30) if i != 25]
+    assert [d.content for d in rest if d.doc_id != "d25.txt"] == [
+        f"document {i}" for i in range(1, 30) if i != 25
+    ]
     assert "deleted" in rest[24].error
 
 
-# ---------------------------------------------------------------------------------------------- S3 settings, errors
+# --- S3 settings, errors
 def test_s3_settings_fall_back_to_the_aws_environment(seaweedfs, s3_bucket, monkeypatch):
     seaweedfs.filesystem().pipe_file(f"{s3_bucket}/raw/text/b/a.txt", b"from env")
     for name, value in seaweedfs.environment().items():
         monkeypatch.setenv(name, value)
     store = DocumentStore(f"s3://{s3_bucket}")
-    assert [d.content for d in store.read_documents("text", store.list_sources("text", "b").sources)] == ["from env"]
+    assert [d.content for d in store.read_documents("text", store.list_sources("text", "b").sources)] == [
+        "from env"
+    ]
     assert seaweedfs.secret_key not in repr(store) and seaweedfs.endpoint_url in repr(store)
 
 
 def test_wrong_secret_is_an_authentication_error_naming_what_to_check(seaweedfs, s3_bucket):
-    store = DocumentStore(f"s3://{s3_bucket}/docs", endpoint_url=seaweedfs.endpoint_url,
-                          key=seaweedfs.access_key, secret="not-the-secret")
-    for action in (lambda: store.list_partitions("text"), lambda: store.list_sources("text", "b"),
-                   lambda: store.scan("images")):
+    store = DocumentStore(
+        f"s3://{s3_bucket}/docs",
+        endpoint_url=seaweedfs.endpoint_url,
+        key=seaweedfs.access_key,
+        secret="not-the-secret",
+    )
+    for action in (
+        lambda: store.list_partitions("text"),
+        lambda: store.list_sources("text", "b"),
+        lambda: store.scan("images"),
+    ):
         with pytest.raises(DocumentStoreError) as info:
             action()
         message = str(info.value)
@@ -409,9 +521,13 @@ def test_wrong_secret_is_an_authentication_error_naming_what_to_check(seaweedfs,
 
 
 def test_wrong_credentials_while_reading_raise_instead_of_failing_every_document(seaweedfs, s3_bucket):
-    seaweedfs.filesystem().pipe({f"{s3_bucket}/raw/text/b/a.txt": b"a", f"{s3_bucket}/raw/text/b/c.jsonl": b"{}"})
+    seaweedfs.filesystem().pipe(
+        {f"{s3_bucket}/raw/text/b/a.txt": b"a", f"{s3_bucket}/raw/text/b/c.jsonl": b"{}"}
+    )
     good = DocumentStore(f"s3://{s3_bucket}", **seaweedfs.storage_options())
-    bad = DocumentStore(f"s3://{s3_bucket}", endpoint_url=seaweedfs.endpoint_url, key="unknown-key", secret="x")
+    bad = DocumentStore(
+        f"s3://{s3_bucket}", endpoint_url=seaweedfs.endpoint_url, key="unknown-key", secret="x"
+    )
     for source in good.list_sources("text", "b").sources:
         with pytest.raises(DocumentStoreError, match="authentication failed.*AWS_SECRET_ACCESS_KEY"):
             list(bad.read_documents("text", [source]))
@@ -419,14 +535,18 @@ def test_wrong_credentials_while_reading_raise_instead_of_failing_every_document
 
 def test_a_missing_bucket_says_so(seaweedfs):
     store = DocumentStore("s3://no-such-bucket-here/x", **seaweedfs.storage_options())
-    with pytest.raises(DocumentStoreError, match="'no-such-bucket-here' .*the bucket does not exist; create it"):
+    with pytest.raises(
+        DocumentStoreError, match="'no-such-bucket-here' .*the bucket does not exist; create it"
+    ):
         store.list_partitions("text")
 
 
 def test_an_unreachable_endpoint_says_which():
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     store = DocumentStore("s3://documents", endpoint_url=endpoint, key="k", secret="s")
-    with pytest.raises(DocumentStoreError, match=f"cannot reach the S3 endpoint {endpoint}.*AWS_ENDPOINT_URL"):
+    with pytest.raises(
+        DocumentStoreError, match=f"cannot reach the S3 endpoint {endpoint}.*AWS_ENDPOINT_URL"
+    ):
         store.list_sources("text", "b")
 
 
@@ -437,7 +557,7 @@ def test_the_local_default_root_needs_nothing(tmp_path, monkeypatch):
     assert store.list_partitions("text") == [] and store.scan("images") == {}
 
 
-# ---------------------------------------------------------------------------------------------- the server itself
+# --- the server itself
 def test_seaweedfs_checks_signatures_and_restarts_on_the_same_ports_and_data(tmp_path):
     with SeaweedFS(tmp_path / "own") as server:
         bucket = server.create_bucket()

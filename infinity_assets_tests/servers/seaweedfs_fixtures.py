@@ -6,6 +6,7 @@
 * ``store_root`` (parametrized ``local`` / ``s3``): a :class:`StoreRoot`, so a test written once runs against
   the local filesystem and against SeaweedFS.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
