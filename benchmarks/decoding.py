@@ -1,0 +1,88 @@
+"""Decoding micro-benchmark: our ``wire.decode_embeddings`` against raw ``base64.b64decode`` and the seed's lists.
+
+Bandwidth is measured in MB of base64 text decoded per second, on one parsed ColPali-sized response (10 items
+of 1,031 x 128 float32); memory per vector with ``tracemalloc`` over the decoded result alone.
+"""
+from __future__ import annotations
+
+import base64
+import gc
+import json
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from infinity_assets import wire
+
+from .fake_server import _Answers
+
+HIDDEN_DIM = 128
+
+
+def response_payload(items: int = 10, rows: int = 1031) -> dict[str, Any]:
+    """A parsed base64 ``/embeddings`` response, exactly as the fake server sends it."""
+    raw = _Answers(rows, HIDDEN_DIM, "m").embeddings(items, "base64")
+    return json.loads(raw[raw.index(b"\r\n\r\n") + 4:])
+
+
+def decode_ours(payload: dict[str, Any]) -> list[np.ndarray]:
+    """Our decode path."""
+    return wire.decode_embeddings(payload, expected=len(payload["data"]), encoding="base64",
+                                  hidden_dim=HIDDEN_DIM, model="m")
+
+
+def decode_raw(payload: dict[str, Any]) -> list[bytes]:
+    """The floor: ``base64.b64decode`` of each string, nothing else."""
+    return [base64.b64decode(item["embedding"]) for item in payload["data"]]
+
+
+def decode_seed(payload: dict[str, Any]) -> list[list[list[float]]]:
+    """The seed's path: numpy view, then ``.tolist()`` into nested Python lists."""
+    return [np.frombuffer(base64.b64decode(item["embedding"]), dtype=np.float32).reshape(-1, HIDDEN_DIM).tolist()
+            for item in payload["data"]]
+
+
+def _seconds(function: Callable[[Any], Any], payload: Any, repetitions: int) -> float:
+    times = []
+    for _ in range(repetitions):
+        started = time.perf_counter()
+        function(payload)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _bytes_per_vector(function: Callable[[Any], Any], payload: Any, vectors: int) -> float:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = function(payload)
+        size = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    del result
+    return size / vectors
+
+
+def run(repetitions: int = 15) -> dict[str, Any]:
+    """Median bandwidths (MB/s of base64) and bytes per decoded vector for ours, raw b64decode and the seed."""
+    payload = response_payload()
+    base64_bytes = sum(len(item["embedding"]) for item in payload["data"])
+    vectors = len(payload["data"]) * 1031
+    paths = {"ours": decode_ours, "raw_b64decode": decode_raw, "seed_tolist": decode_seed}
+    # Interleaved repetitions so that drift (other processes, CPU frequency) hits every path alike.
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(repetitions):
+        for name, function in paths.items():
+            times[name].append(_seconds(function, payload, 1))
+    result: dict[str, Any] = {"base64_mb": base64_bytes / 1e6, "vectors": vectors}
+    for name in paths:
+        result[f"{name}_mb_s"] = base64_bytes / 1e6 / statistics.median(times[name])
+    for name in ("ours", "seed_tolist"):
+        result[f"{name}_bytes_per_vector"] = _bytes_per_vector(paths[name], payload, vectors)
+    result["float32_bytes_per_vector"] = 4 * HIDDEN_DIM
+    return result
