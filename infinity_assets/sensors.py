@@ -2,25 +2,36 @@
 
 How a tick decides, per modality (``raw/text/``, ``raw/images/``):
 
-* One recursive listing of the modality (no listing cache), grouped by batch folder.
-* An object is *new* when its LastModified is after the cursor's watermark, or equal to it and its key is
-  not among the keys already seen at that second (S3 LastModified has whole-second resolution, so objects
-  written in the watermark's second after the last tick are still caught).
-* A changed batch gets a run request with ``run_key = <modality>:<partition>:<digest of all its fingerprints>``:
+* One recursive listing of the modality through the document store (paged ``ListObjectsV2``, no s3fs listing
+  cache), grouped by batch folder.
+* A batch is *changed* when it has an object whose LastModified is after the cursor's watermark, or an object
+  in the lookback window ``[watermark - lookback_seconds, watermark]`` while its fingerprint digest differs
+  from the digest recorded when it was last requested. The window catches what a bare watermark misses:
+  objects written in the watermark's own second after a tick (S3 LastModified has whole-second resolution),
+  and objects written to an already-listed prefix while a long listing was still running (their
+  LastModified can be older than an object listed later).
+* A changed batch gets a run request with ``run_key = <modality>:<partition>:<digest of its fingerprints>``:
   Dagster never launches the same run key twice, so an unchanged batch is never re-run and a changed one once.
-* At most ``max_runs_per_tick`` requests per tick, oldest changes first; the watermark only advances past the
-  batches actually requested, so the rest are found again on the next ticks (no flood on the first tick over
-  an existing bucket, and nothing lost).
-* A time budget well under Dagster's 60 s sensor timeout: when it runs out after one modality, the other is
-  left for the next tick (the cursor says which goes first).
+* At most ``max_runs_per_tick`` requests per tick, oldest changes first. The watermark only advances to the
+  newest change among the batches requested, so the others are found again by the next ticks (no flood on the
+  first tick over an existing bucket, and nothing lost).
+* A time budget well under Dagster's 60 s sensor timeout: once half of it is spent, the next modality is left
+  for the next tick (the cursor says which modality goes first then).
 
-The cursor is small JSON: ``{"text": {"watermark": 1732435200.0, "seen": [...]}, "images": {...}, "next": "images"}``.
+Deleted documents do not change any LastModified; the incremental schedules (schedules.py) compare every batch's
+sources with its last materialization and catch them, and anything a sensor cannot see.
+
+The cursor is small JSON whose size is bounded by the batches changed within the lookback window, never by the
+number of objects: ``{"text": {"watermark": 1732435200.0, "requested": {"<partition>": "<digest>"}},
+"images": {...}, "next": "images"}``.
 """
+
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import dagster as dg
 
@@ -30,49 +41,100 @@ from .jobs import JOBS_BY_MODALITY
 from .partitions import PARTITIONS_BY_MODALITY
 from .resources import DocumentStoreResource
 
+#: Tag on each run request: the digest of the batch's source fingerprints the run was requested for.
+SOURCE_DIGEST_TAG = "infinity_assets/source_digest"
+
 
 @dataclass
 class ModalityCursor:
-    """Where a modality's scanning stands: the newest LastModified handled and the keys seen at that second."""
+    """Where scanning one modality stands: the newest LastModified requested, and the fingerprint digests of
+    the batches requested whose newest object is still inside the lookback window."""
 
     watermark: float = 0.0
-    seen: tuple[str, ...] = ()
+    requested: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, object] | None) -> ModalityCursor:
+        """The cursor stored by :meth:`to_json` (an empty or foreign value starts from scratch)."""
+        if not isinstance(value, Mapping):
+            return cls()
+        requested = value.get("requested")
+        return cls(
+            float(value.get("watermark", 0.0) or 0.0),  # type: ignore[arg-type]
+            dict(requested) if isinstance(requested, Mapping) else {},
+        )
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready dict (the partitions sorted, so equal cursors serialize equally)."""
+        return {"watermark": self.watermark, "requested": dict(sorted(self.requested.items()))}
 
 
-def plan_requests(listings: dict[str, Listing], cursor: ModalityCursor, max_runs: int
-                  ) -> tuple[list[tuple[str, str]], ModalityCursor]:
-    """The batches to run now, as ``(partition key, fingerprint digest)``, and the cursor after them.
+@dataclass(frozen=True)
+class PlannedRun:
+    """A batch to run now: its partition key and the digest of its source fingerprints."""
 
-    Pure function of a listing and a cursor, so it is tested without Dagster.
+    partition: str
+    digest: str
+
+
+def plan_requests(
+    listings: Mapping[str, Listing], cursor: ModalityCursor, max_runs: int, lookback_seconds: float = 0.0
+) -> tuple[list[PlannedRun], ModalityCursor]:
+    """The batches to run now (oldest change first, at most ``max_runs``) and the cursor after them.
+
+    ``listings`` is ``{partition key: Listing}`` of one modality (``DocumentStore.scan``). A pure function of
+    a listing and a cursor, so it is tested without Dagster or a store.
     """
-    seen = set(cursor.seen)
-    newest_change: dict[str, float] = {}
+    floor = cursor.watermark - lookback_seconds
+    newest: dict[str, float] = {}
+    digests: dict[str, str] = {}
+    changed: list[str] = []
     for partition, listing in listings.items():
-        changed = [s.last_modified for s in listing.sources
-                   if s.last_modified > cursor.watermark
-                   or (s.last_modified == cursor.watermark and s.path not in seen)]
-        if changed:
-            newest_change[partition] = max(changed)
-    chosen = sorted(newest_change, key=lambda p: (newest_change[p], p))[:max_runs]
-    if not chosen:
-        return [], cursor
-    watermark = max(newest_change[p] for p in chosen)
-    at_watermark = {s.path for p in chosen for s in listings[p].sources if s.last_modified == watermark}
-    if watermark == cursor.watermark:
-        at_watermark |= seen
-    requests = [(p, fingerprint_digest(listings[p].fingerprints)) for p in chosen]
-    return requests, ModalityCursor(watermark, tuple(sorted(at_watermark)))
+        recent = [s.last_modified for s in listing.sources if s.last_modified >= floor]
+        if not recent:
+            continue  # every object predates the window: handled by earlier ticks
+        newest[partition] = max(recent)
+        digests[partition] = fingerprint_digest(listing.fingerprints)
+        # An identical rewrite (same ETag) keeps the digest: nothing to embed, so it is not a change.
+        if cursor.requested.get(partition) != digests[partition]:
+            changed.append(partition)
+    chosen = sorted(changed, key=lambda p: (newest[p], p))[: max(0, max_runs)]
+    watermark = max([cursor.watermark, *(newest[p] for p in chosen)])
+    new_floor = watermark - lookback_seconds
+    # Remember the digest of every batch still in the window that is handled: requested now, or unchanged
+    # since it was requested. Changed batches left for later ticks stay unrecorded, so they stay changed.
+    handled = set(chosen) | {p for p in newest if p not in changed}
+    requested = {p: digests[p] for p in sorted(handled) if newest[p] >= new_floor}
+    return [PlannedRun(p, digests[p]) for p in chosen], ModalityCursor(watermark, requested)
 
 
-def build_new_documents_sensor(*, max_runs_per_tick: int = 25, time_budget_seconds: float = 40.0,
-                               minimum_interval_seconds: int = 60,
-                               default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING
-                               ) -> dg.SensorDefinition:
-    """Build the sensor with its limits: run requests per tick, seconds of work per tick, tick interval.
+def build_new_documents_sensor(
+    *,
+    max_runs_per_tick: int = 25,
+    time_budget_seconds: float = 40.0,
+    lookback_seconds: float = 30.0,
+    minimum_interval_seconds: int = 60,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+) -> dg.SensorDefinition:
+    """Build ``new_documents_sensor`` with its limits.
 
-    Running by default: the package exists to embed new documents unattended, and a sensor that is off after
-    a deploy silently embeds nothing. Stop it in the UI to pause ingestion.
+    ``max_runs_per_tick`` caps run requests per tick (the first tick over a full bucket spreads its backlog over
+    several ticks); ``time_budget_seconds`` bounds a tick's work, well under Dagster's 60 s sensor timeout;
+    ``lookback_seconds`` is how far behind the watermark a late-appearing object is still caught;
+    ``minimum_interval_seconds`` is the tick interval.
+
+    The limits are arguments of this factory rather than environment variables or run config: a sensor has no
+    run config, and reading the environment at import time would make the code location depend on it
+    (``dg check defs`` in CI). A deployment that wants other limits builds its own sensor in its definitions.
+
+    Running by default: the package exists to embed new documents unattended, and a sensor that is off after a
+    deploy silently embeds nothing. Stop it in the UI to pause ingestion.
     """
+    if max_runs_per_tick < 1 or time_budget_seconds <= 0 or lookback_seconds < 0:
+        raise ValueError(
+            "build_new_documents_sensor needs max_runs_per_tick >= 1, time_budget_seconds > 0 and "
+            f"lookback_seconds >= 0 (got {max_runs_per_tick}, {time_budget_seconds}, {lookback_seconds})"
+        )
 
     @dg.sensor(
         name="new_documents_sensor",
@@ -80,49 +142,70 @@ def build_new_documents_sensor(*, max_runs_per_tick: int = 25, time_budget_secon
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description="Adds a partition per new batch folder under raw/text/ and raw/images/ and requests a run "
-                    f"for each new or changed batch (at most {max_runs_per_tick} per tick).",
+        f"for each new or changed batch (at most {max_runs_per_tick} per tick).",
     )
-    def new_documents_sensor(context: dg.SensorEvaluationContext,
-                             document_store: DocumentStoreResource) -> dg.SensorResult:
+    def new_documents_sensor(
+        context: dg.SensorEvaluationContext, document_store: DocumentStoreResource
+    ) -> dg.SensorResult:
         started = time.monotonic()
-        state = json.loads(context.cursor) if context.cursor else {}
+        state = _load_cursor(context.cursor)
         store = document_store.get_store()
         order = list(MODALITIES)
-        if state.get("next") in order:
+        if state.get("next") in order:  # the modality deferred by the previous tick goes first
             order.remove(state["next"])
             order.insert(0, state["next"])
+        state.pop("next", None)
         run_requests: list[dg.RunRequest] = []
         partition_requests: list[dg.AddDynamicPartitionsRequest] = []
         for position, modality in enumerate(order):
-            if time.monotonic() - started > time_budget_seconds / 2 and position > 0:
-                state["next"] = modality  # out of budget: this modality goes first next tick
-                context.log.info(f"time budget used; {modality} is scanned first on the next tick")
+            if position > 0 and time.monotonic() - started > time_budget_seconds / 2:
+                state["next"] = modality
+                context.log.info(f"half the {time_budget_seconds:.0f} s budget is used; {modality} next tick")
                 break
             listings = store.scan(modality)
             partitions_def = PARTITIONS_BY_MODALITY[modality]
             known = set(context.instance.get_dynamic_partitions(partitions_def.name))
-            new_partitions = sorted(set(listings) - known)
+            new_partitions = [p for p in listings if p not in known]
             if new_partitions:
                 partition_requests.append(partitions_def.build_add_request(new_partitions))
-            cursor = ModalityCursor(**state.get(modality, {}))
-            budget = max_runs_per_tick - len(run_requests)
-            chosen, cursor = plan_requests(listings, cursor, budget)
-            state[modality] = {"watermark": cursor.watermark, "seen": list(cursor.seen)}
-            job = JOBS_BY_MODALITY[modality]
-            run_requests += [dg.RunRequest(run_key=f"{modality}:{partition}:{digest}", partition_key=partition,
-                                           job_name=job.name, tags={"infinity_assets/source_digest": digest})
-                             for partition, digest in chosen]
-        else:
-            state.pop("next", None)
-        context.log.info(f"{len(run_requests)} run requests, {sum(len(r.partition_keys) for r in partition_requests)}"
-                         f" new partitions in {time.monotonic() - started:.1f}s")
+            planned, cursor = plan_requests(
+                listings,
+                ModalityCursor.from_json(state.get(modality)),
+                max_runs_per_tick - len(run_requests),
+                lookback_seconds,
+            )
+            state[modality] = cursor.to_json()
+            job_name = JOBS_BY_MODALITY[modality].name
+            run_requests += [
+                dg.RunRequest(
+                    run_key=f"{modality}:{run.partition}:{run.digest}",
+                    partition_key=run.partition,
+                    job_name=job_name,
+                    tags={SOURCE_DIGEST_TAG: run.digest},
+                )
+                for run in planned
+            ]
+        added = sum(len(r.partition_keys) for r in partition_requests)
+        context.log.info(
+            f"{len(run_requests)} run requests, {added} new partitions in {time.monotonic() - started:.1f} s"
+        )
         return dg.SensorResult(
-            run_requests=run_requests, dynamic_partitions_requests=partition_requests,
+            run_requests=run_requests,
+            dynamic_partitions_requests=partition_requests,
             cursor=json.dumps(state, separators=(",", ":")),
             skip_reason=None if run_requests or partition_requests else "no new or changed documents",
         )
 
     return new_documents_sensor
+
+
+def _load_cursor(cursor: str | None) -> dict:
+    """The sensor's cursor as a dict; an unreadable cursor (e.g. from an older version) starts from scratch."""
+    try:
+        state = json.loads(cursor) if cursor else {}
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 new_documents_sensor = build_new_documents_sensor()
