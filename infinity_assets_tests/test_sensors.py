@@ -33,7 +33,9 @@ def resource_for(root) -> DocumentStoreResource:
 
 def tick(sensor, instance, resource, cursor=None) -> dg.SensorResult:
     """Evaluate one tick and apply its partition requests, as the sensor daemon does."""
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"document_store": resource})
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"document_store": resource}
+    )
     result = sensor(context)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -225,7 +227,9 @@ def test_planning_ignores_an_identical_rewrite():
 
 
 def test_planning_with_a_cap_takes_oldest_changes_first():
-    listings = {p: Listing([source(p, "d", t)]) for p, t in (("late", 300.0), ("early", 100.0), ("mid", 200.0))}
+    listings = {
+        p: Listing([source(p, "d", t)]) for p, t in (("late", 300.0), ("early", 100.0), ("mid", 200.0))
+    }
     planned, cursor = plan_requests(listings, ModalityCursor(), 2)
     assert [run.partition for run in planned] == ["early", "mid"] and cursor.watermark == 200.0
     planned, cursor = plan_requests(listings, cursor, 2)
