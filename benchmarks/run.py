@@ -1,0 +1,121 @@
+"""``make bench``: every benchmark of issue 7 in one command, on 127.0.0.1; prints and writes the results table.
+
+Sections (``--only`` picks some): ``throughput`` (fake server, both shapes, all clients side by side),
+``sweep`` (throughput against concurrency, the plot), ``decoding``, ``real`` (real CPU Infinity server),
+``partition`` (end-to-end materialization), ``memory`` (2,000-image partition) and ``sensor`` (one tick over
+100,000 SeaweedFS objects). Results go to ``benchmarks/results/`` after each section.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make the repo importable
+
+from benchmarks import decoding, partition, real_server, report, sensor_tick  # noqa: E402
+from benchmarks.baselines import ensure_official_client  # noqa: E402
+from benchmarks.fake_server import MODEL, SHAPES, FakeServerProcess  # noqa: E402
+from benchmarks.workloads import CLIENTS, make_images, make_texts, run_client  # noqa: E402
+
+SECTIONS = ("throughput", "sweep", "decoding", "real", "partition", "memory", "sensor")
+#: (shape, modality, items): sized so the slowest client (the seed's) takes a few seconds per repetition.
+THROUGHPUT_CASES = (("latency", "text", 1600), ("latency", "image", 800), ("bandwidth", "image", 400))
+SWEEP_CASES = (("latency", "text"), ("bandwidth", "image"))
+CONCURRENCIES = (1, 2, 4, 8, 16)
+
+
+def _inputs(modality: str, count: int) -> list[Any]:
+    return make_texts(count) if modality == "text" else make_images(count)
+
+
+def throughput(repetitions: int, scale: float) -> dict[str, Any]:
+    """All clients at batch 10, concurrency 8, on each fake shape; repetitions interleaved across clients."""
+    tables: dict[str, Any] = {}
+    for shape, modality, count in THROUGHPUT_CASES:
+        count = max(80, int(count * scale))
+        inputs, rows = _inputs(modality, count), SHAPES[shape]["rows"]
+        times: dict[str, list[float]] = {name: [] for name in CLIENTS}
+        with FakeServerProcess.shape(shape) as server:
+            for _ in range(repetitions):
+                for name in CLIENTS:
+                    times[name] += run_client(name, server.url, MODEL, modality, inputs, rows=rows)
+        per_s = {name: count / statistics.median(seconds) for name, seconds in times.items()}
+        tables[f"{shape}/{modality}"] = {"count": count, "rows": rows, "per_s": per_s, "seconds": times}
+        print(f"  {shape}/{modality}: " + ", ".join(f"{n} {v:,.0f}/s" for n, v in per_s.items()), flush=True)
+    return tables
+
+
+def sweep(scale: float) -> dict[str, Any]:
+    """Items/s against concurrency for each client (the seed's algorithm is sequential: concurrency 1 only)."""
+    curves: dict[str, Any] = {}
+    for shape, modality in SWEEP_CASES:
+        rows, per_item = SHAPES[shape]["rows"], (200 if shape == "latency" else 50)
+        key = f"{shape}/{modality}"
+        curves[key] = {}
+        with FakeServerProcess.shape(shape) as server:
+            for name in CLIENTS:
+                points = {}
+                for concurrency in CONCURRENCIES if name != "seed" else (1,):
+                    count = max(40, int(per_item * max(concurrency, 2) * scale))
+                    seconds = run_client(name, server.url, MODEL, modality, _inputs(modality, count),
+                                         concurrency=concurrency, rows=rows)[0]
+                    points[str(concurrency)] = count / seconds
+                curves[key][name] = points
+                print(f"  {key} {name}: " + ", ".join(f"c={c} {v:,.0f}/s" for c, v in points.items()), flush=True)
+    return curves
+
+
+def main() -> int:
+    """Run the chosen sections, print the table, write benchmarks/results/."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smaller inputs, one repetition (a smoke run)")
+    args = parser.parse_args()
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    repetitions, scale = (1, 0.25) if args.quick else (args.repetitions, 1.0)
+    ensure_official_client()
+    results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs, {platform.platform()}, "
+                                          f"Python {platform.python_version()}"}
+    started = time.monotonic()
+    for section in chosen:
+        print(f"[{time.monotonic() - started:5.0f}s] {section}", flush=True)
+        if section == "throughput":
+            results["throughput"] = throughput(repetitions, scale)
+        elif section == "sweep":
+            results["sweep"] = sweep(scale)
+        elif section == "decoding":
+            results["decoding"] = decoding.run()
+        elif section == "real":
+            results["real_server"] = real_server.run(texts=int(400 * scale), images=int(160 * scale),
+                                                     repetitions=repetitions)
+        elif section == "partition":
+            results["partition"] = {}
+            for shape, count in (("latency", 800), ("bandwidth", 400)):
+                with FakeServerProcess.shape(shape) as server:
+                    results["partition"][shape] = partition.throughput(server.url, max(80, int(count * scale)),
+                                                                       repetitions)
+        elif section == "memory":
+            with FakeServerProcess.shape("bandwidth") as server:
+                results["memory"] = partition.peak_rss(server.url, 2000)
+        elif section == "sensor":
+            results["sensor"] = sensor_tick.run()
+        report.write(results)
+    results["total_seconds"] = time.monotonic() - started
+    print(report.write(results))
+    print(f"\n{results['total_seconds']:.0f}s; written to {report.RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
