@@ -45,7 +45,12 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{_verdict(d['ours_bytes_per_vector'], d['float32_bytes_per_vector'] * 1.05, False)} |",
                   f"| seed (`.tolist()`) | {d['seed_tolist_mb_s']:,.0f} | {d['seed_tolist_mb_s'] / raw:.2f} | "
                   f"{d['seed_tolist_bytes_per_vector']:,.0f} "
-                  f"({d['seed_tolist_bytes_per_vector'] / d['float32_bytes_per_vector']:.1f} x float32) | |", ""]
+                  f"({d['seed_tolist_bytes_per_vector'] / d['float32_bytes_per_vector']:.1f} x float32) | |"]
+        if "prototype_from_body_mb_s" in d:
+            p = d["prototype_from_body_mb_s"]
+            lines.append(f"| prototype `fast_decode` (from the raw body, JSON parse included) | {p:,.0f} | "
+                         f"{p / raw:.2f} | 512 | |")
+        lines.append("")
     if "real_server" in results:
         r = results["real_server"]
         lines += ["## Real CPU Infinity server (minilm-colbert-128 texts, colpali-tiny images; batch 10, "
