@@ -342,9 +342,13 @@ class InfinityEmbeddings:
             return InfinityTimeoutError(
                 f"no answer from the Infinity server at {self.url} within {self.timeout:g}s "
                 f"({type(exc).__name__}); raise timeout or lower embed_batch_size")
+        if isinstance(exc, httpx.ConnectError):
+            return InfinityConnectionError(
+                f"cannot reach the Infinity server at {self.url} ({exc}); check that it is running and that "
+                "url / INFINITY_API_URL points at it")
         return InfinityConnectionError(
-            f"cannot reach the Infinity server at {self.url} ({type(exc).__name__}: {exc}); check that it is "
-            "running and that url / INFINITY_API_URL points at it")
+            f"the connection to the Infinity server at {self.url} broke mid-request ({type(exc).__name__}: {exc}); "
+            "check the server's health and any proxy in between")
 
     def _decode(self, payload: Any, count: int) -> list[np.ndarray]:
         assert self.hidden_dim is not None

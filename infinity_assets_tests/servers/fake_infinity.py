@@ -24,11 +24,11 @@ from PIL import Image
 Fault = Callable[[httpx.Request], httpx.Response | None]
 
 
-def vectors_for(item: str, modality: str, hidden_dim: int) -> np.ndarray:
+def vectors_for(item: str, modality: str, hidden_dim: int, image_rows: int = 16) -> np.ndarray:
     """The deterministic multi-vector the fake returns for one input (before padding)."""
     digest = hashlib.sha256(f"{modality}:{item}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    rows = len(item.split()) + 2 if modality == "text" else 16
+    rows = len(item.split()) + 2 if modality == "text" else image_rows
     return (rng.standard_normal((rows, hidden_dim)) + 0.01).astype(np.float32)
 
 
@@ -43,6 +43,7 @@ class FakeInfinity:
     model: str = "fake-model"
     hidden_dim: int = 128
     padding: str | None = None
+    image_rows: int = 16
     api_key: str | None = None
     delay: float | Callable[[dict[str, Any]], float] = 0.0
     faults: list[Fault] = field(default_factory=list)
@@ -112,7 +113,7 @@ class FakeInfinity:
                 problem = _image_problem(item)
                 if problem is not None:
                     return problem
-            vectors = self._pad(vectors_for(item, modality, self.hidden_dim), index)
+            vectors = self._pad(vectors_for(item, modality, self.hidden_dim, self.image_rows), index)
             if encoding == "base64":
                 embedding: Any = base64.b64encode(vectors.astype("<f4").tobytes()).decode("ascii")
             else:
