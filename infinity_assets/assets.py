@@ -4,7 +4,7 @@ import dagster as dg
 
 from .artifacts import artifact_schema
 from .partitions import image_partitions, text_partitions
-from .pipeline import PartitionReport, embed_partition
+from .pipeline import DEFAULT_MEMORY_BUDGET, PartitionReport, embed_partition
 from .resources import DocumentStoreResource, InfinityResource
 
 #: Bump when the embedding logic changes in a way that should re-embed everything.
@@ -19,7 +19,10 @@ class EmbeddingConfig(dg.Config):
     """Share of documents allowed to fail. Above it the blocking check fails (and so the run), after the
     others were embedded and published; the failed ones are retried by the next run."""
     row_group_size: int = 256
-    """Documents per Parquet row group: bounds the writer's memory."""
+    """At most this many documents per Parquet row group."""
+    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET >> 20
+    """MiB of vectors held at once while embedding and writing a partition, whatever the documents' sizes
+    (see ``embed_partition``); a smaller budget means fewer requests in flight and smaller row groups."""
 
 
 def _build_asset(name: str, modality: str, partitions_def: dg.PartitionsDefinition, infinity_key: str,
@@ -45,7 +48,8 @@ def _build_asset(name: str, modality: str, partitions_def: dg.PartitionsDefiniti
         context.log.info(f"embedding {modality} partition {context.partition_key!r} from {store!r} with "
                          f"{client!r}")
         report = embed_partition(store, client, modality, context.partition_key,
-                                 row_group_size=config.row_group_size)
+                                 row_group_size=config.row_group_size,
+                                 memory_budget=config.memory_budget_mb << 20)
         for doc_id, error in report.failures[:50]:
             context.log.warning(f"document {doc_id!r} failed: {error}")
         if report.retries:

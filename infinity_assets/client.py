@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 import httpx
 import numpy as np
@@ -44,6 +44,7 @@ DEFAULT_URL = "http://localhost:7997"
 DEFAULT_MODEL = "michaelfeil/colqwen2-v0.1"
 Errors = Literal["raise", "collect"]
 _PROBE_TEXT = "hidden_dim probe"
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -163,15 +164,20 @@ class InfinityEmbeddings:
         return self._many(images, "image", self._batch_size("image"), errors, show_progress)
 
     def iter_embeddings(
-        self, items: Iterable[Any], *, modality: Modality = "text", show_progress: bool = False
+        self, items: Iterable[Any], *, modality: Modality = "text", show_progress: bool = False,
+        max_buffered_bytes: int | None = None,
     ) -> Iterator[np.ndarray | InfinityError]:
         """Yield one result per input, in input order, while later batches are still in flight.
 
-        Memory stays bounded by ``2 * max_concurrency`` batches, so this suits inputs that do not fit in
-        memory at once. A failed input yields its :class:`InfinityError` (like ``errors="collect"``); server
-        failures (unreachable, 5xx after retries, wrong hidden_dim) raise.
+        At most ``2 * max_concurrency`` batches are held (in flight or waiting to be consumed), so this suits
+        inputs that do not fit in memory at once. ``max_buffered_bytes`` bounds them by size too: no new batch
+        is sent while the held ones would exceed it, each counted at the largest footprint seen so far (its
+        response body and decoded vectors); fewer requests are then in flight, never fewer than one.
+        A failed input yields its :class:`InfinityError` (like ``errors="collect"``); server failures
+        (unreachable, 5xx after retries, wrong hidden_dim) raise.
         """
-        yield from self._iter_results(items, modality, self._batch_size(modality), show_progress)
+        yield from self._iter_results(items, modality, self._batch_size(modality), show_progress,
+                                      max_buffered_bytes)
 
     def detect_hidden_dim(self) -> int:
         """The model's embedding size, asked once from the server (one float request) and cached."""
@@ -241,10 +247,12 @@ class InfinityEmbeddings:
         return await self._amany(images, "image", self._batch_size("image"), errors, show_progress)
 
     async def aiter_embeddings(
-        self, items: Iterable[Any], *, modality: Modality = "text", show_progress: bool = False
+        self, items: Iterable[Any], *, modality: Modality = "text", show_progress: bool = False,
+        max_buffered_bytes: int | None = None,
     ) -> AsyncIterator[np.ndarray | InfinityError]:
         """Async :meth:`iter_embeddings`."""
-        async for result in self._aiter_results(items, modality, self._batch_size(modality), show_progress):
+        async for result in self._aiter_results(items, modality, self._batch_size(modality), show_progress,
+                                                max_buffered_bytes):
             yield result
 
     async def ahealth(self) -> dict[str, Any]:
@@ -306,11 +314,12 @@ class InfinityEmbeddings:
         logger.warning("Infinity request failed (%s); retry %d of %d in %.2fs",
                        exc, state.attempt_number, self.max_retries, wait)
 
-    def _raise_for_status(self, response: httpx.Response, what: str) -> Any:
+    def _raise_for_status(self, response: httpx.Response, what: str, content: bytes | None = None) -> bytes:
+        """The body of a 200 response (``content`` if it was read apart); other statuses raise."""
         with self._stats_lock:
             self.stats.requests += 1
         if response.status_code == 200:
-            return wire.parse_json(response.content, self.url)
+            return response.content if content is None else content
         try:
             payload = response.json()
         except ValueError:
@@ -350,10 +359,15 @@ class InfinityEmbeddings:
             f"the connection to the Infinity server at {self.url} broke mid-request ({type(exc).__name__}: {exc}); "
             "check the server's health and any proxy in between")
 
-    def _decode(self, payload: Any, count: int) -> list[np.ndarray]:
-        assert self.hidden_dim is not None
-        return wire.decode_embeddings(payload, expected=count, encoding=self.encoding,
-                                      hidden_dim=self.hidden_dim, model=self.model_name)
+    def _decoder(self, count: int) -> Callable[[bytes], list[np.ndarray]]:
+        def decode(body: bytes) -> list[np.ndarray]:
+            assert self.hidden_dim is not None
+            return wire.decode_response(body, expected=count, encoding=self.encoding, hidden_dim=self.hidden_dim,
+                                        model=self.model_name, url=self.url)
+        return decode
+
+    def _parse_json(self, body: bytes) -> Any:
+        return wire.parse_json(body, self.url)
 
     def _check_dim(self, payload: Any) -> None:
         detected = wire.detect_dim(payload)
@@ -411,34 +425,40 @@ class InfinityEmbeddings:
             response = self._client().get(path)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
-        return self._raise_for_status(response, f"GET {path}")
+        return self._parse_json(self._raise_for_status(response, f"GET {path}"))
 
-    def _post_embeddings(self, inputs: list[str], modality: Modality, encoding: Encoding) -> Any:
+    def _post_embeddings(self, inputs: list[str], modality: Modality, encoding: Encoding,
+                         parse: Callable[[bytes], _T]) -> _T:
+        """POST one request, retried; ``parse`` turns the 200 body into the result inside the retried attempt
+        (a body damaged in transit is retried).
+
+        A 200 body is read apart from the response: httpx responses sit in a reference cycle until the garbage
+        collector runs, and a multi-megabyte body kept in one would live that long too."""
         body = wire.request_body(self.model_name, inputs, modality, encoding)
 
-        def attempt() -> Any:
+        def attempt() -> _T:
             try:
-                response = self._client().post("/embeddings", content=body)
+                with self._client().stream("POST", "/embeddings", content=body) as response:
+                    content = b"".join(response.iter_bytes()) if response.status_code == 200 else response.read()
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc) from None
-            return self._raise_for_status(response, "POST /embeddings")
+            return parse(self._raise_for_status(response, "POST /embeddings", content))
 
         return self._retrying_call(attempt)
 
     def _ensure_dim(self) -> None:
         if self._needs_probe():
-            self._check_dim(self._post_embeddings([_PROBE_TEXT], "text", "float"))
+            self._check_dim(self._post_embeddings([_PROBE_TEXT], "text", "float", self._parse_json))
 
     def _embed_sent(self, inputs: list[str], modality: Modality) -> list[Any]:
         """Embed prepared inputs; a rejected request is bisected to find the inputs the server refuses."""
         try:
-            payload = self._post_embeddings(inputs, modality, self.encoding)
+            return self._post_embeddings(inputs, modality, self.encoding, self._decoder(len(inputs)))
         except InfinityBadRequestError as exc:
             if len(inputs) == 1:
                 return [exc]
             middle = len(inputs) // 2
             return self._embed_sent(inputs[:middle], modality) + self._embed_sent(inputs[middle:], modality)
-        return self._decode(payload, len(inputs))
 
     def _embed_chunk(self, items: list[Any], modality: Modality) -> list[Any]:
         prepared = self._prepare(items, modality)
@@ -455,25 +475,29 @@ class InfinityEmbeddings:
             raise result
         return result
 
-    def _iter_chunk_results(self, items: Iterable[Any], modality: Modality, size: int) -> Iterator[list[Any]]:
+    def _iter_chunk_results(self, items: Iterable[Any], modality: Modality, size: int,
+                            max_bytes: int | None) -> Iterator[list[Any]]:
         self._ensure_dim()
-        pool, window = self._pool(), 2 * self.max_concurrency
+        pool, window = self._pool(), _Window(self.max_concurrency, max_bytes, self.encoding)
         pending: deque[Future[list[Any]]] = deque()
         iterator = iter(items)
         try:
             while True:
-                while len(pending) < window and (chunk := list(islice(iterator, size))):
+                while window.has_room(len(pending)) and (chunk := list(islice(iterator, size))):
                     pending.append(pool.submit(self._embed_chunk, chunk, modality))
                 if not pending:
                     return
-                yield pending.popleft().result()
+                chunk_results = pending.popleft().result()
+                window.observe(chunk_results)
+                yield chunk_results
         finally:
             for future in pending:
                 future.cancel()
 
-    def _iter_results(self, items: Iterable[Any], modality: Modality, size: int, progress: bool) -> Iterator[Any]:
+    def _iter_results(self, items: Iterable[Any], modality: Modality, size: int, progress: bool,
+                      max_bytes: int | None = None) -> Iterator[Any]:
         with tqdm(total=_length(items), disable=not progress, unit=modality) as bar:
-            for chunk_results in self._iter_chunk_results(items, modality, size):
+            for chunk_results in self._iter_chunk_results(items, modality, size, max_bytes):
                 bar.update(len(chunk_results))
                 yield from chunk_results
 
@@ -501,19 +525,22 @@ class InfinityEmbeddings:
             response = await self._astate().http.get(path)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
-        return self._raise_for_status(response, f"GET {path}")
+        return self._parse_json(self._raise_for_status(response, f"GET {path}"))
 
-    async def _apost_embeddings(self, inputs: list[str], modality: Modality, encoding: Encoding) -> Any:
+    async def _apost_embeddings(self, inputs: list[str], modality: Modality, encoding: Encoding,
+                                parse: Callable[[bytes], _T]) -> _T:
         body = wire.request_body(self.model_name, inputs, modality, encoding)
 
-        async def attempt() -> Any:
+        async def attempt() -> _T:
             state = self._astate()
             async with state.semaphore:
                 try:
-                    response = await state.http.post("/embeddings", content=body)
+                    async with state.http.stream("POST", "/embeddings", content=body) as response:
+                        content = (b"".join([c async for c in response.aiter_bytes()])
+                                   if response.status_code == 200 else await response.aread())
                 except httpx.HTTPError as exc:
                     raise self._transport_error(exc) from None
-            return self._raise_for_status(response, "POST /embeddings")
+            return parse(self._raise_for_status(response, "POST /embeddings", content))
 
         return await self._aretrying_call(attempt)
 
@@ -521,11 +548,11 @@ class InfinityEmbeddings:
         if self._needs_probe():
             async with self._astate().probe_lock:
                 if self._needs_probe():
-                    self._check_dim(await self._apost_embeddings([_PROBE_TEXT], "text", "float"))
+                    self._check_dim(await self._apost_embeddings([_PROBE_TEXT], "text", "float", self._parse_json))
 
     async def _aembed_sent(self, inputs: list[str], modality: Modality) -> list[Any]:
         try:
-            payload = await self._apost_embeddings(inputs, modality, self.encoding)
+            return await self._apost_embeddings(inputs, modality, self.encoding, self._decoder(len(inputs)))
         except InfinityBadRequestError as exc:
             if len(inputs) == 1:
                 return [exc]
@@ -533,7 +560,6 @@ class InfinityEmbeddings:
             halves = await asyncio.gather(self._aembed_sent(inputs[:middle], modality),
                                           self._aembed_sent(inputs[middle:], modality))
             return halves[0] + halves[1]
-        return self._decode(payload, len(inputs))
 
     async def _aembed_chunk(self, items: list[Any], modality: Modality) -> list[Any]:
         prepared = self._prepare(items, modality)
@@ -551,19 +577,20 @@ class InfinityEmbeddings:
         return result
 
     async def _aiter_results(self, items: Iterable[Any], modality: Modality, size: int,
-                             progress: bool) -> AsyncIterator[Any]:
+                             progress: bool, max_bytes: int | None = None) -> AsyncIterator[Any]:
         await self._aensure_dim()
-        window = 2 * self.max_concurrency
+        window = _Window(self.max_concurrency, max_bytes, self.encoding)
         pending: deque[asyncio.Task[list[Any]]] = deque()
         iterator = iter(items)
         try:
             with tqdm(total=_length(items), disable=not progress, unit=modality) as bar:
                 while True:
-                    while len(pending) < window and (chunk := list(islice(iterator, size))):
+                    while window.has_room(len(pending)) and (chunk := list(islice(iterator, size))):
                         pending.append(asyncio.ensure_future(self._aembed_chunk(chunk, modality)))
                     if not pending:
                         return
                     chunk_results = await pending.popleft()
+                    window.observe(chunk_results)
                     bar.update(len(chunk_results))
                     for result in chunk_results:
                         yield result
@@ -577,6 +604,40 @@ class InfinityEmbeddings:
                      progress: bool) -> list[Any]:
         results = [r async for r in self._aiter_results(items, modality, size, progress)]
         return self._finish(results, errors)
+
+
+class _Window:
+    """How many batches an iterator may hold (in flight or waiting to be consumed).
+
+    At most ``2 * max_concurrency``; with ``max_bytes``, also no more than fit in it at the largest footprint
+    seen so far (until a batch has returned, ``max_concurrency``), and always at least one.
+    """
+
+    # Peak bytes of a batch per byte of its float32 vectors: the response body (base64 is 4/3 of the
+    # vectors; JSON floats ~5 x, parsed into Python floats ~8 x more) plus the decoded vectors.
+    FOOTPRINT = {"base64": 1 + 4 / 3, "float": 14.0}
+
+    def __init__(self, max_concurrency: int, max_bytes: int | None, encoding: Encoding) -> None:
+        self.max_concurrency, self.max_bytes = max_concurrency, max_bytes
+        self.footprint_ratio = self.FOOTPRINT[encoding]
+        self.batch_bytes = 0.0
+
+    def has_room(self, held: int) -> bool:
+        """Whether one more batch may be sent while ``held`` batches are held."""
+        if held == 0:
+            return True
+        if held >= 2 * self.max_concurrency:
+            return False
+        if self.max_bytes is None:
+            return True
+        if not self.batch_bytes:
+            return held < self.max_concurrency
+        return (held + 1) * self.batch_bytes <= self.max_bytes
+
+    def observe(self, results: list[Any]) -> None:
+        """Take the size of a returned batch into account."""
+        vectors = sum(r.nbytes for r in results if isinstance(r, np.ndarray))
+        self.batch_bytes = max(self.batch_bytes, vectors * self.footprint_ratio)
 
 
 @dataclass

@@ -24,6 +24,8 @@ from .errors import InfinityError
 logger = logging.getLogger(__name__)
 
 WIRE_MODALITY = {"text": "text", "images": "image"}
+#: Default memory budget of one partition materialization, in bytes (see :func:`embed_partition`).
+DEFAULT_MEMORY_BUDGET = 192 << 20
 
 
 class TooManyFailuresError(Exception):
@@ -67,10 +69,14 @@ def embed_partition(
     row_group_size: int = 256,
     max_failure_ratio: float = 1.0,
     preview_rows: int = 5,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> PartitionReport:
     """Embed the documents of one batch folder into its artifact, reusing rows whose fingerprint is unchanged.
 
-    ``modality`` is ``"text"`` or ``"images"``. Documents that cannot be read or embedded are listed in the
+    ``modality`` is ``"text"`` or ``"images"``. ``memory_budget`` (bytes) bounds the vectors held at once,
+    whatever the documents' sizes: half for the client's batches in flight or waiting to be written
+    (``max_buffered_bytes``), half for writing a row group (``row_group_bytes``); a smaller budget means fewer
+    requests in flight and smaller row groups. Documents that cannot be read or embedded are listed in the
     report and the artifact's failures sidecar; if their share exceeds ``max_failure_ratio`` nothing is published
     and :class:`TooManyFailuresError` is raised. Server failures (unreachable, wrong hidden_dim) raise and publish
     nothing; the previous artifact stays intact.
@@ -116,7 +122,7 @@ def embed_partition(
                 pending.append(document)
                 yield document.content  # type: ignore[misc]
 
-    embedded = _embedded_rows(client, modality, inputs(), pending, failures)
+    embedded = _embedded_rows(client, modality, inputs(), pending, failures, memory_budget // 2)
     first = next(embedded, None)  # with hidden_dim=None, the first request tells the size
     hidden_dim = client.hidden_dim or int(previous_metadata.get("hidden_dim", 0)) or client.detect_hidden_dim()
     metadata = {"model": client.model_name, "hidden_dim": hidden_dim, "modality": modality,
@@ -125,7 +131,8 @@ def embed_partition(
     store.ensure_artifact_dir(modality)
     try:
         with artifacts.ArtifactWriter(store.fs, path, hidden_dim=hidden_dim, metadata=metadata,
-                                      row_group_size=row_group_size) as writer:
+                                      row_group_size=row_group_size,
+                                      row_group_bytes=memory_budget // 2 // artifacts.WRITE_AMPLIFICATION) as writer:
             for row in _reused_rows(store, path, reusable):
                 writer.write(*row)
             for row in itertools.chain([first] if first else [], embedded):
@@ -140,6 +147,12 @@ def embed_partition(
                     f"{report.failed} of {report.total} documents of partition {partition!r} failed, over "
                     f"max_failure_ratio={max_failure_ratio}; nothing was published. First failures: "
                     + "; ".join(f"{f.doc_id}: {f.error}" for f in failures[:5]))
+    except (InfinityError, TooManyFailuresError, artifacts.ArtifactError, documents.DocumentStoreError):
+        raise
+    except Exception as exc:  # an S3 write failed: say which endpoint and what to check
+        if not store.is_s3:
+            raise
+        raise store.store_error(exc, path) from exc
     finally:
         report.seconds = time.monotonic() - started
     report.reused = len(reusable)
@@ -167,10 +180,12 @@ def _reusable_index(store: documents.DocumentStore, path: str,
 
 
 def _embedded_rows(client: InfinityEmbeddings, modality: str, inputs: Iterator[str | bytes],
-                   pending: deque[documents.Document], failures: list[artifacts.Failure]) -> Iterator[tuple]:
+                   pending: deque[documents.Document], failures: list[artifacts.Failure],
+                   max_buffered_bytes: int) -> Iterator[tuple]:
     """A writer row for each newly embedded document, in input order; failed documents go to ``failures``."""
     now = datetime.now(timezone.utc)
-    for result in client.iter_embeddings(inputs, modality=WIRE_MODALITY[modality]):
+    for result in client.iter_embeddings(inputs, modality=WIRE_MODALITY[modality],
+                                         max_buffered_bytes=max_buffered_bytes):
         document = pending.popleft()
         if isinstance(result, InfinityError):
             failures.append(artifacts.Failure(document.doc_id, document.source_uri, str(result)))

@@ -17,10 +17,12 @@ import base64
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import numpy as np
+import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InfinityResponseError, InvalidInputError
@@ -155,6 +157,67 @@ def server_message(payload: Any, fallback: str) -> str:
         if detail:
             return str(detail)
     return fallback
+
+
+def decode_response(
+    body: bytes, *, expected: int, encoding: Encoding, hidden_dim: int, model: str, url: str
+) -> list[np.ndarray]:
+    """Decode the body of a 200 ``/embeddings`` response; the same result and errors as :func:`decode_embeddings`.
+
+    A base64 body in the server's own layout is decoded straight from the bytes: no JSON parse (which would
+    copy every embedding into a ``str``), SIMD base64 from a memoryview. Any other body, or anything unusual
+    in this one (another layout, escapes, a wrong count or index, bad base64, a size that does not fit
+    ``hidden_dim``), takes the JSON path, which raises the proper error.
+    """
+    if encoding == "base64":
+        arrays = _decode_base64_body(body, expected, hidden_dim)
+        if arrays is not None:
+            return arrays
+    return decode_embeddings(parse_json(body, url), expected=expected, encoding=encoding, hidden_dim=hidden_dim,
+                             model=model)
+
+
+# How infinity-emb (orjson) lays out a base64 answer: '{"object":"list","data":[' then items, no whitespace.
+_DATA_KEY = b'"data":['
+_ITEM_HEAD = b'{"object":"embedding","embedding":"'
+_ITEM_TAIL = re.compile(rb'","index":(0|[1-9][0-9]*)\}([,\]])')
+
+
+def _decode_base64_body(body: bytes, expected: int, hidden_dim: int) -> list[np.ndarray] | None:
+    """The fast path of :func:`decode_response`; None whenever the body is not exactly the expected layout."""
+    data_at = body.find(_DATA_KEY)
+    if data_at < 0:
+        return None
+    view, row_bytes = memoryview(body), 4 * hidden_dim
+    arrays: list[np.ndarray | None] = [None] * expected
+    position, closer = data_at + len(_DATA_KEY), b","
+    for _ in range(expected):
+        if closer != b"," or not body.startswith(_ITEM_HEAD, position):
+            return None
+        start = position + len(_ITEM_HEAD)
+        end = body.find(b'"', start)
+        tail = _ITEM_TAIL.match(body, end) if end >= 0 else None
+        if tail is None:
+            return None
+        index = int(tail[1])
+        try:
+            buffer = pybase64.b64decode(view[start:end], validate=True)
+        except ValueError:
+            return None
+        if index >= expected or arrays[index] is not None or len(buffer) % row_bytes:
+            return None
+        arrays[index] = strip_padding(np.frombuffer(buffer, dtype="<f4").reshape(-1, hidden_dim))
+        position, closer = tail.end(), tail[2]
+    if closer != b"]":
+        return None  # more embeddings than inputs (or none): the JSON path raises the proper error
+    # Everything but the items must be valid JSON too, with this list as the top-level "data".
+    try:
+        skeleton = json.loads(body[:data_at + len(_DATA_KEY)] + body[position - 1:])
+    except ValueError:
+        return None
+    if not isinstance(skeleton, dict) or skeleton.get("data") != []:
+        return None
+    return arrays  # type: ignore[return-value]
 
 
 def decode_embeddings(

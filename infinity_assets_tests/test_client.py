@@ -219,6 +219,32 @@ def test_iter_embeddings_streams_results_in_order():
     np.testing.assert_array_equal(results[22], expected_text("t22"))
 
 
+
+def test_iter_embeddings_holds_no_more_batches_than_max_buffered_bytes_allows():
+    fake = FakeInfinity()
+    texts = [f"doc {i}" for i in range(40)]  # 4 rows each: a batch of 2 holds 4 KB of vectors
+    batch_bytes = 2 * 4 * 128 * 4 * (1 + 4 / 3)  # vectors plus their base64 response body
+    pulled = [0]
+
+    def inputs():
+        for text in texts:
+            pulled[0] += 1
+            yield text
+
+    def batches_ahead(**options) -> int:
+        pulled[0], ahead = 0, []
+        for i, result in enumerate(client.iter_embeddings(inputs(), **options)):
+            np.testing.assert_array_equal(result, expected_text(texts[i]))
+            if i % 2 == 0 and i >= 8:  # a batch's first result, once the 4 sent before any size was known are out
+                ahead.append(pulled[0] // 2 - (i // 2 + 1))
+        return max(ahead)
+
+    with make_client(fake, embed_batch_size=2, max_concurrency=4) as client:
+        # Three batches fit: the one being consumed and two sent ahead of it.
+        assert batches_ahead(max_buffered_bytes=int(3 * batch_bytes) + 1) == 2
+        assert batches_ahead() == 2 * 4 - 1  # without a byte bound: 2 * max_concurrency held
+
+
 # ---------------------------------------------------------------- retries
 @pytest.mark.parametrize("fault", [
     fi.status(503), fi.status(500), fi.status(429), fi.connection_reset(), fi.read_timeout(),

@@ -179,3 +179,20 @@ def test_changing_the_model_re_embeds_everything(root, fake, client):
     with InfinityEmbeddings(url="http://fake", model_name="other-model", transport=other.transport()) as second:
         report = embed_partition(store, second, "text", "b1")
     assert (report.embedded, report.reused) == (8, 0)
+
+
+def test_memory_budget_bounds_row_groups_by_bytes_not_documents(root, fake, client):
+    store = DocumentStore(str(root))
+    embed_partition(store, client, "text", "b1")
+    whole = artifacts.read_artifact(store.fs, store.artifact_path("text", "b1"))
+    store.fs.rm(store.artifact_path("text", "b1"))
+    # A budget whose row-group share holds about two of these documents' vectors.
+    budget = 2 * 2 * artifacts.WRITE_AMPLIFICATION * 6 * 128 * 4
+    report = embed_partition(store, client, "text", "b1", memory_budget=budget)
+    assert report.embedded == 8
+    import pyarrow.parquet as pq
+    with store.fs.open(store.artifact_path("text", "b1"), "rb") as handle:
+        assert pq.ParquetFile(handle).num_row_groups >= 3
+    small = artifacts.read_artifact(store.fs, store.artifact_path("text", "b1"))
+    assert small.doc_ids == whole.doc_ids
+    np.testing.assert_array_equal(small.vectors, whole.vectors)
