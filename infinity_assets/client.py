@@ -562,7 +562,10 @@ class InfinityEmbeddings:
             return halves[0] + halves[1]
 
     async def _aembed_chunk(self, items: list[Any], modality: Modality) -> list[Any]:
-        prepared = self._prepare(items, modality)
+        if modality == "image":  # decoding images is CPU work (Pillow releases the GIL): keep the loop free
+            prepared = await asyncio.get_running_loop().run_in_executor(self._pool(), self._prepare, items, modality)
+        else:
+            prepared = self._prepare(items, modality)
         sendable = [p for p in prepared if not isinstance(p, InvalidInputError)]
         results = self._merge(prepared, await self._aembed_sent(sendable, modality) if sendable else [])
         self._count(results)

@@ -41,11 +41,27 @@ _PASSTHROUGH_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/we
 
 
 def request_body(model: str, inputs: list[str], modality: Modality, encoding: Encoding) -> bytes:
-    """Serialise one ``/embeddings`` request body."""
-    return json.dumps(
-        {"model": model, "input": inputs, "encoding_format": encoding, "modality": modality},
-        ensure_ascii=False,
-    ).encode("utf-8")
+    """Serialise one ``/embeddings`` request body: the bytes ``json.dumps`` makes, faster for data URIs.
+
+    Inputs that need no JSON escaping (ASCII without quotes, backslashes or control characters, as every data
+    URI) are joined as they are: ``json.dumps`` would scan ~0.5 MB of base64 per image request at ~0.5 GB/s.
+    """
+    try:
+        plain = [text.encode("ascii") for text in inputs]
+    except UnicodeEncodeError:
+        plain = None
+    if plain is None or any(len(text.translate(None, _JSON_ESCAPED)) != len(text) for text in plain):
+        return json.dumps(
+            {"model": model, "input": inputs, "encoding_format": encoding, "modality": modality},
+            ensure_ascii=False,
+        ).encode("utf-8")
+    quoted = b'"' + b'", "'.join(plain) + b'"' if plain else b""
+    return b"".join([b'{"model": ', json.dumps(model, ensure_ascii=False).encode("utf-8"), b', "input": [', quoted,
+                     b'], "encoding_format": ', json.dumps(encoding).encode(), b', "modality": ',
+                     json.dumps(modality).encode(), b"}"])
+
+
+_JSON_ESCAPED = bytes(range(0x20)) + b'"\\'
 
 
 def check_text(text: object) -> str:
@@ -86,7 +102,7 @@ def image_data_uri(image: ImageInput) -> str:
         raise InvalidInputError(f"{label} is not an image Pillow can read (unknown format or corrupt header)") from None
     except Exception as exc:  # Pillow raises many types for bad data
         raise InvalidInputError(f"{label} is truncated or corrupt ({exc}); check the file") from None
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return f"data:{mime};base64,{pybase64.b64encode(data).decode('ascii')}"
 
 
 def _image_bytes(image: ImageInput) -> tuple[str, bytes]:
@@ -120,7 +136,7 @@ def _encode_pil(image: Image.Image, label: str) -> str:
         image = image.convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+    return f"data:image/png;base64,{pybase64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
 def parse_json(content: bytes, url: str) -> Any:

@@ -92,3 +92,18 @@ def test_float_encoding_always_takes_the_json_path(monkeypatch):
     decoded = wire.decode_response(body, expected=1, encoding="float", hidden_dim=DIM, model="m", url="http://x")
     np.testing.assert_array_equal(decoded[0], A)
     assert parsed == [body]
+
+
+@pytest.mark.parametrize("inputs", [
+    ["data:image/png;base64,iVBORw0KGgo=", "data:image/jpeg;base64,/9j/4AAQ+/=="],
+    ["plain ascii text", "another"],
+    ['a "quoted" word', "back\\slash"],
+    ["tab\there", "new\nline", "\x7f"],
+    ["unicode: café ☕", "emoji 🙂"],
+    [],
+])
+def test_request_body_is_exactly_what_json_dumps_makes(inputs):
+    for model, modality in (("m", "image"), ('model "x" ☕', "text")):
+        expected = json.dumps({"model": model, "input": inputs, "encoding_format": "base64", "modality": modality},
+                              ensure_ascii=False).encode("utf-8")
+        assert wire.request_body(model, inputs, modality, "base64") == expected
