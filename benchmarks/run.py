@@ -19,17 +19,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make the repo importable
 
 
-def _ensure_prototype_dependency() -> None:
-    """pybase64 for the decoding prototype (benchmark only, like infinity-client); idempotent."""
-    import importlib.util
-    import subprocess
-
-    if importlib.util.find_spec("pybase64") is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pybase64"], check=True)
-
-
-_ensure_prototype_dependency()  # before benchmarks.prototype_client is imported: it picks its decoder then
-
 from benchmarks import decoding, partition, real_server, report, sensor_tick  # noqa: E402
 from benchmarks.baselines import ensure_official_client  # noqa: E402
 from benchmarks.fake_server import MODEL, SHAPES, FakeServerProcess  # noqa: E402
@@ -52,7 +41,7 @@ def throughput(repetitions: int, scale: float) -> dict[str, Any]:
     for shape, modality, count in THROUGHPUT_CASES:
         count = max(80, int(count * scale))
         inputs, rows = _inputs(modality, count), SHAPES[shape]["rows"]
-        times: dict[str, list[float]] = {name: [] for name in (*CLIENTS, "prototype")}
+        times: dict[str, list[float]] = {name: [] for name in CLIENTS}
         with FakeServerProcess.shape(shape) as server:
             for _ in range(repetitions):
                 for name in times:

@@ -15,11 +15,10 @@ from infinity_assets.client import InfinityEmbeddings
 
 from .baselines import OfficialClient, SeedAlgorithm
 from .loadgen import load_generator
-from .prototype_client import PrototypeEmbeddings
 
 #: The clients, in table order. "limit" is the load generator.
 CLIENTS = ("limit", "ours_sync", "ours_async", "official", "seed")
-LABELS = {"prototype": "ours + proposed fast decode (prototype)", "limit": "load generator (limit)", "ours_sync": "ours, sync", "ours_async": "ours, async",
+LABELS = {"limit": "load generator (limit)", "ours_sync": "ours, sync", "ours_async": "ours, async",
           "official": "official infinity_client 0.0.78", "seed": "seed algorithm"}
 
 
@@ -78,9 +77,9 @@ def run_client(name: str, url: str, model: str, modality: str, inputs: list[Any]
         return asyncio.run(_run_ours_async(url, model, modality, inputs, warm, batch_size, concurrency,
                                            hidden_dim, rows, repetitions))
     client: Any
-    if name in ("ours_sync", "prototype"):
-        client = (PrototypeEmbeddings if name == "prototype" else InfinityEmbeddings)(url=url, model_name=model, hidden_dim=hidden_dim,
-                                    embed_batch_size=batch_size, max_concurrency=concurrency)
+    if name == "ours_sync":
+        client = InfinityEmbeddings(url=url, model_name=model, hidden_dim=hidden_dim, embed_batch_size=batch_size,
+                                    max_concurrency=concurrency)
     elif name == "official":
         client = OfficialClient(url, model, embed_batch_size=batch_size, concurrency=concurrency)
     elif name == "seed":
