@@ -25,4 +25,8 @@ defs = dg.Definitions(
         "infinity_images": InfinityResource(env_prefix="INFINITY_IMAGE_"),
         "document_store": DocumentStoreResource(),
     },
+    # A run is one partition of one asset plus its cheap checks: running them in the run's own process saves
+    # a Python start-up per step (seconds on a small machine); the `infinity` pool still limits the embedding
+    # steps across runs, and `concurrency.runs` in dagster.yaml limits the runs.
+    executor=dg.in_process_executor,
 )

@@ -454,10 +454,10 @@ class DocumentStore:
         try:
             return self._lister.call_s3(method, **kwargs)
         except Exception as exc:  # noqa: BLE001 -- every failure becomes a DocumentStoreError naming the setting
-            raise self._store_error(exc, path) from None
+            raise self.store_error(exc, path) from None
 
-    def _store_error(self, exc: BaseException, path: str) -> DocumentStoreError:
-        """A clear error for a failure that concerns the whole store (credentials, bucket, endpoint)."""
+    def store_error(self, exc: BaseException, path: str) -> DocumentStoreError:
+        """A clear error for an S3 failure that concerns the whole store (credentials, bucket, endpoint)."""
         code = _s3_code(exc)
         where = f"bucket {self.bucket!r} at endpoint {self.endpoint_url or 'AWS S3 (no AWS_ENDPOINT_URL)'}"
         if code == "NoSuchBucket":
@@ -543,14 +543,18 @@ class DocumentStore:
             # If-Match: the bytes are those of the listed version, so the stored fingerprint matches them.
             pin = {"IfMatch": f'"{source.fingerprint}"'} if source.fingerprint else {}
             async with gate:
-                try:
-                    response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **pin)
+                for delay in (*READ_RETRY_DELAYS, None):
                     try:
-                        return await response["Body"].read()
-                    finally:
-                        response["Body"].close()
-                except Exception as exc:  # noqa: BLE001 -- reported per document
-                    return exc
+                        response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **pin)
+                        try:
+                            return await response["Body"].read()
+                        finally:
+                            response["Body"].close()
+                    except Exception as exc:  # noqa: BLE001 -- reported per document
+                        if delay is None or not _is_transient(exc):
+                            return exc
+                        await asyncio.sleep(delay)
+            raise AssertionError("unreachable")
 
         return await asyncio.gather(*(one(s) for s in sources))
 
@@ -609,7 +613,7 @@ class DocumentStore:
                     _check_unchanged(handle, source, "while it was read")
         except Exception as exc:  # noqa: BLE001 -- the rest of the file is one failure
             if _is_auth_failure(exc):
-                raise self._store_error(exc, source.path) from None
+                raise self.store_error(exc, source.path) from None
             yield Document(
                 source.key,
                 source.uri,
@@ -640,7 +644,7 @@ class DocumentStore:
         if isinstance(exc, _Unsafe):
             return f"refused to read: {exc}"
         if _is_auth_failure(exc):
-            raise self._store_error(exc, source.path) from None
+            raise self.store_error(exc, source.path) from None
         if isinstance(exc, IsADirectoryError):
             return "it is a folder, not a file"
         return f"could not be read ({type(exc).__name__}: {_first_line(exc)}); retry later"
@@ -789,6 +793,14 @@ _AUTH_CODES = frozenset(
 )
 
 
+_TRANSIENT_CODES = frozenset(
+    {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "500", "502", "503", "504"}
+)
+
+#: Seconds between attempts to read one S3 object when the server answers with a transient error.
+READ_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+
+
 class _Changed(Exception):
     """A local or S3 file no longer matches its listed fingerprint."""
 
@@ -916,6 +928,15 @@ def _s3_code(exc: BaseException) -> str | None:
         if isinstance(response, dict):
             return str(response.get("Error", {}).get("Code") or "") or None
     return None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A failure worth retrying: the S3 server is busy, restarting or briefly unreachable."""
+    code = _s3_code(exc)
+    if code is not None:
+        return code in _TRANSIENT_CODES
+    return isinstance(exc, (ConnectionError, TimeoutError)) or "Connect" in type(exc).__name__ or (
+        isinstance(exc, OSError) and "internal error" in str(exc).lower())
 
 
 def _is_auth_failure(exc: BaseException) -> bool:

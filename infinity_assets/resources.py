@@ -53,7 +53,7 @@ class InfinityResource(dg.ConfigurableResource):
     max_retries: int | None = Field(default=None, description="Retries of a failed request (default 3).")
     embed_batch_size: int | None = Field(default=None, description="Inputs per request (default 10).")
     max_concurrency: int | None = Field(default=None, description="Requests in flight at once (default 4).")
-    api_key: str | None = Field(default=None, description="The server's --api-key; use EnvVar, never a literal.")
+    api_key: str | None = Field(default=None, repr=False, description="The server's --api-key; use EnvVar, never a literal.")
     env_prefix: str = Field(
         default="INFINITY_", description="Read <prefix>MODEL etc. first, then INFINITY_MODEL etc. "
         "(e.g. INFINITY_IMAGE_ for a second server or model for images).")
@@ -122,7 +122,7 @@ class DocumentStoreResource(dg.ConfigurableResource):
     root: str | None = Field(default=None, description="Local folder or s3://bucket/prefix; default $INFINITY_ASSETS_ROOT or ./.data.")
     endpoint_url: str | None = Field(default=None, description="S3 endpoint (SeaweedFS, MinIO, ...); default $AWS_ENDPOINT_URL.")
     access_key_id: str | None = Field(default=None, description="S3 access key; default $AWS_ACCESS_KEY_ID.")
-    secret_access_key: str | None = Field(default=None, description="S3 secret; default $AWS_SECRET_ACCESS_KEY. Use EnvVar.")
+    secret_access_key: str | None = Field(default=None, repr=False, description="S3 secret; default $AWS_SECRET_ACCESS_KEY. Use EnvVar.")
     region: str | None = Field(default=None, description="S3 region; default $AWS_REGION or us-east-1.")
     jsonl_id_field: str = Field(default="id", description="Field of a JSONL line holding the document id.")
     jsonl_text_field: str = Field(default="text", description="Field of a JSONL line holding the text.")

@@ -51,6 +51,11 @@ class FaultProxy:
         self._server.server_close()
         self._client.close()
 
+    def stop_listening(self) -> None:
+        """Refuse new connections from now on, like a server that went away (requests in flight are dropped)."""
+        self._server.shutdown()
+        self._server.server_close()
+
     def _choose(self) -> str | None:
         with self._lock:
             if self.random.random() < self.failure_rate:
