@@ -40,28 +40,24 @@ MIN_IMAGE_SIDE = 3
 _PASSTHROUGH_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
-def request_body(model: str, inputs: list[str], modality: Modality, encoding: Encoding) -> bytes:
-    """Serialise one ``/embeddings`` request body: the bytes ``json.dumps`` makes, faster for data URIs.
+class DataUri(str):
+    """A data URI made by :func:`image_data_uri`: an ASCII prefix and base64, so it needs no JSON escaping."""
 
-    Inputs that need no JSON escaping (ASCII without quotes, backslashes or control characters, as every data
-    URI) are joined as they are: ``json.dumps`` would scan ~0.5 MB of base64 per image request at ~0.5 GB/s.
+
+def request_body(model: str, inputs: list[str], modality: Modality, encoding: Encoding) -> bytes:
+    """Serialise one ``/embeddings`` request body: the bytes ``json.dumps`` makes, faster for images.
+
+    :class:`DataUri` inputs are joined as they are: ``json.dumps`` would scan the ~0.5 MB of base64 of an
+    image request at ~0.5 GB/s.
     """
-    try:
-        plain = [text.encode("ascii") for text in inputs]
-    except UnicodeEncodeError:
-        plain = None
-    if plain is None or any(len(text.translate(None, _JSON_ESCAPED)) != len(text) for text in plain):
+    if not inputs or not all(type(text) is DataUri for text in inputs):
         return json.dumps(
             {"model": model, "input": inputs, "encoding_format": encoding, "modality": modality},
             ensure_ascii=False,
         ).encode("utf-8")
-    quoted = b'"' + b'", "'.join(plain) + b'"' if plain else b""
-    return b"".join([b'{"model": ', json.dumps(model, ensure_ascii=False).encode("utf-8"), b', "input": [', quoted,
-                     b'], "encoding_format": ', json.dumps(encoding).encode(), b', "modality": ',
-                     json.dumps(modality).encode(), b"}"])
-
-
-_JSON_ESCAPED = bytes(range(0x20)) + b'"\\'
+    return b"".join([b'{"model": ', json.dumps(model, ensure_ascii=False).encode("utf-8"), b', "input": ["',
+                     b'", "'.join(text.encode("ascii") for text in inputs), b'"], "encoding_format": ',
+                     json.dumps(encoding).encode(), b', "modality": ', json.dumps(modality).encode(), b"}"])
 
 
 def check_text(text: object) -> str:
@@ -76,7 +72,7 @@ def check_text(text: object) -> str:
     return text
 
 
-def image_data_uri(image: ImageInput) -> str:
+def image_data_uri(image: ImageInput) -> DataUri:
     """Turn an image input (path, bytes, BytesIO or PIL image) into the data URI the server expects.
 
     JPEG, PNG and WebP bytes are sent unchanged (no lossy re-encode); other formats and PIL images are
@@ -102,7 +98,7 @@ def image_data_uri(image: ImageInput) -> str:
         raise InvalidInputError(f"{label} is not an image Pillow can read (unknown format or corrupt header)") from None
     except Exception as exc:  # Pillow raises many types for bad data
         raise InvalidInputError(f"{label} is truncated or corrupt ({exc}); check the file") from None
-    return f"data:{mime};base64,{pybase64.b64encode(data).decode('ascii')}"
+    return DataUri(f"data:{mime};base64,{pybase64.b64encode(data).decode('ascii')}")
 
 
 def _image_bytes(image: ImageInput) -> tuple[str, bytes]:
@@ -130,13 +126,13 @@ def _check_size(size: tuple[int, int], label: str) -> None:
         )
 
 
-def _encode_pil(image: Image.Image, label: str) -> str:
+def _encode_pil(image: Image.Image, label: str) -> DataUri:
     _check_size(image.size, label)
     if image.mode not in ("RGB", "RGBA", "L", "LA", "P", "I;16", "1"):
         image = image.convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return f"data:image/png;base64,{pybase64.b64encode(buffer.getvalue()).decode('ascii')}"
+    return DataUri(f"data:image/png;base64,{pybase64.b64encode(buffer.getvalue()).decode('ascii')}")
 
 
 def parse_json(content: bytes, url: str) -> Any:

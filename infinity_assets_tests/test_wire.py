@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from infinity_assets import InfinityResponseError, wire
 
@@ -95,7 +97,8 @@ def test_float_encoding_always_takes_the_json_path(monkeypatch):
 
 
 @pytest.mark.parametrize("inputs", [
-    ["data:image/png;base64,iVBORw0KGgo=", "data:image/jpeg;base64,/9j/4AAQ+/=="],
+    [wire.DataUri("data:image/png;base64,iVBORw0KGgo="), wire.DataUri("data:image/jpeg;base64,/9j/4AAQ+/==")],
+    ["data:image/png;base64,iVBORw0KGgo=", wire.DataUri("data:image/png;base64,AAAA")],
     ["plain ascii text", "another"],
     ['a "quoted" word', "back\\slash"],
     ["tab\there", "new\nline", "\x7f"],
@@ -107,3 +110,11 @@ def test_request_body_is_exactly_what_json_dumps_makes(inputs):
         expected = json.dumps({"model": model, "input": inputs, "encoding_format": "base64", "modality": modality},
                               ensure_ascii=False).encode("utf-8")
         assert wire.request_body(model, inputs, modality, "base64") == expected
+
+
+def test_image_data_uris_are_data_uri_instances():
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    uri = wire.image_data_uri(png)
+    assert type(uri) is wire.DataUri and uri == "data:image/png;base64," + base64.b64encode(png).decode()
