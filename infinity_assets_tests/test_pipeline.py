@@ -196,3 +196,13 @@ def test_memory_budget_bounds_row_groups_by_bytes_not_documents(root, fake, clie
     small = artifacts.read_artifact(store.fs, store.artifact_path("text", "b1"))
     assert small.doc_ids == whole.doc_ids
     np.testing.assert_array_equal(small.vectors, whole.vectors)
+
+
+def test_vectors_are_stored_with_byte_stream_split(root, fake, client):
+    store = DocumentStore(str(root))
+    embed_partition(store, client, "text", "b1")
+    import pyarrow.parquet as pq
+    with store.fs.open(store.artifact_path("text", "b1"), "rb") as handle:
+        column = pq.ParquetFile(handle).metadata.row_group(0).column(4)
+    assert column.path_in_schema == artifacts.VECTOR_VALUES
+    assert "BYTE_STREAM_SPLIT" in column.encodings
