@@ -94,6 +94,21 @@ def test_every_image_method_and_input_type(infinity_server, model, tmp_path):
     np.testing.assert_allclose(results["base64"], results["float"], atol=1e-4)
 
 
+def test_base64_answers_take_the_fast_path_and_equal_the_json_path(infinity_server, monkeypatch):
+    # The real server's base64 layout is the one wire.decode_response reads without parsing JSON.
+    images = [png_bytes(page(i)) for i in range(3)]
+    with client_for(infinity_server, "colpali-tiny") as client:
+        client.detect_hidden_dim()  # the float probe parses JSON; the embeddings below must not
+        with monkeypatch.context() as patched:
+            patched.setattr(wire, "parse_json", lambda *a: pytest.fail("a base64 answer was parsed as JSON"))
+            fast = client.embed_images(images) + client.embed_documents(["padded", "a longer text " * 6])
+    with client_for(infinity_server, "colpali-tiny", encoding="float") as client:
+        floats = client.embed_images(images) + client.embed_documents(["padded", "a longer text " * 6])
+    for a, b in zip(fast, floats):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 def test_colpali_trailing_padding_is_dropped(infinity_server):
     # ColPali pads short queries with trailing zero rows when batched with longer ones.
     short, long = "tiny", "a much longer query " * 8
