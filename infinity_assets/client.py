@@ -114,6 +114,7 @@ class InfinityEmbeddings:
         self._dim_checked = False
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()
+        self._slots = threading.Semaphore(max_concurrency)  # requests in flight, sync API
         self._http: httpx.Client | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._async: _AsyncState | None = None
@@ -414,7 +415,9 @@ class InfinityEmbeddings:
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="infinity")
+                # One thread per batch a batch iterator may hold, so that batches waiting for a request slot
+                # prepare their inputs (decode images) meanwhile.
+                self._executor = ThreadPoolExecutor(2 * self.max_concurrency, thread_name_prefix="infinity")
             return self._executor
 
     def _retrying_call(self, attempt: Callable[[], Any]) -> Any:
@@ -438,7 +441,7 @@ class InfinityEmbeddings:
 
         def attempt() -> _T:
             try:
-                with self._client().stream("POST", "/embeddings", content=body) as response:
+                with self._slots, self._client().stream("POST", "/embeddings", content=body) as response:
                     content = b"".join(response.iter_bytes()) if response.status_code == 200 else response.read()
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc) from None

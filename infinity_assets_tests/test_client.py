@@ -25,6 +25,7 @@ from infinity_assets import (
     InfinityServerError,
     InvalidInputError,
 )
+from infinity_assets import wire
 from infinity_assets_tests.servers import fake_infinity as fi
 from infinity_assets_tests.servers.fake_infinity import FakeInfinity, vectors_for
 
@@ -244,6 +245,31 @@ def test_iter_embeddings_holds_no_more_batches_than_max_buffered_bytes_allows():
         assert batches_ahead(max_buffered_bytes=int(3 * batch_bytes) + 1) == 2
         assert batches_ahead() == 2 * 4 - 1  # without a byte bound: 2 * max_concurrency held
 
+
+
+def test_sync_batches_prepare_their_images_while_waiting_for_a_request_slot(monkeypatch):
+    fake = FakeInfinity(delay=0.2)
+    first_answer, prepared_before = [], []
+    original = fake.handle
+
+    def answering(request):
+        response = original(request)
+        first_answer.append(True)
+        return response
+
+    real_uri = wire.image_data_uri
+
+    def preparing(image):
+        prepared_before.append(not first_answer)
+        return real_uri(image)
+
+    fake.handle = answering
+    monkeypatch.setattr(wire, "image_data_uri", preparing)
+    with make_client(fake, embed_batch_size=1, max_concurrency=2, verify_hidden_dim=False) as client:
+        results = client.embed_images_batch([png_bytes(color=(i, 0, 0)) for i in range(6)])
+    assert len(results) == 6
+    # Two requests in flight; the next two batches were prepared before either answer came back.
+    assert sum(prepared_before) == 4
 
 # ---------------------------------------------------------------- retries
 @pytest.mark.parametrize("fault", [
