@@ -55,9 +55,12 @@ def request_body(model: str, inputs: list[str], modality: Modality, encoding: En
             {"model": model, "input": inputs, "encoding_format": encoding, "modality": modality},
             ensure_ascii=False,
         ).encode("utf-8")
-    return b"".join([b'{"model": ', json.dumps(model, ensure_ascii=False).encode("utf-8"), b', "input": ["',
-                     b'", "'.join(text.encode("ascii") for text in inputs), b'"], "encoding_format": ',
-                     json.dumps(encoding).encode(), b', "modality": ', json.dumps(modality).encode(), b"}"])
+    parts = [b'{"model": ', json.dumps(model, ensure_ascii=False).encode("utf-8"), b', "input": [']
+    for text in inputs:
+        parts += [b'"', text.encode("ascii"), b'", ']
+    parts[-1] = b'"], "encoding_format": '
+    parts += [json.dumps(encoding).encode(), b', "modality": ', json.dumps(modality).encode(), b"}"]
+    return b"".join(parts)  # one copy of the whole body
 
 
 def check_text(text: object) -> str:
@@ -98,7 +101,7 @@ def image_data_uri(image: ImageInput) -> DataUri:
         raise InvalidInputError(f"{label} is not an image Pillow can read (unknown format or corrupt header)") from None
     except Exception as exc:  # Pillow raises many types for bad data
         raise InvalidInputError(f"{label} is truncated or corrupt ({exc}); check the file") from None
-    return DataUri(f"data:{mime};base64,{pybase64.b64encode(data).decode('ascii')}")
+    return DataUri(f"data:{mime};base64," + pybase64.b64encode_as_string(data))
 
 
 def _image_bytes(image: ImageInput) -> tuple[str, bytes]:
@@ -132,7 +135,7 @@ def _encode_pil(image: Image.Image, label: str) -> DataUri:
         image = image.convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return DataUri(f"data:image/png;base64,{pybase64.b64encode(buffer.getvalue()).decode('ascii')}")
+    return DataUri("data:image/png;base64," + pybase64.b64encode_as_string(buffer.getvalue()))
 
 
 def parse_json(content: bytes, url: str) -> Any:
