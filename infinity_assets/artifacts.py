@@ -116,6 +116,7 @@ class ArtifactWriter:
         self.rows = 0
         self.vectors = 0
         self.failures: list[Failure] = []
+        self._closing_metadata: dict[str, str] = {}
         self._local = _is_local(fs)
         self._buffer: list[tuple[str, str, str, np.ndarray, datetime]] = []
         self._buffered_bytes = 0
@@ -151,6 +152,10 @@ class ArtifactWriter:
         if len(self._buffer) >= self.row_group_size or self._buffered_bytes >= self.row_group_bytes:
             self.flush()
 
+    def add_metadata(self, key: str, value: object) -> None:
+        """Add a file metadata entry known only at the end (written when the artifact is closed)."""
+        self._closing_metadata[f"{META_PREFIX}{key}"] = str(value)
+
     def add_failure(self, failure: Failure) -> None:
         """Record a document that could not be embedded (it goes into the failures sidecar)."""
         self.failures.append(failure)
@@ -170,7 +175,8 @@ class ArtifactWriter:
         try:
             self.flush()
             assert self._writer is not None
-            self._writer.add_key_value_metadata({f"{META_PREFIX}failed": str(len(self.failures))})
+            self._writer.add_key_value_metadata(
+                {**self._closing_metadata, f"{META_PREFIX}failed": str(len(self.failures))})
             self._writer.close()
             self._write_sidecar()
         except BaseException:

@@ -650,6 +650,12 @@ class DocumentStore:
         return f"could not be read ({type(exc).__name__}: {_first_line(exc)}); retry later"
 
 
+def is_retryable(error: str) -> bool:
+    """Whether a document failure is transient (the file changed, vanished or could not be read: "retry
+    later"), as opposed to a problem of the document itself that only a new version of it can fix."""
+    return "; retry later" in error
+
+
 # --- parsing
 class _JsonlParser:
     """Turns the lines of one JSONL file into Documents, remembering ids to refuse duplicates."""

@@ -85,9 +85,9 @@ def embed_partition(
     stats_before = (client.stats.requests, client.stats.retries)
     listing = store.list_sources(modality, partition)
     path = store.artifact_path(modality, partition)
+    configured_dim = client.hidden_dim  # before any detection: the schedule computes versions with it too
     report = PartitionReport(
-        modality=modality, partition=partition, artifact_uri=store.uri(path),
-        data_version=artifacts.data_version(listing.fingerprints, client.model_name, client.hidden_dim),
+        modality=modality, partition=partition, artifact_uri=store.uri(path), data_version="",
         skipped=len(listing.skipped), skipped_keys=listing.skipped)
     previous_metadata, previous = _reusable_index(store, path, client)
 
@@ -126,8 +126,7 @@ def embed_partition(
     first = next(embedded, None)  # with hidden_dim=None, the first request tells the size
     hidden_dim = client.hidden_dim or int(previous_metadata.get("hidden_dim", 0)) or client.detect_hidden_dim()
     metadata = {"model": client.model_name, "hidden_dim": hidden_dim, "modality": modality,
-                "encoding": client.encoding, "partition": partition, "package_version": __version__,
-                "data_version": report.data_version}
+                "encoding": client.encoding, "partition": partition, "package_version": __version__}
     store.ensure_artifact_dir(modality)
     try:
         with artifacts.ArtifactWriter(store.fs, path, hidden_dim=hidden_dim, metadata=metadata,
@@ -141,6 +140,8 @@ def embed_partition(
                     report.preview.append(_preview(row))
             for failure in failures:
                 writer.add_failure(failure)
+            report.data_version = _data_version(listing, failures, client.model_name, configured_dim)
+            writer.add_metadata("data_version", report.data_version)
             report.total, report.failed = writer.rows + len(failures), len(failures)
             if report.total and report.failed / report.total > max_failure_ratio:
                 raise TooManyFailuresError(
@@ -163,6 +164,15 @@ def embed_partition(
     report.requests = client.stats.requests - stats_before[0]
     report.retries = client.stats.retries - stats_before[1]
     return report
+
+
+def _data_version(listing: documents.Listing, failures: list[artifacts.Failure], model: str,
+                  hidden_dim: int | None) -> str:
+    """The data version of what was embedded: the sources' fingerprints, leaving out files that failed only
+    for now ("retry later"), so the incremental schedule sees the batch as changed and runs it again."""
+    retry = {f.doc_id for f in failures if documents.is_retryable(f.error)}
+    fingerprints = {key: fp for key, fp in listing.fingerprints.items() if key not in retry}
+    return artifacts.data_version(fingerprints, model, hidden_dim)
 
 
 def _reusable_index(store: documents.DocumentStore, path: str,

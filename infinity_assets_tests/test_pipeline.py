@@ -206,3 +206,31 @@ def test_vectors_are_stored_with_byte_stream_split(root, fake, client):
         column = pq.ParquetFile(handle).metadata.row_group(0).column(4)
     assert column.path_in_schema == artifacts.VECTOR_VALUES
     assert "BYTE_STREAM_SPLIT" in column.encodings
+
+
+def test_a_file_that_failed_only_for_now_leaves_the_data_version_stale(root, fake, client, monkeypatch):
+    """A transient read failure ("retry later") must not look done to the incremental schedule."""
+    store = DocumentStore(str(root))
+    current = artifacts.data_version(store.list_sources("text", "b1").fingerprints, client.model_name, 128)
+    read = DocumentStore._read_local
+    monkeypatch.setattr(DocumentStore, "_read_local", lambda self, source: OSError("I/O error") if source.key ==
+                        "doc2.txt" else read(self, source))
+    report = embed_partition(store, client, "text", "b1", max_failure_ratio=1.0)
+    assert report.failures == [("doc2.txt", "could not be read (OSError: I/O error); retry later")]
+    assert report.data_version != current  # the schedule requests the batch again
+    monkeypatch.setattr(DocumentStore, "_read_local", read)
+    report = embed_partition(store, client, "text", "b1")
+    assert (report.embedded, report.failed, report.data_version) == (1, 0, current)
+    artifact = artifacts.read_artifact(store.fs, store.artifact_path("text", "b1"))
+    assert artifact.metadata["data_version"] == current
+
+
+def test_a_document_that_cannot_be_embedded_keeps_the_data_version_current(tmp_path, fake, client):
+    """An empty file fails until someone changes it: re-running the batch every hour would not help."""
+    (tmp_path / "raw/text/b1").mkdir(parents=True)
+    (tmp_path / "raw/text/b1/empty.txt").write_bytes(b"")
+    (tmp_path / "raw/text/b1/fine.txt").write_text("fine")
+    store = DocumentStore(str(tmp_path))
+    current = artifacts.data_version(store.list_sources("text", "b1").fingerprints, client.model_name, 128)
+    report = embed_partition(store, client, "text", "b1", max_failure_ratio=1.0)
+    assert report.failed == 1 and report.data_version == current
