@@ -134,11 +134,12 @@ class ArtifactWriter:
         else:
             # Parts of S3_PART_BYTES are uploaded as row groups are written (s3fs would buffer 50 MB).
             self._sink = self.fs.open(self.path, "wb", block_size=S3_PART_BYTES)
-        # Vectors: no dictionary (floats hardly repeat; trying costs time and memory) but byte stream split,
-        # which lets zstd compress floats better and faster (bf16-derived floats: 1.7 x faster, 30 % smaller).
+        # Vectors: no dictionary (floats hardly repeat; trying costs time and memory), no min/max statistics
+        # (useless for vectors, 7 % of the write), and byte stream split, which lets zstd compress floats
+        # better and faster (bf16-derived floats: 1.7 x faster, 30 % smaller).
         self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd",
                                         use_dictionary=["doc_id", "source_uri", "fingerprint"],
-                                        use_byte_stream_split=[VECTOR_VALUES])
+                                        write_statistics=SCALAR_COLUMNS, use_byte_stream_split=[VECTOR_VALUES])
         return self
 
     def write(self, doc_id: str, source_uri: str, fingerprint: str, embedding: np.ndarray,
