@@ -97,7 +97,8 @@ def _memory_child(url: str, count: int, row_group_size: int) -> None:
         print(json.dumps({"documents": count, "vectors": report.vectors, "seconds": report.seconds,
                           "vector_mb": report.vectors * 128 * 4 / 2**20, "artifact_mb": report.artifact_bytes / 2**20,
                           "baseline_rss_mb": baseline, "peak_rss_mb": peak,
-                          "row_group_size": row_group_size}))
+                          "row_group_size": row_group_size,
+                          "memory_budget_mb": pipeline.DEFAULT_MEMORY_BUDGET / 2**20}))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if "memory" in results:
         m = results["memory"]
-        lines += ["## Memory: one 2,000-image partition through the bandwidth-bound fake", "",
+        budget = f", default memory budget {m['memory_budget_mb']:.0f} MiB" if "memory_budget_mb" in m else ""
+        lines += [f"## Memory: one 2,000-image partition through the bandwidth-bound fake{budget}", "",
                   "| documents | vectors | vectors MB | artifact MB | seconds | RSS before MB | peak RSS MB | target |",
                   "|---:|---:|---:|---:|---:|---:|---:|---|",
                   f"| {m['documents']:,} | {m['vectors']:,} | {m['vector_mb']:,.0f} | {m['artifact_mb']:,.0f} | "
