@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import uuid
@@ -29,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
 
 META_PREFIX = "infinity_assets."
 STAGING_DIR = ".staging"
@@ -217,6 +220,8 @@ class ArtifactWriter:
             self._sink.close()  # completes the multipart upload: the object appears now, whole
 
     def _abort(self) -> None:
+        if not self._local and self._sink is not None:
+            _discard_upload(self._sink, self.path)  # first: nothing written after it may complete the upload
         if self._writer is not None:
             try:
                 self._writer.close()
@@ -227,8 +232,22 @@ class ArtifactWriter:
                 self._sink.close()
             if self._staging_path and os.path.exists(self._staging_path):
                 os.remove(self._staging_path)
-        elif self._sink is not None:
-            self._sink.discard()  # aborts the multipart upload; close() would publish a partial object
+
+
+def _discard_upload(sink: Any, path: str) -> None:
+    """Abort an S3 multipart upload so that nothing can complete it later.
+
+    An s3fs file completes its upload in ``close()``, which its ``__del__`` calls: a file left open after a
+    failure would publish a partial object whenever it is garbage-collected. Marking it closed first rules
+    that out even when the abort request itself fails (server unreachable); the incomplete upload then stays
+    invisible to readers until the bucket's lifecycle rule for incomplete uploads removes it.
+    """
+    sink.closed = True
+    try:
+        sink.discard()
+    except Exception as exc:  # noqa: BLE001 -- the upload is already unreachable for close(); say so and go on
+        logger.warning("could not abort the incomplete upload of %s (%s); it stays invisible to readers",
+                       path, exc)
 
 
 def _rows_table(rows: list[tuple[str, str, str, np.ndarray, datetime]], schema: pa.Schema) -> pa.Table:

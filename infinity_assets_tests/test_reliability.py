@@ -4,6 +4,7 @@ secrets. With the real Infinity server and SeaweedFS wherever they exist; fakes 
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import os
@@ -154,6 +155,8 @@ def test_seaweedfs_stopped_mid_upload_publishes_nothing_then_the_rerun_completes
         assert s3.endpoint_url in str(info.value) and "AWS_ENDPOINT_URL" in str(info.value)
         assert [u["Key"] for u in uploads_seen] == ["embeddings/images/b.parquet"]  # it was mid-upload
         s3.start()
+        del info
+        gc.collect()  # an upload object left open would complete its upload when collected
         fs = s3.filesystem()
         assert not fs.exists("docs/embeddings/images/b.parquet"), "a partial artifact was published"
         with InfinityEmbeddings(url="http://fake", model_name=fake.model, transport=fake.transport(),
@@ -343,6 +346,10 @@ def test_eight_concurrent_partition_runs_share_the_server_within_the_pool_limit(
                     INFINITY_ASSETS_ROOT=str(root), INFINITY_BATCH_SIZE="2", INFINITY_MAX_CONCURRENCY="1")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("text_batches", partitions)
+        # Dagster creates a pool's slots on first use, and processes racing to do it on SQLite can each add
+        # them (seen: 4 steps at once). A deployment meets the pool once before a burst (README); so does this.
+        instance.event_log_storage.initialize_concurrency_limit_to_default("infinity")
+        assert instance.event_log_storage.get_concurrency_info("infinity").slot_count == 2  # from dagster.yaml
     processes = [subprocess.Popen(
         [BIN / "dagster", "asset", "materialize", "-m", "infinity_assets.definitions", "--select", "text_embeddings",
          "--partition", partition], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
