@@ -14,6 +14,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+import dagster as dg
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +68,8 @@ class DemoEnvironment:
         home = self.workdir / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        with dg.DagsterInstance.from_config(str(home)) as instance:  # the pool exists before any run (README)
+            instance.event_log_storage.initialize_concurrency_limit_to_default("infinity")
         self.env = {
             "DAGSTER_HOME": str(home),
             "INFINITY_API_URL": self.infinity.url, "INFINITY_MODEL": TEXT_MODEL, "INFINITY_HIDDEN_DIM": "128",
@@ -96,7 +99,6 @@ class DemoEnvironment:
 
 def run_demo() -> int:
     """Sensor tick -> runs -> summary -> search. Returns the process exit code."""
-    import dagster as dg
 
     from infinity_assets import InfinityEmbeddings, artifacts
     from infinity_assets.definitions import defs
