@@ -7,10 +7,8 @@ failures with backoff, and returns float32 numpy arrays of shape ``(n_vectors, h
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
-import ssl
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -38,6 +36,7 @@ from .errors import (
     InfinityTimeoutError,
     InvalidInputError,
 )
+from .transport import async_transport, sync_transport, tls_context
 from .wire import Encoding, ImageInput, Modality
 
 logger = logging.getLogger(__name__)
@@ -403,15 +402,20 @@ class InfinityEmbeddings:
             self.stats.failed += failed
             self.stats.embedded += len(results) - failed
 
+    def _http_options(self) -> dict[str, Any]:
+        """The options of the sync and async httpx clients (``transport`` aside)."""
+        return dict(base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                    limits=httpx.Limits(max_connections=self.max_concurrency,
+                                        max_keepalive_connections=self.max_concurrency),
+                    headers=self._headers, verify=tls_context())
+
     # ---------------------------------------------------------------- sync machinery
     def _client(self) -> httpx.Client:
         with self._lock:
             if self._http is None:
-                self._http = httpx.Client(
-                    base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                    limits=httpx.Limits(max_connections=self.max_concurrency,
-                                        max_keepalive_connections=self.max_concurrency),
-                    headers=self._headers, transport=self._transport, verify=_tls_context())
+                options = self._http_options()
+                self._http = httpx.Client(**options,
+                                          transport=self._transport or sync_transport(options["limits"]))
             return self._http
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -514,11 +518,8 @@ class InfinityEmbeddings:
         loop = asyncio.get_running_loop()
         if self._async is None or self._async.loop is not loop:
             # httpx.AsyncClient and asyncio primitives belong to one event loop; make new ones per loop.
-            http = httpx.AsyncClient(
-                base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                limits=httpx.Limits(max_connections=self.max_concurrency,
-                                    max_keepalive_connections=self.max_concurrency),
-                headers=self._headers, transport=self._transport, verify=_tls_context())
+            options = self._http_options()
+            http = httpx.AsyncClient(**options, transport=self._transport or async_transport(options["limits"]))
             self._async = _AsyncState(loop, http, asyncio.Semaphore(self.max_concurrency), asyncio.Lock())
         return self._async
 
@@ -654,13 +655,6 @@ class _AsyncState:
     http: httpx.AsyncClient
     semaphore: asyncio.Semaphore
     probe_lock: asyncio.Lock
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default TLS context (certifi's CAs, ``SSL_CERT_FILE``), built once per process at first use:
-    building one loads the CA bundle, ~20 ms of CPU per client otherwise."""
-    return httpx.create_ssl_context()
 
 
 def _length(items: Iterable[Any]) -> int | None:

@@ -1,0 +1,60 @@
+"""The client's httpx transports: identical answers, read in large pieces, one TLS context per process."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from infinity_assets import transport
+
+BODY = bytes(range(256)) * (12 * 1024)  # 3 MiB
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_sync_transport_returns_the_same_bytes_as_httpx(server_url):
+    limits = httpx.Limits(max_connections=2)
+    with httpx.Client(transport=transport.sync_transport(limits)) as ours, httpx.Client() as plain:
+        assert ours.get(server_url).content == plain.get(server_url).content == BODY
+
+
+def test_async_transport_returns_the_same_bytes(server_url):
+    async def fetch() -> bytes:
+        async with httpx.AsyncClient(transport=transport.async_transport(httpx.Limits())) as client:
+            return (await client.get(server_url)).content
+
+    assert asyncio.run(fetch()) == BODY
+
+
+def test_reads_are_larger_than_httpcores_64_kib(server_url):
+    sizes = []
+    with httpx.Client(transport=transport.sync_transport(httpx.Limits())) as client:
+        with client.stream("GET", server_url) as response:
+            sizes = [len(chunk) for chunk in response.iter_raw()]
+    assert sum(sizes) == len(BODY) and max(sizes) > 64 * 1024
+
+
+def test_one_tls_context_per_process():
+    assert transport.tls_context() is transport.tls_context()
