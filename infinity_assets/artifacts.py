@@ -14,6 +14,7 @@ sidecar whose publish_id does not match the artifact's, which :func:`check_compl
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -75,9 +76,15 @@ S3_PART_BYTES = 8 << 20
 
 #: The Parquet leaf column of the vectors' floats.
 VECTOR_VALUES = "embedding.list.element.list.element"
-#: Peak memory of writing one row group, in multiples of its vectors' bytes: the buffered rows, their
-#: contiguous copy, and Parquet's repetition/definition levels (two int16 per float) and pages (measured 2.7 x).
-WRITE_AMPLIFICATION = 5
+#: Peak memory of the writer, in multiples of a row group's vector bytes: the row group being written (its
+#: contiguous copy, Parquet's repetition/definition levels (two int16 per float) and pages: measured 3.7 x) and
+#: the next one, buffered and copied.
+WRITE_AMPLIFICATION = 6
+
+
+#: Row groups are encoded and written here (pyarrow releases the GIL), one at a time per writer, while the
+#: next one fills: a writer's caller keeps receiving embeddings instead of waiting for Parquet.
+_WRITE_THREADS = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="artifact-write")
 
 
 class ArtifactError(Exception):
@@ -96,9 +103,11 @@ class Failure:
 class ArtifactWriter:
     """Streams rows into an artifact in row groups and publishes it atomically when the block exits cleanly.
 
-    Memory is bounded by one row group (``row_group_size`` documents or ``row_group_bytes`` of vectors, whichever
-    comes first): about ``WRITE_AMPLIFICATION`` x ``row_group_bytes`` at its peak, while a row group is written. On a local filesystem the file is written under ``<dir>/.staging/`` and moved into place with
-    ``os.replace``; on S3 it is a multipart upload that completes only on success and is aborted otherwise.
+    Memory is bounded by row groups (``row_group_size`` documents or ``row_group_bytes`` of vectors, whichever
+    comes first), one written in the background while the next fills: about ``WRITE_AMPLIFICATION`` x
+    ``row_group_bytes`` at the peak. On a local filesystem the file is written under ``<dir>/.staging/`` and
+    moved into place with ``os.replace``; on S3 it is a multipart upload that completes only on success and is
+    aborted otherwise.
     If the block raises, nothing is published and the previous artifact stays as it was.
 
     Example::
@@ -123,6 +132,7 @@ class ArtifactWriter:
         self._local = _is_local(fs)
         self._buffer: list[tuple[str, str, str, np.ndarray, datetime]] = []
         self._buffered_bytes = 0
+        self._pending_write: concurrent.futures.Future[None] | None = None
         self._sink: Any = None
         self._staging_path: str | None = None
         self._writer: pq.ParquetWriter | None = None
@@ -165,12 +175,20 @@ class ArtifactWriter:
         self.failures.append(failure)
 
     def flush(self) -> None:
-        """Write the buffered rows as one row group."""
+        """Write the buffered rows as one row group (in the background; an error is raised by the next flush or
+        on exit)."""
         if not self._buffer:
             return
         assert self._writer is not None
-        self._writer.write_table(_rows_table(self._buffer, self.schema))
+        table = _rows_table(self._buffer, self.schema)
         self._buffer, self._buffered_bytes = [], 0
+        self._wait_for_write()
+        self._pending_write = _WRITE_THREADS.submit(self._writer.write_table, table)
+
+    def _wait_for_write(self) -> None:
+        pending, self._pending_write = self._pending_write, None
+        if pending is not None:
+            pending.result()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
@@ -178,6 +196,7 @@ class ArtifactWriter:
             return
         try:
             self.flush()
+            self._wait_for_write()
             assert self._writer is not None
             self._writer.add_key_value_metadata(
                 {**self._closing_metadata, f"{META_PREFIX}failed": str(len(self.failures))})
@@ -220,6 +239,9 @@ class ArtifactWriter:
             self._sink.close()  # completes the multipart upload: the object appears now, whole
 
     def _abort(self) -> None:
+        if self._pending_write is not None:
+            concurrent.futures.wait([self._pending_write])
+            self._pending_write = None
         if not self._local and self._sink is not None:
             _discard_upload(self._sink, self.path)  # first: nothing written after it may complete the upload
         if self._writer is not None:
