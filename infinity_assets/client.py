@@ -381,6 +381,11 @@ class InfinityEmbeddings:
                 f"{self.hidden_dim}; set hidden_dim={detected} (INFINITY_HIDDEN_DIM) or None to detect it")
         self._dim_checked = True
 
+    def _probe_beside_batches(self) -> bool:
+        """Whether a batch iterator sends the hidden_dim probe beside its first batches (one round trip less):
+        only to verify a known hidden_dim; to detect it, the probe comes first."""
+        return self._needs_probe() and self.hidden_dim is not None
+
     def _needs_probe(self) -> bool:
         return not self._dim_checked and (self.hidden_dim is None or
                                           (self.verify_hidden_dim and self.encoding == "base64"))
@@ -486,14 +491,19 @@ class InfinityEmbeddings:
 
     def _iter_chunk_results(self, items: Iterable[Any], modality: Modality, size: int,
                             max_bytes: int | None) -> Iterator[list[Any]]:
-        self._ensure_dim()
         pool, window = self._pool(), _Window(self.max_concurrency, max_bytes, self.encoding)
+        probe = pool.submit(self._ensure_dim) if self._probe_beside_batches() else None
+        if probe is None:
+            self._ensure_dim()
         pending: deque[Future[list[Any]]] = deque()
         iterator = iter(items)
         try:
             while True:
                 while window.has_room(len(pending)) and (chunk := list(islice(iterator, size))):
                     pending.append(pool.submit(self._embed_chunk, chunk, modality))
+                if probe is not None:
+                    probe, verdict = None, probe
+                    verdict.result()  # a hidden_dim mismatch raises before any result is used
                 if not pending:
                     return
                 chunk_results = pending.popleft().result()
@@ -587,15 +597,20 @@ class InfinityEmbeddings:
 
     async def _aiter_results(self, items: Iterable[Any], modality: Modality, size: int,
                              progress: bool, max_bytes: int | None = None) -> AsyncIterator[Any]:
-        await self._aensure_dim()
         window = _Window(self.max_concurrency, max_bytes, self.encoding)
-        pending: deque[asyncio.Task[list[Any]]] = deque()
+        probe = asyncio.ensure_future(self._aensure_dim()) if self._probe_beside_batches() else None
+        if probe is None:
+            await self._aensure_dim()
+        pending: deque[asyncio.Future[Any]] = deque()
         iterator = iter(items)
         try:
             with tqdm(total=_length(items), disable=not progress, unit=modality) as bar:
                 while True:
                     while window.has_room(len(pending)) and (chunk := list(islice(iterator, size))):
                         pending.append(asyncio.ensure_future(self._aembed_chunk(chunk, modality)))
+                    if probe is not None:
+                        probe, verdict = None, probe
+                        await verdict  # a hidden_dim mismatch raises before any result is used
                     if not pending:
                         return
                     chunk_results = await pending.popleft()
@@ -604,6 +619,8 @@ class InfinityEmbeddings:
                     for result in chunk_results:
                         yield result
         finally:
+            if probe is not None:
+                pending.append(probe)
             for task in pending:
                 task.cancel()
             if pending:

@@ -358,6 +358,53 @@ def test_hidden_dim_mismatch_is_detected_even_when_sizes_divide():
             client.embed_text("x")
 
 
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_batch_methods_verify_hidden_dim_beside_their_first_batches(api):
+    fake = FakeInfinity(delay=0.2)
+    in_flight, peak = [0], [0]
+    original = fake.handle if api == "sync" else fake.ahandle
+
+    def entering():
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+
+    if api == "sync":
+        def counting(request):
+            entering()
+            try:
+                return original(request)
+            finally:
+                in_flight[0] -= 1
+        fake.handle = counting
+    else:
+        async def acounting(request):
+            entering()
+            try:
+                return await original(request)
+            finally:
+                in_flight[0] -= 1
+        fake.ahandle = acounting
+    with make_client(fake, embed_batch_size=2) as client:
+        texts = ["a", "b", "c"]
+        results = (client.embed_documents_batch(texts) if api == "sync"
+                   else asyncio.run(client.aembed_documents_batch(texts)))
+    assert [r["encoding_format"] for r in fake.embedding_requests].count("float") == 1
+    assert peak[0] == 3  # the probe and both batches at once: one round trip instead of two
+    np.testing.assert_array_equal(results[2], expected_text("c"))
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_batch_methods_raise_a_hidden_dim_mismatch_before_any_result(api):
+    fake = FakeInfinity(hidden_dim=384)
+    with make_client(fake) as client:
+        client.hidden_dim = 128  # 384 floats also split into 128-wide rows: only the probe can tell
+        with pytest.raises(InfinityResponseError, match=r"384-dimensional.*hidden_dim is 128"):
+            if api == "sync":
+                list(client.iter_embeddings(["x", "y"]))
+            else:
+                asyncio.run(client.aembed_documents_batch(["x", "y"]))
+
+
 def test_hidden_dim_none_is_detected_once():
     fake = FakeInfinity(hidden_dim=96)
     with make_client(fake) as client:
