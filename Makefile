@@ -10,7 +10,7 @@ SERVER_PY := $(SERVER_VENV)/bin/python
 export INFINITY_ASSETS_SERVER_PYTHON := $(abspath $(SERVER_PY))
 export INFINITY_ASSETS_MODELS_DIR := $(abspath $(MODELS_DIR))
 
-.PHONY: install server-venv models chromium test test-fast demo dev bench clean
+.PHONY: install server-venv models chromium postgres test test-fast demo dev bench clean
 
 install: $(VENV)/.installed
 
@@ -35,7 +35,10 @@ $(MODELS_DIR)/.built: $(SERVER_VENV)/.installed tools/build_models.py
 chromium:
 	bash tools/install_chromium.sh
 
-test: install models chromium
+postgres:
+	bash tools/install_postgres.sh
+
+test: install models chromium postgres
 	$(PY) -m pytest
 
 test-fast: install

@@ -20,6 +20,7 @@ import dagster as dg
 import httpx
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from infinity_assets import (
@@ -331,12 +332,17 @@ def test_secrets_never_appear_in_logs_metadata_artifacts_or_errors(start_infinit
 
 # ---------------------------------------------------------------------------------------------- load
 def test_eight_concurrent_partition_runs_share_the_server_within_the_pool_limit(infinity_server, tmp_path):
-    """Eight `dagster asset materialize` processes at once, one real instance: all succeed, pool limit 2 holds."""
+    """Eight `dagster asset materialize` processes at once on one instance: all succeed, pool limit 2 holds.
+
+    The instance is the repo's dagster.yaml (the `infinity` pool's default limit) with PostgreSQL storage, as
+    the README recommends for deployments: on SQLite, Dagster's slot claims are not atomic across processes
+    (seen here: 3 and 4 steps at once), see servers/postgres.py.
+    """
+    from infinity_assets_tests.servers.postgres import PostgresServer
     from infinity_assets_tests.test_cli import BIN, clean_env
 
     home, root = tmp_path / "home", tmp_path / "store"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")  # the `infinity` pool, default limit 2
     partitions = [f"load-{i}" for i in range(8)]
     for partition in partitions:
         (root / "raw/text" / partition).mkdir(parents=True)
@@ -344,32 +350,36 @@ def test_eight_concurrent_partition_runs_share_the_server_within_the_pool_limit(
             (root / "raw/text" / partition / f"d{j:02d}.txt").write_text(f"document {j} of {partition} " * 20)
     env = clean_env(DAGSTER_HOME=str(home), INFINITY_API_URL=infinity_server.url, INFINITY_MODEL=MODEL,
                     INFINITY_ASSETS_ROOT=str(root), INFINITY_BATCH_SIZE="2", INFINITY_MAX_CONCURRENCY="1")
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions("text_batches", partitions)
-        # Dagster creates a pool's slots on first use, and processes racing to do it on SQLite can each add
-        # them (seen: 4 steps at once). A deployment meets the pool once before a burst (README); so does this.
-        instance.event_log_storage.initialize_concurrency_limit_to_default("infinity")
-        assert instance.event_log_storage.get_concurrency_info("infinity").slot_count == 2  # from dagster.yaml
-    processes = [subprocess.Popen(
-        [BIN / "dagster", "asset", "materialize", "-m", "infinity_assets.definitions", "--select", "text_embeddings",
-         "--partition", partition], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for partition in partitions]
-    outputs = [process.communicate(timeout=600)[0] for process in processes]
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-3000:]
+    with PostgresServer() as postgres:
+        config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+        config["storage"] = {"postgres": {"postgres_url": postgres.url}}
+        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            instance.add_dynamic_partitions("text_batches", partitions)
+            # Dagster creates a pool's slots from the default limit on first use, and runs racing to do it
+            # fail (PostgreSQL: duplicate key) or over-allocate (SQLite): create it once first (README).
+            instance.event_log_storage.initialize_concurrency_limit_to_default("infinity")
+        processes = [subprocess.Popen(
+            [BIN / "dagster", "asset", "materialize", "-m", "infinity_assets.definitions", "--select",
+             "text_embeddings", "--partition", partition], cwd=REPO, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True) for partition in partitions]
+        outputs = [process.communicate(timeout=600)[0] for process in processes]
+        for process, output in zip(processes, outputs):
+            assert process.returncode == 0, output[-3000:]
+        spans, blocked = [], 0
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            assert len(instance.get_runs()) == 8
+            assert instance.event_log_storage.get_concurrency_info("infinity").slot_count == 2  # dagster.yaml
+            for run in instance.get_runs():
+                records = instance.all_logs(run.run_id)
+                times = {record.dagster_event.event_type_value: record.timestamp for record in records
+                         if record.dagster_event and record.step_key == "text_embeddings"}
+                spans.append((times["STEP_START"], times["STEP_SUCCESS"]))
+                blocked += sum("blocked by limit for pool infinity" in record.user_message for record in records)
 
     store = DocumentStore(str(root))
     for partition in partitions:
         assert len(artifacts.read_artifact(store.fs, store.artifact_path("text", partition))) == 40
-    spans, blocked = [], 0
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        assert len(instance.get_runs()) == 8
-        for run in instance.get_runs():
-            records = instance.all_logs(run.run_id)
-            times = {record.dagster_event.event_type_value: record.timestamp for record in records
-                     if record.dagster_event and record.step_key == "text_embeddings"}
-            spans.append((times["STEP_START"], times["STEP_SUCCESS"]))
-            blocked += sum("blocked by limit for pool infinity" in record.user_message for record in records)
     edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
     running = [sum(step for _, step in edges[: i + 1]) for i in range(len(edges))]
     assert max(running) <= 2, f"more than 2 embedding steps ran at once: {spans}"
