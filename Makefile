@@ -33,10 +33,10 @@ $(MODELS_DIR)/.built: $(SERVER_VENV)/.installed tools/build_models.py
 	touch $@
 
 chromium:
-	bash tools/install_chromium.sh
+	bash tools/install_debian_package.sh chromium /usr/bin/chromium
 
 postgres:
-	bash tools/install_postgres.sh
+	bash tools/install_debian_package.sh postgresql '/usr/lib/postgresql/*/bin/pg_ctl'
 
 test: install models chromium postgres
 	$(PY) -m pytest

@@ -4,7 +4,7 @@ Dagster's SQLite storage claims pool slots with ``SELECT ... FOR UPDATE SKIP LOC
 processes claiming at the same instant can take the same slot, so pool limits across processes are exact only
 on PostgreSQL (the storage the README recommends for deployments).
 
-Uses Debian's server binaries (``make test`` installs them with ``tools/install_postgres.sh``). PostgreSQL
+Uses Debian's server binaries (``make postgres`` installs them). PostgreSQL
 refuses to run as root, so under root the server runs as the ``postgres`` user the package creates.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .ports import free_port
 def _bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if not found:
-        raise RuntimeError(f"PostgreSQL's {name} is not installed; run `bash tools/install_postgres.sh`")
+        raise RuntimeError(f"PostgreSQL's {name} is not installed; run `make postgres`")
     return found[-1]
 
 
