@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from infinity_assets import DocumentStoreResource, InfinityEmbeddings, InfinityResource, artifacts
+from infinity_assets import InfinityEmbeddings, InfinityResource, artifacts
 from infinity_assets.assets import image_embeddings, text_embeddings
 from infinity_assets.checks import image_checks, text_checks
 from infinity_assets.documents import DocumentStore, DocumentStoreError
@@ -57,10 +57,7 @@ def page(text: str) -> bytes:
 @pytest.fixture
 def resources(infinity_server, store_root):
     def build(model: str = TEXT_MODEL, **store_options: object) -> dict[str, object]:
-        document_store = DocumentStoreResource(
-            root=store_root.url, endpoint_url=store_root.options.get("endpoint_url"),
-            access_key_id=store_root.options.get("key"), secret_access_key=store_root.options.get("secret"),
-            **store_options)
+        document_store = store_root.resource(**store_options)
         infinity = CountingInfinity(url=infinity_server.url, model_name=model, hidden_dim=128)
         return {"infinity": infinity, "infinity_images": infinity, "document_store": document_store}
     COUNTER.inputs.clear()

@@ -22,15 +22,6 @@ from infinity_assets.schedules import (
 TICK = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)
 
 
-def store_resource(root) -> DocumentStoreResource:
-    return DocumentStoreResource(
-        root=root.url,
-        endpoint_url=root.options.get("endpoint_url"),
-        access_key_id=root.options.get("key"),
-        secret_access_key=root.options.get("secret"),
-    )
-
-
 def report_materialization(instance, store, partition: str, model: str, hidden_dim: int = 128) -> None:
     """Record a materialization carrying the data version the asset would report for the batch now."""
     listing = store.list_sources("text", partition)
@@ -65,7 +56,7 @@ def four_batches(store_root):
         store_root.put(f"raw/text/{batch}/b.txt", "beta")
     store_root.put("raw/text/unregistered/a.txt", "the sensor has not added this batch yet")
     resources = {
-        "document_store": store_resource(store_root),
+        "document_store": store_root.resource(),
         "infinity": InfinityResource(model_name="m", hidden_dim=128),
     }
     with dg.instance_for_test() as instance:
@@ -182,7 +173,7 @@ def test_a_batch_just_materialized_by_the_asset_is_not_stale(
     store_root.put(f"raw/{modality}/b/{name}", data)
     store_root.put(f"raw/{modality}/b/notes.csv", "an unsupported file: skipped by both")
     resources = {
-        "document_store": store_resource(store_root),
+        "document_store": store_root.resource(),
         resource_key: InfinityResource(url=infinity_server.url, model_name=model, hidden_dim=128),
     }
     with dg.instance_for_test() as instance:

@@ -21,16 +21,6 @@ from infinity_assets.sensors import (
 )
 
 
-def resource_for(root) -> DocumentStoreResource:
-    """The document_store resource over a test's StoreRoot (local folder or SeaweedFS bucket)."""
-    return DocumentStoreResource(
-        root=root.url,
-        endpoint_url=root.options.get("endpoint_url"),
-        access_key_id=root.options.get("key"),
-        secret_access_key=root.options.get("secret"),
-    )
-
-
 def tick(sensor, instance, resource, cursor=None) -> dg.SensorResult:
     """Evaluate one tick and apply its partition requests, as the sensor daemon does."""
     context = dg.build_sensor_context(
@@ -51,7 +41,7 @@ def test_new_batches_become_partitions_and_runs_then_a_quiet_tick_skips(store_ro
     store_root.put("raw/text/2026-11-24/nested/b.md", "beta")
     store_root.put("raw/images/scans, part 1/p.png", b"png")
     store_root.put("raw/text/loose.txt", "in no batch folder")
-    resource = resource_for(store_root)
+    resource = store_root.resource()
     with dg.instance_for_test() as instance:
         first = tick(new_documents_sensor, instance, resource)
         requests = {r.partition_key: r for r in first.run_requests}
@@ -71,13 +61,13 @@ def test_run_key_is_the_digest_of_the_batch_fingerprints(store_root):
     store_root.put("raw/text/b/skipped.csv", "not a document")
     listing = store_root.store().list_sources("text", "b")
     with dg.instance_for_test() as instance:
-        result = tick(new_documents_sensor, instance, resource_for(store_root))
+        result = tick(new_documents_sensor, instance, store_root.resource())
     assert run_keys(result) == [f"text:b:{fingerprint_digest(listing.fingerprints)}"]
 
 
 def test_changed_document_yields_a_new_run_key_once(store_root):
     store_root.put("raw/text/b/a.txt", "v1")
-    resource = resource_for(store_root)
+    resource = store_root.resource()
     with dg.instance_for_test() as instance:
         first = tick(new_documents_sensor, instance, resource)
         # No wait for the next second: the new ETag / mtime changes the digest even within the same second.
@@ -122,7 +112,7 @@ def test_object_written_in_the_same_second_is_not_missed(seaweedfs, s3_bucket, l
 
 def test_first_tick_cap_holds_and_later_ticks_take_the_rest(store_root):
     store_root.put_many({f"raw/text/batch-{i:02d}/doc.txt": f"document {i}" for i in range(12)})
-    resource = resource_for(store_root)
+    resource = store_root.resource()
     sensor = build_new_documents_sensor(max_runs_per_tick=5)
     requested: list[str] = []
     with dg.instance_for_test() as instance:
@@ -141,8 +131,8 @@ def test_cap_is_shared_by_both_modalities(store_root):
     store_root.put_many({f"raw/images/i{i}/page.png": b"png" for i in range(3)})
     sensor = build_new_documents_sensor(max_runs_per_tick=4)
     with dg.instance_for_test() as instance:
-        first = tick(sensor, instance, resource_for(store_root))
-        second = tick(sensor, instance, resource_for(store_root), first.cursor)
+        first = tick(sensor, instance, store_root.resource())
+        second = tick(sensor, instance, store_root.resource(), first.cursor)
     assert len(first.run_requests) == 4 and len(second.run_requests) == 2
 
 
@@ -169,7 +159,7 @@ def test_ten_thousand_objects_within_the_tick_budget(seaweedfs, s3_bucket):
 def test_an_unreadable_cursor_starts_over_without_failing(store_root):
     store_root.put("raw/text/b/a.txt", "alpha")
     with dg.instance_for_test() as instance:
-        result = tick(new_documents_sensor, instance, resource_for(store_root), cursor="not json")
+        result = tick(new_documents_sensor, instance, store_root.resource(), cursor="not json")
     assert [r.partition_key for r in result.run_requests] == ["b"]
 
 

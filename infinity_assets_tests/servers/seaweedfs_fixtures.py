@@ -16,6 +16,7 @@ from functools import cached_property
 import pytest
 
 from infinity_assets.documents import DocumentStore
+from infinity_assets.resources import DocumentStoreResource
 
 from .seaweedfs import SeaweedFS
 
@@ -47,6 +48,12 @@ class StoreRoot:
     def is_s3(self) -> bool:
         """True for an ``s3://`` root."""
         return self.url.startswith("s3://")
+
+    def resource(self, **extra: object) -> DocumentStoreResource:
+        """The ``document_store`` resource over this root (``extra``: other resource fields)."""
+        return DocumentStoreResource(
+            root=self.url, endpoint_url=self.options.get("endpoint_url"), access_key_id=self.options.get("key"),
+            secret_access_key=self.options.get("secret"), **extra)
 
     def store(self, **extra: object) -> DocumentStore:
         """A new DocumentStore over this root (``extra`` overrides options, e.g. ``jsonl_text_field``)."""
