@@ -650,6 +650,13 @@ class DocumentStore:
         return f"could not be read ({type(exc).__name__}: {_first_line(exc)}); retry later"
 
 
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether an exception comes from talking to the object store (S3 or network), not from our own code."""
+    from botocore.exceptions import BotoCoreError
+
+    return isinstance(exc, (OSError, BotoCoreError))
+
+
 def is_retryable(error: str) -> bool:
     """Whether a document failure is transient (the file changed, vanished or could not be read: "retry
     later"), as opposed to a problem of the document itself that only a new version of it can fix."""

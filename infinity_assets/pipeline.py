@@ -148,12 +148,10 @@ def embed_partition(
                     f"{report.failed} of {report.total} documents of partition {partition!r} failed, over "
                     f"max_failure_ratio={max_failure_ratio}; nothing was published. First failures: "
                     + "; ".join(f"{f.doc_id}: {f.error}" for f in failures[:5]))
-    except (InfinityError, TooManyFailuresError, artifacts.ArtifactError, documents.DocumentStoreError):
-        raise
-    except Exception as exc:  # an S3 write failed: say which endpoint and what to check
-        if not store.is_s3:
+    except Exception as exc:
+        if not (store.is_s3 and documents.is_storage_failure(exc)):
             raise
-        raise store.store_error(exc, path) from exc
+        raise store.store_error(exc, path) from exc  # an S3 write failed: which endpoint, what to check
     finally:
         report.seconds = time.monotonic() - started
     report.reused = len(reusable)
