@@ -20,25 +20,37 @@ def maxsim(query: np.ndarray, document: np.ndarray) -> float:
     return float((query @ document.T).max(axis=1).sum())
 
 
-def maxsim_scores(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def maxsim_scores(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, *,
+                  normalize: bool = False) -> np.ndarray:
     """MaxSim scores of ``query`` against every document at once.
 
     ``vectors`` is all documents' vectors stacked, ``(N, d)``; document ``i`` owns rows
     ``offsets[i]:offsets[i + 1]`` (every document must have at least one vector). Returns ``(n_docs,)`` float32.
+    ``normalize=True`` scores with cosine similarities (every vector L2-normalised first), as the LanceDB index
+    does; for normalised models (ColPali, ColQwen2, ColBERT) both are equal.
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     if len(offsets) < 2:
         return np.zeros(0, dtype=np.float32)
     if np.any(np.diff(offsets) <= 0):
         raise ValueError("every document needs at least one vector (offsets must be strictly increasing)")
-    similarities = query @ vectors[offsets[0]:offsets[-1]].T  # (q, N)
+    vectors = vectors[offsets[0]:offsets[-1]]
+    if normalize:
+        query, vectors = normalized(query), normalized(vectors)
+    similarities = query @ vectors.T  # (q, N)
     per_document_max = np.maximum.reduceat(similarities, offsets[:-1] - offsets[0], axis=1)  # (q, n_docs)
     return per_document_max.sum(axis=0)
 
 
-def search(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, k: int = 10) -> list[tuple[int, float]]:
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` with every row scaled to unit L2 norm (float32)."""
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32, copy=False)
+
+
+def search(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, k: int = 10, *,
+           normalize: bool = False) -> list[tuple[int, float]]:
     """The ``k`` best documents for ``query`` as ``(document index, score)``, best first."""
-    scores = maxsim_scores(query, vectors, offsets)
+    scores = maxsim_scores(query, vectors, offsets, normalize=normalize)
     k = min(k, len(scores))
     best = np.argpartition(-scores, k - 1)[:k] if k else np.array([], dtype=np.int64)
     best = best[np.argsort(-scores[best], kind="stable")]
