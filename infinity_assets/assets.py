@@ -3,6 +3,7 @@
 import dagster as dg
 
 from .artifacts import artifact_schema
+from .lineage import raw_image_documents, raw_text_documents
 from .partitions import image_partitions, text_partitions
 from .pipeline import DEFAULT_MEMORY_BUDGET, PartitionReport, embed_partition
 from .resources import DocumentStoreResource, InfinityResource
@@ -26,9 +27,10 @@ class EmbeddingConfig(dg.Config):
 
 
 def _build_asset(name: str, modality: str, partitions_def: dg.PartitionsDefinition, infinity_key: str,
-                 description: str) -> dg.AssetsDefinition:
+                 description: str, raw: dg.AssetSpec) -> dg.AssetsDefinition:
     @dg.asset(
         name=name,
+        deps=[raw],
         description=description,
         partitions_def=partitions_def,
         pool="infinity",
@@ -114,9 +116,9 @@ text_embeddings = _build_asset(
     "text_embeddings", "text", text_partitions, "infinity",
     "Multi-vector embeddings of the text documents (.txt, .md, .jsonl lines) of one batch folder "
     "raw/text/<batch>/, one Parquet row per document at embeddings/text/<batch>.parquet. Unchanged documents "
-    "are reused; failed ones are listed in the failures sidecar and metadata.")
+    "are reused; failed ones are listed in the failures sidecar and metadata.", raw_text_documents)
 image_embeddings = _build_asset(
     "image_embeddings", "images", image_partitions, "infinity_images",
     "Multi-vector embeddings of the images of one batch folder raw/images/<batch>/, one Parquet row per image "
     "at embeddings/images/<batch>.parquet. Unchanged images are reused; failed ones are listed in the failures "
-    "sidecar and metadata.")
+    "sidecar and metadata.", raw_image_documents)

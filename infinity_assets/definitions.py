@@ -7,16 +7,18 @@ import dagster as dg
 
 from .assets import image_embeddings, text_embeddings
 from .checks import image_checks, text_checks
+from .index_assets import image_index, image_quality, index_automation_sensor, text_index, text_quality
 from .jobs import embed_images_job, embed_text_job
+from .lineage import raw_image_documents, raw_text_documents
 from .resources import DocumentStoreResource, InfinityResource
 from .schedules import images_incremental_schedule, text_incremental_schedule
 from .sensors import new_documents_sensor
 
 defs = dg.Definitions(
-    assets=[text_embeddings, image_embeddings],
-    asset_checks=[*text_checks, *image_checks],
+    assets=[raw_text_documents, raw_image_documents, text_embeddings, image_embeddings, text_index, image_index],
+    asset_checks=[*text_checks, *image_checks, text_quality, image_quality],
     jobs=[embed_text_job, embed_images_job],
-    sensors=[new_documents_sensor],
+    sensors=[new_documents_sensor, index_automation_sensor],
     schedules=[text_incremental_schedule, images_incremental_schedule],
     resources={
         # Text and images may use different models (e.g. ColBERT for text, ColPali for pages): the image

@@ -38,6 +38,7 @@ import dagster as dg
 from .artifacts import fingerprint_digest
 from .documents import MODALITIES, Listing
 from .jobs import JOBS_BY_MODALITY
+from .lineage import observation
 from .partitions import PARTITIONS_BY_MODALITY
 from .resources import DocumentStoreResource
 
@@ -157,6 +158,7 @@ def build_new_documents_sensor(
         state.pop("next", None)
         run_requests: list[dg.RunRequest] = []
         partition_requests: list[dg.AddDynamicPartitionsRequest] = []
+        observations: list[dg.AssetObservation] = []  # raw_*_documents: data version of each requested batch
         for position, modality in enumerate(order):
             if position > 0 and time.monotonic() - started > time_budget_seconds / 2:
                 state["next"] = modality
@@ -185,6 +187,8 @@ def build_new_documents_sensor(
                 )
                 for run in planned
             ]
+            observations += [observation(modality, run.partition, run.digest, len(listings[run.partition].sources))
+                             for run in planned]
         added = sum(len(r.partition_keys) for r in partition_requests)
         context.log.info(
             f"{len(run_requests)} run requests, {added} new partitions in {time.monotonic() - started:.1f} s"
@@ -192,6 +196,7 @@ def build_new_documents_sensor(
         return dg.SensorResult(
             run_requests=run_requests,
             dynamic_partitions_requests=partition_requests,
+            asset_events=observations,
             cursor=json.dumps(state, separators=(",", ":")),
             skip_reason=None if run_requests or partition_requests else "no new or changed documents",
         )

@@ -1,0 +1,62 @@
+"""The ``infinity-assets`` console script: ``infinity-assets search "QUERY" [--modality text|images] [--k 5] [--json]``.
+
+Settings come from the same environment variables as the Dagster resources: ``INFINITY_*`` (``INFINITY_IMAGE_*``
+first for ``--modality images``), ``INFINITY_ASSETS_ROOT`` and ``AWS_*``. The query is embedded with
+:meth:`InfinityEmbeddings.embed_query` and searched in the LanceDB index (:mod:`infinity_assets.index`).
+Exit codes: 0 results printed, 1 the index cannot answer or a setting is wrong (one line on stderr), 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .documents import DocumentStoreError
+from .errors import InfinityError
+from .index import Hit, SearchIndexError, search_text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``infinity-assets``."""
+    parser = argparse.ArgumentParser(prog="infinity-assets", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    search = commands.add_parser("search", help="search the index with a text query")
+    search.add_argument("query", help="the question or keywords")
+    search.add_argument("--modality", choices=["text", "images"], default="text",
+                        help="which index: text documents or page images (default text)")
+    search.add_argument("--k", type=int, default=5, help="number of results (default 5)")
+    search.add_argument("--json", action="store_true", help="one JSON object per result and line")
+    search.add_argument("--exact", action="store_true", help="exact search even if an ANN index exists")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.k < 1:
+        print("infinity-assets: --k must be at least 1", file=sys.stderr)
+        return 2
+    from .resources import DocumentStoreResource, InfinityResource  # dagster is slow to import: only now
+
+    try:
+        prefix = "INFINITY_IMAGE_" if args.modality == "images" else "INFINITY_"
+        store = DocumentStoreResource().get_store()
+        with InfinityResource(env_prefix=prefix).build_client() as client:
+            hits = search_text(store, client, args.query, args.modality, args.k, exact=args.exact)
+    except (SearchIndexError, InfinityError, DocumentStoreError, ValueError) as exc:
+        print(f"infinity-assets: {exc}", file=sys.stderr)
+        return 1
+    for rank, hit in enumerate(hits, 1):
+        print(json.dumps(hit.to_json(), ensure_ascii=False) if args.json else _line(rank, hit))
+    return 0
+
+
+def _line(rank: int, hit: Hit) -> str:
+    page = f" page {hit.page}" if hit.page is not None else ""
+    snippet = f"\n     {hit.snippet}" if hit.snippet else ""
+    return f"{rank:2}. {hit.score:8.4f}  {hit.doc_id}{page}  ({hit.source_uri}){snippet}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

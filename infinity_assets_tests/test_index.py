@@ -1,0 +1,214 @@
+"""The LanceDB index: exact incremental sync with the artifacts, one writer at a time, search and its errors.
+
+Sync semantics run on synthetic artifacts (local disk and SeaweedFS); exactness and concurrency use the real
+Infinity server with the real MiniLM weights.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from infinity_assets import InfinityEmbeddings, index
+from infinity_assets.artifacts import ArtifactWriter
+from infinity_assets.index_lock import IndexLockError, WriterLock
+from infinity_assets.pipeline import embed_partition
+
+from .test_search import DOCUMENTS
+
+DIM = 16
+RNG = np.random.default_rng(7)
+
+
+def write_artifact(store, partition: str, doc_ids: list[str], *, model: str = "m", dim: int = DIM,
+                   modality: str = "text") -> None:
+    """Publish a synthetic artifact: every document gets new random vectors and a new embedded_at."""
+    store.ensure_artifact_dir(modality)
+    with ArtifactWriter(store.fs, store.artifact_path(modality, partition), hidden_dim=dim,
+                        metadata={"model": model, "partition": partition}) as writer:
+        for doc_id in doc_ids:
+            writer.write(doc_id, store.uri_for(f"raw/{modality}/{partition}/{doc_id}"), f"fp-{doc_id}",
+                         RNG.standard_normal((int(RNG.integers(1, 6)), dim)).astype(np.float32))
+
+
+def assert_index_equals_artifacts(store, modality: str = "text", model: str | None = None) -> None:
+    expected = index.artifact_rows(store, modality, model)
+    actual = index.index_rows(store, modality)
+    assert actual.num_rows == expected.num_rows
+    assert actual.equals(expected), "index rows differ from the artifacts"
+
+
+def test_sync_follows_new_changed_and_deleted_documents_and_batches(store_root):
+    store = store_root.store()
+    write_artifact(store, "b1", ["a", "b", "c"])
+    write_artifact(store, "b2", ["x", "y"])
+    first = index.sync_index(store, "text")
+    assert (first.inserted, first.rows) == (5, 5)
+    assert_index_equals_artifacts(store)
+
+    write_artifact(store, "b1", ["a", "c", "d"])  # a, c re-embedded; b deleted; d new
+    store.fs.rm(store.artifact_path("text", "b2"))  # the whole batch is gone
+    second = index.sync_index(store, "text")
+    assert (second.inserted, second.updated, second.deleted) == (1, 2, 3)
+    assert second.partitions_removed == ["b2"]
+    assert_index_equals_artifacts(store)
+
+
+def test_sync_leaves_unchanged_rows_alone_and_is_idempotent(store_root):
+    store = store_root.store()
+    write_artifact(store, "b1", ["a", "b"])
+    write_artifact(store, "b2", ["x"])
+    index.sync_index(store, "text")
+    write_artifact(store, "b2", ["x", "z"])
+    changed = index.sync_index(store, "text")
+    # x re-embedded (new vectors and embedded_at), z new; b1 untouched
+    assert (changed.inserted, changed.updated, changed.deleted, changed.unchanged) == (1, 1, 0, 2)
+    again = index.sync_index(store, "text")
+    assert not again.wrote and again.unchanged == 4 and again.version == changed.version
+    assert_index_equals_artifacts(store)
+
+
+def test_artifacts_of_another_model_are_reported_and_not_indexed(tmp_path):
+    store = store_root_local(tmp_path)
+    write_artifact(store, "good", ["a"], model="m")
+    write_artifact(store, "old", ["b"], model="other", dim=8)
+    report = index.sync_index(store, "text", model="m", hidden_dim=DIM)
+    assert [p for p, _ in report.skipped] == ["old"]
+    assert "re-embed" in report.skipped[0][1]
+    assert_index_equals_artifacts(store, model="m")
+
+
+def test_a_new_model_rebuilds_the_table_for_it(tmp_path):
+    store = store_root_local(tmp_path)
+    write_artifact(store, "b", ["a", "b"], model="m")
+    index.sync_index(store, "text")
+    write_artifact(store, "b", ["a", "b"], model="m2", dim=8)
+    report = index.sync_index(store, "text", model="m2", hidden_dim=8)
+    assert report.rebuilt and report.rows == 2
+    assert index.table_settings(index.open_table(store, "text")) == ("m2", 8)
+    assert_index_equals_artifacts(store)
+
+
+def store_root_local(tmp_path):
+    from infinity_assets.documents import DocumentStore
+
+    return DocumentStore(str(tmp_path / "store"))
+
+
+def test_a_second_writer_waits_then_fails_naming_the_holder(store_root):
+    store = store_root.store()
+    path = store.path(index.INDEX_DIR)
+    with WriterLock(store.fs, path, is_s3=store.is_s3) as holder:
+        with pytest.raises(IndexLockError, match=holder.owner.split(":")[0]):
+            with WriterLock(store.fs, path, is_s3=store.is_s3, timeout=0.5):
+                pass
+    with WriterLock(store.fs, path, is_s3=store.is_s3, timeout=0.5):  # released: free again
+        pass
+
+
+def test_an_expired_s3_lease_is_taken_over(seaweedfs, s3_bucket):
+    from infinity_assets.documents import DocumentStore
+
+    store = DocumentStore(f"s3://{s3_bucket}/p", **seaweedfs.storage_options())
+    path = store.path(index.INDEX_DIR)
+    dead = WriterLock(store.fs, path, is_s3=True, ttl=0.5)
+    dead.__enter__()
+    dead._stop.set()  # a holder that stopped renewing (killed)
+    with WriterLock(store.fs, path, is_s3=True, timeout=10) as taker:
+        assert json.loads(store.fs.cat_file(taker.lease_path))["owner"] == taker.owner
+    dead._renewer.join()
+
+
+def test_search_errors_say_what_to_do(tmp_path):
+    store = store_root_local(tmp_path)
+    with pytest.raises(index.SearchIndexError, match="no text index .* materialize the text_index"):
+        index.IndexReader(store, "text")
+    write_artifact(store, "b", ["a"])
+    index.sync_index(store, "text")
+    store.fs.rm(store.artifact_path("text", "b"))
+    index.sync_index(store, "text")
+    with pytest.raises(index.SearchIndexError, match="empty"):
+        index.IndexReader(store, "text")
+    write_artifact(store, "b", ["a"])
+    index.sync_index(store, "text")
+    reader = index.IndexReader(store, "text")
+    with pytest.raises(index.SearchIndexError, match="built with model 'm' .* queries are embedded with 'x'"):
+        reader.check_settings("x", DIM)
+    with pytest.raises(index.SearchIndexError, match="hidden_dim 128"):
+        reader.check_settings("m", 128)
+
+
+# ------------------------------------------------------------------------------------- real MiniLM weights
+def put_documents(store_root, partition: str, documents: list[str]) -> None:
+    store_root.put_many({f"raw/text/{partition}/doc-{i:02d}.txt": text for i, text in enumerate(documents)})
+
+
+@pytest.fixture
+def minilm(infinity_server):
+    with InfinityEmbeddings(url=infinity_server.url, model_name="minilm-colbert", hidden_dim=384) as client:
+        yield client
+
+
+def test_index_results_equal_exact_maxsim_over_the_artifacts(tmp_path, minilm):
+    from .servers.seaweedfs_fixtures import StoreRoot
+
+    root = StoreRoot(str(tmp_path / "store"))
+    store = root.store()
+    put_documents(root, "first", DOCUMENTS[:15])
+    put_documents(root, "second", DOCUMENTS[15:])
+    for partition in ("first", "second"):
+        embed_partition(store, minilm, "text", partition)
+    index.sync_index(store, "text", model="minilm-colbert", hidden_dim=384)
+    reader = index.IndexReader(store, "text")
+    for document in DOCUMENTS[::3]:
+        query = minilm.embed_query(" ".join(document.split()[2:7]))
+        got = reader.search(query, k=5)
+        want = index.exact_hits(store, "text", query, k=5)
+        assert [(h.partition, h.doc_id) for h in got] == [(h.partition, h.doc_id) for h in want]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=1e-4)
+
+
+def test_eight_concurrent_embedding_runs_then_index_equals_the_artifacts(seaweedfs, s3_bucket, infinity_server):
+    """Eight partitions embedded at once on SeaweedFS, each followed by its own sync (as eight index runs
+    would be): the lock serialises the writers, and the index ends equal to the artifacts, no row lost or
+    duplicated."""
+    from .servers.seaweedfs_fixtures import StoreRoot
+
+    root = StoreRoot(f"s3://{s3_bucket}/docs", seaweedfs.storage_options())
+    for number in range(8):
+        put_documents(root, f"batch-{number}", DOCUMENTS[number * 3:number * 3 + 6])
+    holders, most = [0], [0]
+    guard = threading.Lock()
+    original_enter, original_exit = WriterLock.__enter__, WriterLock.__exit__
+
+    def counting_enter(self):
+        result = original_enter(self)
+        with guard:
+            holders[0] += 1
+            most[0] = max(most[0], holders[0])
+        return result
+
+    def counting_exit(self, *exc):
+        with guard:
+            holders[0] -= 1
+        return original_exit(self, *exc)
+
+    def run(number: int) -> index.SyncReport:
+        store = root.store()
+        with InfinityEmbeddings(url=infinity_server.url, model_name="minilm-colbert", hidden_dim=384) as client:
+            embed_partition(store, client, "text", f"batch-{number}")
+        return index.sync_index(store, "text", model="minilm-colbert", hidden_dim=384)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(WriterLock, "__enter__", counting_enter)
+        patch.setattr(WriterLock, "__exit__", counting_exit)
+        with ThreadPoolExecutor(8) as pool:
+            reports = list(pool.map(run, range(8)))
+    assert most[0] == 1, f"{most[0]} writers held the index at once"
+    assert sum(r.inserted for r in reports) == 48 and all(r.updated == 0 for r in reports)
+    assert_index_equals_artifacts(root.store())
+    rows = index.index_rows(root.store(), "text")
+    assert len(set(zip(rows.column("partition").to_pylist(), rows.column("doc_id").to_pylist()))) == 48
