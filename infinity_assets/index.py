@@ -482,7 +482,7 @@ class IndexReader:
             raise SearchIndexError(f"query has shape {query.shape}; the {self.modality} index holds "
                                    f"{self.hidden_dim}-dimensional vectors (model {self.model!r})")
         builder = (self.table.search(query, vector_column_name="embedding").distance_type("cosine").limit(k)
-                   .select(["doc_id", "partition", "source_uri", "page", "page_text"]))
+                   .select(["doc_id", "partition", "source_uri", "page", "page_text", "_distance"]))
         if exact:
             builder = builder.bypass_vector_index()
         else:

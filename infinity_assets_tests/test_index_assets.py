@@ -1,0 +1,103 @@
+"""The index assets, the retrieval quality check, the `infinity-assets search` CLI and the raw-document lineage,
+with the real Infinity server (real MiniLM weights) and a real Dagster materialization."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from infinity_assets.index_assets import QualityConfig, quality_result, text_index, text_quality
+from infinity_assets.resources import InfinityResource
+from infinity_assets.sensors import new_documents_sensor
+
+from .servers.seaweedfs_fixtures import StoreRoot
+from .test_search import DOCUMENTS
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD_SET = [{"query": " ".join(text.split()[2:7]), "relevant": [f"doc-{i:02d}.txt"]}
+            for i, text in enumerate(DOCUMENTS)]
+
+
+def embed_and_index(root: StoreRoot, infinity_server, model: str, hidden_dim: int) -> dg.ExecuteInProcessResult:
+    """Embed DOCUMENTS as one batch with ``model``, then materialize text_index and its quality check."""
+    from infinity_assets.assets import text_embeddings
+
+    root.put_many({f"raw/text/all/doc-{i:02d}.txt": text for i, text in enumerate(DOCUMENTS)})
+    root.put("eval/text.jsonl", "\n".join(json.dumps(item) for item in GOOD_SET))
+    resources = {"infinity": InfinityResource(url=infinity_server.url, model_name=model, hidden_dim=hidden_dim),
+                 "document_store": root.resource()}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("text_batches", ["all"])
+        dg.materialize([text_embeddings], partition_key="all", resources=resources, instance=instance)
+        return dg.materialize([text_index, text_quality], resources=resources, instance=instance,
+                              raise_on_error=False)
+
+
+def quality_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    (evaluation,) = result.get_asset_check_evaluations()
+    return evaluation
+
+
+def test_quality_check_passes_on_a_good_labelled_set(tmp_path, infinity_server):
+    result = embed_and_index(StoreRoot(str(tmp_path / "store")), infinity_server, "minilm-colbert", 384)
+    evaluation = quality_of(result)
+    metadata = {k: v.value for k, v in evaluation.metadata.items()}
+    assert evaluation.passed, evaluation.description
+    assert metadata["recall_at_10"] >= 0.9 and metadata["mrr_at_10"] >= 0.8 and metadata["ndcg_at_5"] >= 0.8
+    assert metadata["queries"] == len(DOCUMENTS)
+    index_meta = result.asset_materializations_for_node("text_index")[0].metadata
+    assert index_meta["dagster/row_count"].value == len(DOCUMENTS) and index_meta["inserted"].value == len(DOCUMENTS)
+
+
+def test_quality_check_fails_when_the_index_was_built_with_the_wrong_model(tmp_path, infinity_server):
+    # The index was built with colpali-tiny (random weights, 128-d) while queries use the real MiniLM weights
+    # projected to 128-d: same size, so the check measures it, and the metrics collapse.
+    root = StoreRoot(str(tmp_path / "store"))
+    embed_and_index(root, infinity_server, "colpali-tiny", 128)
+    query_model = InfinityResource(url=infinity_server.url, model_name="minilm-colbert-128", hidden_dim=128)
+    result = quality_result(root.resource(), query_model, "text", QualityConfig())
+    assert not result.passed
+    assert "below thresholds" in result.description and "built with model 'colpali-tiny'" in result.description
+    assert result.metadata["mrr_at_10"].value < 0.5
+
+
+def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "infinity_assets.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+
+
+def test_cli_search_answers_from_the_index_on_seaweedfs(seaweedfs, s3_bucket, infinity_server):
+    root = StoreRoot(f"s3://{s3_bucket}/docs", seaweedfs.storage_options())
+    env = {**seaweedfs.environment(), "INFINITY_ASSETS_ROOT": root.url, "INFINITY_API_URL": infinity_server.url,
+           "INFINITY_MODEL": "minilm-colbert", "INFINITY_HIDDEN_DIM": "384"}
+    missing = cli(["search", "comet"], env)
+    assert missing.returncode == 1 and "no text index" in missing.stderr and "text_index" in missing.stderr
+    embed_and_index(root, infinity_server, "minilm-colbert", 384)
+
+    found = cli(["search", "faint comet passing close to jupiter", "--k", "3"], env)
+    assert found.returncode == 0, found.stderr
+    assert "doc-07.txt" in found.stdout.splitlines()[0] and "astronomers detected a faint comet" in found.stdout
+    lines = [json.loads(line) for line in cli(["search", "comet near jupiter", "--json"], env).stdout.splitlines()]
+    assert len(lines) == 5 and lines[0]["doc_id"] == "doc-07.txt"
+    assert {"doc_id", "score", "source_uri", "page"} <= set(lines[0])
+
+    wrong = cli(["search", "comet"], {**env, "INFINITY_MODEL": "minilm-colbert-128", "INFINITY_HIDDEN_DIM": "128"})
+    assert wrong.returncode == 1 and "built with model 'minilm-colbert'" in wrong.stderr
+
+
+def test_sensor_observes_each_requested_batch_with_its_digest(tmp_path):
+    root = StoreRoot(str(tmp_path / "store"))
+    root.put_many({"raw/text/b1/a.txt": "alpha", "raw/images/scans/p.png": b"\x89PNG"})
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"document_store": root.resource()})
+        result = new_documents_sensor(context)
+    requests = {r.partition_key: r.tags["infinity_assets/source_digest"] for r in result.run_requests}
+    observed = {(e.asset_key.to_user_string(), e.partition): e.tags["dagster/data_version"]
+                for e in result.asset_events}
+    assert observed == {("raw_text_documents", "b1"): requests["b1"],
+                        ("raw_image_documents", "scans"): requests["scans"]}
