@@ -1,7 +1,8 @@
 """`make demo`: the whole flow on this machine, with real servers, through a real Dagster instance.
 
 Starts SeaweedFS and the real Infinity server on 127.0.0.1, uploads sample documents, runs one sensor tick and
-the runs it requests, prints a summary and one MaxSim search answer, stops the servers. Exits non-zero if
+the runs it requests, prints a summary and one MaxSim search answer, syncs the LanceDB index and answers a
+query through the ``infinity-assets search`` CLI, stops the servers. Exits non-zero if
 anything failed. ``tools/dev.py`` (``make dev``) reuses :class:`DemoEnvironment` and adds the Dagster UI.
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -146,8 +148,27 @@ def run_demo() -> int:
     artifact, index, score = best
     print(f"\nMaxSim search for {QUERY!r}: {artifact.doc_ids[index]} (score {score:.2f}) "
           f"from {artifact.source_uris[index]}")
+    failed |= not index_and_search()
     print("\ndemo " + ("FAILED" if failed else "finished: every run and check succeeded"))
     return 1 if failed else 0
+
+
+def index_and_search() -> bool:
+    """Materialize text_index and image_index (as the automation sensor would), then ask the CLI."""
+    from infinity_assets.definitions import defs
+
+    with dg.DagsterInstance.get() as instance:
+        outcome = dg.materialize([defs.get_assets_def("text_index"), defs.get_assets_def("image_index")],
+                                 resources=defs.resources, instance=instance, raise_on_error=False)
+    for event in outcome.get_asset_materialization_events():
+        metadata = event.materialization.metadata
+        print(f"  {event.asset_key.to_user_string()}: {metadata['dagster/row_count'].value} rows, "
+              f"{metadata['inserted'].value} inserted, at {metadata['uri'].value}")
+    command = ["infinity-assets", "search", QUERY, "--k", "3"]
+    print(f"\n$ {' '.join(command[:2])} {QUERY!r} --k 3", flush=True)
+    answer = subprocess.run([sys.executable, "-m", "infinity_assets.cli", *command[1:]], env={**os.environ},
+                            cwd=REPO)
+    return outcome.success and answer.returncode == 0
 
 
 def main() -> int:
