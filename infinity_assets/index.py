@@ -68,8 +68,8 @@ DEFAULT_CLEANUP_OLDER_THAN = timedelta(hours=1)
 #: Vector bytes written per commit while syncing (bounds memory; fewer, larger fragments).
 WRITE_BATCH_BYTES = 128 << 20
 #: IVF partitions probed by an ANN search (recall against exact is measured by ``make bench``).
-DEFAULT_NPROBES = 32
-DEFAULT_REFINE_FACTOR = 4
+DEFAULT_NPROBES = 64
+DEFAULT_REFINE_FACTOR = 10
 
 
 class SearchIndexError(Exception):
@@ -475,7 +475,7 @@ class IndexReader:
                 "re-index with the new model")
 
     def search(self, query: np.ndarray, k: int = 5, *, exact: bool = False, nprobes: int = DEFAULT_NPROBES,
-               refine_factor: int = DEFAULT_REFINE_FACTOR) -> list[Hit]:
+               refine_factor: int | None = DEFAULT_REFINE_FACTOR) -> list[Hit]:
         """The ``k`` best rows for a ``(n_query, hidden_dim)`` query, best first (cosine MaxSim)."""
         query = np.ascontiguousarray(query, dtype=np.float32)
         if query.ndim != 2 or query.shape[1] != self.hidden_dim or not len(query):
@@ -486,7 +486,9 @@ class IndexReader:
         if exact:
             builder = builder.bypass_vector_index()
         else:
-            builder = builder.nprobes(nprobes).refine_factor(refine_factor)
+            builder = builder.nprobes(nprobes)
+            if refine_factor:
+                builder = builder.refine_factor(refine_factor)
         result = builder.to_arrow()
         scores = len(query) - result.column("_distance").to_numpy()
         return [Hit(float(score), row["doc_id"], row["partition"], row["source_uri"], row["page"], row["page_text"])

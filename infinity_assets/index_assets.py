@@ -25,11 +25,12 @@ from .resources import DocumentStoreResource, InfinityResource
 INDEX_POOL = "index_writer"
 QUALITY_CHECK = "retrieval_quality"
 
-#: Sync after any embedding partition was materialized (or on first deploy), never beside a running sync.
+#: Sync after any embedding partition was materialized, and once when the index was never built (first
+#: deploy: ``since_last_handled`` alone ignores what happened before), never beside a running sync.
 INDEX_AUTOMATION = (
-    (dg.AutomationCondition.any_deps_updated() | dg.AutomationCondition.missing()).since_last_handled()
+    (dg.AutomationCondition.any_deps_updated().since_last_handled() | dg.AutomationCondition.missing().newly_true())
     & ~dg.AutomationCondition.in_progress()
-).with_label("embeddings updated, no sync in progress")
+).with_label("embeddings updated or index never built, no sync in progress")
 
 
 class IndexConfig(dg.Config):

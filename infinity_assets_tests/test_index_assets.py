@@ -101,3 +101,38 @@ def test_sensor_observes_each_requested_batch_with_its_digest(tmp_path):
                 for e in result.asset_events}
     assert observed == {("raw_text_documents", "b1"): requests["b1"],
                         ("raw_image_documents", "scans"): requests["scans"]}
+
+
+def test_embeddings_record_the_raw_batch_version_they_were_made_from(tmp_path, infinity_server):
+    """The provenance Dagster compares with the latest observation to show a batch as stale."""
+    from infinity_assets.assets import text_embeddings
+
+    root = StoreRoot(str(tmp_path / "store"))
+    root.put("raw/text/b/a.txt", "the lighthouse keeper painted the staircase")
+    resources = {"infinity": InfinityResource(url=infinity_server.url, model_name="minilm-colbert", hidden_dim=384),
+                 "document_store": root.resource()}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("text_batches", ["b"])
+        instance.report_runless_asset_event(dg.AssetObservation(
+            "raw_text_documents", partition="b", tags={"dagster/data_version": "digest-1"}))
+        result = dg.materialize([text_embeddings], partition_key="b", resources=resources, instance=instance)
+    tags = result.asset_materializations_for_node("text_embeddings")[0].tags
+    assert tags["dagster/input_data_version/raw_text_documents"] == "digest-1"
+
+
+def test_index_sync_is_requested_after_embeddings_change_and_not_again():
+    from infinity_assets.definitions import defs
+
+    selection = dg.AssetSelection.assets("text_index")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("text_batches", ["b"])
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        assert first.get_num_requested(dg.AssetKey("text_index")) == 1  # never synced yet
+        instance.report_runless_asset_event(dg.AssetMaterialization("text_index"))
+        quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                                  cursor=first.cursor)
+        assert quiet.get_num_requested(dg.AssetKey("text_index")) == 0
+        instance.report_runless_asset_event(dg.AssetMaterialization("text_embeddings", partition="b"))
+        changed = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                                    cursor=quiet.cursor)
+        assert changed.get_num_requested(dg.AssetKey("text_index")) == 1
