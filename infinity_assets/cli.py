@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("infinity-assets: --k must be at least 1", file=sys.stderr)
         return 2
     from .resources import DocumentStoreResource, InfinityResource  # dagster is slow to import: only now
+
+    os.environ.setdefault("LANCE_LOG", "error")  # Lance's Rust warnings are for developers, not this output
 
     try:
         prefix = "INFINITY_IMAGE_" if args.modality == "images" else "INFINITY_"

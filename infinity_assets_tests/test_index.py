@@ -230,3 +230,24 @@ def test_maintenance_builds_the_ann_index_past_the_threshold_and_keeps_it_curren
     assert not later.ann_index_built and stats.num_unindexed_rows == 0  # new rows went into the index
     assert len(table.list_versions()) <= 2, "old versions were not cleaned up"
     assert_index_equals_artifacts(store)
+
+
+def test_page_columns_are_indexed_when_the_artifact_has_them(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = store_root_local(tmp_path)
+    write_artifact(store, "scans", ["r.pdf#1", "r.pdf#2"], modality="images")
+    path = store.artifact_path("images", "scans")
+    table = pq.read_table(path)
+    table = table.append_column(pa.field("page", pa.int32()), pa.array([1, 2], pa.int32())).append_column(
+        pa.field("page_text", pa.string()), pa.array(["Quarterly report", None], pa.string()))
+    pq.write_table(table, path)  # the schema metadata (model, partition) travels with the table
+    index.sync_index(store, "images")
+    rows = index.open_table(store, "images").to_lance().to_table(columns=["doc_id", "page", "page_text"])
+    assert sorted(rows.to_pylist(), key=lambda r: r["doc_id"]) == [
+        {"doc_id": "r.pdf#1", "page": 1, "page_text": "Quarterly report"},
+        {"doc_id": "r.pdf#2", "page": 2, "page_text": None}]
+    hits = index.IndexReader(store, "images").search(RNG.standard_normal((3, DIM)).astype(np.float32), k=2)
+    index.add_snippets(store, "images", hits)
+    assert {(h.page, h.snippet) for h in hits} == {(1, "Quarterly report"), (2, "")}

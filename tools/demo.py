@@ -72,6 +72,7 @@ class DemoEnvironment:
         shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
         with dg.DagsterInstance.from_config(str(home)) as instance:  # the pool exists before any run (README)
             instance.event_log_storage.initialize_concurrency_limit_to_default("infinity")
+            instance.event_log_storage.set_concurrency_slots("index_writer", 1)  # one index sync at a time
         self.env = {
             "DAGSTER_HOME": str(home),
             "INFINITY_API_URL": self.infinity.url, "INFINITY_MODEL": TEXT_MODEL, "INFINITY_HIDDEN_DIM": "128",
