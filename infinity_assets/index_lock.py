@@ -124,8 +124,10 @@ class WriterLock:
     def _try_s3(self) -> bool:
         try:
             answer = self.fs.call_s3("put_object", **self._location(), Body=self._body(), IfNoneMatch="*")
-        except OSError:  # precondition failed: a lease exists
-            return self._take_over_if_expired()
+        except OSError as exc:
+            if not _precondition_failed(exc):
+                raise  # the store itself failed (credentials, endpoint): not a reason to wait
+            return self._take_over_if_expired()  # a lease exists
         self._etag = answer["ETag"]
         self._refuse_unconditional_store()
         return True
@@ -140,7 +142,9 @@ class WriterLock:
             return False
         try:
             answer = self.fs.call_s3("put_object", **self._location(), Body=self._body(), IfMatch=current["ETag"])
-        except OSError:
+        except OSError as exc:
+            if not _precondition_failed(exc):
+                raise
             return False  # someone else took it over first
         self._etag = answer["ETag"]
         return True
@@ -172,6 +176,13 @@ class WriterLock:
                 return handle.read().strip() or "unknown holder"
         except (OSError, ValueError):
             return "unknown holder"
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """True for S3's answer to a conditional write that lost (412, or 409 for a concurrent one)."""
+    cause = exc.__cause__ or exc.__context__
+    code = str(getattr(cause, "response", {}).get("Error", {}).get("Code", ""))
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
 
 def _read_body(fs: fsspec.AbstractFileSystem, answer: dict[str, Any]) -> bytes:
