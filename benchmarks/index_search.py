@@ -71,7 +71,7 @@ def _rewrite(store: DocumentStore, partition: str) -> None:
 def _measure(store: DocumentStore, workdir: Path, queries: list[np.ndarray], embed: list[float]) -> dict[str, Any]:
     """Sync (ANN index built at once), then time numpy, exact and ANN searches, a changed partition, sizes."""
     started = time.perf_counter()
-    first = index.sync_index(store, "text", ann_threshold_rows=1)
+    first = index.sync_index(store, "text", ann_threshold_vectors=1)
     initial = time.perf_counter() - started
     assert first.ann_index, "the ANN index was not built"
     reader = index.IndexReader(store, "text")
@@ -93,7 +93,7 @@ def _measure(store: DocumentStore, workdir: Path, queries: list[np.ndarray], emb
     partition = reader.search(queries[0], 1, exact=True)[0].partition
     _rewrite(store, partition)
     started = time.perf_counter()
-    update = index.sync_index(store, "text", ann_threshold_rows=1)
+    update = index.sync_index(store, "text", ann_threshold_vectors=1)
     update_seconds = time.perf_counter() - started
     index.open_table(store, "text").optimize(cleanup_older_than=timedelta(0))  # size of the current version
     return {

@@ -27,9 +27,12 @@ MaxSim of :mod:`infinity_assets.search`; for others it is the MaxSim of the norm
 
 Maintenance (inside :func:`sync_index`, after a sync that wrote): ``optimize()`` (compaction of small
 fragments, removal of versions older than ``cleanup_older_than``, new rows added to the ANN index) and,
-once the table has ``ann_threshold_rows`` rows, an IVF-PQ index on the multi-vector column (cosine). Below the
-threshold every search is exact (a flat scan is fast enough, see ``make bench``); above it searches use the
-ANN index unless ``exact=True``.
+once the table holds ``ann_threshold_vectors`` token vectors, an IVF-PQ index on the multi-vector column
+(cosine). The threshold counts vectors, not rows, because a flat search costs per vector (``make bench``, 2
+vCPUs: 16,000 vectors 14 ms exact; 160,000 vectors 98 ms exact, 19 ms ANN; 1 M vectors (1,000 ColPali pages)
+2.5 s exact, 0.3 s ANN). Below it every search is exact; above it searches use the ANN index unless
+``exact=True``, re-ranking ``refine_factor`` x k candidates exactly (recall@10 against exact 0.98 on 10,000
+real MiniLM documents).
 """
 from __future__ import annotations
 
@@ -61,15 +64,15 @@ META_HIDDEN_DIM = b"infinity_assets.hidden_dim"
 KEY_COLUMNS = ["partition", "doc_id"]
 VERSION_COLUMNS = ["fingerprint", "embedded_at"]
 PAGE_COLUMNS = ["page", "page_text"]
-#: Rows past which an ANN index is built on the embedding column (documented in the README with the figures).
-DEFAULT_ANN_THRESHOLD_ROWS = 50_000
+#: Token vectors past which an ANN index is built on the embedding column (see the module docstring).
+DEFAULT_ANN_THRESHOLD_VECTORS = 100_000
 #: Old table versions are removed once older than this (a search still reading one finishes well before).
 DEFAULT_CLEANUP_OLDER_THAN = timedelta(hours=1)
 #: Vector bytes written per commit while syncing (bounds memory; fewer, larger fragments).
 WRITE_BATCH_BYTES = 128 << 20
 #: IVF partitions probed by an ANN search (recall against exact is measured by ``make bench``).
 DEFAULT_NPROBES = 64
-DEFAULT_REFINE_FACTOR = 10
+DEFAULT_REFINE_FACTOR = 30
 
 
 class SearchIndexError(Exception):
@@ -186,7 +189,7 @@ def sync_index(
     *,
     model: str | None = None,
     hidden_dim: int | None = None,
-    ann_threshold_rows: int = DEFAULT_ANN_THRESHOLD_ROWS,
+    ann_threshold_vectors: int = DEFAULT_ANN_THRESHOLD_VECTORS,
     cleanup_older_than: timedelta = DEFAULT_CLEANUP_OLDER_THAN,
     lock_timeout: float = 600.0,
 ) -> SyncReport:
@@ -243,7 +246,7 @@ def sync_index(
         report.rows = table.count_rows()
         if report.wrote:
             lock.check()
-            report.ann_index_built = _maintain(table, ann_threshold_rows, cleanup_older_than)
+            report.ann_index_built = _maintain(table, ann_threshold_vectors, cleanup_older_than)
             report.optimized = True
         report.ann_index = _has_ann_index(table)
         report.version = table.version
@@ -400,10 +403,10 @@ def _has_ann_index(table: Any) -> bool:
     return any("embedding" in index.columns for index in table.list_indices())
 
 
-def _maintain(table: Any, ann_threshold_rows: int, cleanup_older_than: timedelta) -> bool:
+def _maintain(table: Any, ann_threshold_vectors: int, cleanup_older_than: timedelta) -> bool:
     """Compact, prune old versions, update the ANN index; build it once past the threshold. True if built."""
     built = False
-    if not _has_ann_index(table) and table.count_rows() >= ann_threshold_rows > 0:
+    if not _has_ann_index(table) and 0 < ann_threshold_vectors <= _vector_count(table):
         from lancedb.index import IvfPq
 
         hidden_dim = table_settings(table)[1]
@@ -412,6 +415,10 @@ def _maintain(table: Any, ann_threshold_rows: int, cleanup_older_than: timedelta
         built = True
     table.optimize(cleanup_older_than=cleanup_older_than)
     return built
+
+
+def _vector_count(table: Any) -> int:
+    return int(pc.sum(table.to_lance().to_table(columns=["n_vectors"]).column("n_vectors")).as_py() or 0)
 
 
 def _sub_vectors(hidden_dim: int) -> int:

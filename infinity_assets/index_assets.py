@@ -13,7 +13,7 @@ import dagster as dg
 
 from .evaluation import EvalSetError, eval_set_key, evaluate, load_eval_set
 from .index import (
-    DEFAULT_ANN_THRESHOLD_ROWS,
+    DEFAULT_ANN_THRESHOLD_VECTORS,
     IndexReader,
     SearchIndexError,
     SyncReport,
@@ -36,8 +36,9 @@ INDEX_AUTOMATION = (
 class IndexConfig(dg.Config):
     """Run config of the index assets."""
 
-    ann_threshold_rows: int = DEFAULT_ANN_THRESHOLD_ROWS
-    """Build the ANN (IVF-PQ) index on the embedding column once the table has this many rows; 0 never."""
+    ann_threshold_vectors: int = DEFAULT_ANN_THRESHOLD_VECTORS
+    """Build the ANN (IVF-PQ) index on the embedding column once the table holds this many token vectors
+    (documents x vectors per document); 0 never."""
     cleanup_older_than_minutes: int = 60
     """Table versions older than this are removed by the maintenance after each sync."""
     lock_timeout_seconds: float = 600.0
@@ -67,14 +68,14 @@ def _build(name: str, modality: str, upstream: str, infinity_key: str) -> tuple[
             dg.TableColumn(f.name, str(f.type).replace("384", "hidden_dim")) for f in index_schema(384, "", "")])},
         description=f"LanceDB table {modality!r} at <root>/index: one row per document of the current "
                     f"{upstream} artifacts (upserts, deletes; unchanged rows untouched), compacted, old versions "
-                    "removed, an ANN index past ann_threshold_rows. Searched by `infinity-assets search`.",
+                    "removed, an ANN index past ann_threshold_vectors. Searched by `infinity-assets search`.",
     )
     def _index(context: dg.AssetExecutionContext, config: IndexConfig) -> dg.MaterializeResult:
         infinity: InfinityResource = getattr(context.resources, infinity_key)
         store = context.resources.document_store.get_store()
         settings = infinity.effective_settings()
         report = sync_index(store, modality, model=settings["model_name"], hidden_dim=settings["hidden_dim"],
-                            ann_threshold_rows=config.ann_threshold_rows,
+                            ann_threshold_vectors=config.ann_threshold_vectors,
                             cleanup_older_than=timedelta(minutes=config.cleanup_older_than_minutes),
                             lock_timeout=config.lock_timeout_seconds)
         for partition, reason in report.skipped[:50]:
