@@ -13,9 +13,11 @@ refuses a query embedded with another model or size.
 
 Sync (:func:`sync_index`) makes the table equal to the artifacts: a row is identified by ``(partition,
 doc_id)`` and its version is ``(fingerprint, embedded_at)`` (a re-embedded document gets a new
-``embedded_at``; a reused one keeps it). New and changed rows are written (appends, and ``merge_insert``
-upserts), rows of documents or batches no longer in any artifact are deleted, unchanged rows are not touched;
-running it again writes nothing. Artifacts made with another model or hidden_dim than the index's are not
+``embedded_at``; a reused one keeps it). One ``merge_insert`` per sync upserts the new and changed rows and
+deletes the rows of documents or batches no longer in any artifact (``when_not_matched_by_source_delete``):
+one commit, so a search sees the index before or after a sync, never half of one. Unchanged rows are not
+touched; running it again writes nothing. The first build (and a rebuild for a new model) is one
+``create_table(mode="overwrite")`` commit streaming every row. Artifacts made with another model or hidden_dim than the index's are not
 indexed (reported; their rows are removed) until they are re-embedded. Everything happens under the
 :class:`~infinity_assets.index_lock.WriterLock` of the index: one writer at a time, by construction.
 
@@ -68,8 +70,6 @@ PAGE_COLUMNS = ["page", "page_text"]
 DEFAULT_ANN_THRESHOLD_VECTORS = 100_000
 #: Old table versions are removed once older than this (a search still reading one finishes well before).
 DEFAULT_CLEANUP_OLDER_THAN = timedelta(hours=1)
-#: Vector bytes written per commit while syncing (bounds memory; fewer, larger fragments).
-WRITE_BATCH_BYTES = 128 << 20
 #: IVF partitions probed by an ANN search (recall against exact is measured by ``make bench``).
 DEFAULT_NPROBES = 64
 DEFAULT_REFINE_FACTOR = 30
@@ -204,6 +204,7 @@ def sync_index(
         report.lock_wait_seconds = lock.waited
         db = connect(store)
         table = open_table(store, modality)
+        table_settings_before = table_settings(table) if table is not None else None
         found = _read_artifacts(store, modality)
         model, hidden_dim = _target_settings(model, hidden_dim, table, found)
         report.model, report.hidden_dim = model, hidden_dim
@@ -215,34 +216,33 @@ def sync_index(
             else:
                 usable.append(artifact)
         report.partitions = len(usable)
-        if table is not None and table_settings(table) != (model, hidden_dim):
-            lock.check()
-            db.drop_table(TABLES[modality])
-            table, report.rebuilt = None, True
-        if table is None:
-            if not usable:
-                report.seconds = time.monotonic() - started
-                return report
-            lock.check()
-            table = db.create_table(TABLES[modality], schema=index_schema(hidden_dim, model, modality))
-        indexed = _indexed_versions(table)
-        plan = _plan(usable, indexed)
+        if table is None and not usable:
+            report.seconds = time.monotonic() - started
+            return report  # nothing to index yet: no table (search says so)
+        rebuild = table is None or table_settings(table) != (model, hidden_dim)
+        schema = index_schema(hidden_dim, model, modality)
+        lock.check()
+        if rebuild:
+            # One commit holding every row: readers see the previous table (or none) until it is complete.
+            plan = _plan(usable, _empty_versions())
+            table = db.create_table(TABLES[modality], data=_stream(store, usable, plan, schema), schema=schema,
+                                    mode="overwrite")
+            report.rebuilt = table_settings_before is not None
+            report.inserted = sum(len(ids) for ids in plan.new.values())
+        else:
+            plan = _plan(usable, _indexed_versions(table))
+            deletions = _delete_predicate(plan)
+            if plan.writes or deletions:
+                # One merge_insert: upserts and deletions become one commit, so a search never sees half a sync.
+                merge = table.merge_insert(KEY_COLUMNS).when_matched_update_all().when_not_matched_insert_all()
+                if deletions:
+                    merge = merge.when_not_matched_by_source_delete(deletions)
+                result = merge.execute(_stream(store, usable, plan, schema))
+                report.inserted, report.updated = result.num_inserted_rows, result.num_updated_rows
+                report.deleted = result.num_deleted_rows
         report.unchanged = plan.unchanged
         report.partitions_changed = sorted(plan.changed_partitions)
         report.partitions_removed = sorted(plan.removed_partitions)
-        for batch, is_update in _write_batches(store, usable, plan, table.schema):
-            lock.check()
-            if is_update:
-                (table.merge_insert(KEY_COLUMNS).when_matched_update_all().when_not_matched_insert_all()
-                 .execute(batch))
-                report.updated += batch.num_rows
-            else:
-                table.add(batch)
-                report.inserted += batch.num_rows
-        for predicate, count in _delete_predicates(plan):
-            lock.check()
-            table.delete(predicate)
-            report.deleted += count
         report.rows = table.count_rows()
         if report.wrote:
             lock.check()
@@ -300,6 +300,11 @@ def _unusable(artifact: _ArtifactRows, model: str, hidden_dim: int) -> str | Non
     return None
 
 
+def _empty_versions() -> pa.Table:
+    return pa.table({c: pa.array([], pa.string()) for c in (*KEY_COLUMNS, "fingerprint")}).append_column(
+        "embedded_at", pa.array([], pa.timestamp("us", tz="UTC")))
+
+
 def _indexed_versions(table: Any) -> pa.Table:
     """``partition, doc_id, fingerprint, embedded_at`` of every indexed row (a scan of scalar columns)."""
     return table.to_lance().to_table(columns=[*KEY_COLUMNS, *VERSION_COLUMNS])
@@ -312,6 +317,11 @@ class _Plan:
     removed_docs: dict[str, list[str]] = field(default_factory=dict)
     removed_partitions: dict[str, int] = field(default_factory=dict)  # partition -> its indexed rows
     unchanged: int = 0
+
+    @property
+    def writes(self) -> bool:
+        """True if some rows are to be inserted or updated."""
+        return any(self.new.values()) or any(self.changed.values())
 
     @property
     def changed_partitions(self) -> set[str]:
@@ -347,24 +357,16 @@ def _plan(usable: list[_ArtifactRows], indexed: pa.Table) -> _Plan:
     return plan
 
 
-def _write_batches(store: DocumentStore, usable: list[_ArtifactRows], plan: _Plan,
-                   schema: pa.Schema) -> Iterator[tuple[pa.Table, bool]]:
-    """Tables of rows to write, ``(table, is_update)``, at most ~WRITE_BATCH_BYTES of vectors each."""
-    for is_update, wanted in ((False, plan.new), (True, plan.changed)):
-        pending: list[pa.Table] = []
-        size = 0
+def _stream(store: DocumentStore, usable: list[_ArtifactRows], plan: _Plan, schema: pa.Schema) -> pa.RecordBatchReader:
+    """The rows to write (new and changed), read from the artifacts one row group at a time."""
+    def batches() -> Iterator[pa.RecordBatch]:
         for artifact in usable:
-            doc_ids = wanted.get(artifact.partition)
-            if not doc_ids:
-                continue
-            for group in artifacts.iter_rows(store.fs, artifact.path, doc_ids):
-                pending.append(_index_rows(group, artifact.partition, schema))
-                size += pending[-1].nbytes
-                if size >= WRITE_BATCH_BYTES:
-                    yield pa.concat_tables(pending), is_update
-                    pending, size = [], 0
-        if pending:
-            yield pa.concat_tables(pending), is_update
+            doc_ids = plan.new.get(artifact.partition, set()) | plan.changed.get(artifact.partition, set())
+            if doc_ids:
+                for group in artifacts.iter_rows(store.fs, artifact.path, doc_ids):
+                    yield from _index_rows(group, artifact.partition, schema).to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def _index_rows(group: pa.Table, partition: str, schema: pa.Schema) -> pa.Table:
@@ -380,15 +382,14 @@ def _index_rows(group: pa.Table, partition: str, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema.remove_metadata())
 
 
-def _delete_predicates(plan: _Plan, chunk: int = 500) -> Iterator[tuple[str, int]]:
-    removed = sorted(plan.removed_partitions)
-    for start in range(0, len(removed), chunk):
-        part = removed[start:start + chunk]
-        yield f"partition IN ({_sql_list(part)})", sum(plan.removed_partitions[p] for p in part)
-    for partition, doc_ids in sorted(plan.removed_docs.items()):
-        for start in range(0, len(doc_ids), chunk):
-            part = doc_ids[start:start + chunk]
-            yield f"partition = {_sql_str(partition)} AND doc_id IN ({_sql_list(part)})", len(part)
+def _delete_predicate(plan: _Plan) -> str | None:
+    """A SQL filter matching the indexed rows no artifact has any more (None if there are none)."""
+    clauses = []
+    if plan.removed_partitions:
+        clauses.append(f"partition IN ({_sql_list(sorted(plan.removed_partitions))})")
+    clauses += [f"(partition = {_sql_str(partition)} AND doc_id IN ({_sql_list(doc_ids)}))"
+                for partition, doc_ids in sorted(plan.removed_docs.items()) if doc_ids]
+    return " OR ".join(clauses) or None
 
 
 def _sql_str(value: str) -> str:
