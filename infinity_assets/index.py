@@ -164,6 +164,7 @@ class SyncReport:
     ann_index_built: bool = False
     optimized: bool = False
     lock_wait_seconds: float = 0.0
+    lock_held: tuple[float, float] = (0.0, 0.0)  # wall-clock interval the writer lock was held
     seconds: float = 0.0
 
     @property
@@ -250,6 +251,7 @@ def sync_index(
             report.optimized = True
         report.ann_index = _has_ann_index(table)
         report.version = table.version
+    report.lock_held = lock.held
     report.seconds = time.monotonic() - started
     return report
 

@@ -138,6 +138,7 @@ def _metadata(report: SyncReport) -> dict[str, object]:
         "rebuilt": report.rebuilt, "model": report.model, "hidden_dim": report.hidden_dim,
         "table_version": report.version, "ann_index": report.ann_index, "ann_index_built": report.ann_index_built,
         "optimized": report.optimized, "lock_wait_seconds": round(report.lock_wait_seconds, 2),
+        "lock_held_seconds": round(max(0.0, report.lock_held[1] - report.lock_held[0]), 2),
         "seconds": round(report.seconds, 2), "uri": dg.MetadataValue.path(report.uri),
     }
 

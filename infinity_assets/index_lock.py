@@ -49,6 +49,8 @@ class WriterLock:
         self.timeout, self.ttl, self.poll = timeout, ttl, poll
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.waited = 0.0
+        #: Wall-clock (``time.time()``) interval the lock was held: comparable across processes.
+        self.held: tuple[float, float] = (0.0, 0.0)
         self._handle: Any = None
         self._etag: str | None = None
         self._lost: str | None = None
@@ -69,12 +71,14 @@ class WriterLock:
                     f"{self.timeout:.0f} s; wait for it to finish, or raise lock_timeout_seconds")
             time.sleep(self.poll)
         self.waited = time.monotonic() - started
+        self.held = (time.time(), 0.0)
         if self.is_s3:
             self._renewer = threading.Thread(target=self._renew_loop, name="index-lease", daemon=True)
             self._renewer.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.held = (self.held[0], time.time())  # before releasing: the next holder starts after this
         if self.is_s3:
             self._stop.set()
             if self._renewer is not None:

@@ -6,8 +6,7 @@ Infinity server with the real MiniLM weights.
 from __future__ import annotations
 
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 
 import numpy as np
@@ -172,43 +171,33 @@ def test_index_results_equal_exact_maxsim_over_the_artifacts(tmp_path, minilm):
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=1e-4)
 
 
+def embed_and_sync(root_url: str, options: dict, server_url: str, partition: str) -> index.SyncReport:
+    """What one embedding run followed by one index run does (run in its own process)."""
+    from infinity_assets.documents import DocumentStore
+
+    store = DocumentStore(root_url, **options)
+    with InfinityEmbeddings(url=server_url, model_name="minilm-colbert", hidden_dim=384) as client:
+        embed_partition(store, client, "text", partition)
+    return index.sync_index(store, "text", model="minilm-colbert", hidden_dim=384)
+
+
 def test_eight_concurrent_embedding_runs_then_index_equals_the_artifacts(seaweedfs, s3_bucket, infinity_server):
-    """Eight partitions embedded at once on SeaweedFS, each followed by its own sync (as eight index runs
-    would be): the lock serialises the writers, and the index ends equal to the artifacts, no row lost or
-    duplicated."""
+    """Eight processes embed a partition each on SeaweedFS at once, each followed by its own index sync (as
+    eight runs would): the writer lock lets one sync write at a time (their lock intervals never overlap), and
+    the index ends equal to the artifacts, no row lost or duplicated."""
+    import multiprocessing
+
     from .servers.seaweedfs_fixtures import StoreRoot
 
     root = StoreRoot(f"s3://{s3_bucket}/docs", seaweedfs.storage_options())
-    for number in range(8):
-        put_documents(root, f"batch-{number}", DOCUMENTS[number * 3:number * 3 + 6])
-    holders, most = [0], [0]
-    guard = threading.Lock()
-    original_enter, original_exit = WriterLock.__enter__, WriterLock.__exit__
-
-    def counting_enter(self):
-        result = original_enter(self)
-        with guard:
-            holders[0] += 1
-            most[0] = max(most[0], holders[0])
-        return result
-
-    def counting_exit(self, *exc):
-        with guard:
-            holders[0] -= 1
-        return original_exit(self, *exc)
-
-    def run(number: int) -> index.SyncReport:
-        store = root.store()
-        with InfinityEmbeddings(url=infinity_server.url, model_name="minilm-colbert", hidden_dim=384) as client:
-            embed_partition(store, client, "text", f"batch-{number}")
-        return index.sync_index(store, "text", model="minilm-colbert", hidden_dim=384)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(WriterLock, "__enter__", counting_enter)
-        patch.setattr(WriterLock, "__exit__", counting_exit)
-        with ThreadPoolExecutor(8) as pool:
-            reports = list(pool.map(run, range(8)))
-    assert most[0] == 1, f"{most[0]} writers held the index at once"
+    partitions = [f"batch-{number}" for number in range(8)]
+    for number, partition in enumerate(partitions):
+        put_documents(root, partition, DOCUMENTS[number * 3:number * 3 + 6])
+    with ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("spawn")) as pool:
+        reports = list(pool.map(embed_and_sync, *zip(*[(root.url, root.options, infinity_server.url, p)
+                                                         for p in partitions])))
+    held = sorted(r.lock_held for r in reports)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(held, held[1:])), f"overlapping: {held}"
     assert sum(r.inserted for r in reports) == 48 and all(r.updated == 0 for r in reports)
     assert_index_equals_artifacts(root.store())
     rows = index.index_rows(root.store(), "text")
