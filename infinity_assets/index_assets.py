@@ -80,7 +80,7 @@ def _build(name: str, modality: str, upstream: str, infinity_key: str) -> tuple[
                             lock_timeout=config.lock_timeout_seconds)
         for partition, reason in report.skipped[:50]:
             context.log.warning(f"partition {partition!r} not indexed: {reason}")
-        return dg.MaterializeResult(metadata=_metadata(report))
+        return dg.MaterializeResult(metadata={**_metadata(report), "dagster/column_lineage": _lineage(upstream)})
 
     @dg.asset_check(asset=name, name=QUALITY_CHECK, required_resource_keys={infinity_key, "document_store"},
                     description=f"recall@k, MRR@10 and nDCG@5 of the index on the labelled queries of "
@@ -125,6 +125,13 @@ def quality_result(document_store: DocumentStoreResource, infinity: InfinityReso
                   "ndcg_at_5": dg.MetadataValue.float(quality.ndcg_at_5),
                   "queries": quality.queries, "eval_set": dg.MetadataValue.path(where),
                   "model": reader.model})
+
+
+def _lineage(upstream: str) -> dg.TableColumnLineage:
+    """Each index column comes from the artifact column of the same name (``partition`` from its partition)."""
+    columns = ["doc_id", "source_uri", "fingerprint", "embedded_at", "n_vectors", "embedding", "page", "page_text"]
+    return dg.TableColumnLineage(deps_by_column={
+        column: [dg.TableColumnDep(asset_key=dg.AssetKey(upstream), column_name=column)] for column in columns})
 
 
 def _metadata(report: SyncReport) -> dict[str, object]:

@@ -52,6 +52,8 @@ def test_quality_check_passes_on_a_good_labelled_set(tmp_path, infinity_server):
     assert metadata["queries"] == len(DOCUMENTS)
     index_meta = result.asset_materializations_for_node("text_index")[0].metadata
     assert index_meta["dagster/row_count"].value == len(DOCUMENTS) and index_meta["inserted"].value == len(DOCUMENTS)
+    lineage = index_meta["dagster/column_lineage"].value.deps_by_column
+    assert lineage["embedding"][0].asset_key == dg.AssetKey("text_embeddings")
 
 
 def test_quality_check_fails_when_the_index_was_built_with_the_wrong_model(tmp_path, infinity_server):
