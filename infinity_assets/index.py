@@ -42,7 +42,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import __version__, artifacts
-from .documents import DocumentStore
+from .documents import DocumentStore, is_storage_failure
 from .index_lock import WriterLock
 
 logger = logging.getLogger(__name__)
@@ -206,7 +206,10 @@ def sync_index(
         db = connect(store)
         table = open_table(store, modality)
         table_settings_before = table_settings(table) if table is not None else None
-        found = _read_artifacts(store, modality)
+        found, unreadable = _read_artifacts(store, modality)
+        for path, error in unreadable.items():
+            report.skipped.append((path.rsplit("/", 1)[-1], f"artifact {store.uri(path)} cannot be read ({error}); "
+                                   "its indexed rows are kept until it is re-embedded"))
         model, hidden_dim = _target_settings(model, hidden_dim, table, found)
         report.model, report.hidden_dim = model, hidden_dim
         usable: list[_ArtifactRows] = []
@@ -231,7 +234,10 @@ def sync_index(
             report.rebuilt = table_settings_before is not None
             report.inserted = sum(len(ids) for ids in plan.new.values())
         else:
-            plan = _plan(usable, _indexed_versions(table))
+            indexed = _indexed_versions(table)
+            kept = {p for p in set(indexed.column("partition").to_pylist())
+                    if store.artifact_path(modality, p) in unreadable}
+            plan = _plan(usable, indexed, kept)
             deletions = _delete_predicate(plan)
             if plan.writes or deletions:
                 # One merge_insert: upserts and deletions become one commit, so a search never sees half a sync.
@@ -260,10 +266,13 @@ def _fs_path(store: DocumentStore) -> str:
     return store.path(INDEX_DIR)
 
 
-def _read_artifacts(store: DocumentStore, modality: str) -> list[_ArtifactRows]:
-    """The scalar columns of every artifact of ``modality`` (footers and three small columns; no vectors)."""
+def _read_artifacts(store: DocumentStore, modality: str) -> tuple[list[_ArtifactRows], dict[str, str]]:
+    """The scalar columns of every artifact of ``modality`` (footers and three small columns; no vectors), and
+    ``{path: reason}`` of the artifacts that cannot be read (corrupt, not an artifact). A store that fails
+    (credentials, endpoint) raises."""
     base = store.path(f"embeddings/{modality}")
     paths = sorted(store.fs.glob(f"{base}/*.parquet"))
+    unreadable: dict[str, str] = {}
 
     def read(path: str) -> _ArtifactRows | None:
         try:
@@ -274,11 +283,17 @@ def _read_artifacts(store: DocumentStore, modality: str) -> list[_ArtifactRows]:
                 hidden_dim = parquet.schema_arrow.field("embedding").type.value_type.list_size
         except FileNotFoundError:
             return None  # deleted since the listing: the batch is gone
+        except Exception as exc:  # noqa: BLE001 -- one bad artifact must not stop the others
+            if is_storage_failure(exc) and store.is_s3:
+                raise store.store_error(exc, path) from exc
+            unreadable[path] = f"{type(exc).__name__}: {exc}"
+            return None
         partition = metadata.get("partition") or path.rsplit("/", 1)[-1].removesuffix(".parquet")
         return _ArtifactRows(path, partition, metadata, hidden_dim, rows)
 
     with ThreadPoolExecutor(8) as pool:
-        return [a for a in pool.map(read, paths) if a is not None]
+        found = [a for a in pool.map(read, paths) if a is not None]
+    return found, unreadable
 
 
 def _target_settings(model: str | None, hidden_dim: int | None, table: Any | None,
@@ -330,8 +345,10 @@ class _Plan:
         return {p for p, ids in [*self.new.items(), *self.changed.items(), *self.removed_docs.items()] if ids}
 
 
-def _plan(usable: list[_ArtifactRows], indexed: pa.Table) -> _Plan:
-    """What to write: compare each artifact's (doc_id -> version) with the index's rows of its partition."""
+def _plan(usable: list[_ArtifactRows], indexed: pa.Table, kept: AbstractSet[str] = frozenset()) -> _Plan:
+    """What to write: compare each artifact's (doc_id -> version) with the index's rows of its partition.
+
+    Rows of the ``kept`` partitions (whose artifact cannot be read now) are left as they are."""
     plan = _Plan()
     by_partition: dict[str, dict[str, tuple[str, Any]]] = {}
     columns = [indexed.column(c).to_pylist() for c in (*KEY_COLUMNS, *VERSION_COLUMNS)]
@@ -355,7 +372,7 @@ def _plan(usable: list[_ArtifactRows], indexed: pa.Table) -> _Plan:
                 plan.unchanged += 1
         plan.new[artifact.partition], plan.changed[artifact.partition] = new, changed
         plan.removed_docs[artifact.partition] = sorted(set(old) - set(ids))
-    plan.removed_partitions = {p: len(rows) for p, rows in by_partition.items() if p not in present}
+    plan.removed_partitions = {p: len(rows) for p, rows in by_partition.items() if p not in present | kept}
     return plan
 
 
@@ -554,7 +571,7 @@ def exact_hits(store: DocumentStore, modality: str, query: np.ndarray, k: int) -
     from .search import maxsim_scores
 
     scored: list[tuple[float, str, str, str]] = []
-    for artifact_rows in _read_artifacts(store, modality):
+    for artifact_rows in _read_artifacts(store, modality)[0]:
         artifact = artifacts.read_artifact(store.fs, artifact_rows.path)
         scores = maxsim_scores(query, artifact.vectors, artifact.offsets, normalize=True)
         scored += [(float(s), d, artifact_rows.partition, u)
@@ -576,7 +593,7 @@ def index_rows(store: DocumentStore, modality: str) -> pa.Table:
 def artifact_rows(store: DocumentStore, modality: str, model: str | None = None) -> pa.Table:
     """The rows of the current artifacts in the form of :func:`index_rows` (what the index must equal)."""
     tables = []
-    for found in _read_artifacts(store, modality):
+    for found in _read_artifacts(store, modality)[0]:
         if model is not None and found.metadata.get("model") != model:
             continue
         whole = artifacts.read_artifact(store.fs, found.path).table

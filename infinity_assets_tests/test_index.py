@@ -240,3 +240,25 @@ def test_page_columns_are_indexed_when_the_artifact_has_them(tmp_path):
     hits = index.IndexReader(store, "images").search(RNG.standard_normal((3, DIM)).astype(np.float32), k=2)
     index.add_snippets(store, "images", hits)
     assert {(h.page, h.snippet) for h in hits} == {(1, "Quarterly report"), (2, "")}
+
+
+def test_an_unreadable_artifact_keeps_its_rows_and_the_others_are_synced(store_root):
+    store = store_root.store()
+    write_artifact(store, "b1", ["a", "b"])
+    write_artifact(store, "b2", ["x"])
+    index.sync_index(store, "text")
+    before = index.index_rows(store, "text").filter(pa_equal("partition", "b2"))
+    store.fs.pipe_file(store.artifact_path("text", "b2"), b"not parquet")
+    write_artifact(store, "b1", ["a", "b", "c"])
+    report = index.sync_index(store, "text")
+    (reason,) = [reason for _, reason in report.skipped]
+    assert reason.startswith(f"artifact {store.uri(store.artifact_path('text', 'b2'))} cannot be read (")
+    assert reason.endswith("its indexed rows are kept until it is re-embedded")
+    assert report.rows == 4 and report.inserted == 1
+    assert index.index_rows(store, "text").filter(pa_equal("partition", "b2")).equals(before)
+
+
+def pa_equal(column: str, value: str):
+    import pyarrow.compute as pc
+
+    return pc.field(column) == value
