@@ -114,10 +114,14 @@ def test_assets_are_in_the_graph_and_a_partition_materializes(dagster_ui):
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(f"{dagster_ui}/asset-groups/embeddings", wait_until="domcontentloaded")
-        for asset in ("text_embeddings", "image_embeddings"):
-            page.get_by_text(asset, exact=True).first.wait_for(timeout=60_000)
-        page.screenshot(path=str(ARTIFACTS / "asset-graph.png"))
+        # Each embedding asset's lineage: the raw documents upstream, the index downstream.
+        for raw, asset, index in (("raw_text_documents", "text_embeddings", "text_index"),
+                                  ("raw_image_documents", "image_embeddings", "image_index")):
+            page.goto(f"{dagster_ui}/assets/{asset}?view=lineage&lineageScope=neighbors&lineageDepth=1",
+                      wait_until="domcontentloaded")
+            for name in (raw, asset, index):
+                page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / f"lineage-{asset}.png"))
 
         launched = graphql(dagster_ui, LAUNCH, {"params": {
             "selector": {"repositoryLocationName": "infinity_assets", "repositoryName": "__repository__",
