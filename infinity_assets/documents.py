@@ -1,59 +1,17 @@
-"""Documents in object storage: list and read them under one root (a local folder or ``s3://bucket/prefix``).
+"""Documents in object storage: the files of a batch folder, read through their formats.
 
-Layout under the root::
+:class:`DocumentStore` is the storage layer (:class:`infinity_assets.storage.ObjectStore`: listing, pinned
+reads, retries, errors) plus the formats (:mod:`infinity_assets.formats`: which extensions are documents and
+how bytes become :class:`Document` s). Layout under the root::
 
     raw/text/<batch>/...      .txt .md (one document each, UTF-8), .jsonl (one document per line)
     raw/images/<batch>/...    .png .jpg .jpeg .webp .gif .bmp .tif .tiff
     embeddings/text/<batch>.parquet, embeddings/images/<batch>.parquet   (artifacts, see artifacts.py)
 
-A batch folder is a partition; nested folders inside it belong to it. Files directly under
-``raw/<modality>/`` belong to no batch and are ignored (with a warning).
-
-Public API (plain Python, no Dagster):
-
-* :func:`partition_key_for_folder` / :func:`folder_for_partition` -- a bijection between batch folder
-  names and Dagster partition keys. Dagster rejects ``...`` and control characters in partition keys
-  (``INVALID_PARTITION_SUBSTRINGS`` in dagster/_core/definitions/partitions/utils/base.py), and
-  ``| , [ ]`` break partition selections (``INVALID_STATIC_PARTITIONS_KEY_CHARACTERS``; the ``a...b`` and
-  ``[a, b]`` selection syntax of the UI and CLI). So every character outside ``[A-Za-z0-9_.~-]`` is
-  percent-encoded (UTF-8), and so is every dot of a run of two or more dots. Only canonical keys map
-  back; anything else is refused.
-* :class:`DocumentStore` -- ``fs`` (the fsspec filesystem), ``path(key)`` / ``uri(path)`` /
-  ``uri_for(key)``, ``artifact_path(modality, partition)``, ``list_partitions(modality)``,
-  ``list_sources(modality, partition)`` -> :class:`Listing`, ``scan(modality)`` and
-  ``iter_object_pages(modality)`` (one recursive listing of a whole modality, page by page, for sensors),
-  ``read_documents(modality, sources)`` -> :class:`Document` s.
-* :class:`SourceObject` -- one file: ``key`` (relative to its batch folder), ``uri``, ``path``, ``size``,
-  ``fingerprint``, ``last_modified``. The fingerprint is the ETag on S3, ``<size>-<mtime_ns>`` locally.
-* :class:`Document` -- ``doc_id``, ``source_uri``, ``fingerprint`` and either ``content`` (``str`` for
-  text, ``bytes`` for images) or ``error``, a readable reason. Nothing is silently dropped: a file with an
-  unsupported extension (or an unsafe key such as ``a/../b``) is listed in ``Listing.skipped``; a file
-  that cannot be read or parsed becomes a Document with ``error`` set.
-
-Documents:
-
-* ``.txt`` / ``.md``: one document, ``doc_id`` = the key, fingerprint = the file's. UTF-8 (a BOM is
-  dropped). Failures: zero-byte file, invalid UTF-8 (with the byte offset), empty (whitespace only), over
-  :data:`MAX_TEXT_CHARS` characters (Infinity's per-input limit).
-* ``.jsonl``: one document per non-blank line, ``doc_id`` = ``<key>#<id field>``. A line without an id
-  (field missing, null or ``""``) gets ``<key>#L<line number>``, stable while the lines above it stay.
-  The fingerprint is a SHA-256 of the text field's value (the exact content embedded): editing other
-  fields of a line does not re-embed it. Failures (each naming the line number): invalid UTF-8, invalid
-  JSON, not a JSON object, id neither string nor integer, text field missing or not a string, duplicate
-  id, empty or too long text; a file without any JSON line is one failure. JSONL files are streamed.
-* images: the raw bytes, after a cheap check with Pillow (header + ``verify()``, no full decode):
-  zero-byte, unreadable or corrupt data, and images under 3x3 pixels (Infinity rejects them) are failures.
-
-Consistency: a read is pinned to the listed version. On S3 ``GET`` carries ``If-Match: <listed ETag>`` and
-a JSONL stream is an s3fs file, which pins the ETag on every block; locally the file's size and mtime_ns
-are compared before and after reading. A file changed since it was listed, or while it was read, becomes
-the failure "changed ... retry later" (the next run reads the new version) -- never a crash, never a
-mismatched fingerprint. Listings never use s3fs's listing cache (it misses new objects): they page
-``ListObjectsV2`` directly.
-
-Safety: ``path()`` refuses keys that leave the root (``..``, absolute paths, NUL); listed keys with
-``.``/``..`` or empty segments are skipped; local symlinks are not followed out of the root. The S3 secret
-never appears in ``repr``, logs or error messages.
+Nothing is silently dropped: a file with an unsupported extension (or an unsafe key such as ``a/../b``) is
+listed in ``Listing.skipped``; a file that cannot be read or parsed becomes a Document with ``error`` set.
+The names users imported from this module before storage and formats were split (``DocumentStore``,
+``Document``, ``SourceObject``, ``Listing``, ``partition_key_for_folder``, ...) are still here.
 
 Example::
 
@@ -62,327 +20,70 @@ Example::
     for document in store.read_documents("text", listing.sources):
         print(document.doc_id, document.error or len(document.content))
 """
-
 from __future__ import annotations
 
-import asyncio
-import functools
-import hashlib
-import io
-import json
-import logging
-import os
-import posixpath
-import re
-import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any
 
-import fsspec
+from .formats import EXTENSIONS, FORMATS, MAX_TEXT_CHARS, MIN_IMAGE_SIDE, Document, Format, format_class
+from .keys import folder_for_partition, partition_key_for_folder
+from .storage import (
+    MODALITIES,
+    DocumentStoreError,
+    Listing,
+    ObjectStore,
+    ScannedObject,
+    SourceObject,
+    is_auth_failure,
+    is_retryable,
+    is_safe_segment,
+    is_storage_failure,
+    modality_folder,
+)
 
-logger = logging.getLogger(__name__)
-
-MODALITIES = ("text", "images")
-TEXT_EXTENSIONS = frozenset({".txt", ".md", ".jsonl"})
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-EXTENSIONS = {"text": TEXT_EXTENSIONS, "images": IMAGE_EXTENSIONS}
-#: Infinity's limit on one input string, in characters.
-MAX_TEXT_CHARS = 122_880
-#: Infinity's vision models reject images smaller than this in either dimension.
-MIN_IMAGE_SIDE = 3
-
-
-class DocumentStoreError(Exception):
-    """The store cannot be used: bad credentials, missing bucket, unreachable endpoint, or an unsafe key."""
-
-
-# --- partition keys
-_SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~-")
-_DOT_RUN = re.compile(r"\.{2,}")
-_ESCAPE = re.compile(r"%([0-9A-F]{2})")
-
-
-def partition_key_for_folder(folder: str) -> str:
-    """The Dagster partition key of a batch folder name: unsafe characters percent-encoded, reversibly.
-
-    ``"2026-11-24"`` stays as is; ``"q1, q2 [draft]"`` becomes ``"q1%2C%20q2%20%5Bdraft%5D"`` and ``"a...b"``
-    becomes ``"a%2E%2E%2Eb"``. The inverse is :func:`folder_for_partition`.
-    """
-    if not folder:
-        raise ValueError("a batch folder name cannot be empty")
-    encoded = "".join(
-        ch if ch in _SAFE_CHARS else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
-        for ch in folder
-    )
-    return _DOT_RUN.sub(lambda run: "%2E" * len(run.group()), encoded)
-
-
-def folder_for_partition(partition_key: str) -> str:
-    """The batch folder name of a partition key made by :func:`partition_key_for_folder`.
-
-    Raises ``ValueError`` for a key that function cannot produce (e.g. ``"a%2eb"``, ``"50%"``, ``"a,b"``), so
-    two keys never name the same folder.
-    """
-    try:
-        folder = bytes(_unescape_bytes(partition_key)).decode("utf-8", "surrogatepass")
-        canonical = partition_key_for_folder(folder)
-    except (ValueError, UnicodeDecodeError):
-        canonical = None
-    if canonical != partition_key:
-        raise ValueError(
-            f"{partition_key!r} is not a partition key of this package (expected the form "
-            "partition_key_for_folder(<batch folder>) produces)"
-        )
-    return folder
-
-
-def _unescape_bytes(key: str) -> bytearray:
-    out = bytearray()
-    position = 0
-    for match in _ESCAPE.finditer(key):
-        out += key[position : match.start()].encode("utf-8", "surrogatepass")
-        out.append(int(match.group(1), 16))
-        position = match.end()
-    return out + key[position:].encode("utf-8", "surrogatepass")
-
-
-# --- records
-@dataclass(frozen=True, slots=True)
-class SourceObject:
-    """One file in a batch folder: ``key`` relative to the folder, full ``uri``, ``fingerprint`` for changes.
-
-    ``path`` is the filesystem path (for ``store.fs``); ``last_modified`` is POSIX seconds (whole seconds on
-    most S3 servers).
-    """
-
-    key: str
-    uri: str
-    path: str
-    size: int
-    fingerprint: str
-    last_modified: float
-
-    @property
-    def is_jsonl(self) -> bool:
-        """True for a JSONL file (many documents)."""
-        return self.key.lower().endswith(".jsonl")
-
-
-@dataclass
-class Listing:
-    """The sources of one batch folder (sorted by key) and the keys skipped (bad extension, unsafe key)."""
-
-    sources: list[SourceObject] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def fingerprints(self) -> dict[str, str]:
-        """``{key: fingerprint}`` of the sources: what data versions and run keys are computed from."""
-        return {s.key: s.fingerprint for s in self.sources}
-
-
-@dataclass
-class Document:
-    """One document to embed: ``content`` (str for text, bytes for images) or the ``error`` preventing it."""
-
-    doc_id: str
-    source_uri: str
-    fingerprint: str
-    content: str | bytes | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ScannedObject:
-    """One file found by a whole-modality scan: its batch's ``partition`` key and the file as a source."""
-
-    partition: str
-    source: SourceObject
+__all__ = [
+    "EXTENSIONS", "MAX_TEXT_CHARS", "MIN_IMAGE_SIDE", "MODALITIES", "Document", "DocumentStore",
+    "DocumentStoreError", "Listing", "ScannedObject", "SourceObject", "folder_for_partition", "is_retryable",
+    "is_storage_failure", "is_streamed", "is_supported", "partition_key_for_folder",
+]
 
 
 def is_supported(modality: str, key: str) -> bool:
     """Whether a file of this key is a document of ``modality`` (by extension, case-insensitive)."""
-    return posixpath.splitext(key)[1].lower() in EXTENSIONS[_modality(modality)]
+    return format_class(modality_folder(modality), key) is not None
 
 
-# --- the store
-class DocumentStore:
-    """Lists and reads documents under ``root``, a local folder or ``s3://bucket/prefix`` (via s3fs).
+def is_streamed(modality: str, source: SourceObject) -> bool:
+    """Whether the file is read line by line into many documents, each with its own fingerprint (JSONL)."""
+    found = format_class(modality_folder(modality), source.key)
+    return found is not None and found.streamed
 
-    S3 settings come from the arguments, else the standard variables ``AWS_ACCESS_KEY_ID``,
-    ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_REGION`` (default ``us-east-1``).
-    ``read_concurrency`` bounds concurrent S3 reads. The module docstring describes the layout, documents
-    and failures.
+
+class DocumentStore(ObjectStore):
+    """An :class:`ObjectStore` that reads documents: lists the supported files of a batch and parses them.
+
+    ``format_options`` go to every format (e.g. ``jsonl_id_field``, ``jsonl_text_field``); the other keyword
+    arguments are the storage's (``endpoint_url``, ``key``, ``secret``, ``region``, ``read_concurrency``).
     """
 
-    def __init__(
-        self,
-        root: str,
-        *,
-        endpoint_url: str | None = None,
-        key: str | None = None,
-        secret: str | None = None,
-        region: str | None = None,
-        jsonl_id_field: str = "id",
-        jsonl_text_field: str = "text",
-        read_concurrency: int = 32,
-    ) -> None:
-        if not root:
-            raise DocumentStoreError(
-                "the document store root is empty; set it to a folder or s3://bucket/prefix"
-            )
-        self.is_s3 = root.startswith("s3://")
+    def __init__(self, root: str, *, jsonl_id_field: str = "id", jsonl_text_field: str = "text",
+                 **storage_options: object) -> None:
+        super().__init__(root, **storage_options)  # type: ignore[arg-type]
         self.jsonl_id_field, self.jsonl_text_field = jsonl_id_field, jsonl_text_field
-        self.read_concurrency = max(1, read_concurrency)
-        #: Bytes fetched per request while streaming a JSONL file from S3.
-        self.jsonl_block_size = 8 * 2**20
-        if self.is_s3:
-            import s3fs
-
-            self.root = root[len("s3://") :].strip("/")
-            self.bucket = self.root.split("/", 1)[0]
-            if not self.bucket:
-                raise DocumentStoreError(f"root {root!r} names no bucket; use s3://<bucket>[/<prefix>]")
-            self.root_uri = f"s3://{self.root}"
-            self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-            self.region = region or os.environ.get("AWS_REGION") or "us-east-1"
-            client_kwargs: dict[str, Any] = {"region_name": self.region}
-            if self.endpoint_url:
-                client_kwargs["endpoint_url"] = self.endpoint_url
-            options = {
-                "key": key or os.environ.get("AWS_ACCESS_KEY_ID") or None,
-                "secret": secret or os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
-                "client_kwargs": client_kwargs,
-                "use_listings_cache": False,
-                "skip_instance_cache": True,
-            }
-            # No listing cache, no shared instance: s3fs's caches return stale listings (new objects missing).
-            self.fs: fsspec.AbstractFileSystem = s3fs.S3FileSystem(
-                max_concurrency=self.read_concurrency, **options
-            )
-            self._lister = s3fs.S3FileSystem(session=_raw_timestamp_session(), **options)
-        else:
-            self.bucket = None
-            self.endpoint_url = None
-            self.region = None
-            self.fs = fsspec.filesystem("file")
-            self.root = os.path.abspath(os.path.expanduser(root)).replace(os.sep, "/").rstrip("/") or "/"
-            self.root_uri = self.root
-
-    def __repr__(self) -> str:
-        endpoint = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
-        return f"DocumentStore({self.root_uri!r}{endpoint})"
-
-    # --- paths
-    def path(self, relative: str) -> str:
-        """The filesystem path (for ``self.fs``) of a key relative to the root; refuses keys leaving it."""
-        cleaned = relative.replace("\\", "/")
-        normalized = posixpath.normpath(cleaned) if cleaned else "."
-        if (
-            cleaned.startswith("/")
-            or normalized == ".."
-            or normalized.startswith("../")
-            or "\x00" in cleaned
-            or normalized == "."
-        ):
-            raise DocumentStoreError(
-                f"key {relative!r} does not name a file inside the store root {self.root_uri!r}"
-            )
-        return f"{self.root}/{normalized}"
-
-    def uri(self, path: str) -> str:
-        """The URI of a filesystem path of this store (``s3://...`` or a local absolute path)."""
-        return f"s3://{path}" if self.is_s3 else path
-
-    def uri_for(self, relative: str) -> str:
-        """The full URI of a key relative to the root (``uri(path(relative))``)."""
-        return self.uri(self.path(relative))
-
-    def artifact_path(self, modality: str, partition_key: str) -> str:
-        """Where the artifact of a partition lives: ``embeddings/<modality>/<batch folder>.parquet``."""
-        folder = _safe_segment(_folder(partition_key))
-        return self.path(f"embeddings/{_modality(modality)}/{folder}.parquet")
-
-    def ensure_artifact_dir(self, modality: str) -> None:
-        """Create the artifact folder on a local root (S3 has no folders)."""
-        if not self.is_s3:
-            os.makedirs(self.path(f"embeddings/{_modality(modality)}"), exist_ok=True)
-
-    # --- listing
-    def list_partitions(self, modality: str) -> list[str]:
-        """The partition keys of the batch folders under ``raw/<modality>/``, sorted (a fresh listing)."""
-        base = self.path(f"raw/{_modality(modality)}")
-        if self.is_s3:
-            folders = [
-                prefix
-                for page in self._s3_pages(base + "/", delimiter="/")
-                for prefix in page.get("CommonPrefixes", [])
-            ]
-            names = [entry["Prefix"].rstrip("/").rsplit("/", 1)[-1] for entry in folders]
-        else:
-            try:
-                with os.scandir(base) as entries:
-                    names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-            except FileNotFoundError:
-                return []
-        return sorted(partition_key_for_folder(name) for name in names if _is_safe_segment(name))
+        options = {"jsonl_id_field": jsonl_id_field, "jsonl_text_field": jsonl_text_field}
+        self.formats: dict[type[Format], Format] = {
+            cls: cls(**options) for classes in FORMATS.values() for cls in classes}
 
     def list_sources(self, modality: str, partition_key: str) -> Listing:
         """The documents' source files of one batch folder (recursive, sorted by key), with fingerprints.
 
         Files with an unsupported extension or an unsafe key are in ``skipped``. A missing folder is empty.
         """
-        folder = _safe_segment(_folder(partition_key))
-        base = self.path(f"raw/{_modality(modality)}/{folder}")
         listing = Listing()
-        for page in self._file_pages(base, page_size=1000):
-            for path, size, fingerprint, modified in page:
-                _add_to_listing(
-                    listing,
-                    modality,
-                    path[len(base) + 1 :],
-                    self._source(base, path, size, fingerprint, modified),
-                )
+        for source in self.list_files(modality, partition_key):
+            _add_to_listing(listing, modality, source.key, source)
         listing.sources.sort(key=lambda s: s.key)
         listing.skipped.sort()
         return listing
-
-    def iter_object_pages(self, modality: str, *, page_size: int = 1000) -> Iterator[list[ScannedObject]]:
-        """All files under ``raw/<modality>/<batch>/``, one listing page at a time (one recursive listing).
-
-        Memory is bounded by a page, so a sensor can process 100,000 objects incrementally. Unsupported
-        extensions are included (check :func:`is_supported`); unsafe keys and files outside a batch are not.
-        Order: by key within a page; pages in the server's order.
-        """
-        base = self.path(f"raw/{_modality(modality)}")
-        loose = 0
-        for page in self._file_pages(base, page_size=page_size):
-            scanned = []
-            for path, size, fingerprint, modified in page:
-                relative = path[len(base) + 1 :]
-                folder, _, key = relative.partition("/")
-                if not key:
-                    loose += 1  # directly under raw/<modality>/: in no batch folder
-                    continue
-                if not _is_safe_segment(folder):
-                    continue
-                scanned.append(
-                    ScannedObject(
-                        partition_key_for_folder(folder),
-                        self._source(f"{base}/{folder}", path, size, fingerprint, modified),
-                    )
-                )
-            yield scanned
-        if loose:
-            logger.warning(
-                "%d files directly under %s belong to no batch folder and are ignored; move them into "
-                "raw/%s/<batch>/",
-                loose,
-                self.uri(base),
-                _modality(modality),
-            )
 
     def scan(self, modality: str, *, page_size: int = 1000) -> dict[str, Listing]:
         """One recursive listing of ``raw/<modality>/``: ``{partition key: Listing}``, sorted (for sensors).
@@ -401,103 +102,17 @@ class DocumentStore:
             listing.skipped.sort()
         return dict(sorted(listings.items()))
 
-    def _source(self, base: str, path: str, size: int, fingerprint: str, modified: float) -> SourceObject:
-        return SourceObject(
-            key=path[len(base) + 1 :],
-            uri=self.uri(path),
-            path=path,
-            size=size,
-            fingerprint=fingerprint,
-            last_modified=modified,
-        )
-
-    def _file_pages(self, base: str, page_size: int) -> Iterator[list[tuple[str, int, str, float]]]:
-        """Pages of ``(path, size, fingerprint, last_modified)`` of every file under the folder ``base``."""
-        if self.is_s3:
-            for page in self._s3_pages(base + "/", delimiter="", page_size=page_size):
-                files = []
-                for obj in page.get("Contents", []):
-                    if obj["Key"].endswith("/"):
-                        continue  # a folder marker object, not a file
-                    files.append(
-                        (
-                            f"{self.bucket}/{obj['Key']}",
-                            int(obj.get("Size", 0)),
-                            str(obj.get("ETag", "")).strip('"'),
-                            _timestamp(obj.get("LastModified")),
-                        )
-                    )
-                files.sort()
-                yield files
-        else:
-            yield from _local_pages(base, page_size)
-
-    def _s3_pages(
-        self, prefix_path: str, *, delimiter: str, page_size: int = 1000
-    ) -> Iterator[dict[str, Any]]:
-        """Raw ``ListObjectsV2`` pages under ``bucket/prefix`` -- no s3fs listing cache involved."""
-        bucket, _, prefix = prefix_path.partition("/")
-        kwargs: dict[str, Any] = {
-            "Bucket": bucket,
-            "Prefix": prefix,
-            "Delimiter": delimiter,
-            "MaxKeys": max(1, min(page_size, 1000)),
-        }
-        while True:
-            page = self._s3_call("list_objects_v2", prefix_path, **kwargs)
-            yield page
-            if not page.get("IsTruncated") or not page.get("NextContinuationToken"):
-                return
-            kwargs["ContinuationToken"] = page["NextContinuationToken"]
-
-    def _s3_call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            return self._lister.call_s3(method, **kwargs)
-        except Exception as exc:  # noqa: BLE001 -- every failure becomes a DocumentStoreError naming the setting
-            raise self.store_error(exc, path) from None
-
-    def store_error(self, exc: BaseException, path: str) -> DocumentStoreError:
-        """A clear error for an S3 failure that concerns the whole store (credentials, bucket, endpoint)."""
-        code = _s3_code(exc)
-        where = f"bucket {self.bucket!r} at endpoint {self.endpoint_url or 'AWS S3 (no AWS_ENDPOINT_URL)'}"
-        if code == "NoSuchBucket":
-            return DocumentStoreError(
-                f"{where}: the bucket does not exist; create it or fix the root "
-                f"{self.root_uri!r} (INFINITY_ASSETS_ROOT or the resource's root)"
-            )
-        if isinstance(exc, PermissionError) or code in _AUTH_CODES:
-            return DocumentStoreError(
-                f"S3 authentication failed or access was denied for {where} ({code or type(exc).__name__}: "
-                f"{_first_line(exc)}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the resource's "
-                "access_key_id / secret_access_key) and that this identity may list and read the bucket"
-            )
-        if code is None and (
-            "Connect" in type(exc).__name__ or isinstance(exc, (ConnectionError, TimeoutError))
-        ):
-            return DocumentStoreError(
-                f"cannot reach the S3 endpoint {self.endpoint_url or 'of AWS'} (bucket {self.bucket!r}): "
-                f"{type(exc).__name__}: {_first_line(exc)}; check AWS_ENDPOINT_URL (the resource's "
-                "endpoint_url) "
-                "and that the server is running"
-            )
-        return DocumentStoreError(
-            f"S3 request for {self.uri(path)!r} failed at {where}: {code or type(exc).__name__}: "
-            f"{_first_line(exc)}; check the root URL, AWS_ENDPOINT_URL and AWS_REGION"
-        )
-
-    # --- reading
     def read_documents(
         self, modality: str, sources: Iterable[SourceObject], *, chunk_size: int = 64
     ) -> Iterator[Document]:
         """Yield the documents of ``sources`` in order, reading ``chunk_size`` files at a time.
 
         On S3 the files of a chunk are fetched concurrently (at most ``read_concurrency`` at once), so memory
-        is bounded by a chunk; JSONL files are streamed line by line. A file that cannot be read or parsed
-        yields a
-        :class:`Document` with ``error`` set; only store-wide failures (credentials, endpoint) raise
-        :class:`DocumentStoreError`.
+        is bounded by a chunk; streamed formats (JSONL) are read line by line. A file that cannot be read or
+        parsed yields a :class:`Document` with ``error`` set; only store-wide failures (credentials, endpoint)
+        raise :class:`DocumentStoreError`.
         """
-        modality = _modality(modality)
+        modality = modality_folder(modality)
         chunk: list[SourceObject] = []
         for source in sources:
             chunk.append(source)
@@ -507,459 +122,53 @@ class DocumentStore:
         if chunk:
             yield from self._read_chunk(modality, chunk)
 
+    def _format(self, modality: str, source: SourceObject) -> Format:
+        found = format_class(modality, source.key)
+        if found is None:
+            raise DocumentStoreError(f"{source.uri!r} is not a {modality} document of a known format")
+        return self.formats[found]
+
     def _read_chunk(self, modality: str, chunk: list[SourceObject]) -> Iterator[Document]:
-        whole = [s for s in chunk if not (modality == "text" and s.is_jsonl)]
-        contents = self._fetch(whole)
-        for source in chunk:
-            if modality == "text" and source.is_jsonl:
-                yield from self._jsonl_documents(source)
+        formats = [self._format(modality, source) for source in chunk]
+        contents = self.fetch([s for s, f in zip(chunk, formats) if not f.streamed])
+        for source, fmt in zip(chunk, formats):
+            if fmt.streamed:
+                yield from self._streamed_documents(source, fmt)
                 continue
             data = contents[source.path]
             if isinstance(data, BaseException):
-                yield Document(
-                    source.key, source.uri, source.fingerprint, error=self._read_error(data, source)
-                )
-            elif modality == "images":
-                yield _image_document(source, data)
+                yield Document(source.key, source.uri, source.fingerprint, error=self.read_error(data, source))
             else:
-                yield _text_document(source, data)
+                yield from fmt.documents(source, data)
 
-    def _fetch(self, sources: list[SourceObject]) -> dict[str, bytes | BaseException]:
-        """The bytes of each source (or the exception reading it), pinned to the listed version."""
-        if not sources:
-            return {}
-        if not self.is_s3:
-            return {s.path: self._read_local(s) for s in sources}
-        from fsspec.asyn import sync
-
-        results = sync(self.fs.loop, self._fetch_s3, sources)
-        return {s.path: r for s, r in zip(sources, results, strict=True)}
-
-    async def _fetch_s3(self, sources: list[SourceObject]) -> list[bytes | BaseException]:
-        gate = asyncio.Semaphore(self.read_concurrency)
-
-        async def one(source: SourceObject) -> bytes | BaseException:
-            bucket, _, key = source.path.partition("/")
-            # If-Match: the bytes are those of the listed version, so the stored fingerprint matches them.
-            pin = {"IfMatch": f'"{source.fingerprint}"'} if source.fingerprint else {}
-            async with gate:
-                for delay in (*READ_RETRY_DELAYS, None):
-                    try:
-                        response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **pin)
-                        try:
-                            return await response["Body"].read()
-                        finally:
-                            response["Body"].close()
-                    except Exception as exc:  # noqa: BLE001 -- reported per document
-                        if delay is None or not _is_transient(exc):
-                            return exc
-                        await asyncio.sleep(delay)
-            raise AssertionError("unreachable")
-
-        return await asyncio.gather(*(one(s) for s in sources))
-
-    def _read_local(self, source: SourceObject) -> bytes | BaseException:
+    def _streamed_documents(self, source: SourceObject, fmt: Format) -> Iterator[Document]:
         try:
-            with self._open_local(source) as handle:
-                data = handle.read()
-                _check_unchanged(handle, source, "while it was read")
-            return data
-        except Exception as exc:  # noqa: BLE001 -- reported per document
-            return exc
-
-    def _open_local(self, source: SourceObject) -> io.BufferedReader:
-        real_root = os.path.realpath(self.root)
-        real = os.path.realpath(source.path)
-        if os.path.commonpath([real_root, real]) != real_root:
-            raise _Unsafe(
-                f"it resolves to {real!r}, outside the store root; symbolic links out of the root "
-                "are not followed"
-            )
-        handle = open(source.path, "rb")  # noqa: SIM115 -- returned to the caller's with-block
-        try:
-            _check_unchanged(handle, source, "since it was listed")
-        except BaseException:
-            handle.close()
-            raise
-        return handle
-
-    def _open(self, source: SourceObject) -> Any:
-        if not self.is_s3:
-            return self._open_local(source)
-        # An s3fs file pins the ETag it saw at open on every block it fetches: an overwrite mid-read raises.
-        handle = self.fs.open(source.path, "rb", block_size=self.jsonl_block_size)
-        etag = str(handle.details.get("ETag", "")).strip('"')
-        if source.fingerprint and etag != source.fingerprint:
-            handle.close()
-            raise _Changed("since it was listed")
-        return handle
-
-    def _jsonl_documents(self, source: SourceObject) -> Iterator[Document]:
-        try:
-            handle = self._open(source)
+            handle = self.open(source)
         except DocumentStoreError:
             raise
         except Exception as exc:  # noqa: BLE001 -- reported per document
-            yield Document(source.key, source.uri, source.fingerprint, error=self._read_error(exc, source))
+            yield Document(source.key, source.uri, source.fingerprint, error=self.read_error(exc, source))
             return
-        parser = _JsonlParser(source, self.jsonl_id_field, self.jsonl_text_field)
+        parser = fmt.line_parser(source)
         try:
             with handle:
                 for raw in handle:
                     document = parser.line(raw)
                     if document is not None:
                         yield document
-                if not self.is_s3:
-                    _check_unchanged(handle, source, "while it was read")
+                self.check_unchanged(handle, source)
         except Exception as exc:  # noqa: BLE001 -- the rest of the file is one failure
-            if _is_auth_failure(exc):
+            if is_auth_failure(exc):
                 raise self.store_error(exc, source.path) from None
-            yield Document(
-                source.key,
-                source.uri,
-                source.fingerprint,
-                error=f"after line {parser.number}: {self._read_error(exc, source)}",
-            )
+            yield Document(source.key, source.uri, source.fingerprint,
+                           error=f"after line {parser.number}: {self.read_error(exc, source)}")
             return
         if parser.documents == 0:
-            yield Document(
-                source.key, source.uri, source.fingerprint, error="no JSON lines (the file is empty)"
-            )
-
-    def _read_error(self, exc: BaseException, source: SourceObject) -> str:
-        """The readable reason a file could not be read; raises for store-wide failures."""
-        code = _s3_code(exc)
-        if isinstance(exc, _Changed) or code in ("PreconditionFailed", "412") or _is_file_expired(exc):
-            when = (
-                str(exc)
-                if isinstance(exc, _Changed)
-                else ("since it was listed" if code else "while it was read")
-            )
-            return (
-                f"the file changed {when} (it no longer matches fingerprint {source.fingerprint}); "
-                "retry later: the next run reads the new version"
-            )
-        if isinstance(exc, FileNotFoundError) or code == "NoSuchKey":
-            return "the file was deleted after it was listed; retry later: the next run will not list it"
-        if isinstance(exc, _Unsafe):
-            return f"refused to read: {exc}"
-        if _is_auth_failure(exc):
-            raise self.store_error(exc, source.path) from None
-        if isinstance(exc, IsADirectoryError):
-            return "it is a folder, not a file"
-        return f"could not be read ({type(exc).__name__}: {_first_line(exc)}); retry later"
-
-
-def is_storage_failure(exc: BaseException) -> bool:
-    """Whether an exception comes from talking to the object store (S3 or network), not from our own code."""
-    from botocore.exceptions import BotoCoreError
-
-    return isinstance(exc, (OSError, BotoCoreError))
-
-
-def is_retryable(error: str) -> bool:
-    """Whether a document failure is transient (the file changed, vanished or could not be read: "retry
-    later"), as opposed to a problem of the document itself that only a new version of it can fix."""
-    return "; retry later" in error
-
-
-# --- parsing
-class _JsonlParser:
-    """Turns the lines of one JSONL file into Documents, remembering ids to refuse duplicates."""
-
-    def __init__(self, source: SourceObject, id_field: str, text_field: str) -> None:
-        self.source, self.id_field, self.text_field = source, id_field, text_field
-        self.number = 0
-        self.offset = 0
-        self.documents = 0
-        self.seen: set[str] = set()
-
-    def line(self, raw: bytes) -> Document | None:
-        self.number += 1
-        start, self.offset = self.offset, self.offset + len(raw)
-        raw = raw.rstrip(b"\r\n")
-        if not raw.strip():
-            return None  # blank lines separate nothing and are not documents
-        self.documents += 1
-        source, number = self.source, self.number
-        fallback_id = f"{source.key}#L{number}"
-
-        def failed(reason: str, doc_id: str = fallback_id) -> Document:
-            return Document(
-                doc_id,
-                source.uri,
-                "sha256:" + hashlib.sha256(raw).hexdigest()[:32],
-                error=f"line {number}: {reason}",
-            )
-
-        try:
-            text_line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return failed(
-                f"not valid UTF-8 (byte {start + exc.start} from the start of the file is "
-                f"{raw[exc.start : exc.start + 1]!r}); save the file as UTF-8"
-            )
-        try:
-            record = json.loads(text_line)
-        except ValueError as exc:
-            return failed(f"invalid JSON ({exc})")
-        if not isinstance(record, dict):
-            return failed(f"expected a JSON object, got a JSON {type(record).__name__}")
-        raw_id = record.get(self.id_field)
-        if raw_id is None or raw_id == "":
-            doc_id = fallback_id
-        elif isinstance(raw_id, str) or (isinstance(raw_id, int) and not isinstance(raw_id, bool)):
-            doc_id = f"{source.key}#{raw_id}"
-        else:
-            return failed(
-                f"the id field {self.id_field!r} must be a string or an integer, "
-                f"not a {type(raw_id).__name__}"
-            )
-        if doc_id in self.seen:
-            return failed(f"duplicate {self.id_field!r} {raw_id!r} (an earlier line has the same id)")
-        self.seen.add(doc_id)
-        text = record.get(self.text_field)
-        if not isinstance(text, str):
-            problem = "missing" if text is None else f"a JSON {type(text).__name__}, not a string"
-            return failed(f"the text field {self.text_field!r} is {problem}", doc_id)
-        fingerprint = "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        return _checked_text(Document(doc_id, source.uri, fingerprint), text, f"line {number}: ")
-
-
-def _text_document(source: SourceObject, data: bytes) -> Document:
-    document = Document(source.key, source.uri, source.fingerprint)
-    if not data:
-        document.error = "empty file (0 bytes)"
-        return document
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        document.error = (
-            f"not valid UTF-8 (byte {exc.start} from the start is {data[exc.start : exc.start + 1]!r}"
-            f"); save the file as UTF-8"
-        )
-        return document
-    return _checked_text(document, text.removeprefix("\ufeff"), "")
-
-
-def _checked_text(document: Document, text: str, where: str) -> Document:
-    if not text.strip():
-        document.error = f"{where}empty document (no text, only whitespace)"
-    elif len(text) > MAX_TEXT_CHARS:
-        document.error = (
-            f"{where}{len(text):,} characters is over Infinity's limit of {MAX_TEXT_CHARS:,} "
-            "characters per input; split the document"
-        )
-    else:
-        document.content = text
-    return document
-
-
-def _image_document(source: SourceObject, data: bytes) -> Document:
-    from PIL import Image, UnidentifiedImageError
-
-    document = Document(source.key, source.uri, source.fingerprint)
-    if not data:
-        document.error = "empty file (0 bytes)"
-        return document
-    image_format = "the image"
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            image_format = f"the {image.format} image"
-            image.verify()  # checks structure and checksums without decoding the pixels
-    except UnidentifiedImageError:
-        document.error = (
-            f"not a readable image ({len(data):,} bytes that Pillow does not recognise); check the file"
-        )
-        return document
-    except Image.DecompressionBombError as exc:
-        document.error = f"image too large to embed safely ({_first_line(exc)}); downscale it"
-        return document
-    except Exception as exc:  # noqa: BLE001 -- any decoder failure means a corrupt file
-        document.error = (
-            f"{image_format} is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)}); "
-            "re-export the file"
-        )
-        return document
-    if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
-        document.error = (
-            f"image is {width}x{height} pixels; Infinity needs at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
-        )
-        return document
-    document.content = data
-    return document
-
-
-# --- helpers
-_AUTH_CODES = frozenset(
-    {
-        "SignatureDoesNotMatch",
-        "InvalidAccessKeyId",
-        "AccessDenied",
-        "403",
-        "ExpiredToken",
-        "InvalidToken",
-        "AuthorizationHeaderMalformed",
-        "RequestTimeTooSkewed",
-    }
-)
-
-
-_TRANSIENT_CODES = frozenset(
-    {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "500", "502", "503", "504"}
-)
-
-#: Seconds between attempts to read one S3 object when the server answers with a transient error.
-READ_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
-
-
-class _Changed(Exception):
-    """A local or S3 file no longer matches its listed fingerprint."""
-
-
-class _Unsafe(Exception):
-    """A key that would make the store read outside its root."""
-
-
-def _check_unchanged(handle: Any, source: SourceObject, when: str) -> None:
-    """Raise :class:`_Changed` if an open local file's size/mtime_ns differ from the listed fingerprint."""
-    if isinstance(handle, io.IOBase) and hasattr(handle, "fileno"):
-        info = os.fstat(handle.fileno())
-        if source.fingerprint and _local_fingerprint(info) != source.fingerprint:
-            raise _Changed(when)
-
-
-def _local_fingerprint(info: os.stat_result) -> str:
-    return f"{info.st_size}-{info.st_mtime_ns}"
-
-
-def _local_pages(base: str, page_size: int) -> Iterator[list[tuple[str, int, str, float]]]:
-    """Pages of files under a local folder, in key order, without following symlinked folders."""
-    page: list[tuple[str, int, str, float]] = []
-    stack = [base]
-    while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as scanned:
-                entries = list(scanned)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        # Sorting names with "/" appended to folders gives the same order as sorting full keys (S3's order).
-        entries.sort(key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, reverse=True)
-        files = []
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-                continue
-            try:
-                info = entry.stat()  # follows a symlinked file; reading checks it stays inside the root
-            except OSError:
-                continue  # a dangling symlink or a file deleted since the folder was read
-            if stat.S_ISREG(info.st_mode):
-                files.append(
-                    (
-                        entry.path.replace(os.sep, "/"),
-                        info.st_size,
-                        _local_fingerprint(info),
-                        info.st_mtime_ns / 1e9,
-                    )
-                )
-        page.extend(reversed(files))
-        while len(page) >= page_size:
-            yield page[:page_size]
-            page = page[page_size:]
-    if page:
-        yield page
+            yield Document(source.key, source.uri, source.fingerprint, error=parser.empty_reason)
 
 
 def _add_to_listing(listing: Listing, modality: str, key: str, source: SourceObject) -> None:
-    if not all(_is_safe_segment(part) for part in key.split("/")) or not is_supported(modality, key):
+    if not all(is_safe_segment(part) for part in key.split("/")) or not is_supported(modality, key):
         listing.skipped.append(key)
     else:
         listing.sources.append(source)
-
-
-def _modality(modality: str) -> str:
-    if modality in ("image", "images"):
-        return "images"
-    if modality == "text":
-        return "text"
-    raise ValueError(f"modality must be 'text' or 'images', got {modality!r}")
-
-
-def _folder(partition_key: str) -> str:
-    try:
-        return folder_for_partition(partition_key)
-    except ValueError as exc:
-        raise DocumentStoreError(str(exc)) from None
-
-
-def _is_safe_segment(name: str) -> bool:
-    return (
-        bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
-    )
-
-
-def _safe_segment(folder: str) -> str:
-    if not _is_safe_segment(folder):
-        raise DocumentStoreError(f"batch folder {folder!r} is not a single safe path segment")
-    return folder
-
-
-def _raw_timestamp_session() -> Any:
-    """An aiobotocore session that leaves timestamps as strings.
-
-    botocore's date parsing is ~40% of the CPU time of a large listing, while the objects of one upload share
-    a handful of distinct LastModified values (parsed once each by :func:`_iso_timestamp`).
-    """
-    from aiobotocore.session import AioSession
-
-    session = AioSession()
-    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
-    return session
-
-
-def _timestamp(value: Any) -> float:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, str):
-        return _iso_timestamp(value)
-    return float(value or 0)
-
-
-@functools.lru_cache(maxsize=4096)
-def _iso_timestamp(value: str) -> float:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))  # Python 3.10 has no "Z"
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
-
-
-def _s3_code(exc: BaseException) -> str | None:
-    """The S3 error code (``NoSuchBucket``, ``PreconditionFailed``...) behind an s3fs/botocore exception."""
-    for candidate in (exc, exc.__cause__, exc.__context__):
-        response = getattr(candidate, "response", None)
-        if isinstance(response, dict):
-            return str(response.get("Error", {}).get("Code") or "") or None
-    return None
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """A failure worth retrying: the S3 server is busy, restarting or briefly unreachable."""
-    code = _s3_code(exc)
-    if code is not None:
-        return code in _TRANSIENT_CODES
-    return isinstance(exc, (ConnectionError, TimeoutError)) or "Connect" in type(exc).__name__ or (
-        isinstance(exc, OSError) and "internal error" in str(exc).lower())
-
-
-def _is_auth_failure(exc: BaseException) -> bool:
-    """Wrong key/secret (store-wide), as opposed to one object's ``AccessDenied`` (reported per document)."""
-    return _s3_code(exc) in _AUTH_CODES - {"AccessDenied"}
-
-
-def _is_file_expired(exc: BaseException) -> bool:
-    return type(exc).__name__ == "FileExpired"
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]

@@ -91,20 +91,21 @@ def embed_partition(
         skipped=len(listing.skipped), skipped_keys=listing.skipped)
     previous_metadata, previous = _reusable_index(store, path, client)
 
-    # Reuse: a file whose fingerprint is unchanged is not even read; a JSONL file is read (it is text, and
-    # small next to its embeddings) because reuse is decided per line.
+    # Reuse: a file whose fingerprint is unchanged is not even read; a streamed file (JSONL) is read (it is
+    # text, and small next to its embeddings) because reuse is decided per line.
     failures: list[artifacts.Failure] = []
     reusable: set[str] = set()
     jsonl_new: list[documents.Document] = []
     others: list[documents.SourceObject] = []
+    streamed = [s for s in listing.sources if documents.is_streamed(modality, s)]
     for source in listing.sources:
-        if source.is_jsonl:
+        if documents.is_streamed(modality, source):
             continue
         if previous.get(source.key) == source.fingerprint:
             reusable.add(source.key)
         else:
             others.append(source)
-    for document in store.read_documents(modality, [s for s in listing.sources if s.is_jsonl]):
+    for document in store.read_documents(modality, streamed):
         if document.error is not None:
             failures.append(artifacts.Failure(document.doc_id, document.source_uri, document.error))
         elif previous.get(document.doc_id) == document.fingerprint:

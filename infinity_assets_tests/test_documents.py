@@ -461,7 +461,7 @@ def test_a_jsonl_file_overwritten_while_streamed_ends_in_a_retry_later_failure(s
     lines = [json.dumps({"id": i, "text": f"line {i} " + "z" * 200}) for i in range(2000)]  # ~420 KB
     store_root.put("raw/text/b/big.jsonl", "\n".join(lines))
     store = store_root.store()
-    store.jsonl_block_size = 64 * 1024
+    store.stream_block_size = 64 * 1024
     documents = store.read_documents("text", store.list_sources("text", "b").sources)
     first = next(documents)
     assert first.doc_id == "big.jsonl#0" and first.error is None
