@@ -3,7 +3,8 @@
 One artifact per partition and modality, one row per document::
 
     doc_id string, source_uri string, fingerprint string, n_vectors int32,
-    embedding list<fixed_size_list<float32, hidden_dim>>, embedded_at timestamp(us, UTC)
+    embedding list<fixed_size_list<float32, hidden_dim>>, embedded_at timestamp(us, UTC),
+    page int32 (nullable: the page number of a PDF page, null otherwise), page_text string (nullable: its text layer)
 
 File key-value metadata (keys prefixed ``infinity_assets.``): model, hidden_dim, modality, encoding, partition,
 package version, publish_id, data_version, failed. Documents that failed are listed in a JSON sidecar
@@ -36,7 +37,9 @@ logger = logging.getLogger(__name__)
 
 META_PREFIX = "infinity_assets."
 STAGING_DIR = ".staging"
-SCALAR_COLUMNS = ["doc_id", "source_uri", "fingerprint", "n_vectors", "embedded_at"]
+SCALAR_COLUMNS = ["doc_id", "source_uri", "fingerprint", "n_vectors", "embedded_at", "page"]
+#: Columns added with PDF pages; artifacts written before them are still read and checked.
+PAGE_COLUMNS = ("page", "page_text")
 
 
 def artifact_schema(hidden_dim: int, metadata: Mapping[str, Any] | None = None) -> pa.Schema:
@@ -48,6 +51,8 @@ def artifact_schema(hidden_dim: int, metadata: Mapping[str, Any] | None = None) 
         pa.field("n_vectors", pa.int32(), nullable=False),
         pa.field("embedding", pa.list_(pa.list_(pa.float32(), hidden_dim)), nullable=False),
         pa.field("embedded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("page", pa.int32(), nullable=True),
+        pa.field("page_text", pa.string(), nullable=True),
     ])
     return schema.with_metadata({f"{META_PREFIX}{k}": str(v) for k, v in (metadata or {}).items()})
 
@@ -85,6 +90,10 @@ WRITE_AMPLIFICATION = 6
 #: Row groups are encoded and written here (pyarrow releases the GIL), one at a time per writer, while the
 #: next one fills: a writer's caller keeps receiving embeddings instead of waiting for Parquet.
 _WRITE_THREADS = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="artifact-write")
+
+
+#: One row as the writer buffers it: doc_id, source_uri, fingerprint, vectors, embedded_at, page, page_text.
+Row = tuple[str, str, str, np.ndarray, datetime, "int | None", "str | None"]
 
 
 class ArtifactError(Exception):
@@ -130,7 +139,7 @@ class ArtifactWriter:
         self.failures: list[Failure] = []
         self._closing_metadata: dict[str, str] = {}
         self._local = _is_local(fs)
-        self._buffer: list[tuple[str, str, str, np.ndarray, datetime]] = []
+        self._buffer: list[Row] = []
         self._buffered_bytes = 0
         self._pending_write: concurrent.futures.Future[None] | None = None
         self._sink: Any = None
@@ -156,10 +165,11 @@ class ArtifactWriter:
         return self
 
     def write(self, doc_id: str, source_uri: str, fingerprint: str, embedding: np.ndarray,
-              embedded_at: datetime | None = None) -> None:
-        """Add one document's multi-vector; raises :class:`ArtifactError` naming the document if it is unusable."""
+              embedded_at: datetime | None = None, page: int | None = None, page_text: str | None = None) -> None:
+        """Add one document's multi-vector (``page``/``page_text`` for a PDF page); raises
+        :class:`ArtifactError` naming the document if it is unusable."""
         embedding = self._check(doc_id, embedding)
-        self._buffer.append((doc_id, source_uri, fingerprint, embedding, embedded_at or _now()))
+        self._buffer.append((doc_id, source_uri, fingerprint, embedding, embedded_at or _now(), page, page_text))
         self._buffered_bytes += embedding.nbytes
         self.rows += 1
         self.vectors += len(embedding)
@@ -272,7 +282,7 @@ def _discard_upload(sink: Any, path: str) -> None:
                        path, exc)
 
 
-def _rows_table(rows: list[tuple[str, str, str, np.ndarray, datetime]], schema: pa.Schema) -> pa.Table:
+def _rows_table(rows: list[Row], schema: pa.Schema) -> pa.Table:
     hidden_dim = schema.field("embedding").type.value_type.list_size
     counts = np.fromiter((len(r[3]) for r in rows), dtype=np.int32, count=len(rows))
     offsets = np.zeros(len(rows) + 1, dtype=np.int32)
@@ -287,6 +297,8 @@ def _rows_table(rows: list[tuple[str, str, str, np.ndarray, datetime]], schema: 
         pa.array(counts),
         embedding.cast(schema.field("embedding").type),
         pa.array([r[4] for r in rows], pa.timestamp("us", tz="UTC")),
+        pa.array([r[5] for r in rows], pa.int32()),
+        pa.array([r[6] for r in rows], pa.string()),
     ]
     return pa.Table.from_arrays(columns, schema=schema.remove_metadata())
 
@@ -425,9 +437,10 @@ def check_schema(fs: fsspec.AbstractFileSystem, path: str, hidden_dim: int | Non
     except Exception as exc:
         return Verdict(False, f"{path} is not readable Parquet: {exc}")
     actual_dim = _hidden_dim_of(schema)
-    expected = artifact_schema(actual_dim if actual_dim else 1)
-    if actual_dim is None or not schema.remove_metadata().equals(expected.remove_metadata()):
-        return Verdict(False, f"{path} has schema {schema.remove_metadata()}, expected {expected.remove_metadata()}")
+    expected = artifact_schema(actual_dim if actual_dim else 1).remove_metadata()
+    before_pages = pa.schema([f for f in expected if f.name not in PAGE_COLUMNS])  # written before PDF pages
+    if actual_dim is None or not any(schema.remove_metadata().equals(s) for s in (expected, before_pages)):
+        return Verdict(False, f"{path} has schema {schema.remove_metadata()}, expected {expected}")
     if hidden_dim is not None and actual_dim != hidden_dim:
         return Verdict(False, f"{path} holds {actual_dim}-dimensional vectors; hidden_dim is configured as {hidden_dim}")
     return Verdict(True, f"readable, expected schema, hidden_dim {actual_dim}")

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from .artifacts import artifact_schema
+from .documents import PdfSettings
 from .lineage import raw_image_documents, raw_text_documents
 from .partitions import image_partitions, text_partitions
 from .pipeline import DEFAULT_MEMORY_BUDGET, PartitionReport, embed_partition
@@ -24,6 +25,20 @@ class EmbeddingConfig(dg.Config):
     memory_budget_mb: int = DEFAULT_MEMORY_BUDGET >> 20
     """MiB of vectors held at once while embedding and writing a partition, whatever the documents' sizes
     (see ``embed_partition``); a smaller budget means fewer requests in flight and smaller row groups."""
+    pdf_max_side: int | None = None
+    """Longest side of a rendered PDF page, in pixels; default $INFINITY_PDF_MAX_SIDE, else 1024 (README)."""
+    pdf_dpi: float | None = None
+    """Render resolution of PDF pages below that cap; default $INFINITY_PDF_DPI, else 144."""
+    max_pages_per_document: int | None = None
+    """A PDF with more pages fails whole (named in the failures); default $INFINITY_PDF_MAX_PAGES, else 2000."""
+    pdf_page_timeout_seconds: float | None = None
+    """Seconds one page may take to render before its PDF fails; default $INFINITY_PDF_PAGE_TIMEOUT, else 60."""
+
+    def pdf_settings(self) -> PdfSettings:
+        """The PDF rendering settings: this config, then ``INFINITY_PDF_*``, then the defaults."""
+        return PdfSettings.from_env(max_side=self.pdf_max_side, dpi=self.pdf_dpi,
+                                    max_pages=self.max_pages_per_document,
+                                    page_timeout=self.pdf_page_timeout_seconds)
 
 
 def _build_asset(name: str, modality: str, partitions_def: dg.PartitionsDefinition, infinity_key: str,
@@ -46,7 +61,7 @@ def _build_asset(name: str, modality: str, partitions_def: dg.PartitionsDefiniti
         infinity: InfinityResource = getattr(context.resources, infinity_key)
         document_store: DocumentStoreResource = context.resources.document_store
         client = infinity.get_client()
-        store = document_store.get_store()
+        store = document_store.get_store(pdf=config.pdf_settings())
         context.log.info(f"embedding {modality} partition {context.partition_key!r} from {store!r} with "
                          f"{client!r}")
         report = embed_partition(store, client, modality, context.partition_key,
@@ -119,6 +134,7 @@ text_embeddings = _build_asset(
     "are reused; failed ones are listed in the failures sidecar and metadata.", raw_text_documents)
 image_embeddings = _build_asset(
     "image_embeddings", "images", image_partitions, "infinity_images",
-    "Multi-vector embeddings of the images of one batch folder raw/images/<batch>/, one Parquet row per image "
-    "at embeddings/images/<batch>.parquet. Unchanged images are reused; failed ones are listed in the failures "
-    "sidecar and metadata.", raw_image_documents)
+    "Multi-vector embeddings of the images and PDF pages of one batch folder raw/images/<batch>/, one Parquet "
+    "row per image or page (doc_id <key>#page=<n>, columns page and page_text) at "
+    "embeddings/images/<batch>.parquet. Unchanged files are reused (a PDF whole); failed ones are listed in the "
+    "failures sidecar and metadata.", raw_image_documents)

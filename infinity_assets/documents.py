@@ -5,7 +5,8 @@ reads, retries, errors) plus the formats (:mod:`infinity_assets.formats`: which 
 how bytes become :class:`Document` s). Layout under the root::
 
     raw/text/<batch>/...      .txt .md (one document each, UTF-8), .jsonl (one document per line)
-    raw/images/<batch>/...    .png .jpg .jpeg .webp .gif .bmp .tif .tiff
+    raw/images/<batch>/...    .png .jpg .jpeg .webp .gif .bmp .tif .tiff (one document each),
+                              .pdf (one page image document per page, formats/pdf.py)
     embeddings/text/<batch>.parquet, embeddings/images/<batch>.parquet   (artifacts, see artifacts.py)
 
 Nothing is silently dropped: a file with an unsupported extension (or an unsafe key such as ``a/../b``) is
@@ -24,7 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from .formats import EXTENSIONS, FORMATS, MAX_TEXT_CHARS, MIN_IMAGE_SIDE, Document, Format, format_class
+from .formats import (
+    EXTENSIONS,
+    FORMATS,
+    MAX_TEXT_CHARS,
+    MIN_IMAGE_SIDE,
+    Document,
+    Format,
+    PdfSettings,
+    format_class,
+)
 from .keys import folder_for_partition, partition_key_for_folder
 from .storage import (
     MODALITIES,
@@ -41,7 +51,7 @@ from .storage import (
 )
 
 __all__ = [
-    "EXTENSIONS", "MAX_TEXT_CHARS", "MIN_IMAGE_SIDE", "MODALITIES", "Document", "DocumentStore",
+    "EXTENSIONS", "MAX_TEXT_CHARS", "MIN_IMAGE_SIDE", "MODALITIES", "Document", "PdfSettings", "DocumentStore",
     "DocumentStoreError", "Listing", "ScannedObject", "SourceObject", "folder_for_partition", "is_retryable",
     "is_storage_failure", "is_streamed", "is_supported", "partition_key_for_folder",
 ]
@@ -61,15 +71,16 @@ def is_streamed(modality: str, source: SourceObject) -> bool:
 class DocumentStore(ObjectStore):
     """An :class:`ObjectStore` that reads documents: lists the supported files of a batch and parses them.
 
-    ``format_options`` go to every format (e.g. ``jsonl_id_field``, ``jsonl_text_field``); the other keyword
-    arguments are the storage's (``endpoint_url``, ``key``, ``secret``, ``region``, ``read_concurrency``).
+    The format options are ``jsonl_id_field``, ``jsonl_text_field`` and ``pdf`` (:class:`PdfSettings`, default
+    from ``INFINITY_PDF_*``); the other keyword arguments are the storage's (``endpoint_url``, ``key``, ``secret``, ``region``, ``read_concurrency``).
     """
 
     def __init__(self, root: str, *, jsonl_id_field: str = "id", jsonl_text_field: str = "text",
-                 **storage_options: object) -> None:
+                 pdf: PdfSettings | None = None, **storage_options: object) -> None:
         super().__init__(root, **storage_options)  # type: ignore[arg-type]
         self.jsonl_id_field, self.jsonl_text_field = jsonl_id_field, jsonl_text_field
-        options = {"jsonl_id_field": jsonl_id_field, "jsonl_text_field": jsonl_text_field}
+        self.pdf = pdf or PdfSettings.from_env()
+        options = {"jsonl_id_field": jsonl_id_field, "jsonl_text_field": jsonl_text_field, "pdf": self.pdf}
         self.formats: dict[type[Format], Format] = {
             cls: cls(**options) for classes in FORMATS.values() for cls in classes}
 

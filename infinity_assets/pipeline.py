@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -90,9 +91,11 @@ def embed_partition(
         modality=modality, partition=partition, artifact_uri=store.uri(path), data_version="",
         skipped=len(listing.skipped), skipped_keys=listing.skipped)
     previous_metadata, previous = _reusable_index(store, path, client)
+    previous_files = _rows_by_file(previous, _failed_files(store, path) if previous else set())
 
-    # Reuse: a file whose fingerprint is unchanged is not even read; a streamed file (JSONL) is read (it is
-    # text, and small next to its embeddings) because reuse is decided per line.
+    # Reuse: a file whose fingerprint is unchanged is not even read (all its rows are reused: the pages of a
+    # PDF too); a streamed file (JSONL) is read (it is text, and small next to its embeddings) because reuse is
+    # decided per line.
     failures: list[artifacts.Failure] = []
     reusable: set[str] = set()
     jsonl_new: list[documents.Document] = []
@@ -101,8 +104,9 @@ def embed_partition(
     for source in listing.sources:
         if documents.is_streamed(modality, source):
             continue
-        if previous.get(source.key) == source.fingerprint:
-            reusable.add(source.key)
+        fingerprint, doc_ids = previous_files.get(source.key, ("", []))
+        if fingerprint == source.fingerprint:
+            reusable.update(doc_ids)
         else:
             others.append(source)
     for document in store.read_documents(modality, streamed):
@@ -188,6 +192,30 @@ def _reusable_index(store: documents.DocumentStore, path: str,
     return metadata, index
 
 
+#: The suffix of a page's doc_id: ``<key>#page=<n>``.
+_PAGE_SUFFIX = re.compile(r"#page=[0-9]+$")
+
+
+def _rows_by_file(previous: dict[str, str], failed: set[str]) -> dict[str, tuple[str, list[str]]]:
+    """``{file key: (fingerprint, doc_ids)}`` of the previous artifact's whole-file rows (an image is one row, a
+    PDF one row per page). A file with a failure in the previous publish (a page that did not render, say) is
+    left out, so it is read and embedded again rather than reused with rows missing."""
+    files: dict[str, tuple[str, list[str]]] = {}
+    for doc_id, fingerprint in previous.items():
+        key = _PAGE_SUFFIX.sub("", doc_id)
+        known, doc_ids = files.setdefault(key, (fingerprint, []))
+        doc_ids.append(doc_id)
+        if known != fingerprint:
+            files[key] = ("", doc_ids)  # rows of two versions of the file: never reuse them
+    return {key: rows for key, rows in files.items() if key not in failed}
+
+
+def _failed_files(store: documents.DocumentStore, path: str) -> set[str]:
+    """The file keys with a failure recorded in the previous artifact's sidecar."""
+    sidecar = artifacts.read_failures(store.fs, path) or {}
+    return {_PAGE_SUFFIX.sub("", failure["doc_id"]) for failure in sidecar.get("failures", [])}
+
+
 def _embedded_rows(client: InfinityEmbeddings, modality: str, inputs: Iterator[str | bytes],
                    pending: deque[documents.Document], failures: list[artifacts.Failure],
                    max_buffered_bytes: int) -> Iterator[tuple]:
@@ -202,7 +230,8 @@ def _embedded_rows(client: InfinityEmbeddings, modality: str, inputs: Iterator[s
             failures.append(artifacts.Failure(document.doc_id, document.source_uri,
                                               "the server returned only padding rows (no vectors)"))
         else:
-            yield document.doc_id, document.source_uri, document.fingerprint, result, now
+            yield (document.doc_id, document.source_uri, document.fingerprint, result, now, document.page,
+                   document.page_text)
 
 
 def _reused_rows(store: documents.DocumentStore, path: str, reusable: set[str]) -> Iterator[tuple]:
@@ -215,12 +244,15 @@ def _reused_rows(store: documents.DocumentStore, path: str, reusable: set[str]) 
         hidden_dim = embedding.type.value_type.list_size
         flat = embedding.flatten().flatten().to_numpy(zero_copy_only=True).reshape(-1, hidden_dim)
         base = offsets[0]
-        for i, (doc_id, uri, fingerprint, at) in enumerate(zip(
-                *(group.column(c).to_pylist() for c in ("doc_id", "source_uri", "fingerprint", "embedded_at")))):
-            yield doc_id, uri, fingerprint, flat[offsets[i] - base:offsets[i + 1] - base], at
+        pages = [group.column(c).to_pylist() if c in group.column_names else [None] * group.num_rows
+                 for c in artifacts.PAGE_COLUMNS]  # artifacts written before PDF pages have no page columns
+        for i, (doc_id, uri, fingerprint, at, page, page_text) in enumerate(zip(
+                *(group.column(c).to_pylist() for c in ("doc_id", "source_uri", "fingerprint", "embedded_at")),
+                *pages)):
+            yield doc_id, uri, fingerprint, flat[offsets[i] - base:offsets[i + 1] - base], at, page, page_text
 
 
 def _preview(row: tuple) -> dict[str, Any]:
-    doc_id, source_uri, _, vectors, _ = row
+    doc_id, source_uri, _, vectors = row[:4]
     return {"doc_id": doc_id, "n_vectors": int(len(vectors)), "norm_first": round(float(np.linalg.norm(vectors[0])), 4),
             "source_uri": source_uri}

@@ -12,7 +12,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from .client import DEFAULT_MODEL, DEFAULT_URL, InfinityEmbeddings
-from .documents import DocumentStore
+from .documents import DocumentStore, PdfSettings
 
 #: Environment variables read by :class:`InfinityResource` when its config leaves a field unset.
 INFINITY_ENV = {
@@ -127,9 +127,11 @@ class DocumentStoreResource(dg.ConfigurableResource):
     jsonl_id_field: str = Field(default="id", description="Field of a JSONL line holding the document id.")
     jsonl_text_field: str = Field(default="text", description="Field of a JSONL line holding the text.")
 
-    def get_store(self) -> DocumentStore:
-        """A :class:`DocumentStore` for this configuration (environment variables fill unset fields)."""
+    def get_store(self, pdf: PdfSettings | None = None) -> DocumentStore:
+        """A :class:`DocumentStore` for this configuration (environment variables fill unset fields; ``pdf``
+        defaults to ``INFINITY_PDF_*``)."""
         return DocumentStore(
             self.root or os.environ.get("INFINITY_ASSETS_ROOT") or "./.data",
             endpoint_url=self.endpoint_url, key=self.access_key_id, secret=self.secret_access_key,
-            region=self.region, jsonl_id_field=self.jsonl_id_field, jsonl_text_field=self.jsonl_text_field)
+            region=self.region, jsonl_id_field=self.jsonl_id_field, jsonl_text_field=self.jsonl_text_field,
+            pdf=pdf)

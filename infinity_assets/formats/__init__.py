@@ -11,12 +11,13 @@ import posixpath
 from .base import Document, Format, LineParser
 from .images import MIN_IMAGE_SIDE, ImageFormat
 from .jsonl import JsonlFormat
+from .pdf import PdfFormat, PdfSettings
 from .text import MAX_TEXT_CHARS, TextFormat
 
 #: Every format, by modality.
 FORMATS: dict[str, tuple[type[Format], ...]] = {
     "text": (TextFormat, JsonlFormat),
-    "images": (ImageFormat,),
+    "images": (ImageFormat, PdfFormat),
 }
 #: The extensions of each modality (lower case, with the dot).
 EXTENSIONS = {modality: frozenset().union(*(f.extensions for f in formats)) for modality, formats in FORMATS.items()}
@@ -29,4 +30,4 @@ def format_class(modality: str, key: str) -> type[Format] | None:
 
 
 __all__ = ["EXTENSIONS", "FORMATS", "MAX_TEXT_CHARS", "MIN_IMAGE_SIDE", "Document", "Format", "LineParser",
-           "format_class"]
+           "PdfSettings", "format_class"]

@@ -1,0 +1,198 @@
+"""PDFs on SeaweedFS, embedded page by page through the real Infinity server (colpali-tiny and colqwen2-tiny).
+
+The PDFs are made here: fpdf2 (pages with a text layer, encryption) and Pillow (image-only pages, odd sizes).
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pypdfium2 as pdfium
+import pytest
+from fpdf import FPDF
+from PIL import Image
+
+from infinity_assets import InfinityEmbeddings, artifacts
+from infinity_assets.pipeline import embed_partition
+
+MAX_SIDE, DPI = 1024, 144.0  # PdfSettings' defaults
+
+
+def text_pdf(pages: int, title: str = "report", password: str | None = None) -> bytes:
+    """A PDF of ``pages`` letter pages, each with a heading and a line of text (a real text layer)."""
+    pdf = FPDF(format="letter")
+    pdf.set_font("helvetica", size=28)
+    for number in range(1, pages + 1):
+        pdf.add_page()
+        pdf.cell(text=f"{title} page {number}")
+        pdf.ln(20)
+        pdf.rect(20 + 10 * number, 60, 80, 40 + 20 * number, style="F")  # something to see on each page
+    if password:
+        pdf.set_encryption(owner_password="owner", user_password=password)
+    return bytes(pdf.output())
+
+
+def image_pdf(size_pixels: tuple[int, int], resolution: float) -> bytes:
+    """A one-page PDF holding one image; its page size is ``size_pixels / resolution`` inches."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size_pixels, (40, 90, 160)).save(buffer, format="PDF", resolution=resolution)
+    return buffer.getvalue()
+
+
+def rendered_pages(data: bytes) -> list[bytes]:
+    """Each page rendered as the format renders it (dpi 144, longest side <= 1024 px), as PNG bytes."""
+    document = pdfium.PdfDocument(data)
+    pages = []
+    for page in document:
+        width, height = page.get_size()
+        image = page.render(scale=min(DPI / 72, MAX_SIDE / max(width, height))).to_pil().convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        pages.append(buffer.getvalue())
+    return pages
+
+
+@pytest.mark.parametrize("model", ["colpali-tiny", "colqwen2-tiny"])
+def test_every_page_of_a_pdf_is_a_row_equal_to_the_page_sent_as_an_image(model, infinity_server, seaweedfs,
+                                                                         s3_bucket):
+    report_pdf, memo_pdf = text_pdf(3, "report"), text_pdf(2, "memo")
+    fs = seaweedfs.filesystem()
+    fs.pipe({f"{s3_bucket}/raw/images/b/report.pdf": report_pdf, f"{s3_bucket}/raw/images/b/sub/memo.pdf": memo_pdf,
+             f"{s3_bucket}/raw/images/b/photo.png": rendered_pages(memo_pdf)[0]})
+    store = _store(seaweedfs, s3_bucket)
+    with InfinityEmbeddings(url=infinity_server.url, model_name=model, hidden_dim=128) as client:
+        report = embed_partition(store, client, "images", "b")
+        expected = {f"report.pdf#page={n}": page for n, page in enumerate(rendered_pages(report_pdf), 1)}
+        expected |= {f"sub/memo.pdf#page={n}": page for n, page in enumerate(rendered_pages(memo_pdf), 1)}
+        direct = dict(zip(expected, client.embed_images(list(expected.values()))))
+    assert report.failed == 0 and report.embedded == 6
+    artifact = artifacts.read_artifact(store.fs, store.artifact_path("images", "b"))
+    rows = {doc_id: i for i, doc_id in enumerate(artifact.doc_ids)}
+    assert set(rows) == set(expected) | {"photo.png"}
+    pages = artifact.table.column("page").to_pylist()
+    texts = artifact.table.column("page_text").to_pylist()
+    for doc_id, vectors in direct.items():
+        i = rows[doc_id]
+        np.testing.assert_allclose(artifact.vectors_of(i), vectors, rtol=1e-4, atol=1e-5)
+        assert pages[i] == int(doc_id.rsplit("=", 1)[1])
+        assert texts[i] == f"{'report' if doc_id.startswith('report') else 'memo'} page {pages[i]}"
+        assert artifact.source_uris[i].endswith(doc_id.split("#")[0])
+    assert pages[rows["photo.png"]] is None and texts[rows["photo.png"]] is None
+
+
+def test_colqwen2_vector_count_follows_the_render_size(infinity_server, tmp_path):
+    """ColQwen2 has dynamic resolution: a smaller max_side means fewer vectors per page."""
+    from infinity_assets.documents import DocumentStore, PdfSettings
+
+    (tmp_path / "raw" / "images" / "b").mkdir(parents=True)
+    (tmp_path / "raw" / "images" / "b" / "a.pdf").write_bytes(text_pdf(1))
+    counts = {}
+    with InfinityEmbeddings(url=infinity_server.url, model_name="colqwen2-tiny", hidden_dim=128) as client:
+        for side in (256, 1024):
+            store = DocumentStore(str(tmp_path), pdf=PdfSettings(max_side=side))
+            embed_partition(store, client, "images", "b")
+            counts[side] = int(artifacts.read_artifact(store.fs, store.artifact_path("images", "b")).n_vectors[0])
+            (tmp_path / "embeddings" / "images" / "b.parquet").unlink()
+    assert counts[256] < counts[1024]
+
+
+def test_bad_pdfs_are_named_failures_and_the_good_ones_are_embedded(infinity_server, seaweedfs, s3_bucket):
+    good = text_pdf(2)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("report.txt", "not a pdf")
+    bad = {
+        "encrypted.pdf": text_pdf(2, password="secret"),
+        "truncated.pdf": good[: len(good) // 3],
+        "corrupt.pdf": b"%PDF-1.7\n" + bytes(range(256)) * 20,
+        "zip-renamed.pdf": archive.getvalue(),
+        "empty.pdf": b"",
+    }
+    huge_page = image_pdf((200, 200), resolution=1.0)  # 200 x 200 inches: rendered at 1024 x 1024, no more
+    fs = seaweedfs.filesystem()
+    fs.pipe({f"{s3_bucket}/raw/images/b/{name}": data for name, data in
+             {**bad, "good.pdf": good, "huge-page.pdf": huge_page}.items()})
+    store = _store(seaweedfs, s3_bucket, max_pages=50)
+    fs.pipe({f"{s3_bucket}/raw/images/b/too-long.pdf": text_pdf(51)})
+    with InfinityEmbeddings(url=infinity_server.url, model_name="colpali-tiny", hidden_dim=128) as client:
+        report = embed_partition(store, client, "images", "b")
+        assert client.health()  # the real server is still healthy
+    reasons = dict(report.failures)
+    assert set(reasons) == {*bad, "too-long.pdf"}
+    assert "encrypted with a password" in reasons["encrypted.pdf"]
+    assert "corrupt or truncated" in reasons["truncated.pdf"] and "corrupt or truncated" in reasons["corrupt.pdf"]
+    assert "ZIP archive" in reasons["zip-renamed.pdf"]
+    assert "empty file" in reasons["empty.pdf"]
+    assert "51 pages is over max_pages_per_document=50" in reasons["too-long.pdf"]
+    artifact = artifacts.read_artifact(store.fs, store.artifact_path("images", "b"))
+    assert sorted(artifact.doc_ids) == ["good.pdf#page=1", "good.pdf#page=2", "huge-page.pdf#page=1"]
+    sidecar = artifacts.read_failures(store.fs, store.artifact_path("images", "b"))
+    assert {f["doc_id"] for f in sidecar["failures"]} == set(reasons)
+
+
+def test_an_unchanged_pdf_is_reused_whole_and_a_changed_one_re_embedded_whole(infinity_server, tmp_path):
+    from infinity_assets.documents import DocumentStore
+
+    batch = tmp_path / "raw" / "images" / "b"
+    batch.mkdir(parents=True)
+    (batch / "a.pdf").write_bytes(text_pdf(3, "first"))
+    (batch / "b.pdf").write_bytes(text_pdf(2, "second"))
+    store = DocumentStore(str(tmp_path))
+    with InfinityEmbeddings(url=infinity_server.url, model_name="colpali-tiny", hidden_dim=128) as client:
+        first = embed_partition(store, client, "images", "b")
+        again = embed_partition(store, client, "images", "b")
+        (batch / "b.pdf").write_bytes(text_pdf(4, "second, revised"))
+        changed = embed_partition(store, client, "images", "b")
+    assert (first.embedded, first.reused) == (5, 0)
+    assert (again.embedded, again.reused) == (0, 5)
+    assert (changed.embedded, changed.reused) == (4, 3)
+    artifact = artifacts.read_artifact(store.fs, store.artifact_path("images", "b"))
+    texts = dict(zip(artifact.doc_ids, artifact.table.column("page_text").to_pylist()))
+    assert texts["a.pdf#page=3"] == "first page 3" and texts["b.pdf#page=4"] == "second, revised page 4"
+    assert artifacts.check_schema(store.fs, store.artifact_path("images", "b"), 128).passed
+
+
+def _store(seaweedfs, bucket: str, **pdf: object):
+    from infinity_assets.documents import DocumentStore, PdfSettings
+
+    return DocumentStore(f"s3://{bucket}", pdf=PdfSettings(**pdf), **seaweedfs.storage_options())
+
+
+@pytest.mark.parametrize("renderer, reason", [
+    ("crash", "the PDF renderer crashed on page 2 (exit code 3)"),
+    ("hang", "rendering page 2 took longer than 1 s"),
+])
+def test_a_renderer_that_crashes_or_hangs_fails_only_its_pdf(renderer, reason, infinity_server, tmp_path,
+                                                             monkeypatch):
+    """Workers are forked, so a patched page renderer behaves like PDFium crashing or hanging on a hostile page."""
+    import os
+    import time
+
+    from infinity_assets.documents import DocumentStore, PdfSettings
+    from infinity_assets.formats import pdf as pdf_format
+
+    real_render = pdf_format._render_page
+
+    def hostile(document, number, settings):
+        if len(document) == 3 and number == 1:  # page 2 of hostile.pdf
+            if renderer == "crash":
+                os._exit(3)
+            time.sleep(60)
+        return real_render(document, number, settings)
+
+    monkeypatch.setattr(pdf_format, "_render_page", hostile)
+    batch = tmp_path / "raw" / "images" / "b"
+    batch.mkdir(parents=True)
+    (batch / "hostile.pdf").write_bytes(text_pdf(3))
+    (batch / "fine.pdf").write_bytes(text_pdf(2))
+    store = DocumentStore(str(tmp_path), pdf=PdfSettings(page_timeout=1.0, workers=1))
+    started = time.monotonic()
+    with InfinityEmbeddings(url=infinity_server.url, model_name="colpali-tiny", hidden_dim=128) as client:
+        report = embed_partition(store, client, "images", "b")
+    assert time.monotonic() - started < 30
+    reasons = dict(report.failures)
+    assert reason in reasons["hostile.pdf#page=2"]
+    assert "the pages after page 2 (up to 3) were not rendered" in reasons["hostile.pdf"]
+    artifact = artifacts.read_artifact(store.fs, store.artifact_path("images", "b"))
+    assert sorted(artifact.doc_ids) == ["fine.pdf#page=1", "fine.pdf#page=2", "hostile.pdf#page=1"]
