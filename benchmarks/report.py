@@ -90,6 +90,10 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{s['peak_rss_mb']:,.0f} | {s['run_requests']} | {s['new_partitions']} | {s['cursor_bytes']} |", ""]
     if "sweep" in results:
         lines += ["Throughput against concurrency: `throughput.png` (data in `results.json`, key `sweep`).", ""]
+    if "pdf" in results:
+        from . import pdf_pages
+
+        lines += pdf_pages.markdown(results["pdf"])
     if "index" in results:
         from . import index_search
 

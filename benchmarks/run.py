@@ -3,7 +3,8 @@
 Sections (``--only`` picks some): ``throughput`` (fake server, both shapes, all clients side by side),
 ``sweep`` (throughput against concurrency, the plot), ``decoding``, ``real`` (real CPU Infinity server),
 ``partition`` (end-to-end materialization), ``memory`` (2,000-image partition) and ``sensor`` (one tick over
-100,000 SeaweedFS objects), ``index`` (LanceDB search and sync, ``index_search.py``). Results go to ``benchmarks/results/`` after each section.
+100,000 SeaweedFS objects), ``index`` (LanceDB search and sync, ``index_search.py``), ``pdf`` (render cost per page, peak RSS of a
+1,000-page PDF, ``pdf_pages.py``). Results go to ``benchmarks/results/`` after each section.
 """
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make the repo importable
 
 
-from benchmarks import decoding, index_search, partition, real_server, report, sensor_tick  # noqa: E402
+from benchmarks import decoding, index_search, partition, pdf_pages, real_server, report, sensor_tick  # noqa: E402
 from benchmarks.baselines import ensure_official_client  # noqa: E402
 from benchmarks.fake_server import MODEL, SHAPES, FakeServerProcess  # noqa: E402
 from benchmarks.workloads import CLIENTS, make_images, make_texts, run_client  # noqa: E402
 
-SECTIONS = ("throughput", "sweep", "decoding", "real", "partition", "memory", "sensor", "index")
+SECTIONS = ("throughput", "sweep", "decoding", "real", "partition", "memory", "sensor", "index", "pdf")
 #: (shape, modality, items): sized so the slowest client (the seed's) takes a few seconds per repetition.
 THROUGHPUT_CASES = (("latency", "text", 1600), ("latency", "image", 800), ("bandwidth", "image", 400))
 SWEEP_CASES = (("latency", "text"), ("bandwidth", "image"))
@@ -113,6 +114,10 @@ def main() -> int:
             results["sensor"] = sensor_tick.run()
         elif section == "index":
             results["index"] = index_search.run(scale)
+        elif section == "pdf":
+            with FakeServerProcess.shape("bandwidth") as server:
+                results["pdf"] = {"render": pdf_pages.render(max(50, int(200 * scale))),
+                                  "memory": pdf_pages.peak_rss(server.url, max(250, int(1000 * scale)))}
         report.write(results)
     results["total_seconds"] = time.monotonic() - started
     print(report.write(results))
