@@ -105,6 +105,8 @@ def _metadata(report: PartitionReport) -> dict[str, object]:
         "seconds": round(report.seconds, 2),
         "requests": report.requests,
         "retries": report.retries,
+        **({"failovers": report.failovers, "requests_by_replica": dg.MetadataValue.json(report.replicas)}
+           if report.replicas else {}),
         "preview": dg.MetadataValue.table(
             records=[dg.TableRecord(row) for row in report.preview],
             schema=dg.TableSchema(columns=[dg.TableColumn("doc_id", "string"), dg.TableColumn("n_vectors", "int"),

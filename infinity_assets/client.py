@@ -36,6 +36,7 @@ from .errors import (
     InfinityTimeoutError,
     InvalidInputError,
 )
+from .replicas import Replica, ReplicaSet, parse_urls, redact
 from .transport import async_transport, sync_transport, tls_context
 from .wire import Encoding, ImageInput, Modality
 
@@ -50,12 +51,14 @@ _T = TypeVar("_T")
 
 @dataclass
 class ClientStats:
-    """What a client did: HTTP responses received, retries, inputs embedded and inputs failed."""
+    """What a client did: HTTP responses received, retries, inputs embedded and inputs failed, and requests
+    sent again at once to another replica after one failed (``failovers``)."""
 
     requests: int = 0
     retries: int = 0
     embedded: int = 0
     failed: int = 0
+    failovers: int = 0
 
 
 class InfinityEmbeddings:
@@ -71,7 +74,11 @@ class InfinityEmbeddings:
             query = emb.embed_query("What is RAG?")            # (n_tokens, 128)
             pages = emb.embed_images_batch(["p1.png", "p2.png"], show_progress=True)
 
-    ``url`` defaults to ``$INFINITY_API_URL``, else ``http://localhost:7997``. ``hidden_dim=None`` detects the
+    ``url`` defaults to ``$INFINITY_API_URL``, else ``http://localhost:7997``; several comma-separated URLs (or
+    a list) make a fleet: requests go to the replica with the fewest in flight, a replica failing with
+    connection errors, timeouts or 5xx is out of rotation for a cool-down (:mod:`infinity_assets.replicas`) and
+    the request is sent again at once to another one; each replica must serve ``model_name`` (checked with
+    ``GET /models`` on first use). ``hidden_dim=None`` detects the
     size once from a float-encoded request; with base64 and a set ``hidden_dim`` that request is made once too
     (``verify_hidden_dim``), because a 384-d payload also splits evenly into 128-d rows. ``api_key`` is sent
     as ``Authorization: Bearer`` and never shown. ``transport`` replaces the network (tests, proxies).
@@ -80,7 +87,7 @@ class InfinityEmbeddings:
     def __init__(
         self,
         *,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         model_name: str = DEFAULT_MODEL,
         encoding: Encoding = "base64",
         hidden_dim: int | None = 128,
@@ -98,7 +105,10 @@ class InfinityEmbeddings:
             raise ValueError(f"hidden_dim must be a positive integer or None, got {hidden_dim!r}")
         if embed_batch_size < 1 or max_concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise ValueError("embed_batch_size and max_concurrency must be >= 1, max_retries >= 0, timeout > 0")
-        self.url = (url or os.environ.get("INFINITY_API_URL") or DEFAULT_URL).rstrip("/")
+        self.urls = parse_urls(url or os.environ.get("INFINITY_API_URL") or DEFAULT_URL)
+        self.url = ",".join(self.urls)
+        self.replicas = ReplicaSet(self.urls)
+        self._verified: set[str] = set()  # replicas whose model was checked (fleets only)
         self.model_name = model_name
         self.encoding: Encoding = encoding
         self.hidden_dim = hidden_dim
@@ -125,7 +135,7 @@ class InfinityEmbeddings:
 
     def __repr__(self) -> str:
         auth = ", api_key=***" if "Authorization" in self._headers else ""
-        return (f"InfinityEmbeddings(url={self.url!r}, model_name={self.model_name!r}, encoding={self.encoding!r}, "
+        return (f"InfinityEmbeddings(url={','.join(map(redact, self.urls))!r}, model_name={self.model_name!r}, encoding={self.encoding!r}, "
                 f"hidden_dim={self.hidden_dim!r}{auth})")
 
     # ---------------------------------------------------------------- sync API
@@ -259,7 +269,10 @@ class InfinityEmbeddings:
 
     async def ahealth(self) -> dict[str, Any]:
         """Async :meth:`health`."""
-        return await self._aretrying_call(lambda: self._aget("/health"))
+        async def attempt() -> dict[str, Any]:
+            return await self._aget("/health")
+
+        return await self._aretrying_call(attempt)
 
     async def aclose(self) -> None:
         """Close the async connection pool (and the sync one)."""
@@ -316,7 +329,8 @@ class InfinityEmbeddings:
         logger.warning("Infinity request failed (%s); retry %d of %d in %.2fs",
                        exc, state.attempt_number, self.max_retries, wait)
 
-    def _raise_for_status(self, response: httpx.Response, what: str, content: bytes | None = None) -> bytes:
+    def _raise_for_status(self, response: httpx.Response, what: str, content: bytes | None = None,
+                          url: str | None = None) -> bytes:
         """The body of a 200 response (``content`` if it was read apart); other statuses raise."""
         with self._stats_lock:
             self.stats.requests += 1
@@ -329,7 +343,7 @@ class InfinityEmbeddings:
         text = response.text[:300] if payload is None else ""
         message = wire.server_message(payload, text or response.reason_phrase)
         status = response.status_code
-        where = f"{what} at {self.url} (model {self.model_name!r})"
+        where = f"{what} at {redact(url or self.url)} (model {self.model_name!r})"
         if status in (401, 403):
             raise InfinityAuthenticationError(
                 f"the Infinity server rejected the API key (HTTP {status}) for {where}: {message}; "
@@ -348,17 +362,18 @@ class InfinityEmbeddings:
         raise InfinityStatusError(f"unexpected HTTP {status} from {where}: {message}",
                                   status_code=status, server_message=message)
 
-    def _transport_error(self, exc: httpx.HTTPError) -> InfinityError:
+    def _transport_error(self, exc: httpx.HTTPError, url: str | None = None) -> InfinityError:
+        url = redact(url or self.url)
         if isinstance(exc, httpx.TimeoutException):
             return InfinityTimeoutError(
-                f"no answer from the Infinity server at {self.url} within {self.timeout:g}s "
+                f"no answer from the Infinity server at {url} within {self.timeout:g}s "
                 f"({type(exc).__name__}); raise timeout or lower embed_batch_size")
         if isinstance(exc, httpx.ConnectError):
             return InfinityConnectionError(
-                f"cannot reach the Infinity server at {self.url} ({exc}); check that it is running and that "
+                f"cannot reach the Infinity server at {url} ({exc}); check that it is running and that "
                 "url / INFINITY_API_URL points at it")
         return InfinityConnectionError(
-            f"the connection to the Infinity server at {self.url} broke mid-request ({type(exc).__name__}: {exc}); "
+            f"the connection to the Infinity server at {url} broke mid-request ({type(exc).__name__}: {exc}); "
             "check the server's health and any proxy in between")
 
     def _decoder(self, count: int) -> Callable[[bytes], list[np.ndarray]]:
@@ -409,7 +424,7 @@ class InfinityEmbeddings:
 
     def _http_options(self) -> dict[str, Any]:
         """The options of the sync and async httpx clients (``transport`` aside)."""
-        return dict(base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+        return dict(timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
                     limits=httpx.Limits(max_connections=self.max_concurrency,
                                         max_keepalive_connections=self.max_concurrency),
                     headers=self._headers, verify=tls_context())
@@ -434,12 +449,61 @@ class InfinityEmbeddings:
     def _retrying_call(self, attempt: Callable[[], Any]) -> Any:
         return tenacity.Retrying(sleep=self._sleep, **self._retry_options())(attempt)
 
-    def _get(self, path: str) -> Any:
+    def _get(self, path: str, replica: Replica | None = None) -> Any:
+        """GET ``path`` from ``replica`` (default: the next one in rotation), not retried."""
+        return self._on_replica(lambda r: self._get_from(r.url, path), replica)
+
+    def _get_from(self, url: str, path: str) -> Any:
         try:
-            response = self._client().get(path)
+            response = self._client().get(f"{url}{path}")
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
-        return self._parse_json(self._raise_for_status(response, f"GET {path}"))
+            raise self._transport_error(exc, url) from None
+        return self._parse_json(self._raise_for_status(response, f"GET {path}", url=url))
+
+    def _on_replica(self, call: Callable[[Replica], _T], replica: Replica | None = None) -> _T:
+        """``call(replica)`` on the next replica in rotation; if it fails in a way another replica may not
+        (connection, timeout, 5xx), again at once on the next healthy one. Raises the last error when none is
+        left (the caller's retries then wait and try again, cooled-down replicas included)."""
+        tried: set[str] = set()
+        while True:
+            current = replica or self.replicas.acquire(tried)
+            assert current is not None
+            try:
+                if replica is None:
+                    self._verify_replica(current)
+                result = call(current)
+            except InfinityError as exc:
+                self.replicas.release(current, failed=exc.retryable)
+                tried.add(current.url)
+                if replica is None and self._fail_over(exc, current, tried):
+                    continue
+                raise
+            self.replicas.release(current)
+            return result
+
+    def _fail_over(self, exc: InfinityError, replica: Replica, tried: set[str]) -> bool:
+        """Whether to send a failed request again at once to another replica (and count it)."""
+        if not exc.retryable or not self.replicas.healthy_count(tried):
+            return False
+        with self._stats_lock:
+            self.stats.failovers += 1
+        logger.warning("Infinity replica %s failed (%s); sending the request to another replica",
+                       redact(replica.url), exc)
+        return True
+
+    def _verify_replica(self, replica: Replica) -> None:
+        """In a fleet, the first use of each replica checks that it serves ``model_name``."""
+        if len(self.replicas) == 1 or replica.url in self._verified:
+            return
+        self._check_served(replica, self._get_from(replica.url, "/models"))
+
+    def _check_served(self, replica: Replica, payload: Any) -> None:
+        served = [str(item.get("id")) for item in payload.get("data", [])]
+        if self.model_name not in served:
+            raise InfinityResponseError(
+                f"the Infinity replica {redact(replica.url)} serves {served}, not {self.model_name!r}: every URL "
+                "in url / INFINITY_API_URL must serve the same model (and hidden_dim); fix or remove that replica")
+        self._verified.add(replica.url)
 
     def _post_embeddings(self, inputs: list[str], modality: Modality, encoding: Encoding,
                          parse: Callable[[bytes], _T]) -> _T:
@@ -450,15 +514,16 @@ class InfinityEmbeddings:
         collector runs, and a multi-megabyte body kept in one would live that long too."""
         body = wire.request_body(self.model_name, inputs, modality, encoding)
 
-        def attempt() -> _T:
+        def send(replica: Replica) -> _T:
             try:
-                with self._slots, self._client().stream("POST", "/embeddings", content=body) as response:
+                with self._slots, self._client().stream("POST", f"{replica.url}/embeddings",
+                                                        content=body) as response:
                     content = b"".join(response.iter_bytes()) if response.status_code == 200 else response.read()
             except httpx.HTTPError as exc:
-                raise self._transport_error(exc) from None
-            return parse(self._raise_for_status(response, "POST /embeddings", content))
+                raise self._transport_error(exc, replica.url) from None
+            return parse(self._raise_for_status(response, "POST /embeddings", content, replica.url))
 
-        return self._retrying_call(attempt)
+        return self._retrying_call(lambda: self._on_replica(send))
 
     def _ensure_dim(self) -> None:
         if self._needs_probe():
@@ -537,26 +602,55 @@ class InfinityEmbeddings:
         return await tenacity.AsyncRetrying(sleep=self._asleep, **self._retry_options())(attempt)
 
     async def _aget(self, path: str) -> Any:
+        return await self._aon_replica(lambda replica: self._aget_from(replica.url, path))
+
+    async def _aget_from(self, url: str, path: str) -> Any:
         try:
-            response = await self._astate().http.get(path)
+            response = await self._astate().http.get(f"{url}{path}")
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
-        return self._parse_json(self._raise_for_status(response, f"GET {path}"))
+            raise self._transport_error(exc, url) from None
+        return self._parse_json(self._raise_for_status(response, f"GET {path}", url=url))
+
+    async def _aon_replica(self, call: Callable[[Replica], Any]) -> Any:
+        """The async twin of :meth:`_on_replica`."""
+        tried: set[str] = set()
+        while True:
+            replica = self.replicas.acquire(tried)
+            assert replica is not None
+            try:
+                await self._averify_replica(replica)
+                result = await call(replica)
+            except InfinityError as exc:
+                self.replicas.release(replica, failed=exc.retryable)
+                tried.add(replica.url)
+                if self._fail_over(exc, replica, tried):
+                    continue
+                raise
+            self.replicas.release(replica)
+            return result
+
+    async def _averify_replica(self, replica: Replica) -> None:
+        if len(self.replicas) > 1 and replica.url not in self._verified:
+            served = await self._aget_from(replica.url, "/models")
+            self._check_served(replica, served)
 
     async def _apost_embeddings(self, inputs: list[str], modality: Modality, encoding: Encoding,
                                 parse: Callable[[bytes], _T]) -> _T:
         body = wire.request_body(self.model_name, inputs, modality, encoding)
 
-        async def attempt() -> _T:
+        async def send(replica: Replica) -> _T:
             state = self._astate()
             async with state.semaphore:
                 try:
-                    async with state.http.stream("POST", "/embeddings", content=body) as response:
+                    async with state.http.stream("POST", f"{replica.url}/embeddings", content=body) as response:
                         content = (b"".join([c async for c in response.aiter_bytes()])
                                    if response.status_code == 200 else await response.aread())
                 except httpx.HTTPError as exc:
-                    raise self._transport_error(exc) from None
-            return parse(self._raise_for_status(response, "POST /embeddings", content))
+                    raise self._transport_error(exc, replica.url) from None
+            return parse(self._raise_for_status(response, "POST /embeddings", content, replica.url))
+
+        async def attempt() -> _T:  # a coroutine function: tenacity awaits only those
+            return await self._aon_replica(send)
 
         return await self._aretrying_call(attempt)
 

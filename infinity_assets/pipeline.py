@@ -51,6 +51,8 @@ class PartitionReport:
     seconds: float = 0.0
     requests: int = 0
     retries: int = 0
+    failovers: int = 0
+    replicas: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)
     skipped_keys: list[str] = field(default_factory=list)
     preview: list[dict[str, Any]] = field(default_factory=list)
@@ -83,7 +85,7 @@ def embed_partition(
     nothing; the previous artifact stays intact.
     """
     started = time.monotonic()
-    stats_before = (client.stats.requests, client.stats.retries)
+    stats_before = (client.stats.requests, client.stats.retries, client.stats.failovers)
     listing = store.list_sources(modality, partition)
     path = store.artifact_path(modality, partition)
     configured_dim = client.hidden_dim  # before any detection: the schedule computes versions with it too
@@ -166,6 +168,8 @@ def embed_partition(
     report.artifact_bytes = writer.bytes_written
     report.requests = client.stats.requests - stats_before[0]
     report.retries = client.stats.retries - stats_before[1]
+    report.failovers = client.stats.failovers - stats_before[2]
+    report.replicas = client.replicas.stats() if len(client.replicas) > 1 else {}
     return report
 
 

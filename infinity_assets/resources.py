@@ -44,7 +44,8 @@ class InfinityResource(dg.ConfigurableResource):
     In an asset: ``client = infinity.get_client()`` returns the :class:`InfinityEmbeddings` built for this run.
     """
 
-    url: str | None = Field(default=None, description="Server URL; default $INFINITY_API_URL, else http://localhost:7997.")
+    url: str | None = Field(default=None, description="Server URL, or several comma-separated (a fleet of replicas "
+                            "serving the same model); default $INFINITY_API_URL, else http://localhost:7997.")
     model_name: str | None = Field(default=None, description="Served model name; default $INFINITY_MODEL.")
     encoding: str | None = Field(default=None, description="'base64' (fast, default) or 'float'.")
     hidden_dim: int | None = Field(
