@@ -140,10 +140,18 @@ def test_the_dockerfile_wheel_step_builds_the_package(tmp_path):
     import sys
     import zipfile
 
-    assert "RUN pip wheel --no-deps --wheel-dir /wheels ." in (REPO / "deploy" / "Dockerfile").read_text()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", tmp_path, REPO],
-                   check=True, capture_output=True, timeout=300)
-    wheel = next(tmp_path.glob("infinity_assets-*.whl"))
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    assert "RUN pip wheel --no-deps --wheel-dir /wheels ." in dockerfile
+    assert "COPY pyproject.toml setup.cfg README.md ./" in dockerfile and "COPY infinity_assets " in dockerfile
+    source = tmp_path / "src"  # what the Dockerfile copies (setuptools writes build/ beside the sources)
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.cfg", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "infinity_assets", source / "infinity_assets",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", tmp_path / "wheels",
+                    source], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "wheels").glob("infinity_assets-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "infinity_assets/definitions.py" in names and "infinity_assets/formats/pdf.py" in names
     assert not any(name.startswith("infinity_assets_tests/") for name in names)
