@@ -90,6 +90,10 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{s['peak_rss_mb']:,.0f} | {s['run_requests']} | {s['new_partitions']} | {s['cursor_bytes']} |", ""]
     if "sweep" in results:
         lines += ["Throughput against concurrency: `throughput.png` (data in `results.json`, key `sweep`).", ""]
+    if "dagster" in results:
+        from . import dagster_scale
+
+        lines += dagster_scale.markdown(results["dagster"])
     if "pdf" in results:
         from . import pdf_pages
 
