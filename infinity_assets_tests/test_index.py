@@ -222,16 +222,13 @@ def test_maintenance_builds_the_ann_index_past_the_threshold_and_keeps_it_curren
 
 
 def test_page_columns_are_indexed_when_the_artifact_has_them(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     store = store_root_local(tmp_path)
-    write_artifact(store, "scans", ["r.pdf#1", "r.pdf#2"], modality="images")
-    path = store.artifact_path("images", "scans")
-    table = pq.read_table(path)
-    table = table.append_column(pa.field("page", pa.int32()), pa.array([1, 2], pa.int32())).append_column(
-        pa.field("page_text", pa.string()), pa.array(["Quarterly report", None], pa.string()))
-    pq.write_table(table, path)  # the schema metadata (model, partition) travels with the table
+    store.ensure_artifact_dir("images")
+    with ArtifactWriter(store.fs, store.artifact_path("images", "scans"), hidden_dim=DIM,
+                        metadata={"model": "m", "partition": "scans"}) as writer:
+        for page, text in ((1, "Quarterly report"), (2, None)):
+            writer.write(f"r.pdf#{page}", store.uri_for("raw/images/scans/r.pdf"), "fp-r",
+                         RNG.standard_normal((3, DIM)).astype(np.float32), page=page, page_text=text)
     index.sync_index(store, "images")
     rows = index.open_table(store, "images").to_lance().to_table(columns=["doc_id", "page", "page_text"])
     assert sorted(rows.to_pylist(), key=lambda r: r["doc_id"]) == [

@@ -23,6 +23,7 @@ import io
 import multiprocessing
 import multiprocessing.connection
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -108,7 +109,10 @@ def _render_pages(source: SourceObject, data: bytes, settings: PdfSettings) -> I
             receiver, sender = context.Pipe(duplex=False)
             process = context.Process(target=_render_worker, args=(sender, data, settings, index, count),
                                       daemon=True, name=f"pdf-render-{index}")
-            process.start()
+            with warnings.catch_warnings():
+                # LanceDB (the index, in the same code location) warns at every fork; a worker never uses it.
+                warnings.filterwarnings("ignore", message="lance is not fork-safe")
+                process.start()
             sender.close()
             workers.append((process, receiver))
         header = _receive(workers[0], settings.page_timeout, "opening the file")
