@@ -169,7 +169,10 @@ def _context() -> Any:
     fork server run it again, which scripts, Dagster's CLI and pytest do not expect). A worker only renders and
     writes to its pipe; if it ever hung on a lock inherited from the parent's threads, the page timeout ends it
     like any other hang."""
-    import pypdfium2  # noqa: F401 -- loaded before forking, so no worker imports it while holding a lock
+    # Everything a worker uses is imported before forking: a worker never takes the import lock, which another
+    # thread of this process might hold at the instant of the fork.
+    import pypdfium2  # noqa: F401
+    from PIL import Image, PngImagePlugin  # noqa: F401
 
     return multiprocessing.get_context("fork")
 
