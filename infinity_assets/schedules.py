@@ -28,6 +28,8 @@ INFINITY_KEY_BY_MODALITY = {"text": "infinity", "images": "infinity_images"}
 #: The tag Dagster stores a materialization's data version under (indexed per partition by the event log).
 DATA_VERSION_TAG = "dagster/data_version"
 PARTITION_TAG = "dagster/partition"
+#: The tags of a backfill run that embeds a range of batches (first and last, in the partitions' order).
+RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 #: Tag on each requested run: the data version the run is expected to produce.
 EXPECTED_DATA_VERSION_TAG = "infinity_assets/expected_data_version"
 _ACTIVE_RUN_STATUSES = [
@@ -79,10 +81,24 @@ def materialized_data_versions(
     return versions
 
 
-def partitions_in_progress(instance: dg.DagsterInstance, job_name: str) -> set[str]:
-    """The partitions of ``job_name`` with a queued or running run (requesting them again would double work)."""
-    records = instance.get_run_records(dg.RunsFilter(job_name=job_name, statuses=_ACTIVE_RUN_STATUSES))
-    return {r.dagster_run.tags[PARTITION_TAG] for r in records if PARTITION_TAG in r.dagster_run.tags}
+def partitions_in_progress(instance: dg.DagsterInstance, job_name: str, asset_key: dg.AssetKey,
+                           partitions_name: str) -> set[str]:
+    """The batches with a queued or running run of ``job_name`` or of a backfill of ``asset_key`` (one batch,
+    or a range of them): requesting them again would double work."""
+    busy: set[str] = set()
+    ordered: list[str] | None = None
+    for record in instance.get_run_records(dg.RunsFilter(statuses=_ACTIVE_RUN_STATUSES)):
+        run = record.dagster_run
+        if run.job_name != job_name and asset_key not in (run.asset_selection or ()):
+            continue
+        tags = run.tags
+        if PARTITION_TAG in tags:
+            busy.add(tags[PARTITION_TAG])
+        elif RANGE_START_TAG in tags and RANGE_END_TAG in tags:  # a backfill run's range of batches
+            ordered = ordered if ordered is not None else list(instance.get_dynamic_partitions(partitions_name))
+            if tags[RANGE_START_TAG] in ordered and tags[RANGE_END_TAG] in ordered:
+                busy.update(ordered[ordered.index(tags[RANGE_START_TAG]):ordered.index(tags[RANGE_END_TAG]) + 1])
+    return busy
 
 
 def stale_partitions(context: dg.ScheduleEvaluationContext, modality: str) -> list[tuple[str, str]]:
@@ -96,7 +112,8 @@ def stale_partitions(context: dg.ScheduleEvaluationContext, modality: str) -> li
     materialized = materialized_data_versions(
         context.instance, dg.AssetKey(ASSET_BY_MODALITY[modality]), current
     )
-    busy = partitions_in_progress(context.instance, JOBS_BY_MODALITY[modality].name)
+    busy = partitions_in_progress(context.instance, JOBS_BY_MODALITY[modality].name,
+                                  dg.AssetKey(ASSET_BY_MODALITY[modality]), PARTITIONS_BY_MODALITY[modality].name)
     return [(p, v) for p, v in sorted(current.items()) if materialized.get(p) != v and p not in busy]
 
 

@@ -115,6 +115,18 @@ def test_a_batch_with_a_run_in_progress_is_not_requested_again(four_batches):
     assert not result.run_requests and result.skip_message
 
 
+def test_a_batch_in_a_running_backfill_range_is_not_requested_again(four_batches):
+    _, instance, resources = four_batches
+    registered = instance.get_dynamic_partitions("text_batches")
+    assert registered.index("changed") < registered.index("never-run")
+    instance.create_run_for_job(  # a backfill run of the asset job over a range that includes never-run
+        defs.resolve_implicit_global_asset_job_def(), asset_selection=frozenset({text_embeddings.key}),
+        tags={"dagster/asset_partition_range_start": "changed", "dagster/asset_partition_range_end": "never-run"},
+        status=dg.DagsterRunStatus.STARTED)
+    result = evaluate(text_incremental_schedule, instance, resources)
+    assert not result.run_requests and result.skip_message
+
+
 def test_a_failed_batch_is_requested_again_on_the_next_tick(four_batches):
     _, instance, resources = four_batches
     first = evaluate(text_incremental_schedule, instance, resources)
