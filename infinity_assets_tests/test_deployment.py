@@ -7,104 +7,78 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
-from pathlib import Path
 
 import dagster as dg
-import httpx
-import pytest
+from dagster._core.execution.backfill import BulkActionStatus
 import yaml
 
 from infinity_assets import artifacts
 from infinity_assets.documents import DocumentStore
 
-from .servers.ports import free_port
-from .servers.postgres import PostgresServer
-from .test_cli import BIN, REPO, clean_env
+from .servers.deployment import Deployment
+from .test_cli import REPO, clean_env
 
 MODEL = "minilm-colbert-128"
 
 
-def wait_for(condition, timeout: float, what: str, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}" for log in logs if log.exists())
-    raise AssertionError(f"{what} did not happen within {timeout:g} s\n{tails}")
+def s3_env(infinity_server, seaweedfs, s3_bucket, **extra: str) -> dict[str, str]:
+    return clean_env(INFINITY_API_URL=infinity_server.url, INFINITY_MODEL=MODEL, INFINITY_ASSETS_ROOT=f"s3://{s3_bucket}",
+                     AWS_ENDPOINT_URL=seaweedfs.endpoint_url, AWS_ACCESS_KEY_ID=seaweedfs.access_key,
+                     AWS_SECRET_ACCESS_KEY=seaweedfs.secret_key, AWS_REGION="us-east-1", **extra)
 
 
-def test_sensor_runs_embed_new_documents_with_production_processes(tmp_path, infinity_server, seaweedfs, s3_bucket,
-                                                                   monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    grpc_port, web_port = free_port(), free_port()
-    workspace = yaml.safe_load((REPO / "deploy" / "workspace.yaml").read_text())
-    workspace["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=grpc_port)
-    (tmp_path / "workspace.yaml").write_text(yaml.safe_dump(workspace))
+def test_sensor_runs_embed_new_documents_with_production_processes(tmp_path, infinity_server, seaweedfs, s3_bucket):
     seaweedfs.filesystem().pipe({f"{s3_bucket}/raw/text/prod-batch/{name}.txt": f"production document {name}".encode()
                                  for name in ("alpha", "beta", "gamma")})
-    with PostgresServer() as postgres:
-        env = clean_env(DAGSTER_HOME=str(home), DAGSTER_PG_HOST="127.0.0.1", DAGSTER_PG_PORT=str(postgres.port),
-                        DAGSTER_PG_USERNAME="postgres", DAGSTER_PG_PASSWORD="", DAGSTER_PG_DB="dagster",
-                        INFINITY_API_URL=infinity_server.url, INFINITY_MODEL=MODEL,
-                        INFINITY_ASSETS_ROOT=f"s3://{s3_bucket}", AWS_ENDPOINT_URL=seaweedfs.endpoint_url,
-                        AWS_ACCESS_KEY_ID=seaweedfs.access_key, AWS_SECRET_ACCESS_KEY=seaweedfs.secret_key,
-                        AWS_REGION="us-east-1")
-        for name, value in env.items():
-            if name.startswith("DAGSTER_PG_"):
-                monkeypatch.setenv(name, value)  # this test reads the same instance
-        for pool, limit in (("infinity", "2"), ("index_writer", "1")):  # the README's first step
-            subprocess.run([BIN / "dagster", "instance", "concurrency", "set", pool, limit], env=env, check=True,
-                           capture_output=True, timeout=120)
-        commands = {
-            "code-server": [BIN / "dagster", "code-server", "start", "-m", "infinity_assets.definitions",
-                            "-h", "127.0.0.1", "-p", str(grpc_port)],
-            "daemon": [BIN / "dagster-daemon", "run", "-w", tmp_path / "workspace.yaml"],
-            "webserver": [BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", str(web_port),
-                          "-w", tmp_path / "workspace.yaml"],
-        }
-        logs = [tmp_path / f"{name}.log" for name in commands]
-        processes = []
-        try:
-            for (name, command), log in zip(commands.items(), logs):
-                with open(log, "wb") as output:
-                    processes.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=output,
-                                                      stderr=subprocess.STDOUT))
-                if name == "code-server":
-                    wait_for(lambda: subprocess.run(
-                        [BIN / "dagster", "api", "grpc-health-check", "-p", str(grpc_port), "-h", "127.0.0.1"],
-                        capture_output=True, timeout=30).returncode == 0, 120, "the code server answering", logs)
+    with Deployment(tmp_path, s3_env(infinity_server, seaweedfs, s3_bucket)) as deployment, \
+            deployment.instance() as instance:
+        def embedded() -> bool:
+            runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": "prod-batch"}))
+            failed = [r for r in runs if r.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
+            assert not failed, f"run {failed[0].run_id} ended {failed[0].status}"
+            return any(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
 
-            with dg.DagsterInstance.from_config(str(home)) as instance:
-                def embedded() -> bool:
-                    runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": "prod-batch"}))
-                    failed = [r for r in runs if r.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
-                    assert not failed, f"run {failed[0].run_id} ended {failed[0].status}"
-                    return any(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        deployment.wait_for(embedded, 240, "a sensor-launched run embedding prod-batch")
+        run = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": "prod-batch"}))[0]
+        assert run.tags.get("dagster/sensor_name") == "new_documents_sensor"
+        store = DocumentStore(f"s3://{s3_bucket}", **seaweedfs.storage_options())
+        artifact = artifacts.read_artifact(store.fs, store.artifact_path("text", "prod-batch"))
+        assert sorted(artifact.doc_ids) == ["alpha.txt", "beta.txt", "gamma.txt"]
+        web = deployment.graphql("{ runsOrError { ... on Runs { results { runId status } } } }")
+        assert {"runId": run.run_id, "status": "SUCCESS"} in web["runsOrError"]["results"]
+        assert deployment.alive(), "a deployment process exited"
 
-                wait_for(embedded, 240, "a sensor-launched run embedding prod-batch", logs)
-                run = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": "prod-batch"}))[0]
-                assert run.tags.get("dagster/sensor_name") == "new_documents_sensor"
-                assert run.run_id in {r.run_id for r in instance.get_runs(
-                    dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))}
-            store = DocumentStore(f"s3://{s3_bucket}", **seaweedfs.storage_options())
-            artifact = artifacts.read_artifact(store.fs, store.artifact_path("text", "prod-batch"))
-            assert sorted(artifact.doc_ids) == ["alpha.txt", "beta.txt", "gamma.txt"]
-            web = httpx.post(f"http://127.0.0.1:{web_port}/graphql", timeout=30, json={
-                "query": "{ runsOrError { ... on Runs { results { runId status } } } }"})
-            assert run.run_id in {r["runId"] for r in web.json()["data"]["runsOrError"]["results"]}
-            assert all(process.poll() is None for process in processes), "a deployment process exited"
-        finally:
-            for process in reversed(processes):
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+
+def test_a_backfill_of_30_batches_is_3_runs_launched_by_the_daemon(tmp_path, infinity_server, seaweedfs, s3_bucket):
+    """Launched as the UI does (GraphQL), run by the daemon with BackfillPolicy.multi_run: 10 batches per run,
+    each batch materialized exactly once, the backfill complete."""
+    batches = [f"backfill-{i:02d}" for i in range(30)]
+    seaweedfs.filesystem().pipe({f"{s3_bucket}/raw/text/{batch}/{name}.txt": f"{name} of {batch}".encode()
+                                 for batch in batches for name in ("one", "two")})
+    env = s3_env(infinity_server, seaweedfs, s3_bucket, INFINITY_BACKFILL_PARTITIONS_PER_RUN="10")
+    with Deployment(tmp_path, env, stopped_sensors=["new_documents_sensor", "index_automation_sensor"]) as deployment, \
+            deployment.instance() as instance:
+        instance.add_dynamic_partitions("text_batches", batches)
+        backfill_id = deployment.launch_backfill("text_embeddings", batches)
+
+        def done() -> bool:
+            status = instance.get_backfill(backfill_id).status
+            assert status not in (BulkActionStatus.FAILED, BulkActionStatus.COMPLETED_FAILED,
+                                  BulkActionStatus.CANCELED), status
+            return status in (BulkActionStatus.COMPLETED, BulkActionStatus.COMPLETED_SUCCESS)
+
+        deployment.wait_for(done, 300, f"backfill {backfill_id} completing")
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        assert len(runs) == 3 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        ranges = sorted((r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+                        for r in runs)
+        assert ranges == [("backfill-00", "backfill-09"), ("backfill-10", "backfill-19"), ("backfill-20", "backfill-29")]
+        events = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("text_embeddings")),
+                                                 limit=1000).records
+        assert sorted(e.partition_key for e in events) == batches  # each batch once, no other
+        store = DocumentStore(f"s3://{s3_bucket}", **seaweedfs.storage_options())
+        assert sorted(artifacts.read_artifact(store.fs, store.artifact_path("text", batches[17])).doc_ids) == [
+            "one.txt", "two.txt"]
 
 
 def test_the_kubernetes_instance_config_is_valid_for_dagster_k8s(tmp_path):
