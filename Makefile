@@ -50,7 +50,7 @@ demo: install models
 dev: install models
 	$(PY) tools/dev.py
 
-bench: install models
+bench: install models postgres
 	$(PY) benchmarks/run.py
 
 clean:

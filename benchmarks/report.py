@@ -94,6 +94,10 @@ def markdown(results: dict[str, Any]) -> str:
         from . import dagster_scale
 
         lines += dagster_scale.markdown(results["dagster"])
+    if "backfill" in results:
+        from . import backfill
+
+        lines += backfill.markdown(results["backfill"])
     if "pdf" in results:
         from . import pdf_pages
 
