@@ -12,3 +12,5 @@ embed_images_job = dg.define_asset_job(
 )
 
 JOBS_BY_MODALITY = {"text": embed_text_job, "images": embed_images_job}
+#: The embedding asset of each modality.
+ASSET_BY_MODALITY = {"text": "text_embeddings", "images": "image_embeddings"}

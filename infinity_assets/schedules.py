@@ -19,11 +19,10 @@ import dagster as dg
 
 from .artifacts import data_version
 from .documents import DocumentStore
-from .jobs import JOBS_BY_MODALITY
+from .jobs import ASSET_BY_MODALITY, JOBS_BY_MODALITY
 from .partitions import PARTITIONS_BY_MODALITY
 from .resources import InfinityResource
 
-ASSET_BY_MODALITY = {"text": "text_embeddings", "images": "image_embeddings"}
 INFINITY_KEY_BY_MODALITY = {"text": "infinity", "images": "infinity_images"}
 #: The tag Dagster stores a materialization's data version under (indexed per partition by the event log).
 DATA_VERSION_TAG = "dagster/data_version"

@@ -12,6 +12,9 @@ How a tick decides, per modality (``raw/text/``, ``raw/images/``):
   LastModified can be older than an object listed later).
 * A changed batch gets a run request with ``run_key = <modality>:<partition>:<digest of its fingerprints>``:
   Dagster never launches the same run key twice, so an unchanged batch is never re-run and a changed one once.
+* A burst (more than ``backfill_over`` changed batches of a modality in one tick: a first load, a bulk upload)
+  becomes one backfill over up to ``max_backfill_batches`` of them instead of one run each: the backfill
+  policy then embeds ~100 batches per run (assets.py), not one Python start-up per batch.
 * At most ``max_runs_per_tick`` requests per tick, oldest changes first. The watermark only advances to the
   newest change among the batches requested, so the others are found again by the next ticks (no flood on the
   first tick over an existing bucket, and nothing lost).
@@ -34,16 +37,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset  # RunRequest's backfill form
+from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from .artifacts import fingerprint_digest
 from .documents import MODALITIES, Listing
-from .jobs import JOBS_BY_MODALITY
+from .jobs import ASSET_BY_MODALITY, JOBS_BY_MODALITY
 from .lineage import observation
 from .partitions import PARTITIONS_BY_MODALITY
 from .resources import DocumentStoreResource
 
 #: Tag on each run request: the digest of the batch's source fingerprints the run was requested for.
 SOURCE_DIGEST_TAG = "infinity_assets/source_digest"
+#: Tag on a backfill the sensor requests for a burst of changed batches: the modality.
+BACKFILL_TAG = "infinity_assets/sensor_backfill"
 
 
 @dataclass
@@ -112,6 +119,8 @@ def plan_requests(
 def build_new_documents_sensor(
     *,
     max_runs_per_tick: int = 25,
+    backfill_over: int = 100,
+    max_backfill_batches: int = 10_000,
     time_budget_seconds: float = 40.0,
     lookback_seconds: float = 30.0,
     minimum_interval_seconds: int = 60,
@@ -122,7 +131,8 @@ def build_new_documents_sensor(
     ``max_runs_per_tick`` caps run requests per tick (the first tick over a full bucket spreads its backlog over
     several ticks); ``time_budget_seconds`` bounds a tick's work, well under Dagster's 60 s sensor timeout;
     ``lookback_seconds`` is how far behind the watermark a late-appearing object is still caught;
-    ``minimum_interval_seconds`` is the tick interval.
+    ``minimum_interval_seconds`` is the tick interval. More than ``backfill_over`` changed batches of a modality
+    in one tick are requested as one backfill of at most ``max_backfill_batches`` batches (the rest next tick).
 
     The limits are arguments of this factory rather than environment variables or run config: a sensor has no
     run config, and reading the environment at import time would make the code location depend on it
@@ -136,6 +146,9 @@ def build_new_documents_sensor(
             "build_new_documents_sensor needs max_runs_per_tick >= 1, time_budget_seconds > 0 and "
             f"lookback_seconds >= 0 (got {max_runs_per_tick}, {time_budget_seconds}, {lookback_seconds})"
         )
+    if backfill_over < 1 or max_backfill_batches <= backfill_over:
+        raise ValueError("build_new_documents_sensor needs backfill_over >= 1 and max_backfill_batches > "
+                         f"backfill_over (got {backfill_over}, {max_backfill_batches})")
 
     @dg.sensor(
         name="new_documents_sensor",
@@ -170,23 +183,25 @@ def build_new_documents_sensor(
             new_partitions = [p for p in listings if p not in known]
             if new_partitions:
                 partition_requests.append(partitions_def.build_add_request(new_partitions))
-            planned, cursor = plan_requests(
-                listings,
-                ModalityCursor.from_json(state.get(modality)),
-                max_runs_per_tick - len(run_requests),
-                lookback_seconds,
-            )
+            previous = ModalityCursor.from_json(state.get(modality))
+            planned, cursor = plan_requests(listings, previous, max_backfill_batches, lookback_seconds)
+            if len(planned) > backfill_over and context.repository_def is not None:
+                run_requests.append(backfill_request(context.repository_def, modality, planned))
+                context.log.info(f"{len(planned)} changed {modality} batches: one backfill")
+            else:
+                planned, cursor = plan_requests(listings, previous, max_runs_per_tick - len(run_requests),
+                                                lookback_seconds)
+                job_name = JOBS_BY_MODALITY[modality].name
+                run_requests += [
+                    dg.RunRequest(
+                        run_key=f"{modality}:{run.partition}:{run.digest}",
+                        partition_key=run.partition,
+                        job_name=job_name,
+                        tags={SOURCE_DIGEST_TAG: run.digest},
+                    )
+                    for run in planned
+                ]
             state[modality] = cursor.to_json()
-            job_name = JOBS_BY_MODALITY[modality].name
-            run_requests += [
-                dg.RunRequest(
-                    run_key=f"{modality}:{run.partition}:{run.digest}",
-                    partition_key=run.partition,
-                    job_name=job_name,
-                    tags={SOURCE_DIGEST_TAG: run.digest},
-                )
-                for run in planned
-            ]
             observations += [observation(modality, run.partition, run.digest, len(listings[run.partition].sources))
                              for run in planned]
         added = sum(len(r.partition_keys) for r in partition_requests)
@@ -202,6 +217,15 @@ def build_new_documents_sensor(
         )
 
     return new_documents_sensor
+
+
+def backfill_request(repository: dg.RepositoryDefinition, modality: str, planned: list[PlannedRun]) -> dg.RunRequest:
+    """One backfill of the embedding asset over the ``planned`` batches (the sensor daemon launches it as the
+    UI's "Materialize selected" would; its runs follow the asset's backfill policy)."""
+    key = dg.AssetKey(ASSET_BY_MODALITY[modality])
+    subset = AssetGraphSubset.from_asset_partition_set(
+        {AssetKeyPartitionKey(key, run.partition) for run in planned}, repository.asset_graph)
+    return dg.RunRequest.for_asset_graph_subset(subset, tags={BACKFILL_TAG: modality})
 
 
 def _load_cursor(cursor: str | None) -> dict:

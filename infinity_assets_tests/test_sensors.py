@@ -11,6 +11,7 @@ import pytest
 
 from infinity_assets import DocumentStoreResource
 from infinity_assets.artifacts import fingerprint_digest
+from infinity_assets.definitions import defs
 from infinity_assets.documents import Listing, SourceObject
 from infinity_assets.sensors import (
     ModalityCursor,
@@ -21,10 +22,10 @@ from infinity_assets.sensors import (
 )
 
 
-def tick(sensor, instance, resource, cursor=None) -> dg.SensorResult:
+def tick(sensor, instance, resource, cursor=None, repository=None) -> dg.SensorResult:
     """Evaluate one tick and apply its partition requests, as the sensor daemon does."""
     context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"document_store": resource}
+        instance=instance, cursor=cursor, resources={"document_store": resource}, repository_def=repository
     )
     result = sensor(context)
     for request in result.dynamic_partitions_requests or []:
@@ -136,6 +137,24 @@ def test_cap_is_shared_by_both_modalities(store_root):
     assert len(first.run_requests) == 4 and len(second.run_requests) == 2
 
 
+def test_a_burst_of_changed_batches_becomes_one_backfill(store_root):
+    store_root.put_many({f"raw/text/burst-{i:02d}/doc.txt": f"document {i}" for i in range(8)})
+    store_root.put("raw/images/single/page.png", b"png")
+    sensor = build_new_documents_sensor(max_runs_per_tick=5, backfill_over=5, max_backfill_batches=20)
+    repository = defs.get_repository_def()
+    with dg.instance_for_test() as instance:
+        first = tick(sensor, instance, store_root.resource(), repository=repository)
+        second = tick(sensor, instance, store_root.resource(), first.cursor, repository=repository)
+    [backfill] = [r for r in first.run_requests if r.requires_backfill_daemon()]
+    assert backfill.tags == {"infinity_assets/sensor_backfill": "text"}
+    assert backfill.asset_graph_subset.asset_keys == {dg.AssetKey("text_embeddings")}
+    text_subset = backfill.asset_graph_subset.partitions_subsets_by_asset_key[dg.AssetKey("text_embeddings")]
+    assert sorted(text_subset.get_partition_keys()) == [f"burst-{i:02d}" for i in range(8)]
+    singles = [r for r in first.run_requests if not r.requires_backfill_daemon()]
+    assert [(r.partition_key, r.job_name) for r in singles] == [("single", "embed_images_job")]  # no burst there
+    assert second.run_requests == []  # the cursor knows the backfilled batches
+
+
 def test_ten_thousand_objects_within_the_tick_budget(seaweedfs, s3_bucket):
     fs = seaweedfs.filesystem()
     fs.pipe({f"{s3_bucket}/raw/text/batch-{i % 100:03d}/doc-{i:05d}.txt": b"x" for i in range(10_000)})
@@ -166,6 +185,8 @@ def test_an_unreadable_cursor_starts_over_without_failing(store_root):
 def test_invalid_limits_are_refused_with_the_setting_named():
     with pytest.raises(ValueError, match="max_runs_per_tick"):
         build_new_documents_sensor(max_runs_per_tick=0)
+    with pytest.raises(ValueError, match="max_backfill_batches > backfill_over"):
+        build_new_documents_sensor(backfill_over=100, max_backfill_batches=50)
 
 
 # --- plan_requests: the decision logic alone
