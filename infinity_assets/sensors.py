@@ -42,7 +42,7 @@ from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from .artifacts import fingerprint_digest
 from .documents import MODALITIES, Listing
-from .jobs import ASSET_BY_MODALITY, JOBS_BY_MODALITY
+from .jobs import ASSET_BY_MODALITY
 from .lineage import observation
 from .partitions import PARTITIONS_BY_MODALITY
 from .resources import DocumentStoreResource
@@ -152,7 +152,9 @@ def build_new_documents_sensor(
 
     @dg.sensor(
         name="new_documents_sensor",
-        jobs=list(JOBS_BY_MODALITY.values()),
+        # An asset selection, not the jobs: Dagster lets only a sensor that targets assets request a backfill.
+        # A single run selects its modality's embedding asset (with its checks), as the job would.
+        asset_selection=dg.AssetSelection.assets(*ASSET_BY_MODALITY.values()),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description="Adds a partition per new batch folder under raw/text/ and raw/images/ and requests a run "
@@ -191,12 +193,12 @@ def build_new_documents_sensor(
             else:
                 planned, cursor = plan_requests(listings, previous, max_runs_per_tick - len(run_requests),
                                                 lookback_seconds)
-                job_name = JOBS_BY_MODALITY[modality].name
+                asset_key = dg.AssetKey(ASSET_BY_MODALITY[modality])
                 run_requests += [
                     dg.RunRequest(
                         run_key=f"{modality}:{run.partition}:{run.digest}",
                         partition_key=run.partition,
-                        job_name=job_name,
+                        asset_selection=[asset_key],
                         tags={SOURCE_DIGEST_TAG: run.digest},
                     )
                     for run in planned

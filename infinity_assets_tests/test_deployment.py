@@ -5,6 +5,7 @@ dropped into SeaweedFS are found by the sensor, whose runs are queued, launched 
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -41,6 +42,11 @@ def test_sensor_runs_embed_new_documents_with_production_processes(tmp_path, inf
         deployment.wait_for(embedded, 240, "a sensor-launched run embedding prod-batch")
         run = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": "prod-batch"}))[0]
         assert run.tags.get("dagster/sensor_name") == "new_documents_sensor"
+        checks = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+        evaluations = {r.event_log_entry.dagster_event.event_specific_data.check_name:
+                       r.event_log_entry.dagster_event.event_specific_data.passed for r in checks}
+        assert evaluations == {"artifact_schema": True, "documents_accounted_for": True, "vectors_valid": True,
+                               "failures_within_threshold": True}  # the sensor's asset run includes the checks
         store = DocumentStore(f"s3://{s3_bucket}", **seaweedfs.storage_options())
         artifact = artifacts.read_artifact(store.fs, store.artifact_path("text", "prod-batch"))
         assert sorted(artifact.doc_ids) == ["alpha.txt", "beta.txt", "gamma.txt"]
@@ -79,6 +85,35 @@ def test_a_backfill_of_30_batches_is_3_runs_launched_by_the_daemon(tmp_path, inf
         store = DocumentStore(f"s3://{s3_bucket}", **seaweedfs.storage_options())
         assert sorted(artifacts.read_artifact(store.fs, store.artifact_path("text", batches[17])).doc_ids) == [
             "one.txt", "two.txt"]
+
+
+def test_a_burst_of_new_batches_is_one_backfill_requested_by_the_sensor(tmp_path, infinity_server, seaweedfs,
+                                                                       s3_bucket):
+    """12 new batches in one tick, over the location's backfill_over=10: the sensor requests one backfill (not 12
+    runs), the daemon runs it 6 batches per run, and each batch is materialized and observed exactly once."""
+    batches = [f"burst-{i:02d}" for i in range(12)]
+    seaweedfs.filesystem().pipe({f"{s3_bucket}/raw/text/{batch}/{name}.txt": f"{name} of {batch}".encode()
+                                 for batch in batches for name in ("one", "two")})
+    env = s3_env(infinity_server, seaweedfs, s3_bucket, INFINITY_BACKFILL_PARTITIONS_PER_RUN="6",
+                 PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    with Deployment(tmp_path, env, stopped_sensors=["index_automation_sensor"],
+                    module="infinity_assets_tests.burst_location") as deployment, deployment.instance() as instance:
+        def backfilled() -> bool:
+            backfills = instance.get_backfills()
+            for backfill in backfills:
+                assert backfill.status not in (BulkActionStatus.FAILED, BulkActionStatus.COMPLETED_FAILED,
+                                               BulkActionStatus.CANCELED), backfill.status
+            return bool(backfills) and all(b.status == BulkActionStatus.COMPLETED_SUCCESS for b in backfills)
+
+        deployment.wait_for(backfilled, 300, "the sensor's backfill completing")
+        [backfill] = instance.get_backfills()
+        assert backfill.tags.get("infinity_assets/sensor_backfill") == "text"
+        runs = instance.get_runs()
+        assert len(runs) == 2 and all(r.tags.get("dagster/backfill") == backfill.backfill_id for r in runs)
+        events = instance.fetch_materializations(dg.AssetKey("text_embeddings"), limit=1000).records
+        assert sorted(e.partition_key for e in events) == batches
+        observations = instance.fetch_observations(dg.AssetKey("raw_text_documents"), limit=1000).records
+        assert sorted(e.partition_key for e in observations) == batches
 
 
 def test_the_kubernetes_instance_config_is_valid_for_dagster_k8s(tmp_path):

@@ -47,8 +47,8 @@ def test_new_batches_become_partitions_and_runs_then_a_quiet_tick_skips(store_ro
         first = tick(new_documents_sensor, instance, resource)
         requests = {r.partition_key: r for r in first.run_requests}
         assert sorted(requests) == ["2026-11-24", "scans%2C%20part%201"]
-        assert requests["2026-11-24"].job_name == "embed_text_job"
-        assert requests["scans%2C%20part%201"].job_name == "embed_images_job"
+        assert requests["2026-11-24"].asset_selection == [dg.AssetKey("text_embeddings")]
+        assert requests["scans%2C%20part%201"].asset_selection == [dg.AssetKey("image_embeddings")]
         assert instance.get_dynamic_partitions("text_batches") == ["2026-11-24"]
         assert instance.get_dynamic_partitions("image_batches") == ["scans%2C%20part%201"]
         assert len(first.cursor) < 500
@@ -151,7 +151,7 @@ def test_a_burst_of_changed_batches_becomes_one_backfill(store_root):
     text_subset = backfill.asset_graph_subset.partitions_subsets_by_asset_key[dg.AssetKey("text_embeddings")]
     assert sorted(text_subset.get_partition_keys()) == [f"burst-{i:02d}" for i in range(8)]
     singles = [r for r in first.run_requests if not r.requires_backfill_daemon()]
-    assert [(r.partition_key, r.job_name) for r in singles] == [("single", "embed_images_job")]  # no burst there
+    assert [(r.partition_key, r.asset_selection) for r in singles] == [("single", [dg.AssetKey("image_embeddings")])]  # no burst there
     assert second.run_requests == []  # the cursor knows the backfilled batches
 
 

@@ -38,16 +38,18 @@ class Deployment:
     """Starts the four processes on 127.0.0.1 with ``env`` (plus the PostgreSQL settings) and stops them.
 
     ``pools`` are created before anything runs (deploy/dagster.yaml says why); ``stopped_sensors`` are turned
-    off before the daemon starts, so a test or benchmark decides alone what is launched.
+    off before the daemon starts, so a test or benchmark decides alone what is launched; ``module`` is the code
+    location the code server loads.
     """
 
     def __init__(self, workdir: Path, env: dict[str, str], *, pools: dict[str, int] | None = None,
-                 stopped_sensors: Iterable[str] = ()) -> None:
+                 stopped_sensors: Iterable[str] = (), module: str = "infinity_assets.definitions") -> None:
         self.workdir = workdir
         self.home = workdir / "dagster-home"
         self.env = dict(env)
         self.pools = pools or {"infinity": 2, "index_writer": 1}
         self.stopped_sensors = list(stopped_sensors)
+        self.module = module
         self.grpc_port, self.web_port = free_port(), free_port()
         self.logs: list[Path] = []
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -78,7 +80,7 @@ class Deployment:
                 os.environ[name] = value
         for pool, limit in self.pools.items():
             self.cli("instance", "concurrency", "set", pool, str(limit))
-        self._spawn("code-server", [BIN / "dagster", "code-server", "start", "-m", "infinity_assets.definitions",
+        self._spawn("code-server", [BIN / "dagster", "code-server", "start", "-m", self.module,
                                     "-h", "127.0.0.1", "-p", str(self.grpc_port)])
         self.wait_for(lambda: subprocess.run(
             [BIN / "dagster", "api", "grpc-health-check", "-p", str(self.grpc_port), "-h", "127.0.0.1"],
