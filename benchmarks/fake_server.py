@@ -167,13 +167,14 @@ class FakeServerProcess:
     delay: float
     hidden_dim: int = HIDDEN_DIM
     model: str = MODEL
+    cpu: int | None = None  # pin the server to this core (the client under test gets the other)
     process: subprocess.Popen[str] | None = None
     port: int = 0
 
     @classmethod
-    def shape(cls, name: str) -> FakeServerProcess:
-        """A server with one of the :data:`SHAPES` (``"latency"`` or ``"bandwidth"``)."""
-        return cls(**SHAPES[name])
+    def shape(cls, name: str, cpu: int | None = None) -> FakeServerProcess:
+        """A server with one of the :data:`SHAPES` (``"latency"`` or ``"bandwidth"``), pinned to ``cpu`` if given."""
+        return cls(**SHAPES[name], cpu=cpu)
 
     @property
     def url(self) -> str:
@@ -190,7 +191,8 @@ class FakeServerProcess:
         """Start the process and wait for its READY line (no polling sleep: the line is the signal)."""
         command = [sys.executable, str(Path(__file__).resolve()), "--port", "0", "--rows", str(self.rows),
                    "--delay", str(self.delay), "--hidden-dim", str(self.hidden_dim), "--model", self.model]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        env = {**os.environ, "FAKE_SERVER_CPU": str(self.cpu)} if self.cpu is not None else None
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.startswith("READY "):

@@ -62,20 +62,27 @@ def _check(results: list[Any], count: int, rows: int | None) -> None:
 
 def run_client(name: str, url: str, model: str, modality: str, inputs: list[Any], *, batch_size: int = 10,
                concurrency: int = 8, hidden_dim: int = 128, rows: int | None = None,
-               repetitions: int = 1) -> list[float]:
+               repetitions: int = 1, cpu_seconds: list[float] | None = None) -> list[float]:
     """Seconds taken by client ``name`` for all ``inputs``, once per repetition, after one warm-up.
 
     The warm-up (one round of ``concurrency`` batches) opens connections and, for ours and the official
-    client, makes their one-off hidden_dim probe, so timings are steady-state batch throughput.
+    client, makes their one-off hidden_dim probe, so timings are steady-state batch throughput. The CPU
+    seconds this process spent in each repetition (every thread) are appended to ``cpu_seconds`` if given.
     """
     warm = inputs[: batch_size * concurrency]
+    cpu_seconds = cpu_seconds if cpu_seconds is not None else []
     if name == "limit":
         bodies = request_bodies(inputs, modality, model, batch_size)
         load_generator(url, bodies[:concurrency], concurrency)
-        return [load_generator(url, bodies, concurrency) for _ in range(repetitions)]
+        times = []
+        for _ in range(repetitions):
+            cpu_started = time.process_time()
+            times.append(load_generator(url, bodies, concurrency))
+            cpu_seconds.append(time.process_time() - cpu_started)
+        return times
     if name == "ours_async":
         return asyncio.run(_run_ours_async(url, model, modality, inputs, warm, batch_size, concurrency,
-                                           hidden_dim, rows, repetitions))
+                                           hidden_dim, rows, repetitions, cpu_seconds))
     client: Any
     if name == "ours_sync":
         client = InfinityEmbeddings(url=url, model_name=model, hidden_dim=hidden_dim, embed_batch_size=batch_size,
@@ -92,9 +99,10 @@ def run_client(name: str, url: str, model: str, modality: str, inputs: list[Any]
         call(warm)
         times = []
         for _ in range(repetitions):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             results = call(inputs)
             times.append(time.perf_counter() - started)
+            cpu_seconds.append(time.process_time() - cpu_started)
             _check(results, len(inputs), rows)
             del results
         return times
@@ -104,16 +112,17 @@ def run_client(name: str, url: str, model: str, modality: str, inputs: list[Any]
 
 async def _run_ours_async(url: str, model: str, modality: str, inputs: list[Any], warm: list[Any],
                           batch_size: int, concurrency: int, hidden_dim: int, rows: int | None,
-                          repetitions: int) -> list[float]:
+                          repetitions: int, cpu_seconds: list[float]) -> list[float]:
     async with InfinityEmbeddings(url=url, model_name=model, hidden_dim=hidden_dim, embed_batch_size=batch_size,
                                   max_concurrency=concurrency) as client:
         call = client.aembed_documents_batch if modality == "text" else client.aembed_images_batch
         await call(warm)
         times = []
         for _ in range(repetitions):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             results = await call(inputs)
             times.append(time.perf_counter() - started)
+            cpu_seconds.append(time.process_time() - cpu_started)
             _check(results, len(inputs), rows)
             del results
         return times

@@ -22,7 +22,7 @@ import numpy as np
 import tenacity
 from tqdm.auto import tqdm
 
-from . import wire
+from . import allocator, wire
 from .errors import (
     BatchEmbeddingError,
     InfinityAuthenticationError,
@@ -122,6 +122,7 @@ class InfinityEmbeddings:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._transport = transport
+        allocator.tune()  # large response buffers reused, not mapped afresh (allocator.py: -20 % CPU per page)
         self._dim_checked = False
         self._lock = threading.Lock()
         self._stats_lock = threading.Lock()

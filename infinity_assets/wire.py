@@ -79,7 +79,9 @@ def image_data_uri(image: ImageInput) -> DataUri:
     """Turn an image input (path, bytes, BytesIO or PIL image) into the data URI the server expects.
 
     JPEG, PNG and WebP bytes are sent unchanged (no lossy re-encode); other formats and PIL images are
-    converted to PNG. Every image is decoded once here, because a truncated image crashes the server's worker.
+    converted to PNG. Every image is checked here, because a truncated image crashes the server's worker: a PNG
+    by Pillow's ``verify()`` (every chunk's CRC and the closing IEND chunk: truncation and corruption, without
+    decoding the pixels: 0.2 ms instead of 16 ms for a 1,000 x 1,300 page), any other format by decoding it.
     Raises :class:`InvalidInputError` for unreadable, truncated or non-image data and images under 3x3 pixels.
     """
     if isinstance(image, Image.Image):
@@ -89,9 +91,13 @@ def image_data_uri(image: ImageInput) -> DataUri:
         with Image.open(io.BytesIO(data)) as opened:
             fmt, size = opened.format, opened.size
             _check_size(size, label)
-            # Decode fully before sending: a truncated image makes infinity-emb 0.0.78's worker crash and the
-            # server stop answering every later request, so it must never reach the server.
-            opened.load()
+            # A truncated image makes infinity-emb 0.0.78's worker crash and the server stop answering every
+            # later request, so it must never reach the server. verify() covers PNG's whole structure; JPEG and
+            # WebP have no checksums to verify, so they are decoded.
+            if fmt == "PNG":
+                opened.verify()
+            else:
+                opened.load()
             mime = _PASSTHROUGH_MIME.get(fmt or "")
             if mime is None:
                 return _encode_pil(opened, label)

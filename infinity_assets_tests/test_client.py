@@ -486,12 +486,22 @@ def test_bisect_finds_the_one_image_the_server_refuses_among_20():
     assert list(info.value.failures) == [13]
 
 
-def test_truncated_image_is_refused_before_sending():
+def _corrupt_pixels(png: bytes) -> bytes:
+    """The PNG with one byte of its pixel data (IDAT) flipped: complete, but its checksum no longer matches."""
+    at = png.index(b"IDAT") + 10
+    return png[:at] + bytes([png[at] ^ 0xFF]) + png[at + 1:]
+
+
+@pytest.mark.parametrize("damage", [lambda png: png[:60], lambda png: png[:-12], _corrupt_pixels,
+                                    lambda png: png_bytes(size=(64, 64), fmt="JPEG")[:300]],
+                         ids=["truncated-header", "no-iend", "corrupt-pixels", "truncated-jpeg"])
+def test_truncated_or_corrupt_image_is_refused_before_sending(damage):
     # A truncated image crashes the real server's worker (see wire.image_data_uri); it must never be sent.
-    truncated = png_bytes(size=(64, 64))[:60]
+    # PNGs are checked without decoding (chunk checksums and IEND), other formats by decoding them.
+    broken = damage(png_bytes(size=(64, 64)))
     fake = FakeInfinity()
     with make_client(fake) as client:
-        results = client.embed_images_batch([png_bytes(), truncated], errors="collect")
+        results = client.embed_images_batch([png_bytes(), broken], errors="collect")
     assert isinstance(results[1], InvalidInputError) and "truncated or corrupt" in str(results[1])
     sent = [u for r in fake.embedding_requests if r["modality"] == "image" for u in r["input"]]
     assert len(sent) == 1

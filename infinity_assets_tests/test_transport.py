@@ -58,3 +58,32 @@ def test_reads_are_larger_than_httpcores_64_kib(server_url):
 
 def test_one_tls_context_per_process():
     assert transport.tls_context() is transport.tls_context()
+
+
+def test_errors_are_httpx_errors_of_the_same_name():
+    """httpcore's exceptions come out as httpx's (the client classifies those): a closed port, a read timeout."""
+    from .servers.ports import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    with httpx.Client(transport=transport.sync_transport(httpx.Limits())) as client:
+        with pytest.raises(httpx.ConnectError):
+            client.get(closed)
+
+    async def fetch() -> None:
+        async with httpx.AsyncClient(transport=transport.async_transport(httpx.Limits())) as client:
+            await client.get(closed)
+
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(fetch())
+
+
+def test_a_silent_server_is_a_read_timeout():
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with httpx.Client(transport=transport.sync_transport(httpx.Limits()), timeout=0.3) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                client.get(url)
