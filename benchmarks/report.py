@@ -102,6 +102,10 @@ def markdown(results: dict[str, Any]) -> str:
         from . import pdf_pages
 
         lines += pdf_pages.markdown(results["pdf"])
+    if "encoding" in results:
+        from . import artifact_encoding
+
+        lines += artifact_encoding.markdown(results["encoding"])
     if "index" in results:
         from . import index_search
 

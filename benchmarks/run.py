@@ -6,7 +6,9 @@ Sections (``--only`` picks some): ``throughput`` (fake server, both shapes, all 
 100,000 SeaweedFS objects), ``index`` (LanceDB search and sync, ``index_search.py``), ``pdf`` (render cost per page, peak RSS of a
 1,000-page PDF, ``pdf_pages.py``), ``dagster`` (Dagster's own cost at 10,000 and 100,000 dynamic partitions,
 ``dagster_scale.py``), ``backfill`` (a 2,000-batch backfill through the daemon of the production deployment,
-``backfill.py``). Results go to ``benchmarks/results/`` after each section.
+``backfill.py``), ``encoding`` (the artifact's Parquet encoding: write and read CPU ms per ColPali page for the
+current settings and the main alternatives, ``artifact_encoding.py``; all options: run that module).
+Results go to ``benchmarks/results/`` after each section.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 
 from benchmarks import (  # noqa: E402
+    artifact_encoding,
     backfill,
     dagster_scale,
     decoding,
@@ -38,7 +41,7 @@ from benchmarks.fake_server import MODEL, SHAPES, FakeServerProcess  # noqa: E40
 from benchmarks.workloads import CLIENTS, make_images, make_texts, run_client  # noqa: E402
 
 SECTIONS = ("throughput", "sweep", "decoding", "real", "partition", "memory", "sensor", "index", "pdf", "dagster",
-            "backfill")
+            "backfill", "encoding")
 #: (shape, modality, items): sized so the slowest client (the seed's) takes a few seconds per repetition.
 THROUGHPUT_CASES = (("latency", "text", 1600), ("latency", "image", 800), ("bandwidth", "image", 400))
 SWEEP_CASES = (("latency", "text"), ("bandwidth", "image"))
@@ -131,6 +134,9 @@ def main() -> int:
             results["dagster"] = dagster_scale.run()
         elif section == "backfill":
             results["backfill"] = backfill.run(count=max(200, int(2000 * scale)), sample=max(20, int(100 * scale)))
+        elif section == "encoding":
+            results["encoding"] = artifact_encoding.run(pages=max(100, int(400 * scale)), repetitions=repetitions,
+                                                        only=artifact_encoding.SECTION_OPTIONS)
         elif section == "pdf":
             with FakeServerProcess.shape("bandwidth") as server:
                 results["pdf"] = {"render": pdf_pages.render(max(50, int(200 * scale))),

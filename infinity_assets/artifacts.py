@@ -87,6 +87,25 @@ VECTOR_VALUES = "embedding.list.element.list.element"
 WRITE_AMPLIFICATION = 6
 
 
+#: How ``pq.ParquetWriter`` encodes an artifact. Vectors: no dictionary (floats hardly repeat; trying costs
+#: time and memory), no min/max statistics (useless for vectors, 7 % of the write), zstd with byte stream
+#: split. Per ColPali page (1,031 x 128; ``python -m benchmarks.artifact_encoding``, CPU medians of 2 runs)
+#: this writes 446 KB in 4.5-4.9 ms (float32) and 182 KB in 3.9-4.3 ms (bf16-derived floats); nothing is
+#: cheaper at equal size. lz4, snappy or no compression save 4-29 % CPU on float32 for 10-20 % more bytes, and
+#: on bf16 cost 24 %-190 % more bytes for at best 5-22 % less CPU. Without split zstd is 12 % cheaper but 10 %
+#: bigger on float32, 1.5 x slower and 39 % bigger on bf16. zstd's default level is 1 (same bytes). Data pages
+#: of one document, the page index: no consistent saving. 16 MiB row groups (embed_partition's): 10-19 % less
+#: write CPU, 5-30 % more read CPU, so the writer's 64 MiB default stays. 40-55 % of encoding the vectors is
+#: Parquet's repetition/definition levels of list<fixed_size_list> (2.0-2.7 ms/page flat against 4.2-4.4
+#: nested), which the schema, a contract, imposes.
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": ["doc_id", "source_uri", "fingerprint"],
+    "write_statistics": SCALAR_COLUMNS,
+    "use_byte_stream_split": [VECTOR_VALUES],
+}
+
+
 #: Row groups are encoded and written here (pyarrow releases the GIL), one at a time per writer, while the
 #: next one fills: a writer's caller keeps receiving embeddings instead of waiting for Parquet.
 _WRITE_THREADS = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="artifact-write")
@@ -114,7 +133,8 @@ class ArtifactWriter:
 
     Memory is bounded by row groups (``row_group_size`` documents or ``row_group_bytes`` of vectors, whichever
     comes first), one written in the background while the next fills: about ``WRITE_AMPLIFICATION`` x
-    ``row_group_bytes`` at the peak. On a local filesystem the file is written under ``<dir>/.staging/`` and
+    ``row_group_bytes`` at the peak. ``parquet_options`` override :data:`PARQUET_OPTIONS` (benchmarks compare
+    encodings with it). On a local filesystem the file is written under ``<dir>/.staging/`` and
     moved into place with ``os.replace``; on S3 it is a multipart upload that completes only on success and is
     aborted otherwise.
     If the block raises, nothing is published and the previous artifact stays as it was.
@@ -128,8 +148,9 @@ class ArtifactWriter:
 
     def __init__(self, fs: fsspec.AbstractFileSystem, path: str, *, hidden_dim: int,
                  metadata: Mapping[str, Any] | None = None, row_group_size: int = 256,
-                 row_group_bytes: int = 64 << 20) -> None:
+                 row_group_bytes: int = 64 << 20, parquet_options: Mapping[str, Any] | None = None) -> None:
         self.fs, self.path, self.hidden_dim = fs, path, hidden_dim
+        self.parquet_options = {**PARQUET_OPTIONS, **(parquet_options or {})}
         self.publish_id = uuid.uuid4().hex
         self.metadata = {**(metadata or {}), "hidden_dim": hidden_dim, "publish_id": self.publish_id}
         self.schema = artifact_schema(hidden_dim, self.metadata)
@@ -156,12 +177,7 @@ class ArtifactWriter:
         else:
             # Parts of S3_PART_BYTES are uploaded as row groups are written (s3fs would buffer 50 MB).
             self._sink = self.fs.open(self.path, "wb", block_size=S3_PART_BYTES)
-        # Vectors: no dictionary (floats hardly repeat; trying costs time and memory), no min/max statistics
-        # (useless for vectors, 7 % of the write), and byte stream split, which lets zstd compress floats
-        # better and faster (bf16-derived floats: 1.7 x faster, 30 % smaller).
-        self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd",
-                                        use_dictionary=["doc_id", "source_uri", "fingerprint"],
-                                        write_statistics=SCALAR_COLUMNS, use_byte_stream_split=[VECTOR_VALUES])
+        self._writer = pq.ParquetWriter(self._sink, self.schema, **self.parquet_options)
         return self
 
     def write(self, doc_id: str, source_uri: str, fingerprint: str, embedding: np.ndarray,
