@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from infinity_assets import allocator
+
 from .fake_server import MODEL, SHAPES, FakeServerProcess
 from .partition import materialize, write_partition
 from .workloads import make_images, run_client
@@ -74,6 +76,7 @@ def run(repetitions: int = 5, scale: float = 1.0) -> dict[str, Any]:
     """Both shapes, this process on core 1 and the server on core 0 (needs 2 cores)."""
     if len(os.sched_getaffinity(0)) < 2:
         raise RuntimeError("the pinned benchmark needs two cores (one for the server, one for the client)")
+    allocator.tune()  # as every client does on construction, before the load generator's first repetition
     unpin = pinned(CLIENT_CPU)
     try:
         results = {}

@@ -94,6 +94,10 @@ def markdown(results: dict[str, Any]) -> str:
         from . import dagster_scale
 
         lines += dagster_scale.markdown(results["dagster"])
+    if "cpu" in results:
+        from . import cpu_cost
+
+        lines += cpu_cost.markdown(results["cpu"])
     if "backfill" in results:
         from . import backfill
 

@@ -1,6 +1,7 @@
 """``make bench``: every benchmark of issue 7 in one command, on 127.0.0.1; prints and writes the results table.
 
 Sections (``--only`` picks some): ``throughput`` (fake server, both shapes, all clients side by side),
+``cpu`` (pinned cores: the server on one, the client under test on the other; CPU ms per item, ``cpu_cost.py``),
 ``sweep`` (throughput against concurrency, the plot), ``decoding``, ``real`` (real CPU Infinity server),
 ``partition`` (end-to-end materialization), ``memory`` (2,000-image partition) and ``sensor`` (one tick over
 100,000 SeaweedFS objects), ``index`` (LanceDB search and sync, ``index_search.py``), ``pdf`` (render cost per page, peak RSS of a
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 from benchmarks import (  # noqa: E402
     artifact_encoding,
     backfill,
+    cpu_cost,
     dagster_scale,
     decoding,
     index_search,
@@ -37,10 +39,11 @@ from benchmarks import (  # noqa: E402
     sensor_tick,
 )
 from benchmarks.baselines import ensure_official_client  # noqa: E402
+from infinity_assets import allocator  # noqa: E402
 from benchmarks.fake_server import MODEL, SHAPES, FakeServerProcess  # noqa: E402
 from benchmarks.workloads import CLIENTS, make_images, make_texts, run_client  # noqa: E402
 
-SECTIONS = ("throughput", "sweep", "decoding", "real", "partition", "memory", "sensor", "index", "pdf", "dagster",
+SECTIONS = ("throughput", "cpu", "sweep", "decoding", "real", "partition", "memory", "sensor", "index", "pdf", "dagster",
             "backfill", "encoding")
 #: (shape, modality, items): sized so the slowest client (the seed's) takes a few seconds per repetition.
 THROUGHPUT_CASES = (("latency", "text", 1600), ("latency", "image", 800), ("bandwidth", "image", 400))
@@ -103,6 +106,7 @@ def main() -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     repetitions, scale = (1, 0.25) if args.quick else (args.repetitions, 1.0)
     ensure_official_client()
+    allocator.tune()  # what every client does on construction: the load generator gets the same allocator
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs, {platform.platform()}, "
                                           f"Python {platform.python_version()}"}
     started = time.monotonic()
@@ -110,6 +114,8 @@ def main() -> int:
         print(f"[{time.monotonic() - started:5.0f}s] {section}", flush=True)
         if section == "throughput":
             results["throughput"] = throughput(repetitions, scale)
+        elif section == "cpu":
+            results["cpu"] = cpu_cost.run(max(repetitions, 5) if not args.quick else 1, scale)
         elif section == "sweep":
             results["sweep"] = sweep(scale)
         elif section == "decoding":
