@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,6 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infinity_assets import artifacts
+
+from .workloads import figure, spread
 
 PAGE_VECTORS, HIDDEN_DIM = 1031, 128
 #: Distinct pages generated per kind and cycled: 64 x 0.5 MB, far more than one Parquet data page can see, so
@@ -111,10 +112,6 @@ def write_artifact(path: str, pages: list[np.ndarray], count: int, parquet_optio
                          pages[index % len(pages)], now, index + 1, f"text of page {index + 1}")
 
 
-def _spread(values: list[float], scale: float) -> dict[str, float]:
-    return {"median": statistics.median(values) * scale, "min": min(values) * scale, "max": max(values) * scale}
-
-
 def options_run(count: int, repetitions: int, workdir: Path,
                 options: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
     """Write and read ``count`` pages with each of ``options``, repetitions interleaved across options and kinds."""
@@ -144,8 +141,8 @@ def options_run(count: int, repetitions: int, workdir: Path,
     for kind in KINDS:
         table[kind] = {}
         for name, sample in samples[kind].items():
-            table[kind][name] = {"write_ms": _spread(sample["write"], 1000 / count),
-                                 "read_ms": _spread(sample["read"], 1000 / count),
+            table[kind][name] = {"write_ms": spread(sample["write"], 1000 / count),
+                                 "read_ms": spread(sample["read"], 1000 / count),
                                  "bytes_per_page": sample["bytes"] / count}
     return table
 
@@ -180,7 +177,7 @@ def breakdown_run(count: int, repetitions: int, workdir: Path) -> dict[str, Any]
             if repetition:
                 for step, seconds in timings.items():
                     steps[step].append(seconds)
-        result[kind] = {step: _spread(values, 1000 / count) for step, values in steps.items()}
+        result[kind] = {step: spread(values, 1000 / count) for step, values in steps.items()}
         print(f"  breakdown {kind}: " + ", ".join(f"{s} {v['median']:.2f} ms" for s, v in result[kind].items()),
               flush=True)
     return result
@@ -198,10 +195,6 @@ def run(pages: int = 400, repetitions: int = 3, only: tuple[str, ...] | None = N
             "breakdown": breakdown}
 
 
-def _figure(spread: dict[str, float], digits: int = 2) -> str:
-    return f"{spread['median']:.{digits}f} ({spread['min']:.{digits}f}-{spread['max']:.{digits}f})"
-
-
 def markdown(results: dict[str, Any]) -> list[str]:
     """The encoding rows of the results table: one table per kind of vectors, then the breakdown."""
     lines: list[str] = []
@@ -212,10 +205,10 @@ def markdown(results: dict[str, Any]) -> list[str]:
                   "", "| vector column option | write CPU ms/page | x current | bytes/page | x current | "
                       "read CPU ms/page | x current |", "|---|---:|---:|---:|---:|---:|---:|"]
         for name, r in options.items():
-            lines.append(f"| {name} | {_figure(r['write_ms'])} | "
+            lines.append(f"| {name} | {figure(r['write_ms'])} | "
                          f"{r['write_ms']['median'] / base['write_ms']['median']:.2f} | "
                          f"{r['bytes_per_page']:,.0f} | {r['bytes_per_page'] / base['bytes_per_page']:.3f} | "
-                         f"{_figure(r['read_ms'])} | {r['read_ms']['median'] / base['read_ms']['median']:.2f} |")
+                         f"{figure(r['read_ms'])} | {r['read_ms']['median'] / base['read_ms']['median']:.2f} |")
     lines += ["", "### Where the baseline's write CPU goes (per page; `pq.write_table` of the vector column "
                   "alone, no statistics or dictionary)", "",
               "| vectors | `_rows_table` | nested, zstd + split | flat float32, zstd + split | "
@@ -223,8 +216,8 @@ def markdown(results: dict[str, Any]) -> list[str]:
               "|---|---:|---:|---:|---:|---:|---:|"]
     for kind, b in results["breakdown"].items():
         share = (b["nested"]["median"] - b["flat"]["median"]) / b["nested"]["median"]
-        lines.append(f"| {kind} | {_figure(b['rows_table'])} | {_figure(b['nested'])} | {_figure(b['flat'])} | "
-                     f"{_figure(b['nested_plain'])} | {_figure(b['flat_plain'])} | {share:.0%} |")
+        lines.append(f"| {kind} | {figure(b['rows_table'])} | {figure(b['nested'])} | {figure(b['flat'])} | "
+                     f"{figure(b['nested_plain'])} | {figure(b['flat_plain'])} | {share:.0%} |")
     return lines
 
 

@@ -24,7 +24,7 @@ from infinity_assets import allocator
 
 from .fake_server import MODEL, SHAPES, FakeServerProcess
 from .partition import materialize, write_partition
-from .workloads import make_images, run_client
+from .workloads import figure, make_images, run_client, spread
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 #: (shape, items): the bandwidth-bound shape is a ColPali page (1,031 x 128 floats, ~0.7 MB of base64).
@@ -40,10 +40,6 @@ def pinned(cpu: int) -> Callable[[], None]:
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpu})
     return lambda: os.sched_setaffinity(0, before)
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def run_case(shape: str, count: int, repetitions: int) -> dict[str, Any]:
@@ -67,9 +63,9 @@ def run_case(shape: str, count: int, repetitions: int) -> dict[str, Any]:
     per_s = {name: [count / s for s in values] for name, values in seconds.items()}
     limit = statistics.median(per_s["limit"])
     return {"items": count, "rows": rows, "repetitions": repetitions,
-            "per_s": {name: _summary(values) for name, values in per_s.items()},
-            "ratio": {name: _summary([v / limit for v in values]) for name, values in per_s.items()},
-            "cpu_ms_per_item": {name: _summary([1000 * c / count for c in values]) for name, values in cpu.items()}}
+            "per_s": {name: spread(values) for name, values in per_s.items()},
+            "ratio": {name: spread([v / limit for v in values]) for name, values in per_s.items()},
+            "cpu_ms_per_item": {name: spread([1000 * c / count for c in values]) for name, values in cpu.items()}}
 
 
 def run(repetitions: int = 5, scale: float = 1.0) -> dict[str, Any]:
@@ -91,10 +87,6 @@ def run(repetitions: int = 5, scale: float = 1.0) -> dict[str, Any]:
         unpin()
 
 
-def _range(summary: dict[str, float], digits: int = 2) -> str:
-    return f"{summary['median']:.{digits}f} ({summary['min']:.{digits}f}-{summary['max']:.{digits}f})"
-
-
 def markdown(results: dict[str, Any]) -> list[str]:
     """The pinned-core tables: ratio to the load generator and CPU ms per item, median (min-max)."""
     lines: list[str] = []
@@ -111,8 +103,8 @@ def markdown(results: dict[str, Any]) -> list[str]:
             verdict = ""
             if target is not None:
                 verdict = f">= {target} x: {'met' if r['ratio'][name]['median'] >= target else '**missed**'}"
-            lines.append(f"| {LABELS[name]} | {_range(r['per_s'][name], 0)} | {_range(r['ratio'][name])} | "
-                         f"{_range(r['cpu_ms_per_item'][name])} | {verdict} |")
+            lines.append(f"| {LABELS[name]} | {figure(r['per_s'][name], 0)} | {figure(r['ratio'][name])} | "
+                         f"{figure(r['cpu_ms_per_item'][name])} | {verdict} |")
     return lines
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -126,3 +127,13 @@ async def _run_ours_async(url: str, model: str, modality: str, inputs: list[Any]
             _check(results, len(inputs), rows)
             del results
         return times
+
+
+def spread(values: list[float], scale: float = 1.0) -> dict[str, float]:
+    """Median, min and max of repeated measurements, each times ``scale``."""
+    return {"median": statistics.median(values) * scale, "min": min(values) * scale, "max": max(values) * scale}
+
+
+def figure(summary: dict[str, float], digits: int = 2) -> str:
+    """A :func:`spread` as "median (min-max)"."""
+    return f"{summary['median']:.{digits}f} ({summary['min']:.{digits}f}-{summary['max']:.{digits}f})"
