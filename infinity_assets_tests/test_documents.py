@@ -242,25 +242,19 @@ def test_object_pages_are_bounded_and_cover_everything(store_root):
 
 
 @pytest.mark.slow
-def test_scanning_100000_objects_on_seaweedfs_takes_seconds(seaweedfs, s3_bucket):
+def test_scanning_10000_objects_on_seaweedfs_is_paged_and_complete(seaweedfs, s3_bucket):
+    """Listing pages of at most 1,000 objects, every object once, grouped by batch. How long it takes is measured
+    by `make bench` (section `sensor`: one sensor tick over 100,000 SeaweedFS objects), not asserted here."""
     fs = seaweedfs.filesystem()
     fs.pipe(
-        {f"{s3_bucket}/raw/text/batch-{i % 500:03d}/doc-{i:06d}.txt": b"x" for i in range(100_000)},
+        {f"{s3_bucket}/raw/text/batch-{i % 50:03d}/doc-{i:06d}.txt": b"x" for i in range(10_000)},
         batch_size=64,
     )
     store = DocumentStore(f"s3://{s3_bucket}", **seaweedfs.storage_options())
-    started = time.monotonic()
-    count = largest_page = 0
-    for page in store.iter_object_pages("text"):
-        count += len(page)
-        largest_page = max(largest_page, len(page))
-    paged = time.monotonic() - started
-    started = time.monotonic()
+    pages = [len(page) for page in store.iter_object_pages("text")]
     listings = store.scan("text")
-    scanned = time.monotonic() - started
-    assert count == 100_000 and largest_page <= 1000
-    assert len(listings) == 500 and sum(len(listing.sources) for listing in listings.values()) == 100_000
-    assert paged < 10 and scanned < 10, f"paged {paged:.1f}s, scan {scanned:.1f}s"
+    assert sum(pages) == 10_000 and len(pages) >= 10 and max(pages) <= 1000
+    assert len(listings) == 50 and all(len(listing.sources) == 200 for listing in listings.values())
 
 
 # --- reading text
