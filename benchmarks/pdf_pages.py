@@ -81,11 +81,8 @@ def render(pages: int = 200) -> dict[str, Any]:
 def end_to_end(url: str, documents: int = 20, pages: int = 10, repetitions: int = 3) -> dict[str, Any]:
     """Pages/s of a partition of ``documents`` PDFs of ``pages`` pages, and of the load generator sending the
     same pages already rendered (request bodies prepared before timing); medians of interleaved repetitions."""
-    import statistics
-
     from .fake_server import MODEL
-    from .loadgen import load_generator
-    from .partition import materialize
+    from .partition import against_load_generator
     from .workloads import request_bodies
 
     with tempfile.TemporaryDirectory(prefix="bench-pdf-e2e-") as root:
@@ -97,17 +94,10 @@ def end_to_end(url: str, documents: int = 20, pages: int = 10, repetitions: int 
             (folder / f"report-{index:03d}.pdf").write_bytes(data)
             source = SourceObject(f"report-{index:03d}.pdf", "", "", len(data), "fp", 0.0)
             rendered += [d.content for d in PdfFormat(pdf=PdfSettings()).documents(source, data)]
-        bodies = request_bodies(rendered, "image", MODEL, 10)
-        store = DocumentStore(root)
-        materialize(store, url)  # warm-up: imports, page cache, first connections
-        load_generator(url, bodies[:8], 8)
-        ours, limit = [], []
-        for _ in range(repetitions):
-            ours.append(materialize(store, url).seconds)
-            limit.append(load_generator(url, bodies, 8))
+        ours, limit = against_load_generator(DocumentStore(root), url,
+                                             request_bodies(rendered, "image", MODEL, 10), repetitions)
     total = documents * pages
-    return {"pages": total, "documents": documents, "ours_pages_s": total / statistics.median(ours),
-            "limit_pages_s": total / statistics.median(limit)}
+    return {"pages": total, "documents": documents, "ours_pages_s": total / ours, "limit_pages_s": total / limit}
 
 
 def peak_rss(url: str, pages: int = 1000) -> dict[str, Any]:

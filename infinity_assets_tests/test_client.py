@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
