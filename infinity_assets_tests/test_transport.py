@@ -105,3 +105,35 @@ def test_a_silent_server_is_a_read_timeout():
         for tls in (True, False):
             with pytest.raises(httpx.ReadTimeout):
                 asyncio.run(fetch(tls))
+
+
+class _RecordingFinder:
+    """A meta path finder that records every module searched for (none is found here)."""
+
+    def __init__(self) -> None:
+        self.searched: list[str] = []
+
+    def find_spec(self, name, path=None, target=None):
+        self.searched.append(name)
+        return None
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["anyio-streams", "asyncio-sockets"])
+def test_async_requests_search_for_no_module(server_url, tls):
+    """An import of a missing module is a sys.path search each time (httpcore imports sniffio at every lock)."""
+    import sys
+
+    finder = _RecordingFinder()
+
+    async def fetch() -> None:
+        async with httpx.AsyncClient(transport=transport.async_transport(httpx.Limits(), tls=tls)) as client:
+            await client.get(server_url)  # first request: imports that happen once are fine
+            sys.meta_path.insert(0, finder)
+            try:
+                for _ in range(3):
+                    await client.get(server_url)
+            finally:
+                sys.meta_path.remove(finder)
+
+    asyncio.run(fetch())
+    assert finder.searched == [], f"modules searched for at every request: {sorted(set(finder.searched))}"
