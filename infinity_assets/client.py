@@ -432,13 +432,16 @@ class InfinityEmbeddings:
                                         max_keepalive_connections=self.max_concurrency),
                     headers=self._headers, verify=tls_context())
 
+    def _uses_tls(self) -> bool:
+        return any(url.lower().startswith("https:") for url in self.urls)
+
     # ---------------------------------------------------------------- sync machinery
     def _client(self) -> httpx.Client:
         with self._lock:
             if self._http is None:
                 options = self._http_options()
-                self._http = httpx.Client(**options,
-                                          transport=self._transport or sync_transport(options["limits"]))
+                self._http = httpx.Client(**options, transport=self._transport or sync_transport(
+                    options["limits"], tls=self._uses_tls()))
             return self._http
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -597,9 +600,8 @@ class InfinityEmbeddings:
         if self._async is None or self._async.loop is not loop:
             # httpx.AsyncClient and asyncio primitives belong to one event loop; make new ones per loop.
             options = self._http_options()
-            tls = any(url.startswith("https:") for url in self.urls)
-            http = httpx.AsyncClient(**options,
-                                     transport=self._transport or async_transport(options["limits"], tls=tls))
+            http = httpx.AsyncClient(**options, transport=self._transport or async_transport(
+                options["limits"], tls=self._uses_tls()))
             self._async = _AsyncState(loop, http, asyncio.Semaphore(self.max_concurrency), asyncio.Lock())
         return self._async
 

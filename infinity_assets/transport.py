@@ -1,28 +1,26 @@
-"""httpx transports for :class:`~infinity_assets.client.InfinityEmbeddings`: large socket reads, one TLS context.
+"""httpx transports for :class:`~infinity_assets.client.InfinityEmbeddings`: the fastest way to read large answers.
 
-httpcore reads a response 64 KiB at a time, and every read costs ~40 µs of Python in httpcore and h11. A
-ColPali answer is ~0.7 MB of base64 per page (7 MB for a batch of 10), so reads dominate the client's CPU.
-These transports read up to 1 MiB at a time. Measured on pinned cores against the bandwidth-bound fake server
-(benchmarks/cpu_cost.py), the client's CPU per page: 2.3 -> 1.4 ms sync, 3.8 -> 2.6 ms async.
-
-Built only on public interfaces: httpx's ``BaseTransport`` / ``AsyncBaseTransport`` over httpcore's
-``ConnectionPool`` / ``AsyncConnectionPool`` with a ``network_backend`` whose streams read more per call.
-Everything else (timeouts, keep-alive, TLS, errors) is httpcore's and httpx's: httpcore's exceptions are
-raised as httpx's exceptions of the same name, as httpx's own transport does.
+Plain ``http://`` (the usual way to reach an Infinity server inside a cluster) goes through :mod:`.http11`:
+h11 frames the exchange and an answer of known length is received straight into one buffer. ``https://``
+goes through httpcore's connection pool with a ``network_backend`` whose streams read up to :data:`READ_SIZE`
+bytes per call (httpcore asks 64 KiB; every read costs ~40 µs of Python in httpcore and h11), with one TLS
+context per process. Both are built on public interfaces only (httpx's ``BaseTransport`` /
+``AsyncBaseTransport``, httpcore's ``ConnectionPool(network_backend=...)``), and both raise httpx's
+exceptions, as httpx's own transport does.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-import select
-import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpcore
 import httpx
+
+from .http11 import AsyncHttp11Transport, Http11Transport
 
 #: Bytes asked of the socket per read (httpcore asks 64 KiB).
 READ_SIZE = 1 << 20
@@ -35,16 +33,16 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def sync_transport(limits: httpx.Limits) -> httpx.BaseTransport:
-    """An HTTP/1.1 transport with ``limits`` that reads responses :data:`READ_SIZE` bytes at a time."""
-    return LargeReadTransport(limits)
+def sync_transport(limits: httpx.Limits, *, tls: bool = True) -> httpx.BaseTransport:
+    """An HTTP/1.1 transport with ``limits``; without ``tls`` (every URL plain ``http://``), :mod:`.http11`'s."""
+    return LargeReadTransport(limits) if tls else Http11Transport(limits)
 
 
 def async_transport(limits: httpx.Limits, *, tls: bool = True) -> httpx.AsyncBaseTransport:
-    """The async twin of :func:`sync_transport`. Without ``tls`` (every URL plain ``http://``), on asyncio with
-    ``asyncio.timeout`` (Python 3.11+), connections are asyncio's own sockets rather than anyio streams."""
-    plain_sockets = not tls and hasattr(asyncio, "timeout")
-    return AsyncLargeReadTransport(limits, _AsyncSockets() if plain_sockets else _AsyncLargeReads(httpcore.AnyIOBackend()))
+    """The async twin of :func:`sync_transport`; :mod:`.http11`'s needs ``asyncio.timeout`` (Python 3.11+)."""
+    if not tls and hasattr(asyncio, "timeout"):
+        return AsyncHttp11Transport(limits)
+    return AsyncLargeReadTransport(limits, _AsyncLargeReads(httpcore.AnyIOBackend()))
 
 
 def _pool_options(limits: httpx.Limits) -> dict[str, Any]:
@@ -196,77 +194,3 @@ class _AsyncLargeReadStream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
-
-
-class _AsyncSockets(httpcore.AsyncNetworkBackend):
-    """Plain TCP on asyncio's socket API (``sock_recv``): one read takes up to :data:`READ_SIZE` bytes straight
-    from the socket. anyio's streams hand over at most 256 KiB per read (asyncio's protocol buffer), through
-    more layers: measured on pinned cores, 2.7 -> 1.8 ms of CPU per ColPali page (benchmarks/cpu_cost.py)."""
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        with _core_errors(httpcore.ConnectTimeout, httpcore.ConnectError):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            family, kind, protocol, _, address = infos[0]
-            connection = socket.socket(family, kind, protocol)
-            try:
-                connection.setblocking(False)
-                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                for option in socket_options or ():
-                    connection.setsockopt(*option)
-                if local_address:
-                    connection.bind((local_address, 0))
-                async with asyncio.timeout(timeout):  # type: ignore[attr-defined]  # 3.11+, see async_transport
-                    await loop.sock_connect(connection, address)
-            except BaseException:
-                connection.close()
-                raise
-        return _AsyncSocketStream(connection)
-
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("unix sockets go through httpx's own transport")
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class _AsyncSocketStream(httpcore.AsyncNetworkStream):
-    def __init__(self, connection: socket.socket) -> None:
-        self._socket = connection
-        self._loop = asyncio.get_running_loop()
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with _core_errors(httpcore.ReadTimeout, httpcore.ReadError):
-            async with asyncio.timeout(timeout):  # type: ignore[attr-defined]
-                return await self._loop.sock_recv(self._socket, max(max_bytes, READ_SIZE))
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        with _core_errors(httpcore.WriteTimeout, httpcore.WriteError):
-            async with asyncio.timeout(timeout):  # type: ignore[attr-defined]
-                await self._loop.sock_sendall(self._socket, buffer)
-
-    async def aclose(self) -> None:
-        self._socket.close()
-
-    async def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("TLS goes through the anyio backend (async_transport with tls=True)")
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "socket":
-            return self._socket
-        if info == "is_readable":  # an idle keep-alive connection that is readable was closed by the server
-            return bool(select.select([self._socket], [], [], 0)[0])
-        return None
-
-
-@contextlib.contextmanager
-def _core_errors(timeout_error: type[Exception], os_error: type[Exception]) -> Iterator[None]:
-    """Raise a timeout and an OS error as the httpcore exceptions its own backends raise."""
-    try:
-        yield
-    except TimeoutError:
-        raise timeout_error("timed out") from None
-    except OSError as exc:
-        raise os_error(str(exc) or type(exc).__name__) from exc
