@@ -524,7 +524,8 @@ class InfinityEmbeddings:
             try:
                 with self._slots, self._client().stream("POST", f"{replica.url}/embeddings",
                                                         content=body) as response:
-                    content = b"".join(response.iter_bytes()) if response.status_code == 200 else response.read()
+                    content = (_whole(list(response.iter_bytes())) if response.status_code == 200
+                               else response.read())
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc, replica.url) from None
             return parse(self._raise_for_status(response, "POST /embeddings", content, replica.url))
@@ -650,7 +651,7 @@ class InfinityEmbeddings:
             async with state.semaphore:
                 try:
                     async with state.http.stream("POST", f"{replica.url}/embeddings", content=body) as response:
-                        content = (b"".join([c async for c in response.aiter_bytes()])
+                        content = (_whole([c async for c in response.aiter_bytes()])
                                    if response.status_code == 200 else await response.aread())
                 except httpx.HTTPError as exc:
                     raise self._transport_error(exc, replica.url) from None
@@ -770,6 +771,11 @@ class _Window:
         """Take the size of a returned batch into account."""
         vectors = sum(r.nbytes for r in results if isinstance(r, np.ndarray))
         self.batch_bytes = max(self.batch_bytes, vectors * self.footprint_ratio)
+
+
+def _whole(chunks: list[bytes]) -> bytes:
+    """A body from its chunks without copying a lone one (the plain-HTTP transport hands a body over whole)."""
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 @dataclass

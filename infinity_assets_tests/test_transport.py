@@ -34,13 +34,14 @@ def server_url():
     server.server_close()
 
 
-def test_sync_transport_returns_the_same_bytes_as_httpx(server_url):
+@pytest.mark.parametrize("tls", [True, False], ids=["httpcore", "http11"])
+def test_sync_transport_returns_the_same_bytes_as_httpx(server_url, tls):
     limits = httpx.Limits(max_connections=2)
-    with httpx.Client(transport=transport.sync_transport(limits)) as ours, httpx.Client() as plain:
-        assert ours.get(server_url).content == plain.get(server_url).content == BODY
+    with httpx.Client(transport=transport.sync_transport(limits, tls=tls)) as ours, httpx.Client() as plain:
+        assert [ours.get(server_url).content for _ in range(3)] == [plain.get(server_url).content] * 3 == [BODY] * 3
 
 
-@pytest.mark.parametrize("tls", [True, False], ids=["anyio-streams", "asyncio-sockets"])
+@pytest.mark.parametrize("tls", [True, False], ids=["httpcore-anyio", "http11-asyncio"])
 def test_async_transport_returns_the_same_bytes(server_url, tls):
     async def fetch() -> list[bytes]:
         async with httpx.AsyncClient(transport=transport.async_transport(httpx.Limits(), tls=tls)) as client:
@@ -66,9 +67,10 @@ def test_errors_are_httpx_errors_of_the_same_name():
     from .servers.ports import free_port
 
     closed = f"http://127.0.0.1:{free_port()}"
-    with httpx.Client(transport=transport.sync_transport(httpx.Limits())) as client:
-        with pytest.raises(httpx.ConnectError):
-            client.get(closed)
+    for tls in (True, False):
+        with httpx.Client(transport=transport.sync_transport(httpx.Limits(), tls=tls)) as client:
+            with pytest.raises(httpx.ConnectError):
+                client.get(closed)
 
     async def fetch() -> None:
         async with httpx.AsyncClient(transport=transport.async_transport(httpx.Limits())) as client:
@@ -93,9 +95,10 @@ def test_a_silent_server_is_a_read_timeout():
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        with httpx.Client(transport=transport.sync_transport(httpx.Limits()), timeout=0.3) as client:
-            with pytest.raises(httpx.ReadTimeout):
-                client.get(url)
+        for tls in (True, False):
+            with httpx.Client(transport=transport.sync_transport(httpx.Limits(), tls=tls), timeout=0.3) as client:
+                with pytest.raises(httpx.ReadTimeout):
+                    client.get(url)
 
         async def fetch(tls: bool) -> None:
             async with httpx.AsyncClient(transport=transport.async_transport(httpx.Limits(), tls=tls),
