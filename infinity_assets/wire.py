@@ -18,6 +18,8 @@ import io
 import json
 import os
 import re
+import struct
+import zlib
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -38,6 +40,9 @@ MIN_IMAGE_SIDE = 3
 
 # Formats the server decodes as they are; anything else is converted to PNG (lossless).
 _PASSTHROUGH_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: The bit depths each PNG colour type allows (PNG specification, 11.2.2 IHDR).
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 
 
 class DataUri(str):
@@ -80,24 +85,24 @@ def image_data_uri(image: ImageInput) -> DataUri:
 
     JPEG, PNG and WebP bytes are sent unchanged (no lossy re-encode); other formats and PIL images are
     converted to PNG. Every image is checked here, because a truncated image crashes the server's worker: a PNG
-    by Pillow's ``verify()`` (every chunk's CRC and the closing IEND chunk: truncation and corruption, without
-    decoding the pixels: 0.2 ms instead of 16 ms for a 1,000 x 1,300 page), any other format by decoding it.
+    by its structure (:func:`_png_size`: every chunk's CRC and the closing IEND chunk, truncation and corruption,
+    without decoding the pixels: 0.2 ms instead of 16 ms for a 1,000 x 1,300 page), any other format by decoding.
     Raises :class:`InvalidInputError` for unreadable, truncated or non-image data and images under 3x3 pixels.
     """
     if isinstance(image, Image.Image):
         return _encode_pil(image, "PIL image")
     label, data = _image_bytes(image)
+    if data.startswith(_PNG_SIGNATURE):
+        _check_size(_png_size(data, label), label)
+        return DataUri("data:image/png;base64," + pybase64.b64encode_as_string(data))
     try:
         with Image.open(io.BytesIO(data)) as opened:
             fmt, size = opened.format, opened.size
             _check_size(size, label)
             # A truncated image makes infinity-emb 0.0.78's worker crash and the server stop answering every
-            # later request, so it must never reach the server. verify() covers PNG's whole structure; JPEG and
-            # WebP have no checksums to verify, so they are decoded.
-            if fmt == "PNG":
-                opened.verify()
-            else:
-                opened.load()
+            # later request, so it must never reach the server. JPEG and WebP have no checksums to verify, so
+            # they are decoded.
+            opened.load()
             mime = _PASSTHROUGH_MIME.get(fmt or "")
             if mime is None:
                 return _encode_pil(opened, label)
@@ -108,6 +113,33 @@ def image_data_uri(image: ImageInput) -> DataUri:
     except Exception as exc:  # Pillow raises many types for bad data
         raise InvalidInputError(f"{label} is truncated or corrupt ({exc}); check the file") from None
     return DataUri(f"data:{mime};base64," + pybase64.b64encode_as_string(data))
+
+
+def _png_size(data: bytes, label: str) -> tuple[int, int]:
+    """Width and height of a PNG whose structure is whole: a valid IHDR first, every chunk complete with a
+    matching CRC, image data, and the closing IEND. This is what Pillow's ``verify()`` checks, without Pillow's
+    per-image set-up: 14 instead of 54 µs for a 128 x 128 image (``Image.open`` and ``verify()``)."""
+    view, position, size, has_pixels = memoryview(data), len(_PNG_SIGNATURE), None, False
+    while position + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        end = position + 12 + length
+        if end > len(data):
+            break
+        if zlib.crc32(view[position + 4:end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
+            raise InvalidInputError(f"{label} is truncated or corrupt (its {kind.decode('latin-1')!r} chunk fails "
+                                    "its checksum); check the file")
+        if size is None:
+            width, height, depth, colour = struct.unpack_from(">IIBB", data, position + 8) if length == 13 else [0] * 4
+            if kind != b"IHDR" or depth not in _PNG_DEPTHS.get(colour, ()):
+                raise InvalidInputError(f"{label} is truncated or corrupt (no valid IHDR chunk first); check the file")
+            size = (width, height)
+        has_pixels = has_pixels or kind == b"IDAT"
+        if kind == b"IEND":
+            if not has_pixels:
+                raise InvalidInputError(f"{label} is truncated or corrupt (no image data); check the file")
+            return size
+        position = end
+    raise InvalidInputError(f"{label} is truncated or corrupt (it ends before its IEND chunk); check the file")
 
 
 def _image_bytes(image: ImageInput) -> tuple[str, bytes]:

@@ -118,3 +118,52 @@ def test_image_data_uris_are_data_uri_instances():
     png = buffer.getvalue()
     uri = wire.image_data_uri(png)
     assert type(uri) is wire.DataUri and uri == "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _png(mode: str, size: tuple[int, int] = (17, 9), **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color=1).save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode,options", [("RGB", {}), ("RGBA", {}), ("L", {}), ("LA", {}), ("P", {}),
+                                          ("1", {}), ("I;16", {}), ("RGB", {"optimize": True}),
+                                          ("L", {"bits": 4})])
+def test_every_kind_of_png_is_accepted_and_sent_unchanged(mode, options):
+    png = _png(mode, **options)
+    uri = wire.image_data_uri(png)
+    assert uri == "data:image/png;base64," + base64.b64encode(png).decode()
+    with Image.open(io.BytesIO(png)) as opened:  # Pillow agrees it is whole
+        opened.load()
+
+
+def test_every_cut_of_a_png_is_refused():
+    """The structure check (CRCs, IHDR, IDAT, IEND) refuses a PNG cut anywhere, as Pillow's verify() did."""
+    png = _png("RGB", (40, 30))
+    for cut in range(8, len(png)):
+        with pytest.raises(wire.InvalidInputError, match="truncated or corrupt"):
+            wire.image_data_uri(png[:cut])
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.mark.parametrize("name,png,reason", [
+    ("bad-depth", b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", bytes.fromhex("0000001000000010" "05" "02" "000000"))
+     + _chunk(b"IDAT", b"x") + _chunk(b"IEND", b""), "no valid IHDR"),
+    ("ihdr-not-first", b"\x89PNG\r\n\x1a\n" + _chunk(b"tEXt", b"a\x00b") + _chunk(b"IEND", b""), "no valid IHDR"),
+    ("no-pixels", b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", bytes.fromhex("0000001000000010" "08" "02" "000000"))
+     + _chunk(b"IEND", b""), "no image data"),
+    ("flipped-byte", None, "checksum"),
+])
+def test_a_damaged_png_is_refused_with_the_reason(name, png, reason):
+    if png is None:
+        good = _png("RGB")
+        at = good.index(b"IHDR") + 6
+        png = good[:at] + bytes([good[at] ^ 1]) + good[at + 1:]
+    with pytest.raises(wire.InvalidInputError, match=reason):
+        wire.image_data_uri(png)
