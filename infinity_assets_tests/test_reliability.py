@@ -41,6 +41,7 @@ from infinity_assets_tests.servers.fake_infinity import FakeInfinity
 from infinity_assets_tests.servers.fault_proxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[1]
+SLOT_GUARD = REPO / "deploy/postgres/concurrency_slot_guard.sql"
 MODEL = "minilm-colbert-128"
 
 
@@ -331,6 +332,55 @@ def test_secrets_never_appear_in_logs_metadata_artifacts_or_errors(start_infinit
 
 
 # ---------------------------------------------------------------------------------------------- load
+def _claim_as_dagster_does(connection, run_id: str):
+    """Dagster 1.13's claim of a pool slot on an autocommit connection: its SELECT now, and a function that
+    runs its UPDATE later and returns the rows updated (the race is another claim between the two)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM concurrency_slots WHERE concurrency_key = 'infinity' AND step_key IS NULL "
+                       "AND deleted = false LIMIT 1 FOR UPDATE SKIP LOCKED")
+        slot = cursor.fetchone()[0]
+
+    def update() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE concurrency_slots SET run_id = %s, step_key = 'text_embeddings' WHERE id = %s",
+                           (run_id, slot))
+            return cursor.rowcount
+
+    return update
+
+
+def test_the_slot_guard_makes_two_racing_claims_take_one_slot(tmp_path):
+    """Two claims that selected the same free slot (what the race does): without the guard both update it and
+    both steps run; with it the second updates nothing, which Dagster reads as blocked. Freeing still works."""
+    from infinity_assets_tests.servers.postgres import PostgresServer
+
+    with PostgresServer() as postgres:
+        (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"postgres": {"postgres_url": postgres.url}}}))
+        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+            instance.event_log_storage.set_concurrency_slots("infinity", 2)
+            first, second = postgres.connect(), postgres.connect()
+            try:
+                racing = [_claim_as_dagster_does(first, "run-a"), _claim_as_dagster_does(second, "run-b")]
+                assert [update() for update in racing] == [1, 1]  # Dagster's race, unguarded
+                instance.event_log_storage.free_concurrency_slots_for_run("run-a")
+                instance.event_log_storage.free_concurrency_slots_for_run("run-b")
+
+                postgres.execute_file(SLOT_GUARD)
+                postgres.execute_file(SLOT_GUARD)  # idempotent
+                racing = [_claim_as_dagster_does(first, "run-a"), _claim_as_dagster_does(second, "run-b")]
+                assert [update() for update in racing] == [1, 0]
+                assert instance.event_log_storage.get_concurrency_info("infinity").active_slot_count == 1
+                instance.event_log_storage.free_concurrency_slots_for_run("run-a")
+                assert instance.event_log_storage.get_concurrency_info("infinity").active_slot_count == 0
+                # Dagster's own claims through the guard: two of three steps get the pool of 2.
+                claims = [instance.event_log_storage.claim_concurrency_slot("infinity", f"run-{i}", "text_embeddings")
+                          for i in range(3)]
+                assert [claim.is_claimed for claim in claims] == [True, True, False]
+            finally:
+                first.close()
+                second.close()
+
+
 def test_eight_concurrent_partition_runs_share_the_server_within_the_pool_limit(infinity_server, tmp_path):
     """Eight `dagster asset materialize` processes at once on one instance: all succeed, pool limit 2 holds.
 
@@ -359,6 +409,7 @@ def test_eight_concurrent_partition_runs_share_the_server_within_the_pool_limit(
             # Dagster creates a pool's slots from the default limit on first use, and runs racing to do it
             # fail (PostgreSQL: duplicate key) or over-allocate (SQLite): create it once first (README).
             instance.event_log_storage.initialize_concurrency_limit_to_default("infinity")
+        postgres.execute_file(SLOT_GUARD)  # deploy/postgres: without it Dagster's claims race (README)
         processes = [subprocess.Popen(
             [BIN / "dagster", "asset", "materialize", "-m", "infinity_assets.definitions", "--select",
              "text_embeddings", "--partition", partition], cwd=REPO, env=env, stdout=subprocess.PIPE,

@@ -72,6 +72,21 @@ class PostgresServer:
             connection.close()
         return self
 
+    def connect(self) -> psycopg2.extensions.connection:
+        """An autocommit connection to the ``dagster`` database (as Dagster's own connections are)."""
+        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="dagster")
+        connection.autocommit = True
+        return connection
+
+    def execute_file(self, path: Path) -> None:
+        """Run the SQL script at ``path`` on the ``dagster`` database."""
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(path.read_text())
+        finally:
+            connection.close()
+
     def __exit__(self, *exc_info: object) -> None:
         try:
             self._run(_bin("pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop")
