@@ -37,7 +37,8 @@ mutation($params: LaunchBackfillParams!) {
 class Deployment:
     """Starts the four processes on 127.0.0.1 with ``env`` (plus the PostgreSQL settings) and stops them.
 
-    ``pools`` are created before anything runs (deploy/dagster.yaml says why); ``stopped_sensors`` are turned
+    ``pools`` are created before anything runs (deploy/dagster.yaml says why), with the pool-slot guard of
+    deploy/postgres installed as the README's deployment steps do; ``stopped_sensors`` are turned
     off before the daemon starts, so a test or benchmark decides alone what is launched; ``module`` is the code
     location the code server loads.
     """
@@ -78,6 +79,8 @@ class Deployment:
             if name.startswith("DAGSTER_PG_"):
                 self._saved_environ[name] = os.environ.get(name)
                 os.environ[name] = value
+        self.cli("instance", "migrate")  # Dagster's tables, then the pool-slot guard on them (README)
+        self._postgres.execute_file(REPO / "deploy" / "postgres" / "concurrency_slot_guard.sql")
         for pool, limit in self.pools.items():
             self.cli("instance", "concurrency", "set", pool, str(limit))
         self._spawn("code-server", [BIN / "dagster", "code-server", "start", "-m", self.module,
