@@ -23,6 +23,7 @@ Example::
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 
 from .formats import (
@@ -142,15 +143,23 @@ class DocumentStore(ObjectStore):
     def _read_chunk(self, modality: str, chunk: list[SourceObject]) -> Iterator[Document]:
         formats = [self._format(modality, source) for source in chunk]
         contents = self.fetch([s for s, f in zip(chunk, formats) if not f.streamed])
-        for source, fmt in zip(chunk, formats):
-            if fmt.streamed:
-                yield from self._streamed_documents(source, fmt)
+
+        def whole(pair: tuple[SourceObject, Format]) -> Format | None:
+            source, fmt = pair
+            return None if fmt.streamed or isinstance(contents[source.path], BaseException) else fmt
+
+        # Consecutive files of one format that were read whole go to the format together, so that it can work
+        # ahead on the next files (PDF: the render pool stays busy across files).
+        for fmt, run in itertools.groupby(zip(chunk, formats), key=whole):
+            if fmt is not None:
+                yield from fmt.documents_of((source, contents[source.path]) for source, _ in run)
                 continue
-            data = contents[source.path]
-            if isinstance(data, BaseException):
-                yield Document(source.key, source.uri, source.fingerprint, error=self.read_error(data, source))
-            else:
-                yield from fmt.documents(source, data)
+            for source, each in run:
+                if each.streamed:
+                    yield from self._streamed_documents(source, each)
+                else:
+                    yield Document(source.key, source.uri, source.fingerprint,
+                                   error=self.read_error(contents[source.path], source))
 
     def _streamed_documents(self, source: SourceObject, fmt: Format) -> Iterator[Document]:
         try:

@@ -170,9 +170,9 @@ def test_a_renderer_that_crashes_or_hangs_fails_only_its_pdf(renderer, reason, i
     import time
 
     from infinity_assets.documents import DocumentStore, PdfSettings
-    from infinity_assets.formats import pdf as pdf_format
+    from infinity_assets.formats import pdf_render
 
-    real_render = pdf_format._render_page
+    real_render = pdf_render._render_page
 
     def hostile(document, number, settings):
         if len(document) == 3 and number == 1:  # page 2 of hostile.pdf
@@ -181,7 +181,7 @@ def test_a_renderer_that_crashes_or_hangs_fails_only_its_pdf(renderer, reason, i
             time.sleep(60)
         return real_render(document, number, settings)
 
-    monkeypatch.setattr(pdf_format, "_render_page", hostile)
+    monkeypatch.setattr(pdf_render, "_render_page", hostile)
     batch = tmp_path / "raw" / "images" / "b"
     batch.mkdir(parents=True)
     (batch / "hostile.pdf").write_bytes(text_pdf(3))

@@ -1,7 +1,7 @@
 """What every format shares: the :class:`Document` record and the :class:`Format` interface."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -53,6 +53,12 @@ class Format:
     def documents(self, source: SourceObject, data: bytes) -> Iterator[Document]:
         """The documents of one whole file (a failure is a Document with ``error`` set)."""
         raise NotImplementedError
+
+    def documents_of(self, files: Iterable[tuple[SourceObject, bytes]]) -> Iterator[Document]:
+        """The documents of several whole files, file after file: :meth:`documents` of each. A format may work
+        on later files while the documents of earlier ones are taken (PDF renders ahead)."""
+        for source, data in files:
+            yield from self.documents(source, data)
 
     def line_parser(self, source: SourceObject) -> LineParser:
         """A parser for the lines of one streamed file."""
