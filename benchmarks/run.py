@@ -146,8 +146,9 @@ def main() -> int:
         elif section == "pdf":
             with FakeServerProcess.shape("bandwidth") as server:
                 results["pdf"] = {"render": pdf_pages.render(max(50, int(200 * scale))),
-                                  "end_to_end": pdf_pages.end_to_end(server.url, max(5, int(20 * scale)),
-                                                                     repetitions=repetitions),
+                                  "end_to_end": [pdf_pages.end_to_end(server.url, max(1, int(documents * scale)),
+                                                                      pages, repetitions=repetitions)
+                                                 for documents, pages in pdf_pages.SHAPES],
                                   "memory": pdf_pages.peak_rss(server.url, max(250, int(1000 * scale)))}
         report.write(results)
     results["total_seconds"] = time.monotonic() - started

@@ -159,29 +159,38 @@ def _store(seaweedfs, bucket: str, **pdf: object):
     return DocumentStore(f"s3://{bucket}", pdf=PdfSettings(**pdf), **seaweedfs.storage_options())
 
 
-@pytest.mark.parametrize("renderer, reason", [
-    ("crash", "the PDF renderer crashed on page 2 (exit code 3)"),
-    ("hang", "rendering page 2 took longer than 1 s"),
-])
-def test_a_renderer_that_crashes_or_hangs_fails_only_its_pdf(renderer, reason, infinity_server, tmp_path,
-                                                             monkeypatch):
-    """Workers are forked, so a patched page renderer behaves like PDFium crashing or hanging on a hostile page."""
+def _break_page_2(monkeypatch, renderer: str, of_pdfs_with_pages: int) -> None:
+    """Make the renderer crash (exit code 3) or hang on page 2 of the PDFs of ``of_pdfs_with_pages`` pages.
+
+    Workers are forked, so a patched page renderer behaves like PDFium crashing or hanging on a hostile page."""
     import os
     import time
 
-    from infinity_assets.documents import DocumentStore, PdfSettings
     from infinity_assets.formats import pdf_render
 
     real_render = pdf_render._render_page
 
     def hostile(document, number, settings):
-        if len(document) == 3 and number == 1:  # page 2 of hostile.pdf
+        if len(document) == of_pdfs_with_pages and number == 1:
             if renderer == "crash":
                 os._exit(3)
             time.sleep(60)
         return real_render(document, number, settings)
 
     monkeypatch.setattr(pdf_render, "_render_page", hostile)
+
+
+@pytest.mark.parametrize("renderer, reason", [
+    ("crash", "the PDF renderer crashed on page 2 (exit code 3)"),
+    ("hang", "rendering page 2 took longer than 1 s"),
+])
+def test_a_renderer_that_crashes_or_hangs_fails_only_its_pdf(renderer, reason, infinity_server, tmp_path,
+                                                             monkeypatch):
+    import time
+
+    from infinity_assets.documents import DocumentStore, PdfSettings
+
+    _break_page_2(monkeypatch, renderer, of_pdfs_with_pages=3)
     batch = tmp_path / "raw" / "images" / "b"
     batch.mkdir(parents=True)
     (batch / "hostile.pdf").write_bytes(text_pdf(3))
@@ -196,3 +205,125 @@ def test_a_renderer_that_crashes_or_hangs_fails_only_its_pdf(renderer, reason, i
     assert "the pages after page 2 (up to 3) were not rendered" in reasons["hostile.pdf"]
     artifact = artifacts.read_artifact(store.fs, store.artifact_path("images", "b"))
     assert sorted(artifact.doc_ids) == ["fine.pdf#page=1", "fine.pdf#page=2", "hostile.pdf#page=1"]
+
+
+# The render pool (formats/pdf_render.py): one pool of worker processes for a run of PDFs, without a server.
+
+def _sources(files: dict[str, bytes]) -> list[tuple]:
+    from infinity_assets.storage import SourceObject
+
+    return [(SourceObject(key, f"file:///b/{key}", f"/b/{key}", len(data), f"fp-{key}", 0.0), data)
+            for key, data in files.items()]
+
+
+def _render(files: dict[str, bytes], **settings: object) -> list:
+    from infinity_assets.documents import PdfSettings
+    from infinity_assets.formats.pdf import PdfFormat
+
+    return list(PdfFormat(pdf=PdfSettings(**settings)).documents_of(_sources(files)))
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def _render_processes() -> list:
+    import multiprocessing
+
+    return [p for p in multiprocessing.active_children() if p.name == "pdf-render"]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_the_pages_of_many_pdfs_come_out_in_order_with_their_doc_ids_and_texts(workers):
+    counts = {"a.pdf": 1, "b.pdf": 3, "c.pdf": 2, "d.pdf": 5, "e.pdf": 1}
+    files = {key: text_pdf(pages, key) for key, pages in counts.items()}
+    files = {**dict(list(files.items())[:2]), "empty.pdf": b"", "corrupt.pdf": b"%PDF-1.7\n" + bytes(300),
+             **dict(list(files.items())[2:])}
+    documents = _render(files, workers=workers)
+    expected = [(f"{key}#page={n}", n) if key in counts else (key, None)
+                for key in files for n in range(1, counts.get(key, 1) + 1)]
+    assert [(d.doc_id, d.page) for d in documents] == expected
+    for document in documents:
+        key = document.doc_id.split("#")[0]
+        assert document.fingerprint == f"fp-{key}" and document.source_uri == f"file:///b/{key}"
+        if key in counts:
+            assert document.error is None and document.page_text == f"{key} page {document.page}"
+            expected_pixels = _pixels(rendered_pages(files[key])[document.page - 1])
+            np.testing.assert_array_equal(_pixels(document.content), expected_pixels)
+    assert [d.doc_id for d in documents if d.error] == ["empty.pdf", "corrupt.pdf"]
+
+
+@pytest.mark.parametrize("renderer, reason", [
+    ("crash", "the PDF renderer crashed on page 2 (exit code 3)"),
+    ("hang", "rendering page 2 took longer than 1 s"),
+])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_crash_or_hang_in_one_pdf_does_not_affect_the_next_pdfs_of_the_pool(renderer, reason, workers,
+                                                                              monkeypatch):
+    import time
+
+    _break_page_2(monkeypatch, renderer, of_pdfs_with_pages=4)
+    files = {"first.pdf": text_pdf(3, "first"), "hostile.pdf": text_pdf(4, "hostile"),
+             "next.pdf": text_pdf(3, "next"), "last.pdf": text_pdf(1, "last")}
+    started = time.monotonic()
+    documents = _render(files, workers=workers, page_timeout=1.0)
+    assert time.monotonic() - started < 20
+    failures = {d.doc_id: d.error for d in documents if d.error}
+    assert set(failures) == {"hostile.pdf#page=2", "hostile.pdf"}
+    assert reason in failures["hostile.pdf#page=2"]
+    assert "the pages after page 2 (up to 4) were not rendered" in failures["hostile.pdf"]
+    assert [d.doc_id for d in documents if not d.error] == [
+        "first.pdf#page=1", "first.pdf#page=2", "first.pdf#page=3", "hostile.pdf#page=1",
+        "next.pdf#page=1", "next.pdf#page=2", "next.pdf#page=3", "last.pdf#page=1"]
+    assert not _render_processes()
+
+
+def test_a_worker_killed_from_outside_fails_only_its_page_and_is_replaced(tmp_path, monkeypatch):
+    """As the OOM killer would: the page it was rendering fails, a fresh process renders the next PDF."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from infinity_assets.formats import pdf_render
+
+    real_render = pdf_render._render_page
+    rendering = tmp_path / "rendering"
+
+    def slow_on_victim(document, number, settings):
+        if len(document) == 2 and number == 0:  # page 1 of victim.pdf: say who renders it, then take long
+            rendering.write_text(str(os.getpid()))
+            time.sleep(60)
+        return real_render(document, number, settings)
+
+    def kill_the_renderer():
+        deadline = time.monotonic() + 20
+        while not rendering.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(int(rendering.read_text()), signal.SIGKILL)
+
+    monkeypatch.setattr(pdf_render, "_render_page", slow_on_victim)
+    killer = threading.Thread(target=kill_the_renderer)
+    killer.start()
+    documents = _render({"victim.pdf": text_pdf(2, "victim"), "next.pdf": text_pdf(3, "next")}, workers=1)
+    killer.join()
+    outcome = [(d.doc_id, d.error) for d in documents]
+    assert outcome[0][0] == "victim.pdf#page=1"
+    assert "the PDF renderer crashed on page 1 (exit code -9)" in outcome[0][1]
+    assert outcome[1][0] == "victim.pdf" and "the pages after page 1 (up to 2)" in outcome[1][1]
+    assert outcome[2:] == [("next.pdf#page=1", None), ("next.pdf#page=2", None), ("next.pdf#page=3", None)]
+    assert not _render_processes()
+
+
+def test_no_render_process_is_left_after_the_pages_are_taken_or_the_reader_stops_early():
+    from infinity_assets.documents import PdfSettings
+    from infinity_assets.formats.pdf import PdfFormat
+
+    files = _sources({"a.pdf": text_pdf(5), "b.pdf": text_pdf(5)})
+    documents = PdfFormat(pdf=PdfSettings(workers=2)).documents_of(files)
+    assert next(documents).doc_id == "a.pdf#page=1"
+    assert len(_render_processes()) == 2
+    documents.close()  # a consumer that stops early (an exception, a break) closes the generator
+    assert not _render_processes()
+    assert len(list(PdfFormat(pdf=PdfSettings(workers=2)).documents_of(files))) == 10
+    assert not _render_processes()

@@ -22,7 +22,7 @@ import multiprocessing
 import multiprocessing.connection
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +132,7 @@ class _Pool:
                 _stop(worker)
         self.workers = []
 
-    def _wait_for(self, index: int, number: int, done: Any) -> None:
+    def _wait_for(self, index: int, number: int, done: Callable[[], bool]) -> None:
         """Hand out tasks and take results until ``done()``; the task (index, number) gets ``page_timeout``."""
         waiting_since = time.monotonic()
         while not done():
@@ -148,9 +148,9 @@ class _Pool:
                 if worker.connection in ready:
                     self._take(worker)
             if owner.connection not in ready and time.monotonic() >= deadline:
-                what = "opening the file" if number == OPEN else f"page {number}"
-                self._lose(owner, f"rendering {what} took longer than {self.settings.page_timeout:g} s "
+                self._lose(owner, f"rendering {_what(number)} took longer than {self.settings.page_timeout:g} s "
                                   "(INFINITY_PDF_PAGE_TIMEOUT); the PDF may be hostile")
+        self._hand_out()  # the worker that just answered renders on while the consumer takes the answer
 
     def _hand_out(self) -> None:
         """Give idle workers the next tasks in consumer order, within the look-ahead bound."""
@@ -176,15 +176,19 @@ class _Pool:
                 self._send(worker, self.next, pdf.handed_out)
 
     def _idle_worker(self) -> _Worker | None:
-        for slot, worker in enumerate(self.workers):
-            if worker is None:
-                worker = self.workers[slot] = _start(self.settings)
-            if worker.task is None:
-                return worker
-        if len(self.workers) < self.settings.worker_count:  # the first tasks start the pool
-            self.workers.append(_start(self.settings))
-            return self.workers[-1]
-        return None
+        """An idle worker, started if the pool is not full (the first tasks start it, a lost one is replaced)."""
+        idle = next((w for w in self.workers if w is not None and w.task is None), None)
+        if idle is not None:
+            return idle
+        if None in self.workers:
+            slot = self.workers.index(None)
+        elif len(self.workers) < self.settings.worker_count:
+            slot = len(self.workers)
+            self.workers.append(None)
+        else:
+            return None
+        self.workers[slot] = _start(self.settings)
+        return self.workers[slot]
 
     def _send(self, worker: _Worker, index: int, number: int) -> None:
         data = None if worker.loaded == index else self.pdfs[index].data
@@ -199,17 +203,15 @@ class _Pool:
             self._send(replacement, index, number)
 
     def _take(self, worker: _Worker) -> None:
-        """Store the answer of a worker that has one (or its death as its task's failure)."""
+        """Store the answer of a busy worker that has one (or its death as its task's failure)."""
+        assert worker.task is not None
         try:
             message = worker.connection.recv()
         except (EOFError, OSError):
             worker.process.join(5)
-            number = worker.task[1] if worker.task else OPEN
-            what = "opening the file" if number == OPEN else f"page {number}"
-            self._lose(worker, f"the PDF renderer crashed on {what} (exit code {worker.process.exitcode}); "
-                               "the file may be corrupt")
+            self._lose(worker, f"the PDF renderer crashed on {_what(worker.task[1])} (exit code "
+                               f"{worker.process.exitcode}); the file may be corrupt")
             return
-        assert worker.task is not None
         (index, number), worker.task = worker.task, None
         self._record(index, number, message)
 
@@ -242,6 +244,10 @@ class _Pool:
             pdf.broken_at = number
             for later in [key for key in self.results if key[0] == index and key[1] > number]:
                 del self.results[later]
+
+
+def _what(number: int) -> str:
+    return "opening the file" if number == OPEN else f"page {number}"
 
 
 def _start(settings: PdfSettings) -> _Worker:
