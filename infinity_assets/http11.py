@@ -324,10 +324,9 @@ class _IdleConnections:
 
 def _closed_by_peer(connection: socket.socket) -> bool:
     """An idle connection that is readable has been closed by the server (or holds stray bytes): not reusable."""
-    try:
-        return bool(select.select([connection], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
+    poller = select.poll()  # not select(): that refuses descriptors over 1,024
+    poller.register(connection, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _connect(origin: Origin, timeout: float | None) -> socket.socket:
