@@ -213,12 +213,21 @@ class _Exchange:
                     raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__} in the answer's body")
 
 
-class _Body(httpx.SyncByteStream):
-    """The answer's body: one ``bytearray`` when its length is known, else h11's parts; read on iteration."""
+class _BodyReading:
+    """What both body streams share: the exchange, its connection, and giving the connection back once."""
 
-    def __init__(self, transport: Http11Transport, exchange: _Exchange, connection: socket.socket) -> None:
+    def __init__(self, transport: _Pooled, exchange: _Exchange, connection: socket.socket) -> None:
         self._transport, self._exchange, self._connection = transport, exchange, connection
         self._reusable, self._released = False, False
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._transport._give_back(self._connection, self._exchange, self._reusable)
+
+
+class _Body(_BodyReading, httpx.SyncByteStream):
+    """The answer's body: one ``bytearray`` when its length is known, else h11's parts; read on iteration."""
 
     def __iter__(self) -> Iterator[bytes]:
         exchange, connection = self._exchange, self._connection
@@ -243,17 +252,11 @@ class _Body(httpx.SyncByteStream):
         self._reusable = exchange.reusable_after(length)
 
     def close(self) -> None:
-        if not self._released:
-            self._released = True
-            self._transport._give_back(self._connection, self._exchange, self._reusable)
+        self._release()
 
 
-class _AsyncBody(httpx.AsyncByteStream):
+class _AsyncBody(_BodyReading, httpx.AsyncByteStream):
     """The asyncio twin of :class:`_Body`."""
-
-    def __init__(self, transport: AsyncHttp11Transport, exchange: _Exchange, connection: socket.socket) -> None:
-        self._transport, self._exchange, self._connection = transport, exchange, connection
-        self._reusable, self._released = False, False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         exchange, connection, loop = self._exchange, self._connection, asyncio.get_running_loop()
@@ -280,9 +283,7 @@ class _AsyncBody(httpx.AsyncByteStream):
         self._reusable = exchange.reusable_after(length)
 
     async def aclose(self) -> None:
-        if not self._released:
-            self._released = True
-            self._transport._give_back(self._connection, self._exchange, self._reusable)
+        self._release()
 
 
 class _IdleConnections:
