@@ -121,7 +121,7 @@ class _RecordingFinder:
         return None
 
 
-@pytest.mark.parametrize("tls", [True, False], ids=["anyio-streams", "asyncio-sockets"])
+@pytest.mark.parametrize("tls", [True, False], ids=["httpcore-anyio", "http11-asyncio"])
 def test_async_requests_search_for_no_module(server_url, tls):
     """An import of a missing module is a sys.path search each time (httpcore imports sniffio at every lock)."""
     import sys
