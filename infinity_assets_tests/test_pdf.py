@@ -327,3 +327,21 @@ def test_no_render_process_is_left_after_the_pages_are_taken_or_the_reader_stops
     assert not _render_processes()
     assert len(list(PdfFormat(pdf=PdfSettings(workers=2)).documents_of(files))) == 10
     assert not _render_processes()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (37, 101), (1024, 792)])
+def test_page_pngs_are_lossless_and_pass_the_clients_check(shape):
+    """The renderer's own PNG writer (Sub filter, zlib): Pillow decodes exactly the pixels, the client's PNG
+    structure check accepts it, also from a strided view like PDFium's bitmaps."""
+    from infinity_assets import wire
+    from infinity_assets.formats import pdf_render
+
+    rng = np.random.default_rng(sum(shape))
+    padded = rng.integers(0, 256, (*shape, 4), dtype=np.uint8)
+    rgb = padded[:, :, :3]  # not contiguous, as a bitmap with row padding is not
+    png = pdf_render.png_bytes(rgb)
+    with Image.open(io.BytesIO(png)) as decoded:
+        assert decoded.mode == "RGB" and decoded.size == (shape[1], shape[0])
+        np.testing.assert_array_equal(np.asarray(decoded), rgb)
+    if min(shape) >= wire.MIN_IMAGE_SIDE:
+        assert wire.image_data_uri(png).startswith("data:image/png;base64,")

@@ -17,14 +17,17 @@ consumed, when the consumer stops early (``close()``, garbage collection) and, a
 """
 from __future__ import annotations
 
-import io
 import multiprocessing
 import multiprocessing.connection
+import struct
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..storage import SourceObject
 from .base import Document, first_line
@@ -283,8 +286,7 @@ def _context() -> Any:
     forked from by more than a read chunk."""
     # Everything a worker uses is imported before forking: a worker never takes the import lock, which another
     # thread of this process might hold at the instant of the fork.
-    import pypdfium2  # noqa: F401
-    from PIL import Image, PngImagePlugin  # noqa: F401
+    import pypdfium2  # noqa: F401  (numpy, zlib and struct, for the PNG, are imported with this module)
 
     return multiprocessing.get_context("fork")
 
@@ -328,19 +330,39 @@ def _render_page(document: Any, number: int, settings: PdfSettings) -> tuple[byt
         if min(width, height) * scale < MIN_SIDE:
             raise ValueError(f"the page is {width:.0f} x {height:.0f} points, under {MIN_SIDE} pixels on one "
                              f"side at max_side={settings.max_side}")
-        bitmap = page.render(scale=scale)
-        image = bitmap.to_pil().convert("RGB")
-        bitmap.close()
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", compress_level=1)  # lossless; level 1: the CPU goes to rendering
+        bitmap = page.render(scale=scale, rev_byteorder=True)  # RGB, no alpha
+        try:
+            png = png_bytes(bitmap.to_numpy())
+        finally:
+            bitmap.close()
         textpage = page.get_textpage()
         try:
             text = textpage.get_text_bounded().strip()[:MAX_PAGE_TEXT] or None
         finally:
             textpage.close()
-        return buffer.getvalue(), text
+        return png, text
     finally:
         page.close()
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """A lossless RGB PNG of ``rgb`` (height x width x 3, uint8): every row with PNG's "Sub" filter (each byte
+    minus the one a pixel to its left), zlib at level 1. Pillow picks a filter per row by trying all five,
+    which made PNG encoding ~70 % of a page's rendering; Sub alone is 2-2.5 x faster for the same bytes on
+    rendered text pages (+6 %) and on photo-like pages (+0 %)."""
+    height, width, _ = rgb.shape
+    rows = rgb.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), np.uint8)
+    filtered[:, 0] = 1  # the Sub filter
+    filtered[:, 1:4] = rows[:, :3]
+    np.subtract(rows[:, 3:], rows[:, :-3], out=filtered[:, 4:])  # modulo 256, as PNG defines it
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits per channel, RGB, no interlace
+    return b"".join((b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header),
+                     _png_chunk(b"IDAT", zlib.compress(filtered, 1)), _png_chunk(b"IEND", b"")))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _open_error(exc: BaseException) -> str:
