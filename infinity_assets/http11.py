@@ -5,9 +5,9 @@ An Infinity answer is large (a ColPali page is ~0.7 MB of base64, a batch of ten
 the client joins the pieces: several copies, each in Python-sized steps. Here h11 writes the request and
 parses the answer's head; a body of known length is then received with ``recv_into`` into a ``bytearray`` of
 exactly its size, which the kernel fills directly. On pinned cores against the bandwidth-bound fake server
-(8 threads, the prepared bodies, no decoding), a page cost 0.76 ms of CPU through httpcore with 1 MiB reads
-and 0.33 ms this way (benchmarks/cpu_cost.py measures the whole client). Bodies of unknown length (chunked,
-or ended by the server closing) go through h11 as usual.
+(8 threads, the prepared bodies, no decoding; a one-off A/B), a page cost 0.91 ms of CPU through httpcore with
+1 MiB reads and 0.60 ms this way (raw sockets: 0.33 ms); benchmarks/cpu_cost.py measures the whole client.
+Bodies of unknown length (chunked, or ended by the server closing) go through h11 as usual.
 
 :class:`Http11Transport` (threads) and :class:`AsyncHttp11Transport` (asyncio's socket API, Python 3.11+)
 keep connections alive per origin: at most ``max_connections`` in use at once (waiting up to the ``pool``
@@ -186,8 +186,9 @@ class _Exchange:
         data, _ = self.h11.trailing_data
         if len(data) > len(body):  # more than the answer: the connection's state is unknown, do not reuse it
             self.closes = True
-        body[:min(len(data), len(body))] = data[:len(body)]
-        return min(len(data), len(body))
+        taken = data[:len(body)]
+        body[:len(taken)] = taken
+        return len(taken)
 
     def reusable_after(self, length: int | None) -> bool:
         """Whether the connection may carry another request once the body is read."""

@@ -31,13 +31,13 @@ import numpy as np
 
 from ..storage import SourceObject
 from .base import Document, first_line
+from .images import MIN_IMAGE_SIDE
 
 if TYPE_CHECKING:
     from .pdf import PdfSettings
 
 #: Text layers longer than this (characters) are cut: a snippet, not the document.
 MAX_PAGE_TEXT = 20_000
-MIN_SIDE = 3  # Infinity's vision models reject smaller images
 #: Pages handed out or rendered and waiting, beyond the one the consumer takes next, per worker process.
 AHEAD_PER_WORKER = 2
 OPEN = 0  # the page number of the task "open the PDF and count its pages"
@@ -327,8 +327,8 @@ def _render_page(document: Any, number: int, settings: PdfSettings) -> tuple[byt
     try:
         width, height = page.get_size()  # points (1/72 inch)
         scale = min(settings.dpi / 72, settings.max_side / max(width, height, 1e-6))
-        if min(width, height) * scale < MIN_SIDE:
-            raise ValueError(f"the page is {width:.0f} x {height:.0f} points, under {MIN_SIDE} pixels on one "
+        if min(width, height) * scale < MIN_IMAGE_SIDE:
+            raise ValueError(f"the page is {width:.0f} x {height:.0f} points, under {MIN_IMAGE_SIDE} pixels on one "
                              f"side at max_side={settings.max_side}")
         bitmap = page.render(scale=scale, rev_byteorder=True)  # RGB, no alpha
         try:
