@@ -18,7 +18,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.execution.backfill import BulkActionStatus
 
-from infinity_assets_tests.servers.deployment import Deployment
+from infinity_assets_dev.deployment import Deployment
 from infinity_assets_tests.test_cli import clean_env
 
 from .fake_server import MODEL, FakeServerProcess

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from infinity_assets import allocator
+from infinity_assets.client import allocator
 
 from .fake_server import MODEL, SHAPES, FakeServerProcess
 from .partition import materialize, write_partition

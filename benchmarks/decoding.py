@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from infinity_assets import wire
+from infinity_assets.client import wire
 
 from .fake_server import _Answers
 

@@ -27,9 +27,9 @@ import numpy as np
 
 from infinity_assets import InfinityEmbeddings, artifacts, index
 from infinity_assets.artifacts import ArtifactWriter
-from infinity_assets.documents import DocumentStore
+from infinity_assets.storage.documents import DocumentStore
 from infinity_assets.pipeline import embed_partition
-from infinity_assets.search import maxsim_scores, normalized
+from infinity_assets.index.maxsim import maxsim_scores, normalized
 
 MODEL, DIM = "minilm-colbert-128", 128
 PER_PARTITION = 500
@@ -52,7 +52,7 @@ def _size(path: Path) -> int:
 
 
 def _vocabulary() -> list[str]:
-    from infinity_assets_tests.servers.infinity import models_dir
+    from infinity_assets_dev.infinity import models_dir
 
     vocab = json.loads((models_dir() / MODEL / "tokenizer.json").read_text())["model"]["vocab"]
     return [word for word in vocab if word.isalpha() and len(word) > 3][:5000]
@@ -168,7 +168,7 @@ def page_case(count: int, embed: list[float]) -> dict[str, Any]:
 
 def run(scale: float = 1.0) -> dict[str, Any]:
     """Every case (``scale`` < 1 shrinks them for a smoke run)."""
-    from infinity_assets_tests.servers.infinity import InfinityServer
+    from infinity_assets_dev.infinity import InfinityServer
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as logs, InfinityServer([MODEL], log_dir=Path(logs)) as server:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from infinity_assets import artifacts, pipeline
-from infinity_assets.client import InfinityEmbeddings
-from infinity_assets.documents import DocumentStore
+from infinity_assets.client.embeddings import InfinityEmbeddings
+from infinity_assets.storage.documents import DocumentStore
 
 from .fake_server import MODEL
 from .loadgen import load_generator

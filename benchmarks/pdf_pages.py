@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infinity_assets.documents import DocumentStore, PdfSettings
-from infinity_assets.formats.pdf import PdfFormat
-from infinity_assets.storage import SourceObject
+from infinity_assets.storage.documents import DocumentStore, PdfSettings
+from infinity_assets.storage.formats.pdf import PdfFormat
+from infinity_assets.storage.store import SourceObject
 
 from .partition import REPO, _high_water_mb
 
@@ -114,7 +114,7 @@ def peak_rss(url: str, pages: int = 1000) -> dict[str, Any]:
 
 def _memory_child(url: str, pages: int) -> None:
     from infinity_assets import pipeline
-    from infinity_assets.client import InfinityEmbeddings
+    from infinity_assets.client.embeddings import InfinityEmbeddings
 
     from .fake_server import MODEL
 

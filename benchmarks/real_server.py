@@ -16,7 +16,7 @@ TEXT_MODEL, IMAGE_MODEL = "minilm-colbert-128", "colpali-tiny"
 
 def run(texts: int = 400, images: int = 160, repetitions: int = 3) -> dict[str, Any]:
     """Median texts/s and images/s of ours (sync) and the load generator; the server is started and stopped here."""
-    from infinity_assets_tests.servers.infinity import InfinityServer
+    from infinity_assets_dev.infinity import InfinityServer
 
     results: dict[str, Any] = {}
     with InfinityServer([TEXT_MODEL, IMAGE_MODEL]) as server:

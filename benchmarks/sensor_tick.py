@@ -27,7 +27,7 @@ def run(objects: int = 100_000, data_dir: Path = DATA_DIR) -> dict[str, Any]:
     The upload (~2 minutes on 2 cores, botocore signing 100,000 PUTs) is kept in ``data_dir`` and reused by
     later runs; a marker object outside ``raw/`` records that it completed.
     """
-    from infinity_assets_tests.servers.seaweedfs import SeaweedFS
+    from infinity_assets_dev.seaweedfs import SeaweedFS
 
     with SeaweedFS(data_dir) as s3:
         fs, bucket = s3.filesystem(), "bench-sensor"
@@ -53,7 +53,7 @@ def _budget() -> float:
     """The sensor's default time budget, read from its builder so the report follows the code."""
     import inspect
 
-    from infinity_assets.sensors import build_new_documents_sensor
+    from infinity_assets.orchestration.sensors import build_new_documents_sensor
 
     return float(inspect.signature(build_new_documents_sensor).parameters["time_budget_seconds"].default)
 
@@ -61,8 +61,8 @@ def _budget() -> float:
 def _tick(root: str) -> None:
     import dagster as dg
 
-    from infinity_assets.resources import DocumentStoreResource
-    from infinity_assets.sensors import new_documents_sensor
+    from infinity_assets.orchestration.resources import DocumentStoreResource
+    from infinity_assets.orchestration.sensors import new_documents_sensor
 
     from .partition import _high_water_mb
 

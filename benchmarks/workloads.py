@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from infinity_assets import wire
-from infinity_assets.client import InfinityEmbeddings
+from infinity_assets.client import wire
+from infinity_assets.client.embeddings import InfinityEmbeddings
 
 from .baselines import OfficialClient, SeedAlgorithm
 from .loadgen import load_generator

@@ -4,8 +4,8 @@ The Infinity client works without Dagster::
 
     from infinity_assets import InfinityEmbeddings
 """
-from .client import ClientStats, InfinityEmbeddings
-from .errors import (
+from infinity_assets.client.embeddings import ClientStats, InfinityEmbeddings
+from infinity_assets.client.errors import (
     BatchEmbeddingError,
     InfinityAuthenticationError,
     InfinityBadRequestError,
@@ -44,7 +44,7 @@ __all__ = [
 def __getattr__(name: str):
     # The Dagster resources import dagster (slow); load them only when asked for.
     if name in ("InfinityResource", "DocumentStoreResource"):
-        from . import resources
+        from infinity_assets.orchestration import resources
 
         return getattr(resources, name)
     raise AttributeError(f"module 'infinity_assets' has no attribute {name!r}")

@@ -13,9 +13,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .documents import DocumentStoreError
-from .errors import InfinityError
-from .index import Hit, SearchIndexError, search_text
+from infinity_assets.storage.documents import DocumentStoreError
+from infinity_assets.client.errors import InfinityError
+from infinity_assets.index import Hit, SearchIndexError, search_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.k < 1:
         print("infinity-assets: --k must be at least 1", file=sys.stderr)
         return 2
-    from .resources import DocumentStoreResource, InfinityResource  # dagster is slow to import: only now
+    from infinity_assets.orchestration.resources import DocumentStoreResource, InfinityResource  # dagster is slow to import: only now
 
     os.environ.setdefault("LANCE_LOG", "error")  # Lance's Rust warnings are for developers, not this output
 

@@ -5,14 +5,14 @@ Resources are configured with ``EnvVar``s and environment defaults resolved at r
 """
 import dagster as dg
 
-from .assets import image_embeddings, text_embeddings
-from .checks import image_checks, text_checks
-from .index_assets import image_index, image_quality, index_automation_sensor, text_index, text_quality
-from .jobs import embed_images_job, embed_text_job
-from .lineage import raw_image_documents, raw_text_documents
-from .resources import DocumentStoreResource, InfinityResource
-from .schedules import images_incremental_schedule, text_incremental_schedule
-from .sensors import new_documents_sensor
+from infinity_assets.orchestration.assets import image_embeddings, text_embeddings
+from infinity_assets.orchestration.checks import image_checks, text_checks
+from infinity_assets.orchestration.index_assets import image_index, image_quality, index_automation_sensor, text_index, text_quality
+from infinity_assets.orchestration.jobs import embed_images_job, embed_text_job
+from infinity_assets.orchestration.lineage import raw_image_documents, raw_text_documents
+from infinity_assets.orchestration.resources import DocumentStoreResource, InfinityResource
+from infinity_assets.orchestration.schedules import images_incremental_schedule, text_incremental_schedule
+from infinity_assets.orchestration.sensors import new_documents_sensor
 
 
 def build_definitions(documents_sensor: dg.SensorDefinition = new_documents_sensor) -> dg.Definitions:

@@ -18,9 +18,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import __version__, artifacts, documents
-from .client import InfinityEmbeddings
-from .errors import InfinityError
+from infinity_assets import __version__
+
+from infinity_assets import artifacts
+
+from infinity_assets.storage import documents
+from infinity_assets.client.embeddings import InfinityEmbeddings
+from infinity_assets.client.errors import InfinityError
 
 logger = logging.getLogger(__name__)
 

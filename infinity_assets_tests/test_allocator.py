@@ -9,7 +9,7 @@ import sys
 
 PROBE = """
 import ctypes, json
-from infinity_assets import allocator
+from infinity_assets.client import allocator
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from infinity_assets import InfinityEmbeddings, InfinityResource, artifacts
-from infinity_assets.assets import image_embeddings, text_embeddings
-from infinity_assets.checks import image_checks, text_checks
-from infinity_assets.documents import DocumentStore, DocumentStoreError
+from infinity_assets.orchestration.assets import image_embeddings, text_embeddings
+from infinity_assets.orchestration.checks import image_checks, text_checks
+from infinity_assets.storage.documents import DocumentStore, DocumentStoreError
 
 TEXT_MODEL, IMAGE_MODEL = "minilm-colbert-128", "colqwen2-tiny"
 

@@ -12,11 +12,11 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from infinity_assets import InfinityResource, artifacts
-from infinity_assets.assets import partitions_per_backfill_run, text_embeddings
-from infinity_assets.checks import text_checks
-from infinity_assets.lineage import observation, raw_text_documents
-from infinity_assets.resources import DocumentStoreResource
-from infinity_assets.schedules import current_data_versions, materialized_data_versions
+from infinity_assets.orchestration.assets import partitions_per_backfill_run, text_embeddings
+from infinity_assets.orchestration.checks import text_checks
+from infinity_assets.orchestration.lineage import observation, raw_text_documents
+from infinity_assets.orchestration.resources import DocumentStoreResource
+from infinity_assets.orchestration.schedules import current_data_versions, materialized_data_versions
 
 MODEL = "minilm-colbert-128"
 BATCHES = [f"batch-{i}" for i in range(6)]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from infinity_assets import artifacts
-from infinity_assets.documents import DocumentStore
+from infinity_assets.storage.documents import DocumentStore
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

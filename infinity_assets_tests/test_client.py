@@ -24,9 +24,9 @@ from infinity_assets import (
     InfinityServerError,
     InvalidInputError,
 )
-from infinity_assets import wire
-from infinity_assets_tests.servers import fake_infinity as fi
-from infinity_assets_tests.servers.fake_infinity import FakeInfinity, vectors_for
+from infinity_assets.client import wire
+from infinity_assets.testing import fake_infinity as fi
+from infinity_assets.testing.fake_infinity import FakeInfinity, vectors_for
 
 ENCODINGS = ["base64", "float"]
 

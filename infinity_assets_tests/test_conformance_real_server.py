@@ -20,8 +20,8 @@ from infinity_assets import (
     InfinityEmbeddings,
     InfinityResponseError,
 )
-from infinity_assets import wire
-from infinity_assets_tests.servers.infinity import IMAGE_MODELS, MODELS
+from infinity_assets.client import wire
+from infinity_assets_dev.infinity import IMAGE_MODELS, MODELS
 
 ENCODINGS = ["base64", "float"]
 

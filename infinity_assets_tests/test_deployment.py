@@ -14,9 +14,9 @@ from dagster._core.execution.backfill import BulkActionStatus
 import yaml
 
 from infinity_assets import artifacts
-from infinity_assets.documents import DocumentStore
+from infinity_assets.storage.documents import DocumentStore
 
-from .servers.deployment import Deployment
+from infinity_assets_dev.deployment import Deployment
 from .test_cli import REPO, clean_env
 
 MODEL = "minilm-colbert-128"

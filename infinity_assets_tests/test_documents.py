@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 from PIL import Image
 
-from infinity_assets.documents import (
+from infinity_assets.storage.documents import (
     MAX_TEXT_CHARS,
     DocumentStore,
     DocumentStoreError,
@@ -20,8 +20,8 @@ from infinity_assets.documents import (
     partition_key_for_folder,
 )
 
-from .servers.ports import free_port
-from .servers.seaweedfs import SeaweedFS
+from infinity_assets_dev.ports import free_port
+from infinity_assets_dev.seaweedfs import SeaweedFS
 
 
 def image_bytes(size: tuple[int, int] = (16, 12), fmt: str = "PNG") -> bytes:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from infinity_assets import InfinityEmbeddings, InfinityResponseError, artifacts
-from infinity_assets.documents import DocumentStore
+from infinity_assets.storage.documents import DocumentStore
 from infinity_assets.pipeline import embed_partition
 
-from .servers.infinity import InfinityServer
+from infinity_assets_dev.infinity import InfinityServer
 
 MODEL = "minilm-colbert"
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from infinity_assets.http11 import AsyncHttp11Transport, Http11Transport
+from infinity_assets.client.transports.http11 import AsyncHttp11Transport, Http11Transport
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 

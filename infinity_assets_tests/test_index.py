@@ -14,7 +14,7 @@ import pytest
 
 from infinity_assets import InfinityEmbeddings, index
 from infinity_assets.artifacts import ArtifactWriter
-from infinity_assets.index_lock import IndexLockError, WriterLock
+from infinity_assets.index.lock import IndexLockError, WriterLock
 from infinity_assets.pipeline import embed_partition
 
 from .test_search import DOCUMENTS
@@ -93,7 +93,7 @@ def test_a_new_model_rebuilds_the_table_for_it(tmp_path):
 
 
 def store_root_local(tmp_path):
-    from infinity_assets.documents import DocumentStore
+    from infinity_assets.storage.documents import DocumentStore
 
     return DocumentStore(str(tmp_path / "store"))
 
@@ -110,7 +110,7 @@ def test_a_second_writer_waits_then_fails_naming_the_holder(store_root):
 
 
 def test_an_expired_s3_lease_is_taken_over(seaweedfs, s3_bucket):
-    from infinity_assets.documents import DocumentStore
+    from infinity_assets.storage.documents import DocumentStore
 
     store = DocumentStore(f"s3://{s3_bucket}/p", **seaweedfs.storage_options())
     path = store.path(index.INDEX_DIR)
@@ -173,7 +173,7 @@ def test_index_results_equal_exact_maxsim_over_the_artifacts(tmp_path, minilm):
 
 def embed_and_sync(root_url: str, options: dict, server_url: str, partition: str) -> index.SyncReport:
     """What one embedding run followed by one index run does (run in its own process)."""
-    from infinity_assets.documents import DocumentStore
+    from infinity_assets.storage.documents import DocumentStore
 
     store = DocumentStore(root_url, **options)
     with InfinityEmbeddings(url=server_url, model_name="minilm-colbert", hidden_dim=384) as client:

@@ -11,9 +11,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from infinity_assets.index_assets import QualityConfig, quality_result, text_index, text_quality
-from infinity_assets.resources import InfinityResource
-from infinity_assets.sensors import new_documents_sensor
+from infinity_assets.orchestration.index_assets import QualityConfig, quality_result, text_index, text_quality
+from infinity_assets.orchestration.resources import InfinityResource
+from infinity_assets.orchestration.sensors import new_documents_sensor
 
 from .servers.seaweedfs_fixtures import StoreRoot
 from .test_search import DOCUMENTS
@@ -25,7 +25,7 @@ GOOD_SET = [{"query": " ".join(text.split()[2:7]), "relevant": [f"doc-{i:02d}.tx
 
 def embed_and_index(root: StoreRoot, infinity_server, model: str, hidden_dim: int) -> dg.ExecuteInProcessResult:
     """Embed DOCUMENTS as one batch with ``model``, then materialize text_index and its quality check."""
-    from infinity_assets.assets import text_embeddings
+    from infinity_assets.orchestration.assets import text_embeddings
 
     root.put_many({f"raw/text/all/doc-{i:02d}.txt": text for i, text in enumerate(DOCUMENTS)})
     root.put("eval/text.jsonl", "\n".join(json.dumps(item) for item in GOOD_SET))
@@ -107,7 +107,7 @@ def test_sensor_observes_each_requested_batch_with_its_digest(tmp_path):
 
 def test_embeddings_record_the_raw_batch_version_they_were_made_from(tmp_path, infinity_server):
     """The provenance Dagster compares with the latest observation to show a batch as stale."""
-    from infinity_assets.assets import text_embeddings
+    from infinity_assets.orchestration.assets import text_embeddings
 
     root = StoreRoot(str(tmp_path / "store"))
     root.put("raw/text/b/a.txt", "the lighthouse keeper painted the staircase")

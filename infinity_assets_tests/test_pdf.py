@@ -83,7 +83,7 @@ def test_every_page_of_a_pdf_is_a_row_equal_to_the_page_sent_as_an_image(model, 
 
 def test_colqwen2_vector_count_follows_the_render_size(infinity_server, tmp_path):
     """ColQwen2 has dynamic resolution: a smaller max_side means fewer vectors per page."""
-    from infinity_assets.documents import DocumentStore, PdfSettings
+    from infinity_assets.storage.documents import DocumentStore, PdfSettings
 
     (tmp_path / "raw" / "images" / "b").mkdir(parents=True)
     (tmp_path / "raw" / "images" / "b" / "a.pdf").write_bytes(text_pdf(1))
@@ -132,7 +132,7 @@ def test_bad_pdfs_are_named_failures_and_the_good_ones_are_embedded(infinity_ser
 
 
 def test_an_unchanged_pdf_is_reused_whole_and_a_changed_one_re_embedded_whole(infinity_server, tmp_path):
-    from infinity_assets.documents import DocumentStore
+    from infinity_assets.storage.documents import DocumentStore
 
     batch = tmp_path / "raw" / "images" / "b"
     batch.mkdir(parents=True)
@@ -154,7 +154,7 @@ def test_an_unchanged_pdf_is_reused_whole_and_a_changed_one_re_embedded_whole(in
 
 
 def _store(seaweedfs, bucket: str, **pdf: object):
-    from infinity_assets.documents import DocumentStore, PdfSettings
+    from infinity_assets.storage.documents import DocumentStore, PdfSettings
 
     return DocumentStore(f"s3://{bucket}", pdf=PdfSettings(**pdf), **seaweedfs.storage_options())
 
@@ -166,7 +166,7 @@ def _break_page_2(monkeypatch, renderer: str, of_pdfs_with_pages: int) -> None:
     import os
     import time
 
-    from infinity_assets.formats import pdf_render
+    from infinity_assets.storage.formats import pdf_render
 
     real_render = pdf_render._render_page
 
@@ -188,7 +188,7 @@ def test_a_renderer_that_crashes_or_hangs_fails_only_its_pdf(renderer, reason, i
                                                              monkeypatch):
     import time
 
-    from infinity_assets.documents import DocumentStore, PdfSettings
+    from infinity_assets.storage.documents import DocumentStore, PdfSettings
 
     _break_page_2(monkeypatch, renderer, of_pdfs_with_pages=3)
     batch = tmp_path / "raw" / "images" / "b"
@@ -210,15 +210,15 @@ def test_a_renderer_that_crashes_or_hangs_fails_only_its_pdf(renderer, reason, i
 # The render pool (formats/pdf_render.py): one pool of worker processes for a run of PDFs, without a server.
 
 def _sources(files: dict[str, bytes]) -> list[tuple]:
-    from infinity_assets.storage import SourceObject
+    from infinity_assets.storage.store import SourceObject
 
     return [(SourceObject(key, f"file:///b/{key}", f"/b/{key}", len(data), f"fp-{key}", 0.0), data)
             for key, data in files.items()]
 
 
 def _render(files: dict[str, bytes], **settings: object) -> list:
-    from infinity_assets.documents import PdfSettings
-    from infinity_assets.formats.pdf import PdfFormat
+    from infinity_assets.storage.documents import PdfSettings
+    from infinity_assets.storage.formats.pdf import PdfFormat
 
     return list(PdfFormat(pdf=PdfSettings(**settings)).documents_of(_sources(files)))
 
@@ -285,7 +285,7 @@ def test_a_worker_killed_from_outside_fails_only_its_page_and_is_replaced(tmp_pa
     import threading
     import time
 
-    from infinity_assets.formats import pdf_render
+    from infinity_assets.storage.formats import pdf_render
 
     real_render = pdf_render._render_page
     rendering = tmp_path / "rendering"
@@ -316,8 +316,8 @@ def test_a_worker_killed_from_outside_fails_only_its_page_and_is_replaced(tmp_pa
 
 
 def test_no_render_process_is_left_after_the_pages_are_taken_or_the_reader_stops_early():
-    from infinity_assets.documents import PdfSettings
-    from infinity_assets.formats.pdf import PdfFormat
+    from infinity_assets.storage.documents import PdfSettings
+    from infinity_assets.storage.formats.pdf import PdfFormat
 
     files = _sources({"a.pdf": text_pdf(5), "b.pdf": text_pdf(5)})
     documents = PdfFormat(pdf=PdfSettings(workers=2)).documents_of(files)
@@ -333,8 +333,8 @@ def test_no_render_process_is_left_after_the_pages_are_taken_or_the_reader_stops
 def test_page_pngs_are_lossless_and_pass_the_clients_check(shape):
     """The renderer's own PNG writer (Sub filter, zlib): Pillow decodes exactly the pixels, the client's PNG
     structure check accepts it, also from a strided view like PDFium's bitmaps."""
-    from infinity_assets import wire
-    from infinity_assets.formats import pdf_render
+    from infinity_assets.client import wire
+    from infinity_assets.storage.formats import pdf_render
 
     rng = np.random.default_rng(sum(shape))
     padded = rng.integers(0, 256, (*shape, 4), dtype=np.uint8)

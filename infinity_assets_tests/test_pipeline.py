@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from infinity_assets import InfinityConnectionError, InfinityEmbeddings, InfinityResponseError, artifacts
-from infinity_assets.documents import DocumentStore
+from infinity_assets.storage.documents import DocumentStore
 from infinity_assets.pipeline import TooManyFailuresError, embed_partition
-from infinity_assets_tests.servers import fake_infinity as fi
-from infinity_assets_tests.servers.fake_infinity import FakeInfinity, vectors_for
+from infinity_assets.testing import fake_infinity as fi
+from infinity_assets.testing.fake_infinity import FakeInfinity, vectors_for
 
 
 def png(color: tuple[int, int, int], size: tuple[int, int] = (8, 8)) -> bytes:

@@ -32,13 +32,13 @@ from infinity_assets import (
     artifacts,
 )
 from infinity_assets.artifacts import ArtifactError
-from infinity_assets.assets import text_embeddings
-from infinity_assets.checks import text_checks
-from infinity_assets.documents import DocumentStore, DocumentStoreError
+from infinity_assets.orchestration.assets import text_embeddings
+from infinity_assets.orchestration.checks import text_checks
+from infinity_assets.storage.documents import DocumentStore, DocumentStoreError
 from infinity_assets.pipeline import embed_partition
-from infinity_assets_tests.servers import fake_infinity as fi
-from infinity_assets_tests.servers.fake_infinity import FakeInfinity
-from infinity_assets_tests.servers.fault_proxy import FaultProxy
+from infinity_assets.testing import fake_infinity as fi
+from infinity_assets.testing.fake_infinity import FakeInfinity
+from infinity_assets_dev.fault_proxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[1]
 SLOT_GUARD = REPO / "deploy/postgres/concurrency_slot_guard.sql"
@@ -134,7 +134,7 @@ def test_infinity_stopped_mid_partition_fails_clearly_and_the_rerun_completes(st
 
 
 def test_seaweedfs_stopped_mid_upload_publishes_nothing_then_the_rerun_completes(tmp_path):
-    from infinity_assets_tests.servers.seaweedfs import SeaweedFS
+    from infinity_assets_dev.seaweedfs import SeaweedFS
 
     with SeaweedFS(tmp_path / "weed") as s3:
         s3.create_bucket("docs")
@@ -173,9 +173,9 @@ CRASH_SCRIPT = textwrap.dedent('''
     import sys, time
     sys.path.insert(0, {repo!r})
     from infinity_assets import InfinityEmbeddings
-    from infinity_assets.documents import DocumentStore
+    from infinity_assets.storage.documents import DocumentStore
     from infinity_assets.pipeline import embed_partition
-    from infinity_assets_tests.servers.fake_infinity import FakeInfinity
+    from infinity_assets.testing.fake_infinity import FakeInfinity
     fake = FakeInfinity(delay=0.05)
     store = DocumentStore({root!r}, **{options!r})
     client = InfinityEmbeddings(url="http://fake", model_name=fake.model, transport=fake.transport(),
@@ -352,7 +352,7 @@ def _claim_as_dagster_does(connection, run_id: str):
 def test_the_slot_guard_makes_two_racing_claims_take_one_slot(tmp_path):
     """Two claims that selected the same free slot (what the race does): without the guard both update it and
     both steps run; with it the second updates nothing, which Dagster reads as blocked. Freeing still works."""
-    from infinity_assets_tests.servers.postgres import PostgresServer
+    from infinity_assets_dev.postgres import PostgresServer
 
     with PostgresServer() as postgres:
         (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"postgres": {"postgres_url": postgres.url}}}))
@@ -388,7 +388,7 @@ def test_eight_concurrent_partition_runs_share_the_server_within_the_pool_limit(
     the README recommends for deployments: on SQLite, Dagster's slot claims are not atomic across processes
     (seen here: 3 and 4 steps at once), see servers/postgres.py.
     """
-    from infinity_assets_tests.servers.postgres import PostgresServer
+    from infinity_assets_dev.postgres import PostgresServer
     from infinity_assets_tests.test_cli import BIN, clean_env
 
     home, root = tmp_path / "home", tmp_path / "store"

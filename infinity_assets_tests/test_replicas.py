@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from infinity_assets.replicas import ReplicaSet, parse_urls, redact
+from infinity_assets.client.replicas import ReplicaSet, parse_urls, redact
 
 
 class Clock:

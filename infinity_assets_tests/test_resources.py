@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from infinity_assets import InfinityEmbeddings, InfinityResource
-from infinity_assets_tests.servers.fake_infinity import FakeInfinity
+from infinity_assets.testing.fake_infinity import FakeInfinity
 
 
 def test_resource_is_importable_from_package():

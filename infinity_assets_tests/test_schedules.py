@@ -11,9 +11,9 @@ from PIL import Image
 
 from infinity_assets import DocumentStoreResource, InfinityResource
 from infinity_assets.artifacts import data_version
-from infinity_assets.assets import image_embeddings, text_embeddings
+from infinity_assets.orchestration.assets import image_embeddings, text_embeddings
 from infinity_assets.definitions import defs
-from infinity_assets.schedules import (
+from infinity_assets.orchestration.schedules import (
     build_incremental_schedule,
     images_incremental_schedule,
     text_incremental_schedule,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from infinity_assets import InfinityEmbeddings
-from infinity_assets.search import maxsim, maxsim_scores, search, stack
+from infinity_assets.index.maxsim import maxsim, maxsim_scores, search, stack
 
 DOCUMENTS = [
     "the lighthouse keeper painted the spiral staircase bright red every spring",

@@ -12,8 +12,8 @@ import pytest
 from infinity_assets import DocumentStoreResource
 from infinity_assets.artifacts import fingerprint_digest
 from infinity_assets.definitions import defs
-from infinity_assets.documents import Listing, SourceObject
-from infinity_assets.sensors import (
+from infinity_assets.storage.documents import Listing, SourceObject
+from infinity_assets.orchestration.sensors import (
     ModalityCursor,
     PlannedRun,
     build_new_documents_sensor,

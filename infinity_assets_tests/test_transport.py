@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from infinity_assets import transport
+from infinity_assets.client.transports import default as transport
 
 BODY = bytes(range(256)) * (12 * 1024)  # 3 MiB
 
@@ -64,7 +64,7 @@ def test_one_tls_context_per_process():
 
 def test_errors_are_httpx_errors_of_the_same_name():
     """httpcore's exceptions come out as httpx's (the client classifies those): a closed port, a read timeout."""
-    from .servers.ports import free_port
+    from infinity_assets_dev.ports import free_port
 
     closed = f"http://127.0.0.1:{free_port()}"
     for tls in (True, False):

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infinity_assets_tests.servers.ports import free_port
+from infinity_assets_dev.ports import free_port
 
 pytestmark = pytest.mark.ui
 

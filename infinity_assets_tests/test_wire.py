@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infinity_assets import InfinityResponseError, wire
+from infinity_assets import InfinityResponseError
+
+from infinity_assets.client import wire
 
 DIM = 4
 

@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from infinity_assets_tests.servers.infinity import InfinityServer  # noqa: E402
-from infinity_assets_tests.servers.seaweedfs import SeaweedFS  # noqa: E402
+from infinity_assets_dev.infinity import InfinityServer  # noqa: E402
+from infinity_assets_dev.seaweedfs import SeaweedFS  # noqa: E402
 
 TEXT_MODEL, IMAGE_MODEL = "minilm-colbert-128", "colqwen2-tiny"
 BUCKET = "documents"
@@ -119,9 +119,9 @@ def run_demo() -> int:
 
     from infinity_assets import InfinityEmbeddings, artifacts
     from infinity_assets.definitions import defs
-    from infinity_assets.documents import DocumentStore
-    from infinity_assets.search import search
-    from infinity_assets.sensors import new_documents_sensor
+    from infinity_assets.storage.documents import DocumentStore
+    from infinity_assets.index.maxsim import search
+    from infinity_assets.orchestration.sensors import new_documents_sensor
 
     failed = False
     with dg.DagsterInstance.get() as instance:

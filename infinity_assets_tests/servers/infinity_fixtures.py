@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .infinity import InfinityServer
+from infinity_assets_dev.infinity import InfinityServer
 
 
 @pytest.fixture(scope="session")

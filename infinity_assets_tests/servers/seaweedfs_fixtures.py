@@ -15,10 +15,10 @@ from functools import cached_property
 
 import pytest
 
-from infinity_assets.documents import DocumentStore
-from infinity_assets.resources import DocumentStoreResource
+from infinity_assets.storage.documents import DocumentStore
+from infinity_assets.orchestration.resources import DocumentStoreResource
 
-from .seaweedfs import SeaweedFS
+from infinity_assets_dev.seaweedfs import SeaweedFS
 
 
 @pytest.fixture(scope="session")
