@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from infinity_assets import settings
 from infinity_assets.storage.documents import DocumentStoreError
 from infinity_assets.client.errors import InfinityError
 from infinity_assets.index import Hit, SearchIndexError, search_text
@@ -38,14 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.k < 1:
         print("infinity-assets: --k must be at least 1", file=sys.stderr)
         return 2
-    from infinity_assets.orchestration.resources import DocumentStoreResource, InfinityResource  # dagster is slow to import: only now
-
     os.environ.setdefault("LANCE_LOG", "error")  # Lance's Rust warnings are for developers, not this output
 
     try:
-        prefix = "INFINITY_IMAGE_" if args.modality == "images" else "INFINITY_"
-        store = DocumentStoreResource().get_store()
-        with InfinityResource(env_prefix=prefix).build_client() as client:
+        store = settings.build_store()
+        with settings.build_client(settings.env_prefix_for(args.modality)) as client:
             hits = search_text(store, client, args.query, args.modality, args.k, exact=args.exact)
     except (SearchIndexError, InfinityError, DocumentStoreError, ValueError) as exc:
         print(f"infinity-assets: {exc}", file=sys.stderr)

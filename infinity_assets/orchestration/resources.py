@@ -1,35 +1,22 @@
 """Dagster resources that build the plain-Python clients from Dagster config and environment variables.
 
 Nothing here reads the environment at import time: values come from resource config, and whatever config
-leaves unset is filled from environment variables when a run starts (``setup_for_execution``).
+leaves unset is filled from environment variables when a run starts (``setup_for_execution``), by the same
+functions the CLI and the service use (:mod:`infinity_assets.settings`).
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from infinity_assets.client.embeddings import DEFAULT_MODEL, DEFAULT_URL, InfinityEmbeddings
+from infinity_assets import settings
+from infinity_assets.client.embeddings import InfinityEmbeddings
 from infinity_assets.storage.documents import DocumentStore, PdfSettings
 
 #: Environment variables read by :class:`InfinityResource` when its config leaves a field unset.
-INFINITY_ENV = {
-    "url": "INFINITY_API_URL",
-    "model_name": "INFINITY_MODEL",
-    "encoding": "INFINITY_ENCODING",
-    "hidden_dim": "INFINITY_HIDDEN_DIM",
-    "timeout": "INFINITY_TIMEOUT",
-    "max_retries": "INFINITY_MAX_RETRIES",
-    "embed_batch_size": "INFINITY_BATCH_SIZE",
-    "max_concurrency": "INFINITY_MAX_CONCURRENCY",
-    "api_key": "INFINITY_API_KEY",
-}
-_DEFAULTS: dict[str, Any] = {
-    "url": DEFAULT_URL, "model_name": DEFAULT_MODEL, "encoding": "base64", "hidden_dim": 128, "timeout": 60.0,
-    "max_retries": 3, "embed_batch_size": 10, "max_concurrency": 4, "api_key": None,
-}
+INFINITY_ENV = settings.INFINITY_ENV
 
 
 class InfinityResource(dg.ConfigurableResource):
@@ -62,23 +49,9 @@ class InfinityResource(dg.ConfigurableResource):
     _client: InfinityEmbeddings | None = PrivateAttr(default=None)
 
     def effective_settings(self) -> dict[str, Any]:
-        """The effective client options: config, then environment variables, then defaults."""
-        settings: dict[str, Any] = {}
-        for name, env_name in INFINITY_ENV.items():
-            value = getattr(self, name)
-            if value is None:
-                own_name = self.env_prefix + env_name.removeprefix("INFINITY_")
-                env_name = own_name if os.environ.get(own_name) else env_name
-                raw = os.environ.get(env_name)
-                value = _parse_env(name, env_name, raw) if raw not in (None, "") else _DEFAULTS[name]
-            settings[name] = value
-        if settings["hidden_dim"] == 0:
-            settings["hidden_dim"] = None
-        if settings["encoding"] not in ("base64", "float"):
-            raise ValueError(
-                f"InfinityResource.encoding must be 'base64' or 'float', got {settings['encoding']!r} "
-                f"(from config or ${INFINITY_ENV['encoding']})")
-        return settings
+        """The effective client options: config, then environment variables, then defaults
+        (:func:`infinity_assets.settings.client_settings`)."""
+        return settings.client_settings(self.env_prefix, {name: getattr(self, name) for name in INFINITY_ENV})
 
     def build_client(self) -> InfinityEmbeddings:
         """A new :class:`InfinityEmbeddings` with the effective settings; the caller closes it."""
@@ -97,19 +70,6 @@ class InfinityResource(dg.ConfigurableResource):
         if self._client is None:
             self._client = self.build_client()
         return self._client
-
-
-def _parse_env(name: str, env_name: str, raw: str) -> Any:
-    try:
-        if name == "hidden_dim":
-            return 0 if raw.strip().lower() in ("auto", "none", "detect") else int(raw)
-        if name == "timeout":
-            return float(raw)
-        if name in ("max_retries", "embed_batch_size", "max_concurrency"):
-            return int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {env_name}={raw!r} is not a valid {name}") from None
-    return raw
 
 
 class DocumentStoreResource(dg.ConfigurableResource):
@@ -131,8 +91,7 @@ class DocumentStoreResource(dg.ConfigurableResource):
     def get_store(self, pdf: PdfSettings | None = None) -> DocumentStore:
         """A :class:`DocumentStore` for this configuration (environment variables fill unset fields; ``pdf``
         defaults to ``INFINITY_PDF_*``)."""
-        return DocumentStore(
-            self.root or os.environ.get("INFINITY_ASSETS_ROOT") or "./.data",
-            endpoint_url=self.endpoint_url, key=self.access_key_id, secret=self.secret_access_key,
-            region=self.region, jsonl_id_field=self.jsonl_id_field, jsonl_text_field=self.jsonl_text_field,
-            pdf=pdf)
+        return settings.build_store(
+            root=self.root, endpoint_url=self.endpoint_url, access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key, region=self.region, jsonl_id_field=self.jsonl_id_field,
+            jsonl_text_field=self.jsonl_text_field, pdf=pdf)
