@@ -7,7 +7,14 @@ beside it: the load generator (the floor: receive only), ours sync and async (re
 the partition end to end (+ read the documents, encode the request, write the Parquet artifact). Repetitions
 are interleaved across measures; medians with min-max.
 
-``python -m benchmarks.cpu_cost [--repetitions 5]`` (section ``cpu`` of ``make bench``).
+The settings A/B (:func:`settings_ab`) weighs the client's two process-level choices on the partition end to
+end: the transport (``httpcore`` with large reads, or the ``http11`` receiver) and the glibc allocator tuning
+(on, as in the embedding assets' run process, or off, as in a notebook). The allocator cannot be untuned in a
+process, so every repetition of every variant is a fresh child process (pinned like the rest), variants
+interleaved; each child warms up once, then reports the CPU ms per page of its timed materializations.
+
+``python -m benchmarks.cpu_cost [--repetitions 5]`` (section ``cpu`` of ``make bench``);
+``python -m benchmarks.cpu_cost --settings-only`` runs the A/B alone.
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +32,7 @@ from typing import Any
 from infinity_assets.client import allocator
 
 from .fake_server import MODEL, SHAPES, FakeServerProcess
-from .partition import materialize, write_partition
+from .partition import REPO, materialize, write_partition
 from .workloads import figure, make_images, run_client, spread
 
 SERVER_CPU, CLIENT_CPU = 0, 1
@@ -33,6 +42,12 @@ MEASURES = ("limit", "ours_sync", "ours_async", "partition")
 LABELS = {"limit": "load generator (receive only)", "ours_sync": "ours, sync (+ parse, decode)",
           "ours_async": "ours, async (+ parse, decode)",
           "partition": "partition end to end (+ read, encode, write Parquet)"}
+
+
+#: The settings A/B's variants: (transport, allocator tuned).
+SETTINGS = {"http11, tuned": ("http11", True), "httpcore, tuned": ("httpcore", True),
+            "http11, untuned": ("http11", False), "httpcore, untuned": ("httpcore", False)}
+SETTINGS_PAGES, SETTINGS_ROUNDS = 400, 2
 
 
 def pinned(cpu: int) -> Callable[[], None]:
@@ -72,25 +87,83 @@ def run(repetitions: int = 5, scale: float = 1.0) -> dict[str, Any]:
     """Both shapes, this process on core 1 and the server on core 0 (needs 2 cores)."""
     if len(os.sched_getaffinity(0)) < 2:
         raise RuntimeError("the pinned benchmark needs two cores (one for the server, one for the client)")
-    allocator.tune()  # as every client does on construction, before the load generator's first repetition
+    allocator.tune()  # as the embedding assets' run process does, before the load generator's first repetition
     unpin = pinned(CLIENT_CPU)
     try:
-        results = {}
+        results: dict[str, Any] = {}
         for shape, count in CASES:
             results[shape] = run_case(shape, max(80, int(count * scale)), repetitions)
             r = results[shape]
             print(f"  {shape}: " + ", ".join(
                 f"{name} {r['ratio'][name]['median']:.2f}x {r['cpu_ms_per_item'][name]['median']:.2f} ms"
                 for name in MEASURES), flush=True)
-        return results
     finally:
         unpin()
+    results["settings"] = settings_ab(repetitions, max(80, int(SETTINGS_PAGES * scale)))
+    return results
+
+
+def settings_ab(repetitions: int = 5, pages: int = SETTINGS_PAGES) -> dict[str, Any]:
+    """CPU ms per page of a partition end to end for each of :data:`SETTINGS`, each repetition a fresh child
+    process on core 1 (the server on core 0), variants interleaved; medians with min-max."""
+    cpu: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    wall: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    unpin = pinned(CLIENT_CPU)
+    try:
+        with FakeServerProcess.shape("bandwidth", cpu=SERVER_CPU) as server, \
+                tempfile.TemporaryDirectory(prefix="bench-settings-") as root:
+            write_partition(root, pages)
+            for _ in range(repetitions):
+                for name, (kind, tuned) in SETTINGS.items():
+                    outcome = _settings_child(server.url, root, kind, tuned)
+                    cpu[name] += outcome["cpu_ms_per_page"]
+                    wall[name] += outcome["ms_per_page"]
+    finally:
+        unpin()
+    result = {"pages": pages, "rounds_per_child": SETTINGS_ROUNDS, "repetitions": repetitions,
+              "cpu_ms_per_page": {name: spread(values) for name, values in cpu.items()},
+              "ms_per_page": {name: spread(values) for name, values in wall.items()}}
+    medians = {name: value["median"] for name, value in result["cpu_ms_per_page"].items()}
+    result["http11_saves"] = {tuned: 1 - medians[f"http11, {tuned}"] / medians[f"httpcore, {tuned}"]
+                              for tuned in ("tuned", "untuned")}
+    result["tuning_saves"] = {kind: 1 - medians[f"{kind}, tuned"] / medians[f"{kind}, untuned"]
+                              for kind in ("http11", "httpcore")}
+    print("  settings: " + ", ".join(f"{name} {m:.2f} ms" for name, m in medians.items()), flush=True)
+    return result
+
+
+def _settings_child(url: str, root: str, kind: str, tuned: bool) -> dict[str, Any]:
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("INFINITY_ASSETS_MALLOC_TUNING", "INFINITY_HTTP_TRANSPORT")}
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cpu_cost", "--child", url, root, kind, "on" if tuned else "off"],
+        cwd=REPO, capture_output=True, text=True, check=False, env={**env, "TQDM_DISABLE": "1"})
+    if completed.returncode:
+        raise RuntimeError(f"the settings benchmark child failed:\n{completed.stderr[-2000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _child(url: str, root: str, kind: str, tune: str) -> None:
+    """One variant of :func:`settings_ab`: a warm-up, then :data:`SETTINGS_ROUNDS` timed materializations."""
+    from infinity_assets.storage.documents import DocumentStore
+
+    store, options = DocumentStore(root), {"transport": kind, "tune_allocator": tune == "on"}
+    pages = materialize(store, url, **options).total
+    cpu, wall = [], []
+    for _ in range(SETTINGS_ROUNDS):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        materialize(store, url, **options)
+        cpu.append(1000 * (time.process_time() - cpu_started) / pages)
+        wall.append(1000 * (time.perf_counter() - started) / pages)
+    print(json.dumps({"cpu_ms_per_page": cpu, "ms_per_page": wall}))
 
 
 def markdown(results: dict[str, Any]) -> list[str]:
     """The pinned-core tables: ratio to the load generator and CPU ms per item, median (min-max)."""
     lines: list[str] = []
     for shape, r in results.items():
+        if shape == "settings":
+            continue
         lines += ["", f"### Pinned cores, {shape}-bound images ({r['rows']} x 128 vectors per item, batch 10, "
                       f"concurrency 8, {r['items']} items, {r['repetitions']} interleaved repetitions): server on "
                       f"core {SERVER_CPU}, client on core {CLIENT_CPU}", "",
@@ -105,6 +178,20 @@ def markdown(results: dict[str, Any]) -> list[str]:
                 verdict = f">= {target} x: {'met' if r['ratio'][name]['median'] >= target else '**missed**'}"
             lines.append(f"| {LABELS[name]} | {figure(r['per_s'][name], 0)} | {figure(r['ratio'][name])} | "
                          f"{figure(r['cpu_ms_per_item'][name])} | {verdict} |")
+    return lines + (settings_markdown(results["settings"]) if "settings" in results else [])
+
+
+def settings_markdown(r: dict[str, Any]) -> list[str]:
+    """The settings A/B table: CPU ms and wall ms per page of a partition end to end, median (min-max)."""
+    lines = ["", f"### Partition end to end by client setting ({r['pages']} ColPali-sized pages, bandwidth-bound fake, "
+                 f"batch 10, concurrency 8; {r['repetitions']} fresh processes per variant x {r['rounds_per_child']} "
+                 f"materializations, interleaved): server on core {SERVER_CPU}, client on core {CLIENT_CPU}", "",
+             "| transport, allocator | client CPU ms per page | wall ms per page |", "|---|---:|---:|"]
+    lines += [f"| {name} | {figure(r['cpu_ms_per_page'][name])} | {figure(r['ms_per_page'][name])} |"
+              for name in SETTINGS]
+    lines += ["", "http11 saves " + ", ".join(f"{100 * v:.1f} % ({k})" for k, v in r["http11_saves"].items())
+              + " of the partition's CPU per page against httpcore; the allocator tuning saves "
+              + ", ".join(f"{100 * v:.1f} % ({k})" for k, v in r["tuning_saves"].items()) + "."]
     return lines
 
 
@@ -112,7 +199,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--settings-only", action="store_true", help="only the transport / allocator A/B")
+    parser.add_argument("--child", nargs=4, metavar=("URL", "ROOT", "TRANSPORT", "TUNE"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    outcome = run(arguments.repetitions, arguments.scale)
+    if arguments.child:
+        _child(*arguments.child)
+        sys.exit(0)
+    outcome = ({"settings": settings_ab(arguments.repetitions)} if arguments.settings_only
+               else run(arguments.repetitions, arguments.scale))
     print(json.dumps(outcome, indent=1))
     print("\n".join(markdown(outcome)))

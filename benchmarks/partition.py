@@ -37,15 +37,16 @@ def write_partition(root: str, count: int) -> DocumentStore:
     return DocumentStore(root)
 
 
-def materialize(store: DocumentStore, url: str, concurrency: int = 8,
-                row_group_size: int = 256) -> pipeline.PartitionReport:
-    """One full materialization of the partition (any previous artifact removed first, so nothing is reused)."""
+def materialize(store: DocumentStore, url: str, concurrency: int = 8, row_group_size: int = 256,
+                **client_options: Any) -> pipeline.PartitionReport:
+    """One full materialization of the partition (any previous artifact removed first, so nothing is reused);
+    ``client_options`` go to :class:`InfinityEmbeddings` (e.g. ``transport="http11"``)."""
     path = store.artifact_path("images", PARTITION)
     for stale in (path, artifacts.failures_path(path)):
         if store.fs.exists(stale):
             store.fs.rm(stale)
     with InfinityEmbeddings(url=url, model_name=MODEL, hidden_dim=128, embed_batch_size=10,
-                            max_concurrency=concurrency) as client:
+                            max_concurrency=concurrency, **client_options) as client:
         report = pipeline.embed_partition(store, client, "images", PARTITION, row_group_size=row_group_size)
     if report.embedded != report.total or report.failed:
         raise RuntimeError(f"the benchmark partition had failures: {report.failures[:3]}")

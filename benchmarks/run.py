@@ -39,7 +39,7 @@ from benchmarks import (  # noqa: E402
     sensor_tick,
 )
 from benchmarks.baselines import ensure_official_client  # noqa: E402
-from infinity_assets import allocator  # noqa: E402
+from infinity_assets.client import allocator  # noqa: E402
 from benchmarks.fake_server import MODEL, SHAPES, FakeServerProcess  # noqa: E402
 from benchmarks.workloads import CLIENTS, make_images, make_texts, run_client  # noqa: E402
 
@@ -106,7 +106,7 @@ def main() -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     repetitions, scale = (1, 0.25) if args.quick else (args.repetitions, 1.0)
     ensure_official_client()
-    allocator.tune()  # what every client does on construction: the load generator gets the same allocator
+    allocator.tune()  # as the embedding assets' run process does: every client measured gets the same allocator
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs, {platform.platform()}, "
                                           f"Python {platform.python_version()}"}
     started = time.monotonic()

@@ -1,5 +1,10 @@
-"""allocator.tune: a 1 MiB buffer comes from the heap after tuning, from its own mmap before (glibc's count of
-mmapped blocks, mallinfo2), in a fresh interpreter each time; and the switch turns it off."""
+"""The glibc allocator tuning: opt-in, since it changes ``malloc`` for the whole process.
+
+A 1 MiB buffer comes from the heap after tuning and from its own mmap without it (glibc's count of mmapped
+blocks, mallinfo2), each probe in a fresh interpreter: a client built with the defaults leaves the allocator
+alone, ``tune_allocator=True`` or ``INFINITY_ASSETS_MALLOC_TUNING=on`` tunes it, ``off`` overrides the embedding
+assets' default, and a wrong value is refused naming the variable.
+"""
 from __future__ import annotations
 
 import json
@@ -7,9 +12,14 @@ import os
 import subprocess
 import sys
 
-PROBE = """
-import ctypes, json
+import pytest
+
 from infinity_assets.client import allocator
+
+PROBE = """
+import ctypes, json, sys
+from infinity_assets.client import allocator
+from infinity_assets.client.embeddings import InfinityEmbeddings
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -18,22 +28,55 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
-tuned = allocator.tune()
+how = sys.argv[1]
+if how == "tune":
+    tuned = allocator.tune()
+elif how == "assets":
+    tuned = allocator.tune_if_enabled(default=True)
+else:
+    client = InfinityEmbeddings(url="http://infinity.test:7997", **json.loads(how))
+    tuned = client.tune_allocator
 before = libc.mallinfo2().hblks
 buffer = bytearray(1 << 20)
 print(json.dumps({"tuned": tuned, "mmapped_blocks_added": libc.mallinfo2().hblks - before}))
 """
+TUNED = {"tuned": True, "mmapped_blocks_added": 0}
+UNTOUCHED = {"tuned": False, "mmapped_blocks_added": 1}
 
 
-def probe(**env: str) -> dict:
-    completed = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
-                               env={**os.environ, **env}, timeout=60)
+def probe(how: str, **env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k != allocator.SWITCH_VARIABLE}
+    completed = subprocess.run([sys.executable, "-c", PROBE, how], capture_output=True, text=True, check=True,
+                               env={**clean, **env}, timeout=60)
     return json.loads(completed.stdout)
 
 
 def test_tuned_large_buffers_come_from_the_heap():
-    assert probe() == {"tuned": True, "mmapped_blocks_added": 0}
+    assert probe("tune") == TUNED
 
 
-def test_switched_off_glibc_maps_each_large_buffer():
-    assert probe(INFINITY_ASSETS_MALLOC_TUNING="off") == {"tuned": False, "mmapped_blocks_added": 1}
+def test_a_client_leaves_the_allocator_alone_by_default():
+    assert probe("{}") == UNTOUCHED
+
+
+def test_a_client_tunes_it_when_asked():
+    assert probe('{"tune_allocator": true}') == TUNED
+
+
+def test_the_environment_turns_it_on_for_clients():
+    assert probe("{}", INFINITY_ASSETS_MALLOC_TUNING="on") == TUNED
+
+
+def test_an_explicit_setting_wins_over_the_environment():
+    assert probe('{"tune_allocator": false}', INFINITY_ASSETS_MALLOC_TUNING="on") == UNTOUCHED
+
+
+def test_the_embedding_assets_tune_their_run_process_unless_switched_off():
+    assert probe("assets") == TUNED
+    assert probe("assets", INFINITY_ASSETS_MALLOC_TUNING="off") == UNTOUCHED
+
+
+def test_a_wrong_value_is_refused_naming_the_variable(monkeypatch):
+    monkeypatch.setenv(allocator.SWITCH_VARIABLE, "sometimes")
+    with pytest.raises(ValueError, match="INFINITY_ASSETS_MALLOC_TUNING must be 'on' or 'off', got 'sometimes'"):
+        allocator.enabled(default=False)

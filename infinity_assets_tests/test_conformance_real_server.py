@@ -94,6 +94,23 @@ def test_every_image_method_and_input_type(infinity_server, model, tmp_path):
     np.testing.assert_allclose(results["base64"], results["float"], atol=1e-4)
 
 
+@pytest.mark.parametrize("model", IMAGE_MODELS)
+def test_both_transports_return_the_same_vectors(infinity_server, model):
+    """httpcore (the default) and the opt-in http11 receiver, sync and async, on the real server's answers."""
+    pages = [png_bytes(page(n)) for n in (1, 2, 3)]
+    results = {}
+    for kind in ("httpcore", "http11"):
+        with client_for(infinity_server, model, transport=kind, embed_batch_size=2) as client:
+            async def run_async():
+                return await client.aembed_images_batch(pages)
+
+            results[kind] = (client.embed_images_batch(pages), asyncio.run(run_async()))
+    baseline = results["httpcore"][0]
+    for sync, async_ in results.values():
+        for ours, theirs in zip([*sync, *async_], baseline * 2):
+            np.testing.assert_array_equal(ours, theirs)
+
+
 def test_base64_answers_take_the_fast_path_and_equal_the_json_path(infinity_server, monkeypatch):
     # The real server's base64 layout is the one wire.decode_response reads without parsing JSON.
     images = [png_bytes(page(i)) for i in range(3)]

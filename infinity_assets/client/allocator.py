@@ -1,15 +1,17 @@
-"""glibc's allocator, tuned once per process for the large buffers an embedding client churns through.
+"""glibc's allocator tuned for the large buffers an embedding client churns through: opt-in, once per process.
 
-A ColPali batch answer is ~7 MB, read 1 MiB at a time, joined, base64-decoded into ~5 MB of floats; a request
-of images is ~0.5 MB. glibc serves blocks over its mmap threshold (128 KiB to start) with a fresh ``mmap`` and
-returns them with ``munmap``, and gives freed heap memory back to the kernel past its trim threshold: every such
-buffer then costs a page fault per 4 KiB touched. Measured here: joining a 0.5 MB request body took 0.86 ms
-instead of 0.05 ms, and the client spent 2.6 instead of 2.0 ms of CPU per ColPali page (benchmarks/cpu_cost.py).
+A ColPali batch answer is ~7 MB, base64-decoded into ~5 MB of floats; a request of images is ~0.5 MB. glibc
+serves blocks over its mmap threshold (128 KiB to start, adapting upwards) with a fresh ``mmap`` and returns
+them with ``munmap``, and gives freed heap memory back to the kernel past its trim threshold: every such buffer
+then costs a page fault per 4 KiB touched. :func:`tune` raises both thresholds to :data:`THRESHOLD_BYTES`
+(32 MiB, glibc's largest mmap threshold), so such buffers are reused from the heap; each allocator arena then
+keeps up to 32 MiB of freed memory for reuse instead of returning it. Peak memory is unchanged.
 
-:func:`tune` raises both thresholds to :data:`THRESHOLD_BYTES` (32 MiB, glibc's largest mmap threshold), so such
-buffers are reused from the heap. Each allocator arena then keeps up to 32 MiB of freed memory for reuse
-instead of returning it; peak memory is unchanged. Only on glibc (elsewhere nothing happens); turned off with
-``INFINITY_ASSETS_MALLOC_TUNING=off`` (then the process keeps whatever ``MALLOC_*`` settings it has).
+It changes ``malloc`` for the whole process, so nothing does it by default: a client built in a notebook or a
+user's service leaves the allocator alone unless asked (``InfinityEmbeddings(tune_allocator=True)``), and the
+embedding assets turn it on for their own run process (:func:`tune_if_enabled` with ``default=True``).
+``$INFINITY_ASSETS_MALLOC_TUNING`` (``on`` / ``off``) overrides both defaults. Only on glibc; elsewhere
+nothing happens. The CPU it saves per page is in ``benchmarks/README.md`` (``--only cpu``).
 """
 from __future__ import annotations
 
@@ -21,14 +23,32 @@ import platform
 #: The mmap and trim thresholds set by :func:`tune`.
 THRESHOLD_BYTES = 32 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+#: ``on`` / ``off``: whether clients and the embedding assets tune the allocator (overrides their default).
 SWITCH_VARIABLE = "INFINITY_ASSETS_MALLOC_TUNING"
+_ON, _OFF = ("on", "1", "true", "yes"), ("off", "0", "false", "no")
+
+
+def enabled(default: bool) -> bool:
+    """Whether to tune: ``$INFINITY_ASSETS_MALLOC_TUNING`` if set (``on`` / ``off``), else ``default``.
+
+    Raises ``ValueError`` naming the variable for any other value.
+    """
+    raw = os.environ.get(SWITCH_VARIABLE, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _ON or raw in _OFF:
+        return raw in _ON
+    raise ValueError(f"{SWITCH_VARIABLE} must be 'on' or 'off', got {os.environ[SWITCH_VARIABLE]!r}")
+
+
+def tune_if_enabled(default: bool) -> bool:
+    """:func:`tune` if :func:`enabled` (``default`` when the variable is unset); ``True`` if the thresholds are set."""
+    return tune() if enabled(default) else False
 
 
 @functools.cache
 def tune() -> bool:
-    """Set glibc's mmap and trim thresholds for this process, once; ``True`` if they were set."""
-    if os.environ.get(SWITCH_VARIABLE, "").strip().lower() in ("off", "0", "false", "no"):
-        return False
+    """Set glibc's mmap and trim thresholds for this whole process, once; ``True`` if they were set."""
     if platform.libc_ver()[0] != "glibc":
         return False
     try:

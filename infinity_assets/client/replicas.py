@@ -1,4 +1,5 @@
-"""Several Infinity servers behind one client: which replica takes the next request, and which are out.
+"""Several Infinity servers behind one client: which replica takes the next request, which are out, and where
+a failed request goes next.
 
 Plain Python, no HTTP. :class:`ReplicaSet` hands out the healthy replica with the fewest requests in flight
 (ties go round-robin), takes a replica that failed (connection error, timeout, 5xx) out of rotation for a
@@ -17,14 +18,31 @@ Example::
         replicas.release(replica, failed=True)
     else:
         replicas.release(replica)
+
+:class:`Router` is the failover on top, shared by the client's sync and async paths: each attempt of a request
+takes a replica; one that fails in a way another replica may not (connection, timeout, 5xx) is sent again at
+once to the next healthy one, and in a fleet the first use of each replica checks that it serves the model::
+
+    for attempt in router.attempts():
+        with attempt:              # a failure another replica may not have: the loop goes on, else it raises
+            if attempt.unverified:
+                router.check_served(attempt.replica, get_models(attempt.replica.url))
+            return send(attempt.replica.url)
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
+
+from infinity_assets.client.errors import InfinityError, InfinityResponseError
+
+logger = logging.getLogger(__name__)
 
 
 def parse_urls(urls: str | Sequence[str]) -> list[str]:
@@ -123,3 +141,67 @@ class ReplicaSet:
         """Per replica (URL without password): requests, failures, seconds out of rotation."""
         with self._lock:
             return {redact(r.url): r.stats() for r in self.replicas}
+
+
+class Router:
+    """Failover of one client's requests over its :class:`ReplicaSet` (see the module docstring).
+
+    ``on_failover`` is called each time a request is sent again to another replica (the client counts them).
+    """
+
+    def __init__(self, replicas: ReplicaSet, model_name: str, on_failover: Callable[[], None] = lambda: None) -> None:
+        self.replicas, self.model_name, self.on_failover = replicas, model_name, on_failover
+        self.verified: set[str] = set()  # replicas whose model was checked (fleets only)
+
+    def attempts(self) -> Iterator[Attempt]:
+        """One :class:`Attempt` per replica tried for a request, until one succeeds or the error is raised."""
+        tried: set[str] = set()
+        while True:
+            replica = self.replicas.acquire(tried)
+            assert replica is not None  # a replica that failed leaves healthy ones untried, else it raises
+            yield Attempt(self, replica, tried)
+
+    def check_served(self, replica: Replica, payload: Any) -> None:
+        """Raise unless ``payload`` (the replica's ``GET /models``) lists the client's model."""
+        served = [str(item.get("id")) for item in payload.get("data", [])]
+        if self.model_name not in served:
+            raise InfinityResponseError(
+                f"the Infinity replica {redact(replica.url)} serves {served}, not {self.model_name!r}: every URL "
+                "in url / INFINITY_API_URL must serve the same model (and hidden_dim); fix or remove that replica")
+        self.verified.add(replica.url)
+
+    def fails_over(self, exc: InfinityError, replica: Replica, tried: set[str]) -> bool:
+        """Whether a request that failed on ``replica`` is sent again at once to another one (and count it)."""
+        if not exc.retryable or not self.replicas.healthy_count(tried):
+            return False
+        self.on_failover()
+        logger.warning("Infinity replica %s failed (%s); sending the request to another replica",
+                       redact(replica.url), exc)
+        return True
+
+
+@dataclass
+class Attempt:
+    """One replica's try at a request, as a context manager: it releases the replica, and swallows a failure
+    that another replica may not have (so the caller's loop tries the next one)."""
+
+    router: Router
+    replica: Replica
+    tried: set[str] = field(repr=False)
+
+    @property
+    def unverified(self) -> bool:
+        """Whether this replica of a fleet must first show that it serves the model (its first use)."""
+        return len(self.router.replicas) > 1 and self.replica.url not in self.router.verified
+
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> bool:
+        if not isinstance(exc, InfinityError):
+            self.router.replicas.release(self.replica)
+            return False
+        self.router.replicas.release(self.replica, failed=exc.retryable)
+        self.tried.add(self.replica.url)
+        return self.router.fails_over(exc, self.replica, self.tried)

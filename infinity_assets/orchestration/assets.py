@@ -17,6 +17,7 @@ from dagster._core.definitions.data_version import (  # the tags Dagster itself 
 )
 
 from infinity_assets.artifacts import artifact_schema
+from infinity_assets.client import allocator
 from infinity_assets.orchestration.checks import artifact_verdicts, check_result
 from infinity_assets.client.embeddings import InfinityEmbeddings
 from infinity_assets.storage.documents import DocumentStore, PdfSettings
@@ -85,6 +86,7 @@ def _define_asset(name: str, modality: str, partitions_def: dg.PartitionsDefinit
         output_required=False,
     )
     def _asset(context: dg.AssetExecutionContext, config: EmbeddingConfig) -> Iterator[object]:
+        allocator.tune_if_enabled(default=True)  # this run process's malloc; $INFINITY_ASSETS_MALLOC_TUNING=off
         infinity: InfinityResource = getattr(context.resources, infinity_key)
         document_store: DocumentStoreResource = context.resources.document_store
         client = infinity.get_client()

@@ -1,21 +1,25 @@
-"""httpx transports for :class:`~infinity_assets.client.embeddings.InfinityEmbeddings`: the fastest way to read large answers.
+"""httpx transports of :class:`~infinity_assets.client.embeddings.InfinityEmbeddings`, and the choice between them.
 
-Plain ``http://`` (the usual way to reach an Infinity server inside a cluster) goes through :mod:`.http11`:
-h11 frames the exchange and an answer of known length is received straight into one buffer. ``https://``
-goes through httpcore's connection pool with a ``network_backend`` whose streams read up to :data:`READ_SIZE`
-bytes per call (httpcore asks 64 KiB; every read costs ~40 µs of Python in httpcore and h11), with one TLS
-context per process. Both are built on public interfaces only (httpx's ``BaseTransport`` /
-``AsyncBaseTransport``, httpcore's ``ConnectionPool(network_backend=...)``), and both raise httpx's
-exceptions, as httpx's own transport does.
+Two kinds, chosen by the client's ``transport`` setting (or ``$INFINITY_HTTP_TRANSPORT``):
+
+- ``"httpcore"``: httpcore's connection pool with a ``network_backend`` whose streams read up to
+  :data:`READ_SIZE` bytes per call instead of httpcore's 64 KiB (every read costs Python in httpcore and h11,
+  and an Infinity answer is megabytes), with one TLS context per process. Plain HTTP and HTTPS.
+- ``"http11"``: :mod:`.http11`, h11 framing with each answer of known length received straight into one
+  buffer. Plain ``http://`` only.
+
+Both are built on public interfaces only (httpx's ``BaseTransport`` / ``AsyncBaseTransport``, httpcore's
+``ConnectionPool(network_backend=...)``), and both raise httpx's exceptions, as httpx's own transport does.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import os
 import ssl
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Literal
 
 import httpcore
 import httpx
@@ -24,6 +28,13 @@ from infinity_assets.client.transports.http11 import AsyncHttp11Transport, Http1
 
 #: Bytes asked of the socket per read (httpcore asks 64 KiB).
 READ_SIZE = 1 << 20
+TransportKind = Literal["httpcore", "http11"]
+#: The transport kinds a client may be given by name.
+KINDS: tuple[TransportKind, ...] = ("httpcore", "http11")
+#: The kind used when neither the client's ``transport`` nor :data:`KIND_VARIABLE` names one.
+DEFAULT_KIND: TransportKind = "httpcore"
+#: The environment variable naming the transport kind when the client's ``transport`` is unset.
+KIND_VARIABLE = "INFINITY_HTTP_TRANSPORT"
 
 
 @functools.cache
@@ -33,16 +44,34 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def sync_transport(limits: httpx.Limits, *, tls: bool = True) -> httpx.BaseTransport:
-    """An HTTP/1.1 transport with ``limits``; without ``tls`` (every URL plain ``http://``), :mod:`.http11`'s."""
-    return LargeReadTransport(limits) if tls else Http11Transport(limits)
+def sync_transport(limits: httpx.Limits, kind: TransportKind = DEFAULT_KIND) -> httpx.BaseTransport:
+    """A transport of ``kind`` (:data:`KINDS`) with ``limits``."""
+    return Http11Transport(limits) if kind == "http11" else LargeReadTransport(limits)
 
 
-def async_transport(limits: httpx.Limits, *, tls: bool = True) -> httpx.AsyncBaseTransport:
-    """The async twin of :func:`sync_transport`; :mod:`.http11`'s needs ``asyncio.timeout`` (Python 3.11+)."""
-    if not tls and hasattr(asyncio, "timeout"):
+def async_transport(limits: httpx.Limits, kind: TransportKind = DEFAULT_KIND) -> httpx.AsyncBaseTransport:
+    """The async twin of :func:`sync_transport`; :mod:`.http11`'s needs ``asyncio.timeout`` (Python 3.11+),
+    httpcore's is used before that."""
+    if kind == "http11" and hasattr(asyncio, "timeout"):
         return AsyncHttp11Transport(limits)
     return AsyncLargeReadTransport(limits, _AsyncLargeReads(httpcore.AnyIOBackend()))
+
+
+def transport_kind(setting: str | None, urls: Sequence[str]) -> TransportKind:
+    """The transport for ``urls``: ``setting``, else ``$INFINITY_HTTP_TRANSPORT``, else :data:`DEFAULT_KIND`.
+
+    Raises ``ValueError`` naming the setting for an unknown kind, or for ``"http11"`` with an ``https://`` URL.
+    """
+    source = "transport"
+    if setting is None:
+        setting, source = os.environ.get(KIND_VARIABLE, "").strip() or DEFAULT_KIND, KIND_VARIABLE
+    kind = setting.strip().lower()
+    if kind not in KINDS:
+        raise ValueError(f"{source} must be one of {', '.join(map(repr, KINDS))}, got {setting!r}")
+    if kind == "http11" and any(url.lower().startswith("https:") for url in urls):
+        raise ValueError(f"{source}='http11' speaks plain HTTP only, but a server URL is https://; "
+                         "use transport='httpcore' (the default) for TLS")
+    return kind  # type: ignore[return-value]
 
 
 def _pool_options(limits: httpx.Limits) -> dict[str, Any]:
