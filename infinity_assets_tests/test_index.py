@@ -116,10 +116,9 @@ def test_an_expired_s3_lease_is_taken_over(seaweedfs, s3_bucket):
     path = store.path(index.INDEX_DIR)
     dead = WriterLock(store.fs, path, is_s3=True, ttl=0.5)
     dead.__enter__()
-    dead._stop.set()  # a holder that stopped renewing (killed)
+    dead.backend.stop_renewing()  # a holder that stopped renewing (killed)
     with WriterLock(store.fs, path, is_s3=True, timeout=10) as taker:
         assert json.loads(store.fs.cat_file(taker.lease_path))["owner"] == taker.owner
-    dead._renewer.join()
 
 
 def test_search_errors_say_what_to_do(tmp_path):

@@ -7,7 +7,7 @@ how bytes become :class:`Document` s). Layout under the root::
     raw/text/<batch>/...      .txt .md (one document each, UTF-8), .jsonl (one document per line)
     raw/images/<batch>/...    .png .jpg .jpeg .webp .gif .bmp .tif .tiff (one document each),
                               .pdf (one page image document per page, formats/pdf.py)
-    embeddings/text/<batch>.parquet, embeddings/images/<batch>.parquet   (artifacts, see artifacts.py)
+    embeddings/text/<batch>.parquet, embeddings/images/<batch>.parquet   (artifacts: infinity_assets.artifacts)
 
 Nothing is silently dropped: a file with an unsupported extension (or an unsafe key such as ``a/../b``) is
 listed in ``Listing.skipped``; a file that cannot be read or parsed becomes a Document with ``error`` set.

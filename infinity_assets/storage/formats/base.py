@@ -5,7 +5,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from infinity_assets.storage.store import SourceObject
+from infinity_assets.storage.backend import SourceObject, first_line  # noqa: F401 (first_line: for the formats)
 
 
 @dataclass
@@ -63,8 +63,3 @@ class Format:
     def line_parser(self, source: SourceObject) -> LineParser:
         """A parser for the lines of one streamed file."""
         raise NotImplementedError
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (at most 300 characters), for error reasons."""
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
-from infinity_assets.storage.store import SourceObject
+from infinity_assets.storage.backend import SourceObject
 from infinity_assets.storage.formats.base import Document, Format, first_line
 
 #: Infinity's vision models reject images smaller than this in either dimension.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from infinity_assets.storage.store import SourceObject
+from infinity_assets.storage.backend import SourceObject
 from infinity_assets.storage.formats.base import Document, Format
 from infinity_assets.storage.formats.text import checked_text
 

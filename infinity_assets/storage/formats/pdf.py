@@ -8,7 +8,7 @@ page, working a few pages ahead of the consumer and across PDF boundaries, so a 
 renders as fast as one of 100-page PDFs, a PDF of 1,000 pages is never in memory as bitmaps, and rendering runs
 while the pipeline sends the pages already rendered. Each page must arrive within ``page_timeout`` seconds.
 
-Render size (:class:`PdfSettings`): ``dpi`` (default 144) with the longest side capped at ``max_side`` pixels
+Render size (:class:`~.pdf_settings.PdfSettings`): ``dpi`` (default 144) with the longest side capped at ``max_side`` pixels
 (default 1,024). ColPali resizes every page to 448 x 448 and ColQwen2 to at most ~768 patches of 28 x 28
 pixels (about 780 x 780): 1,024 pixels keep what both models can use, and cap the pixels (and memory) of
 absurd page sizes (a 200 x 200 inch page renders at 1,024 x 1,024 too). Pages are RGB PNG: lossless, so the
@@ -21,56 +21,14 @@ it as one failure; the other PDFs are rendered by a fresh process).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
-from infinity_assets.storage.store import SourceObject
+from infinity_assets.storage.backend import SourceObject
 from infinity_assets.storage.formats.base import Document, Format
 from infinity_assets.storage.formats.pdf_render import render_documents
+from infinity_assets.storage.formats.pdf_settings import PDF_ENV, PdfSettings
 
-#: Environment variables of :class:`PdfSettings`, read when a store is built (not at import).
-PDF_ENV = {"max_side": "INFINITY_PDF_MAX_SIDE", "dpi": "INFINITY_PDF_DPI",
-           "max_pages": "INFINITY_PDF_MAX_PAGES", "page_timeout": "INFINITY_PDF_PAGE_TIMEOUT",
-           "workers": "INFINITY_PDF_WORKERS"}
-
-
-@dataclass(frozen=True)
-class PdfSettings:
-    """How PDF pages are rendered (see the module docstring for the defaults' reasons)."""
-
-    max_side: int = 1024
-    dpi: float = 144.0
-    max_pages: int = 2000
-    page_timeout: float = 60.0
-    workers: int = 0  # 0: one per CPU core
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> PdfSettings:
-        """Settings from ``overrides`` (``None`` values ignored), then ``INFINITY_PDF_*``, then the defaults."""
-        values: dict[str, Any] = {}
-        for name, env_name in PDF_ENV.items():
-            value = overrides.get(name)
-            raw = os.environ.get(env_name)
-            if value is None and raw not in (None, ""):
-                try:
-                    value = type(getattr(cls, name))(raw)
-                except ValueError:
-                    raise ValueError(f"environment variable {env_name}={raw!r} is not a valid {name}") from None
-            if value is not None:
-                values[name] = value
-        settings = cls(**values)
-        if settings.max_side < 64 or settings.dpi <= 0 or settings.max_pages < 1 or settings.page_timeout <= 0:
-            raise ValueError(f"invalid PDF settings {settings} (max_side >= 64, dpi > 0, max_pages >= 1, "
-                             "page_timeout > 0)")
-        return settings
-
-    @property
-    def worker_count(self) -> int:
-        """Render processes (of one run of PDFs: see :mod:`.pdf_render`)."""
-        return self.workers or os.cpu_count() or 1
-
+__all__ = ["PDF_ENV", "PdfFormat", "PdfSettings"]
 
 class PdfFormat(Format):
     """``.pdf``: one page image document per page (option ``pdf``: :class:`PdfSettings`)."""

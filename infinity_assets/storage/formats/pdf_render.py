@@ -25,16 +25,14 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from infinity_assets.storage.store import SourceObject
+from infinity_assets.storage.backend import SourceObject
 from infinity_assets.storage.formats.base import Document, first_line
 from infinity_assets.storage.formats.images import MIN_IMAGE_SIDE
-
-if TYPE_CHECKING:
-    from infinity_assets.storage.formats.pdf import PdfSettings
+from infinity_assets.storage.formats.pdf_settings import PdfSettings
 
 #: Text layers longer than this (characters) are cut: a snippet, not the document.
 MAX_PAGE_TEXT = 20_000

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from infinity_assets.storage.store import SourceObject
+from infinity_assets.storage.backend import SourceObject
 from infinity_assets.storage.formats.base import Document, Format
 
 #: Infinity's limit on one input string, in characters.
