@@ -1,4 +1,6 @@
-"""The ``infinity-assets`` console script: ``infinity-assets search "QUERY" [--modality text|images] [--k 5] [--json]``.
+"""The ``infinity-assets`` console script: ``infinity-assets search "QUERY" [--modality text|images] [--k 5] [--json]``
+and ``infinity-assets serve [--host 127.0.0.1] [--port 8080]`` (the search API and page viewer,
+:mod:`infinity_assets.service`).
 
 Settings come from the same environment variables as the Dagster resources: ``INFINITY_*`` (``INFINITY_IMAGE_*``
 first for ``--modality images``), ``INFINITY_ASSETS_ROOT`` and ``AWS_*``. The query is embedded with
@@ -30,12 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--k", type=int, default=5, help="number of results (default 5)")
     search.add_argument("--json", action="store_true", help="one JSON object per result and line")
     search.add_argument("--exact", action="store_true", help="exact search even if an ANN index exists")
+    serve = commands.add_parser("serve", help="serve the search API and the page viewer over HTTP")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+                       "machine only; set INFINITY_ASSETS_SERVE_API_KEY before opening it wider)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args.host, args.port)
     if args.k < 1:
         print("infinity-assets: --k must be at least 1", file=sys.stderr)
         return 2
@@ -50,6 +58,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for rank, hit in enumerate(hits, 1):
         print(json.dumps(hit.to_json(), ensure_ascii=False) if args.json else _line(rank, hit))
+    return 0
+
+
+def _serve(host: str, port: int) -> int:
+    """``infinity-assets serve``: runs until interrupted; a bad setting is one line on stderr and exit 1."""
+    from infinity_assets.service import serve  # Starlette and uvicorn: only for this command
+
+    try:
+        serve(host, port)
+    except (DocumentStoreError, ValueError) as exc:
+        print(f"infinity-assets: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -1,0 +1,102 @@
+"""Helpers for the service tests: an indexed corpus on SeaweedFS and the app served by a real uvicorn.
+
+* :func:`build_corpus`: a bucket with a 3-page PDF, a PNG and two text files, embedded through the real
+  Infinity server (``colpali-tiny`` for pages, ``minilm-colbert-128`` for text) and indexed.
+* :class:`ServedApp`: :func:`infinity_assets.service.create_app` served by uvicorn on a free port of
+  127.0.0.1 in a thread (the same server ``infinity-assets serve`` runs), stopped on exit.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from infinity_assets import InfinityEmbeddings
+from infinity_assets.index import sync_index
+from infinity_assets.pipeline import embed_partition
+from infinity_assets.storage.documents import DocumentStore
+from infinity_assets_dev.ports import free_port
+
+TEXTS = {"cats.txt": "the cat sat on the warm mat in the afternoon sun",
+         "rockets.md": "# rockets\nrocket engines burn liquid oxygen and kerosene to reach orbit"}
+TEXT_MODEL, IMAGE_MODEL = "minilm-colbert-128", "colpali-tiny"
+
+
+@dataclass
+class Corpus:
+    """An indexed bucket: its store, the files put there, and the models it was embedded with."""
+
+    bucket: str
+    store: DocumentStore
+    pdf: bytes
+    photo: bytes
+    infinity_url: str
+
+    def clients(self, url: str | None = None, **options: Any) -> dict[str, InfinityEmbeddings]:
+        """New clients for both modalities (the corpus's models), at ``url`` (default: the real server)."""
+        url = url or self.infinity_url
+        return {"text": InfinityEmbeddings(url=url, model_name=TEXT_MODEL, hidden_dim=128, **options),
+                "images": InfinityEmbeddings(url=url, model_name=IMAGE_MODEL, hidden_dim=128, **options)}
+
+
+def photo_png() -> bytes:
+    """A 300 x 200 PNG with two colours (a page image stored as is)."""
+    image = Image.new("RGB", (300, 200), (200, 40, 40))
+    image.paste((30, 90, 200), (150, 0, 300, 200))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def build_corpus(seaweedfs: Any, infinity_url: str, pdf: bytes) -> Corpus:
+    """Put the files in a new bucket, embed both batches and sync both indexes."""
+    bucket = seaweedfs.create_bucket()
+    photo = photo_png()
+    files = {f"{bucket}/raw/images/b1/report.pdf": pdf, f"{bucket}/raw/images/b1/photo.png": photo}
+    files |= {f"{bucket}/raw/text/t1/{name}": text.encode() for name, text in TEXTS.items()}
+    seaweedfs.filesystem().pipe(files)
+    store = DocumentStore(f"s3://{bucket}", **seaweedfs.storage_options())
+    corpus = Corpus(bucket, store, pdf, photo, infinity_url)
+    clients = corpus.clients()
+    try:
+        for modality, partition in (("images", "b1"), ("text", "t1")):
+            report = embed_partition(store, clients[modality], modality, partition)
+            assert report.failed == 0, report.failures
+            sync_index(store, modality)
+    finally:
+        for client in clients.values():
+            client.close()
+    return corpus
+
+
+class ServedApp:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a background thread; ``url`` is its address."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServedApp:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def get(self, path: str, **options: Any) -> httpx.Response:
+        """``GET`` a path of the app."""
+        return httpx.get(self.url + path, timeout=120, **options)
