@@ -106,8 +106,8 @@ def run(repetitions: int = 5, scale: float = 1.0) -> dict[str, Any]:
 def settings_ab(repetitions: int = 5, pages: int = SETTINGS_PAGES) -> dict[str, Any]:
     """CPU ms per page of a partition end to end for each of :data:`SETTINGS`, each repetition a fresh child
     process on core 1 (the server on core 0), variants interleaved; medians with min-max."""
-    cpu: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    wall: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    measures = ("cpu_ms_per_page", "ms_per_page", "client_cpu_ms_per_page")
+    found: dict[str, dict[str, list[float]]] = {measure: {name: [] for name in SETTINGS} for measure in measures}
     unpin = pinned(CLIENT_CPU)
     try:
         with FakeServerProcess.shape("bandwidth", cpu=SERVER_CPU) as server, \
@@ -116,18 +116,20 @@ def settings_ab(repetitions: int = 5, pages: int = SETTINGS_PAGES) -> dict[str, 
             for _ in range(repetitions):
                 for name, (kind, tuned) in SETTINGS.items():
                     outcome = _settings_child(server.url, root, kind, tuned)
-                    cpu[name] += outcome["cpu_ms_per_page"]
-                    wall[name] += outcome["ms_per_page"]
+                    for measure in measures:
+                        found[measure][name] += outcome[measure]
     finally:
         unpin()
-    result = {"pages": pages, "rounds_per_child": SETTINGS_ROUNDS, "repetitions": repetitions,
-              "cpu_ms_per_page": {name: spread(values) for name, values in cpu.items()},
-              "ms_per_page": {name: spread(values) for name, values in wall.items()}}
+    result: dict[str, Any] = {"pages": pages, "rounds_per_child": SETTINGS_ROUNDS, "repetitions": repetitions}
+    for measure in measures:
+        result[measure] = {name: spread(values) for name, values in found[measure].items()}
+    for prefix, measure in (("", "cpu_ms_per_page"), ("client_", "client_cpu_ms_per_page")):
+        medians = {name: value["median"] for name, value in result[measure].items()}
+        result[f"{prefix}http11_saves"] = {tuned: 1 - medians[f"http11, {tuned}"] / medians[f"httpcore, {tuned}"]
+                                           for tuned in ("tuned", "untuned")}
+        result[f"{prefix}tuning_saves"] = {kind: 1 - medians[f"{kind}, tuned"] / medians[f"{kind}, untuned"]
+                                           for kind in ("http11", "httpcore")}
     medians = {name: value["median"] for name, value in result["cpu_ms_per_page"].items()}
-    result["http11_saves"] = {tuned: 1 - medians[f"http11, {tuned}"] / medians[f"httpcore, {tuned}"]
-                              for tuned in ("tuned", "untuned")}
-    result["tuning_saves"] = {kind: 1 - medians[f"{kind}, tuned"] / medians[f"{kind}, untuned"]
-                              for kind in ("http11", "httpcore")}
     print("  settings: " + ", ".join(f"{name} {m:.2f} ms" for name, m in medians.items()), flush=True)
     return result
 
@@ -144,18 +146,28 @@ def _settings_child(url: str, root: str, kind: str, tuned: bool) -> dict[str, An
 
 
 def _child(url: str, root: str, kind: str, tune: str) -> None:
-    """One variant of :func:`settings_ab`: a warm-up, then :data:`SETTINGS_ROUNDS` timed materializations."""
+    """One variant of :func:`settings_ab`: a warm-up, then :data:`SETTINGS_ROUNDS` timed materializations of
+    the partition, then as many of the client alone (``embed_images_batch`` on the same images)."""
+    from infinity_assets.client.embeddings import InfinityEmbeddings
     from infinity_assets.storage.documents import DocumentStore
 
     store, options = DocumentStore(root), {"transport": kind, "tune_allocator": tune == "on"}
     pages = materialize(store, url, **options).total
-    cpu, wall = [], []
+    outcome: dict[str, list[float]] = {"cpu_ms_per_page": [], "ms_per_page": [], "client_cpu_ms_per_page": []}
     for _ in range(SETTINGS_ROUNDS):
         started, cpu_started = time.perf_counter(), time.process_time()
         materialize(store, url, **options)
-        cpu.append(1000 * (time.process_time() - cpu_started) / pages)
-        wall.append(1000 * (time.perf_counter() - started) / pages)
-    print(json.dumps({"cpu_ms_per_page": cpu, "ms_per_page": wall}))
+        outcome["cpu_ms_per_page"].append(1000 * (time.process_time() - cpu_started) / pages)
+        outcome["ms_per_page"].append(1000 * (time.perf_counter() - started) / pages)
+    images = make_images(pages)
+    with InfinityEmbeddings(url=url, model_name=MODEL, hidden_dim=128, embed_batch_size=10, max_concurrency=8,
+                            **options) as client:
+        client.embed_images_batch(images[:80])  # warm-up: connections, the hidden_dim probe
+        for _ in range(SETTINGS_ROUNDS):
+            cpu_started = time.process_time()
+            client.embed_images_batch(images)
+            outcome["client_cpu_ms_per_page"].append(1000 * (time.process_time() - cpu_started) / pages)
+    print(json.dumps(outcome))
 
 
 def markdown(results: dict[str, Any]) -> list[str]:
@@ -182,16 +194,19 @@ def markdown(results: dict[str, Any]) -> list[str]:
 
 
 def settings_markdown(r: dict[str, Any]) -> list[str]:
-    """The settings A/B table: CPU ms and wall ms per page of a partition end to end, median (min-max)."""
-    lines = ["", f"### Partition end to end by client setting ({r['pages']} ColPali-sized pages, bandwidth-bound fake, "
-                 f"batch 10, concurrency 8; {r['repetitions']} fresh processes per variant x {r['rounds_per_child']} "
-                 f"materializations, interleaved): server on core {SERVER_CPU}, client on core {CLIENT_CPU}", "",
-             "| transport, allocator | client CPU ms per page | wall ms per page |", "|---|---:|---:|"]
-    lines += [f"| {name} | {figure(r['cpu_ms_per_page'][name])} | {figure(r['ms_per_page'][name])} |"
-              for name in SETTINGS]
-    lines += ["", "http11 saves " + ", ".join(f"{100 * v:.1f} % ({k})" for k, v in r["http11_saves"].items())
-              + " of the partition's CPU per page against httpcore; the allocator tuning saves "
-              + ", ".join(f"{100 * v:.1f} % ({k})" for k, v in r["tuning_saves"].items()) + "."]
+    """The settings A/B table: CPU ms per page of a partition end to end and of the client alone, and the
+    partition's wall ms per page, median (min-max)."""
+    lines = ["", f"### Client settings A/B ({r['pages']} ColPali-sized pages, bandwidth-bound fake, batch 10, "
+                 f"concurrency 8; {r['repetitions']} fresh processes per variant x {r['rounds_per_child']} rounds, "
+                 f"interleaved): server on core {SERVER_CPU}, client on core {CLIENT_CPU}", "",
+             "| transport, allocator | partition end to end: CPU ms per page | wall ms per page | "
+             "client alone (`embed_images_batch`): CPU ms per page |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {figure(r['cpu_ms_per_page'][name])} | {figure(r['ms_per_page'][name])} | "
+              f"{figure(r['client_cpu_ms_per_page'][name])} |" for name in SETTINGS]
+    for prefix, what in (("", "the partition's"), ("client_", "the client's")):
+        lines += ["", "http11 saves " + ", ".join(f"{100 * v:.1f} % ({k})" for k, v in r[f"{prefix}http11_saves"].items())
+                  + f" of {what} CPU per page against httpcore; the allocator tuning saves "
+                  + ", ".join(f"{100 * v:.1f} % ({k})" for k, v in r[f"{prefix}tuning_saves"].items()) + "."]
     return lines
 
 

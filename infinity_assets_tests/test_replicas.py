@@ -1,9 +1,11 @@
-"""ReplicaSet: least requests in flight, cool-down after failures, back in rotation after it (no real sleeps)."""
+"""ReplicaSet: least requests in flight, cool-down after failures, back in rotation after it (no real sleeps);
+Router: a request fails over to the next healthy replica only for failures another replica may not have."""
 from __future__ import annotations
 
 import pytest
 
-from infinity_assets.client.replicas import ReplicaSet, parse_urls, redact
+from infinity_assets.client.errors import InfinityBadRequestError, InfinityConnectionError
+from infinity_assets.client.replicas import ReplicaSet, Router, parse_urls, redact
 
 
 class Clock:
@@ -72,3 +74,54 @@ def test_when_every_replica_is_cooling_down_the_one_back_soonest_is_tried():
     assert replicas.healthy_count() == 0
     assert replicas.acquire().url == "b"
     assert replicas.acquire(exclude={"a", "b"}) is None
+
+
+def _send(router: Router, outcomes: dict[str, Exception | str]) -> tuple[str, list[str]]:
+    """Send one request through ``router``; each replica answers (or fails) as ``outcomes`` says."""
+    tried: list[str] = []
+    for attempt in router.attempts():
+        with attempt:
+            tried.append(attempt.replica.url)
+            outcome = outcomes[attempt.replica.url]
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome, tried
+    raise AssertionError("unreachable")
+
+
+def test_a_connection_failure_fails_over_at_once_and_is_counted():
+    failovers = []
+    router = Router(ReplicaSet(["a", "b"], clock=Clock()), "m", on_failover=lambda: failovers.append(1))
+    answer, tried = _send(router, {"a": InfinityConnectionError("refused"), "b": "ok"})
+    assert (answer, tried, len(failovers)) == ("ok", ["a", "b"], 1)
+    assert [r.in_flight for r in router.replicas.replicas] == [0, 0]
+    assert router.replicas.stats()["a"]["failures"] == 1
+
+
+def test_a_rejected_request_is_not_sent_to_another_replica():
+    router = Router(ReplicaSet(["a", "b"], clock=Clock()), "m")
+    with pytest.raises(InfinityBadRequestError):
+        _send(router, {"a": InfinityBadRequestError("no", status_code=400, server_message="no"), "b": "ok"})
+    assert router.replicas.stats()["a"]["failures"] == 0  # the request's fault, not the replica's
+
+
+def test_when_every_replica_failed_the_last_error_is_raised():
+    router = Router(ReplicaSet(["a", "b"], clock=Clock()), "m")
+    with pytest.raises(InfinityConnectionError, match="b down"):
+        _send(router, {"a": InfinityConnectionError("a down"), "b": InfinityConnectionError("b down")})
+
+
+def test_any_other_exception_releases_the_replica_and_propagates():
+    router = Router(ReplicaSet(["a", "b"], clock=Clock()), "m")
+    with pytest.raises(KeyError):
+        _send(router, {"a": KeyError("a bug"), "b": "ok"})
+    assert [r.in_flight for r in router.replicas.replicas] == [0, 0]
+    assert router.replicas.stats()["a"]["failures"] == 0
+
+
+def test_a_replica_serving_another_model_is_refused_by_name():
+    router = Router(ReplicaSet(["a", "b"], clock=Clock()), "colpali")
+    router.check_served(router.replicas.replicas[0], {"data": [{"id": "colpali"}]})
+    assert router.verified == {"a"}
+    with pytest.raises(Exception, match=r"replica b serves \['minilm'\], not 'colpali'"):
+        router.check_served(router.replicas.replicas[1], {"data": [{"id": "minilm"}]})

@@ -1,13 +1,13 @@
 """HTTP/1.1 over plain TCP for httpx, receiving each answer of known length straight into one buffer.
 
-An Infinity answer is large (a ColPali page is ~0.7 MB of base64, a batch of ten 7 MB) and comes with a
-``Content-Length``. httpcore hands a body over read by read, through h11's receive buffer, then httpx's, and
-the client joins the pieces: several copies, each in Python-sized steps. Here h11 writes the request and
-parses the answer's head; a body of known length is then received with ``recv_into`` into a ``bytearray`` of
-exactly its size, which the kernel fills directly. On pinned cores against the bandwidth-bound fake server
-(8 threads, the prepared bodies, no decoding; a one-off A/B), a page cost 0.91 ms of CPU through httpcore with
-1 MiB reads and 0.60 ms this way (raw sockets: 0.33 ms); benchmarks/cpu_cost.py measures the whole client.
-Bodies of unknown length (chunked, or ended by the server closing) go through h11 as usual.
+The client's opt-in transport (``transport="http11"`` or ``INFINITY_HTTP_TRANSPORT=http11``; the default is
+httpcore, :mod:`.default`). An Infinity answer is large (a ColPali page is ~0.7 MB of base64, a batch of ten
+7 MB) and comes with a ``Content-Length``. httpcore hands a body over read by read, through h11's receive
+buffer, then httpx's, and the client joins the pieces: several copies, each in Python-sized steps. Here h11
+writes the request and parses the answer's head; a body of known length is then received with ``recv_into``
+into a ``bytearray`` of exactly its size, which the kernel fills directly; bodies of unknown length (chunked,
+or ended by the server closing) go through h11 as usual. What that saves per page, receive only and on a whole
+partition, is in ``benchmarks/README.md``.
 
 :class:`Http11Transport` (threads) and :class:`AsyncHttp11Transport` (asyncio's socket API, Python 3.11+)
 keep connections alive per origin: at most ``max_connections`` in use at once (waiting up to the ``pool``
