@@ -30,7 +30,7 @@ function card(hit, showMap) {
   }
   const meta = element("div", "meta");
   meta.append(element("span", "score", hit.score.toFixed(4)), element("span", "doc", hit.doc_id));
-  if (hit.page !== null && hit.page !== undefined) meta.append(element("span", "page", `page ${hit.page}`));
+  if (hit.page !== null && hit.page !== undefined) meta.append(element("span", "pageno", `page ${hit.page}`));
   box.append(meta);
   if (hit.snippet) box.append(element("p", "snippet", hit.snippet));
   const link = element("a", "source", "source");
