@@ -80,3 +80,48 @@ def test_a_wrong_value_is_refused_naming_the_variable(monkeypatch):
     monkeypatch.setenv(allocator.SWITCH_VARIABLE, "sometimes")
     with pytest.raises(ValueError, match="INFINITY_ASSETS_MALLOC_TUNING must be 'on' or 'off', got 'sometimes'"):
         allocator.enabled(default=False)
+
+
+ASSET_RUN = """
+import ctypes, json, sys, tempfile
+from pathlib import Path
+import dagster as dg
+from infinity_assets import InfinityEmbeddings, InfinityResource
+from infinity_assets.orchestration.assets import text_embeddings
+from infinity_assets.orchestration.resources import DocumentStoreResource
+from infinity_assets.testing.fake_infinity import FakeInfinity
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+fake = FakeInfinity(model="m", hidden_dim=128)
+
+class FakeNetwork(InfinityResource):
+    def build_client(self):
+        return InfinityEmbeddings(**self.effective_settings(), transport=fake.transport())
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+with tempfile.TemporaryDirectory() as root:
+    (Path(root) / "raw" / "text" / "b1").mkdir(parents=True)
+    (Path(root) / "raw" / "text" / "b1" / "a.txt").write_text("late interaction")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("text_batches", ["b1"])
+    result = dg.materialize([text_embeddings], partition_key="b1", instance=instance, resources={
+        "infinity": FakeNetwork(url="http://fake", model_name="m"),
+        "document_store": DocumentStoreResource(root=root)})
+before = libc.mallinfo2().hblks
+buffer = bytearray(1 << 20)
+print(json.dumps({"success": result.success, "mmapped_blocks_added": libc.mallinfo2().hblks - before}))
+"""
+
+
+@pytest.mark.parametrize("switch, mmapped", [(None, 0), ("off", 1)], ids=["default", "switched-off"])
+def test_an_embedding_asset_run_tunes_its_process_unless_switched_off(switch, mmapped):
+    env = {allocator.SWITCH_VARIABLE: switch} if switch else {}
+    clean = {k: v for k, v in os.environ.items() if k != allocator.SWITCH_VARIABLE}
+    completed = subprocess.run([sys.executable, "-c", ASSET_RUN], capture_output=True, text=True, check=True,
+                               env={**clean, **env}, timeout=120)
+    assert json.loads(completed.stdout.strip().splitlines()[-1]) == {"success": True, "mmapped_blocks_added": mmapped}
