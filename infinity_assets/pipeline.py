@@ -45,6 +45,7 @@ class PartitionReport:
     partition: str
     artifact_uri: str
     data_version: str
+    vector_encoding: str = artifacts.DEFAULT_VECTOR_ENCODING
     total: int = 0
     embedded: int = 0
     reused: int = 0
@@ -77,6 +78,7 @@ def embed_partition(
     max_failure_ratio: float = 1.0,
     preview_rows: int = 5,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    vector_encoding: str | None = None,
 ) -> PartitionReport:
     """Embed the documents of one batch folder into its artifact, reusing rows whose fingerprint is unchanged.
 
@@ -87,7 +89,13 @@ def embed_partition(
     report and the artifact's failures sidecar; if their share exceeds ``max_failure_ratio`` nothing is published
     and :class:`TooManyFailuresError` is raised. Server failures (unreachable, wrong hidden_dim) raise and publish
     nothing; the previous artifact stays intact.
+
+    ``vector_encoding`` (``float32`` or ``float16``; default ``$INFINITY_ASSETS_VECTOR_ENCODING``, else
+    float32) is how the artifact stores the vectors. Rows are reused only from a previous artifact of the same
+    model, hidden_dim and encoding: a batch re-embedded with another encoding is rewritten whole (converting
+    float16 rows to float32 would pass off rounded vectors as lossless ones; the other way would round them).
     """
+    encoding = artifacts.vector_encoding(vector_encoding)  # a bad setting fails before anything is read
     started = time.monotonic()
     stats_before = (client.stats.requests, client.stats.retries, client.stats.failovers)
     listing = store.list_sources(modality, partition)
@@ -95,8 +103,8 @@ def embed_partition(
     configured_dim = client.hidden_dim  # before any detection: the schedule computes versions with it too
     report = PartitionReport(
         modality=modality, partition=partition, artifact_uri=store.uri(path), data_version="",
-        skipped=len(listing.skipped), skipped_keys=listing.skipped)
-    previous_metadata, previous = _reusable_index(store, path, client)
+        vector_encoding=encoding, skipped=len(listing.skipped), skipped_keys=listing.skipped)
+    previous_metadata, previous = _reusable_index(store, path, client, encoding)
     previous_files = _rows_by_file(previous, _failed_files(store, path) if previous else set())
 
     # Reuse: a file whose fingerprint is unchanged is not even read (all its rows are reused: the pages of a
@@ -142,7 +150,8 @@ def embed_partition(
     try:
         with artifacts.ArtifactWriter(store.fs, path, hidden_dim=hidden_dim, metadata=metadata,
                                       row_group_size=row_group_size,
-                                      row_group_bytes=memory_budget // 2 // artifacts.WRITE_AMPLIFICATION) as writer:
+                                      row_group_bytes=memory_budget // 2 // artifacts.WRITE_AMPLIFICATION,
+                                      vector_encoding=encoding) as writer:
             for row in _reused_rows(store, path, reusable):
                 writer.write(*row)
             for row in itertools.chain([first] if first else [], embedded):
@@ -151,7 +160,7 @@ def embed_partition(
                     report.preview.append(_preview(row))
             for failure in failures:
                 writer.add_failure(failure)
-            report.data_version = _data_version(listing, failures, client.model_name, configured_dim)
+            report.data_version = _data_version(listing, failures, client.model_name, configured_dim, encoding)
             writer.add_metadata("data_version", report.data_version)
             report.total, report.failed = writer.rows + len(failures), len(failures)
             if report.total and report.failed / report.total > max_failure_ratio:
@@ -178,24 +187,28 @@ def embed_partition(
 
 
 def _data_version(listing: documents.Listing, failures: list[artifacts.Failure], model: str,
-                  hidden_dim: int | None) -> str:
+                  hidden_dim: int | None, vector_encoding: str) -> str:
     """The data version of what was embedded: the sources' fingerprints, leaving out files that failed only
     for now ("retry later"), so the incremental schedule sees the batch as changed and runs it again."""
     retry = {f.doc_id for f in failures if documents.is_retryable(f.error)}
     fingerprints = {key: fp for key, fp in listing.fingerprints.items() if key not in retry}
-    return artifacts.data_version(fingerprints, model, hidden_dim)
+    return artifacts.data_version(fingerprints, model, hidden_dim, vector_encoding)
 
 
-def _reusable_index(store: documents.DocumentStore, path: str,
-                    client: InfinityEmbeddings) -> tuple[dict[str, str], dict[str, str]]:
-    """The previous artifact's metadata and ``{doc_id: fingerprint}``, if made with the same model and hidden_dim."""
+def _reusable_index(store: documents.DocumentStore, path: str, client: InfinityEmbeddings,
+                    vector_encoding: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The previous artifact's metadata and ``{doc_id: fingerprint}``, if made with the same model, hidden_dim
+    and vector encoding."""
     found = artifacts.read_index(store.fs, path)
     if found is None:
         return {}, {}
     metadata, index = found
     if metadata.get("model") != client.model_name or (
-            client.hidden_dim is not None and metadata.get("hidden_dim") != str(client.hidden_dim)):
-        logger.info("previous artifact %s was made with other settings; re-embedding everything", path)
+            client.hidden_dim is not None and metadata.get("hidden_dim") != str(client.hidden_dim)) or (
+            metadata["vector_encoding"] != vector_encoding):
+        logger.info("previous artifact %s was made with other settings (model %s, hidden_dim %s, vector_encoding %s);"
+                    " re-embedding everything", path, metadata.get("model"), metadata.get("hidden_dim"),
+                    metadata["vector_encoding"])
         return {}, {}
     return metadata, index
 
@@ -243,10 +256,11 @@ def _embedded_rows(client: InfinityEmbeddings, modality: str, inputs: Iterator[s
 
 
 def _reused_rows(store: documents.DocumentStore, path: str, reusable: set[str]) -> Iterator[tuple]:
-    """Writer rows copied from the previous artifact (vectors as zero-copy views), one row group at a time."""
+    """Writer rows copied from the previous artifact (vectors as zero-copy views of the stored floats, of the
+    encoding being written), one row group at a time."""
     if not reusable:
         return
-    for group in artifacts.iter_rows(store.fs, path, reusable):
+    for group in artifacts.iter_rows(store.fs, path, reusable, stored_dtype=True):
         embedding = group.column("embedding").combine_chunks()
         offsets = embedding.offsets.to_numpy()
         hidden_dim = embedding.type.value_type.list_size

@@ -194,6 +194,28 @@ def test_checks_fail_on_a_hand_corrupted_artifact(store_root, resources):
     assert checks == {"artifact_schema": True, "documents_accounted_for": False, "vectors_valid": False}
 
 
+def test_the_vector_encoding_is_run_config_and_the_checks_know_it(store_root, resources):
+    for i in range(3):
+        store_root.put(f"raw/text/h/doc{i}.txt", f"document {i}")
+    store = store_root.store()
+    half = {"ops": {"text_embeddings": {"config": {"vector_encoding": "float16"}}}}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("text_batches", ["h"])
+        result = dg.materialize([text_embeddings, *text_checks], partition_key="h", resources=resources(),
+                                instance=instance, run_config=half)
+        assert result.success and all(checks_of(result).values()) and len(checks_of(result)) == 4
+        assert metadata_of(result, "text_embeddings")["vector_encoding"] == "float16"
+        artifact = artifacts.read_artifact(store.fs, store.artifact_path("text", "h"), stored_dtype=True)
+        assert artifact.vectors.dtype == np.float16 and artifact.metadata["vector_encoding"] == "float16"
+        # The checks alone, configured for float32 (the default): the float16 artifact is not what is asked for.
+        result = dg.materialize([text_embeddings, *text_checks], tags={"dagster/partition": "h"},
+                                resources=resources(), instance=instance, raise_on_error=False,
+                                selection=dg.AssetSelection.checks(*text_checks))
+    [schema] = [e for e in result.get_asset_check_evaluations() if e.check_name == "artifact_schema"]
+    assert not schema.passed and "stores float16 vectors" in schema.description
+    assert checks_of(result) == {"artifact_schema": False, "documents_accounted_for": True, "vectors_valid": True}
+
+
 def test_wrong_s3_credentials_give_a_clear_error(seaweedfs, s3_bucket):
     store = DocumentStore(f"s3://{s3_bucket}", endpoint_url=seaweedfs.endpoint_url, key=seaweedfs.access_key,
                           secret="not-the-secret")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from infinity_assets import InfinityConnectionError, InfinityEmbeddings, InfinityResponseError, artifacts
 from infinity_assets.storage.documents import DocumentStore
+from infinity_assets.storage.local import LocalBackend
 from infinity_assets.pipeline import TooManyFailuresError, embed_partition
 from infinity_assets.testing import fake_infinity as fi
 from infinity_assets.testing.fake_infinity import FakeInfinity, vectors_for
@@ -212,13 +213,13 @@ def test_a_file_that_failed_only_for_now_leaves_the_data_version_stale(root, fak
     """A transient read failure ("retry later") must not look done to the incremental schedule."""
     store = DocumentStore(str(root))
     current = artifacts.data_version(store.list_sources("text", "b1").fingerprints, client.model_name, 128)
-    read = DocumentStore._read_local
-    monkeypatch.setattr(DocumentStore, "_read_local", lambda self, source: OSError("I/O error") if source.key ==
+    read = LocalBackend.read
+    monkeypatch.setattr(LocalBackend, "read", lambda self, source: OSError("I/O error") if source.key ==
                         "doc2.txt" else read(self, source))
     report = embed_partition(store, client, "text", "b1", max_failure_ratio=1.0)
     assert report.failures == [("doc2.txt", "could not be read (OSError: I/O error); retry later")]
     assert report.data_version != current  # the schedule requests the batch again
-    monkeypatch.setattr(DocumentStore, "_read_local", read)
+    monkeypatch.setattr(LocalBackend, "read", read)
     report = embed_partition(store, client, "text", "b1")
     assert (report.embedded, report.failed, report.data_version) == (1, 0, current)
     artifact = artifacts.read_artifact(store.fs, store.artifact_path("text", "b1"))
@@ -234,3 +235,62 @@ def test_a_document_that_cannot_be_embedded_keeps_the_data_version_current(tmp_p
     current = artifacts.data_version(store.list_sources("text", "b1").fingerprints, client.model_name, 128)
     report = embed_partition(store, client, "text", "b1", max_failure_ratio=1.0)
     assert report.failed == 1 and report.data_version == current
+
+
+def test_float16_artifacts_hold_the_rounded_vectors_and_say_so(root, fake, client):
+    store = DocumentStore(str(root))
+    report = embed_partition(store, client, "text", "b1", vector_encoding="float16")
+    assert (report.embedded, report.vector_encoding) == (8, "float16")
+    artifact = artifacts.read_artifact(store.fs, store.artifact_path("text", "b1"), stored_dtype=True)
+    assert artifact.metadata["vector_encoding"] == "float16" and artifact.vectors.dtype == np.float16
+    index = artifact.doc_ids.index("doc3.txt")
+    np.testing.assert_array_equal(artifact.vectors_of(index),
+                                  vectors_for("text document number 3", "text", 128).astype(np.float16))
+
+
+def test_unchanged_float16_rows_are_reused_as_stored(root, fake, client):
+    store = DocumentStore(str(root))
+    embed_partition(store, client, "text", "b1", vector_encoding="float16")
+    first = artifacts.read_artifact(store.fs, store.artifact_path("text", "b1"), stored_dtype=True)
+    (root / "raw/text/b1/doc0.txt").write_text("changed")
+    report = embed_partition(store, client, "text", "b1", vector_encoding="float16")
+    assert (report.embedded, report.reused) == (1, 7)
+    second = artifacts.read_artifact(store.fs, store.artifact_path("text", "b1"), stored_dtype=True)
+    kept = second.doc_ids.index("doc3.txt")
+    np.testing.assert_array_equal(second.vectors_of(kept), first.vectors_of(first.doc_ids.index("doc3.txt")))
+
+
+@pytest.mark.parametrize(("before", "after"), [("float32", "float16"), ("float16", "float32")])
+def test_re_embedding_with_another_encoding_rewrites_the_whole_batch(root, fake, client, before, after):
+    """Rows of the other encoding are never reused (nor converted): the artifact is all of one encoding, and
+    float32 ones hold the server's exact floats, not float16 roundings passed off as lossless."""
+    store = DocumentStore(str(root))
+    embed_partition(store, client, "text", "b1", vector_encoding=before)
+    requests = len(fake.requests)
+    report = embed_partition(store, client, "text", "b1", vector_encoding=after)
+    assert (report.embedded, report.reused) == (8, 0) and len(fake.requests) > requests
+    artifact = artifacts.read_artifact(store.fs, store.artifact_path("text", "b1"), stored_dtype=True)
+    assert artifact.vector_encoding == after == artifact.metadata["vector_encoding"]
+    for i, doc_id in enumerate(artifact.doc_ids):
+        if doc_id.startswith("doc"):
+            exact = vectors_for(f"text document number {doc_id[3]}", "text", 128)
+            np.testing.assert_array_equal(artifact.vectors_of(i), exact.astype(artifacts.vector_dtype(after)))
+    assert artifacts.check_schema(store.fs, store.artifact_path("text", "b1"), 128, after).passed
+
+
+def test_the_encoding_is_part_of_the_data_version(root, fake, client, monkeypatch):
+    store = DocumentStore(str(root))
+    as_float32 = embed_partition(store, client, "text", "b1").data_version
+    fingerprints = store.list_sources("text", "b1").fingerprints
+    assert as_float32 == artifacts.data_version(fingerprints, client.model_name, 128)  # unchanged for float32
+    monkeypatch.setenv(artifacts.VECTOR_ENCODING_ENV, "float16")
+    as_float16 = embed_partition(store, client, "text", "b1")
+    assert as_float16.vector_encoding == "float16" and as_float16.data_version != as_float32
+    assert as_float16.data_version == artifacts.data_version(fingerprints, client.model_name, 128, "float16")
+
+
+def test_an_unknown_encoding_fails_before_anything_is_read_or_published(root, fake, client):
+    store = DocumentStore(str(root))
+    with pytest.raises(ValueError, match="vector_encoding='bfloat16' is not a vector encoding"):
+        embed_partition(store, client, "text", "b1", vector_encoding="bfloat16")
+    assert not fake.requests and not store.fs.exists(store.artifact_path("text", "b1"))

@@ -105,6 +105,14 @@ def test_a_new_hidden_dim_makes_every_batch_stale(four_batches):
     assert len(requested(evaluate(text_incremental_schedule, instance, wider))) == 4
 
 
+def test_a_new_vector_encoding_makes_every_batch_stale(four_batches, monkeypatch):
+    _, instance, resources = four_batches
+    monkeypatch.setenv("INFINITY_ASSETS_VECTOR_ENCODING", "float16")
+    assert len(requested(evaluate(text_incremental_schedule, instance, resources))) == 4
+    monkeypatch.setenv("INFINITY_ASSETS_VECTOR_ENCODING", "float32")  # the default: back to matching
+    assert requested(evaluate(text_incremental_schedule, instance, resources)) == ["never-run"]
+
+
 def test_a_batch_with_a_run_in_progress_is_not_requested_again(four_batches):
     _, instance, resources = four_batches
     job = defs.resolve_job_def("embed_text_job")
@@ -194,3 +202,20 @@ def test_a_batch_just_materialized_by_the_asset_is_not_stale(
         dg.materialize([asset], partition_key="b", resources=resources, instance=instance)
         result = evaluate(schedule, instance, resources)
     assert not result.run_requests, "the schedule's data version differs from the one the asset reported"
+
+
+def test_a_batch_materialized_as_float16_is_not_stale_while_float16_is_configured(
+        infinity_server, store_root, monkeypatch):
+    """The asset and the schedule read the encoding from the same setting: no re-embedding loop."""
+    monkeypatch.setenv("INFINITY_ASSETS_VECTOR_ENCODING", "float16")
+    store_root.put("raw/text/b/doc.txt", b"hello world")
+    resources = {"document_store": store_root.resource(),
+                 "infinity": InfinityResource(url=infinity_server.url, model_name="minilm-colbert-128", hidden_dim=128)}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(text_embeddings.partitions_def.name, ["b"])
+        result = dg.materialize([text_embeddings], partition_key="b", resources=resources, instance=instance)
+        assert result.asset_materializations_for_node("text_embeddings")[0].metadata[
+            "vector_encoding"].value == "float16"
+        assert not evaluate(text_incremental_schedule, instance, resources).run_requests
+        monkeypatch.setenv("INFINITY_ASSETS_VECTOR_ENCODING", "float32")
+        assert requested(evaluate(text_incremental_schedule, instance, resources)) == ["b"]

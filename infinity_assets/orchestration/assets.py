@@ -51,6 +51,10 @@ class EmbeddingConfig(dg.Config):
     """A PDF with more pages fails whole (named in the failures); default $INFINITY_PDF_MAX_PAGES, else 2000."""
     pdf_page_timeout_seconds: float | None = None
     """Seconds one page may take to render before its PDF fails; default $INFINITY_PDF_PAGE_TIMEOUT, else 60."""
+    vector_encoding: str | None = None
+    """How the artifact stores the vectors: "float32" (lossless) or "float16" (half the bytes); default
+    $INFINITY_ASSETS_VECTOR_ENCODING, else float32. A batch re-embedded with another encoding is rewritten whole.
+    The schedule and the standalone checks use the environment's: set it there to change automation's."""
 
     def pdf_settings(self) -> PdfSettings:
         """The PDF rendering settings: this config, then ``INFINITY_PDF_*``, then the defaults."""
@@ -120,7 +124,7 @@ def _embed(context: dg.AssetExecutionContext, store: DocumentStore, client: Infi
            partition: str, config: EmbeddingConfig) -> PartitionReport:
     """Embed one batch and log what failed in it."""
     report = embed_partition(store, client, modality, partition, row_group_size=config.row_group_size,
-                             memory_budget=config.memory_budget_mb << 20)
+                             memory_budget=config.memory_budget_mb << 20, vector_encoding=config.vector_encoding)
     for doc_id, error in report.failures[:50]:
         context.log.warning(f"document {doc_id!r} of batch {partition!r} failed: {error}")
     if report.retries:
@@ -154,7 +158,8 @@ def _embed_range(context: dg.AssetExecutionContext, store: DocumentStore, client
         reports.append(report)
         yield dg.AssetMaterialization(asset_key=context.asset_key, partition=partition, metadata=_metadata(report),
                                       tags=_version_tags(context.instance, raw_key, partition, report.data_version))
-        for check, verdict in artifact_verdicts(store, modality, partition, hidden_dim or client.hidden_dim).items():
+        for check, verdict in artifact_verdicts(store, modality, partition, hidden_dim or client.hidden_dim,
+                                                report.vector_encoding).items():
             result = check_result(verdict, report.artifact_uri)
             context.log_event(dg.AssetCheckEvaluation(
                 asset_key=context.asset_key, check_name=check, passed=result.passed, partition=partition,
@@ -212,6 +217,7 @@ def _metadata(report: PartitionReport) -> dict[str, object]:
         "files_skipped": report.skipped,
         "dagster/row_count": report.total - report.failed,
         "vectors": report.vectors,
+        "vector_encoding": report.vector_encoding,
         "artifact_bytes": dg.MetadataValue.int(report.artifact_bytes),
         "artifact_uri": dg.MetadataValue.path(report.artifact_uri),
         "docs_per_second": round(report.docs_per_second, 2),
@@ -238,7 +244,8 @@ def _failures_table(failures: list[tuple[str, str]]) -> dg.TableMetadataValue:
 def _column_schema() -> dg.TableSchema:
     schema = artifact_schema(128)
     return dg.TableSchema(columns=[
-        dg.TableColumn(f.name, "list<fixed_size_list<float32, hidden_dim>>" if f.name == "embedding" else str(f.type))
+        dg.TableColumn(f.name, "list<fixed_size_list<float32 | float16 (vector_encoding), hidden_dim>>"
+                       if f.name == "embedding" else str(f.type))
         for f in schema])
 
 

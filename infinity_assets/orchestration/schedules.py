@@ -4,9 +4,10 @@ Why a schedule and not a declarative ``AutomationCondition``: the documents live
 Dagster's asset graph, so no condition can see that a file changed (conditions react to materializations,
 code versions and time, not to bytes in a bucket). The schedule lists the sources, computes the data version
 each batch would get now (``artifacts.data_version`` of the same ``{key relative to the batch folder:
-fingerprint}`` the asset reports, with the model and hidden_dim of the same resource), and compares it with the
-data version of the batch's last materialization. That catches what the sensor cannot: deleted documents, a
-changed model or hidden_dim, batches never materialized, and anything a sensor tick missed. Unchanged batches,
+fingerprint}`` the asset reports, with the model and hidden_dim of the same resource and the vector encoding of
+``INFINITY_ASSETS_VECTOR_ENCODING``), and compares it with the data version of the batch's last materialization.
+That catches what the sensor cannot: deleted documents, a changed model, hidden_dim or vector encoding, batches
+never materialized, and anything a sensor tick missed. Unchanged batches,
 and batches with a run already in progress, are never requested.
 """
 
@@ -17,7 +18,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from infinity_assets.artifacts import data_version
+from infinity_assets.artifacts import data_version, vector_encoding
 from infinity_assets.storage.documents import DocumentStore
 from infinity_assets.orchestration.jobs import ASSET_BY_MODALITY, JOBS_BY_MODALITY
 from infinity_assets.orchestration.partitions import PARTITIONS_BY_MODALITY
@@ -43,11 +44,13 @@ def current_data_versions(store: DocumentStore, modality: str, infinity: Infinit
     """``{partition: data version}`` each batch folder of ``modality`` would get if it were embedded now.
 
     Computed exactly as the asset computes it (``pipeline.embed_partition``): the fingerprints of the batch's
-    supported files keyed relative to the batch folder, and the resource's effective model and hidden_dim.
+    supported files keyed relative to the batch folder, the resource's effective model and hidden_dim, and the
+    vector encoding the schedule's runs use (``$INFINITY_ASSETS_VECTOR_ENCODING``, else float32).
     """
     settings = infinity.effective_settings()
+    encoding = vector_encoding()
     return {
-        partition: data_version(listing.fingerprints, settings["model_name"], settings["hidden_dim"])
+        partition: data_version(listing.fingerprints, settings["model_name"], settings["hidden_dim"], encoding)
         for partition, listing in store.scan(modality).items()
     }
 
@@ -141,7 +144,7 @@ def build_incremental_schedule(
         default_status=default_status,
         required_resource_keys={"document_store", INFINITY_KEY_BY_MODALITY[modality]},
         description=f"Re-embeds the {modality} batches whose sources changed since their last "
-        "materialization (added, changed or deleted documents, or a new model).",
+        "materialization (added, changed or deleted documents, a new model or a new vector encoding).",
     )
     def _schedule(context: dg.ScheduleEvaluationContext):
         stale = stale_partitions(context, modality)
