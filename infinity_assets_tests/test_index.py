@@ -203,19 +203,16 @@ def test_eight_concurrent_embedding_runs_then_index_equals_the_artifacts(seaweed
     assert len(set(zip(rows.column("partition").to_pylist(), rows.column("doc_id").to_pylist()))) == 48
 
 
-def test_maintenance_builds_the_ann_index_past_the_threshold_and_keeps_it_current(tmp_path):
+def test_maintenance_compacts_fragments_and_removes_old_versions(tmp_path):
     store = store_root_local(tmp_path)
-    write_artifact(store, "b1", [f"d{i}" for i in range(150)])  # ~450 vectors: enough to train IVF-PQ
-    below = index.sync_index(store, "text", ann_threshold_vectors=1000)
-    assert not below.ann_index
+    write_artifact(store, "b1", [f"d{i}" for i in range(150)])
+    index.sync_index(store, "text")
     write_artifact(store, "b2", [f"e{i}" for i in range(100)])
-    built = index.sync_index(store, "text", ann_threshold_vectors=200, cleanup_older_than=timedelta(0))
-    assert built.ann_index_built and built.ann_index
+    index.sync_index(store, "text", cleanup_older_than=timedelta(0))
     write_artifact(store, "b3", [f"f{i}" for i in range(20)])
-    later = index.sync_index(store, "text", ann_threshold_vectors=200, cleanup_older_than=timedelta(0))
+    later = index.sync_index(store, "text", cleanup_older_than=timedelta(0))
     table = index.open_table(store, "text")
-    (stats,) = [table.index_stats(i.name) for i in table.list_indices()]
-    assert not later.ann_index_built and stats.num_unindexed_rows == 0  # new rows went into the index
+    assert later.optimized and len(table.to_lance().get_fragments()) == 1, "small fragments were not compacted"
     assert len(table.list_versions()) <= 2, "old versions were not cleaned up"
     assert_index_equals_artifacts(store)
 

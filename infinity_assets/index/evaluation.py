@@ -7,13 +7,20 @@ over the queries:
 * recall@k: the share of a query's relevant documents among the first ``k`` results;
 * MRR@10: ``1 / rank`` of the first relevant result within the first 10 (0 if none);
 * nDCG@5: DCG of the first 5 results (gain 1 per relevant result, ``1 / log2(rank + 1)``) over the ideal DCG.
+
+Without a labelled set, :func:`self_recall` measures the staged search against exact search on known-item
+queries cut from the indexed documents themselves (the index asset reports it after each sync).
 """
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from infinity_assets.storage.documents import DocumentStore
 
@@ -102,3 +109,42 @@ def evaluate(queries: Sequence[LabelledQuery], ranker: Callable[[str, int], Sequ
         ndcg += ndcg_at(ranked, item.relevant, 5)
     n = len(queries)
     return QualityReport(n, k, recall / n, mrr / n, ndcg / n)
+
+
+@dataclass(frozen=True)
+class SelfRecall:
+    """Recall of the default (staged) search against exact search on known-item queries taken from the
+    index's own documents: ``recall_at_k`` over ``exact_queries`` (as many as the time budget allowed),
+    ``known_item_at_k`` (the source document among the staged search's first ``k``) over ``queries``."""
+
+    queries: int
+    exact_queries: int
+    k: int
+    recall_at_k: float | None
+    known_item_at_k: float | None
+    seconds: float
+
+
+def self_recall(reader: Any, queries: int = 32, k: int = 10, *, settings: Any = None, tokens: int = 16,
+                seconds: float = 20.0, seed: int = 0) -> SelfRecall:
+    """Known-item queries from the indexed documents themselves: ``tokens`` random token vectors of each of
+    ``queries`` random rows of ``reader`` (an :class:`~infinity_assets.index.reader.IndexReader`), searched
+    staged (with ``settings``, a :class:`~infinity_assets.index.two_stage.SearchSettings`) and exactly; the
+    exact searches stop once ``seconds`` are spent (each scans the whole index)."""
+    started = time.monotonic()
+    rng = np.random.default_rng(seed)
+    positions = np.sort(rng.choice(reader.rows, min(queries, reader.rows), replace=False))
+    sample = reader.dataset.take(positions.tolist(), columns=["doc_id", "partition", "embedding"])
+    found = overlap = exact_done = 0
+    for row in sample.to_pylist():
+        vectors = np.asarray(row["embedding"], dtype=np.float32)
+        query = vectors[np.sort(rng.choice(len(vectors), min(tokens, len(vectors)), replace=False))]
+        staged = [(h.partition, h.doc_id) for h in reader.search(query, k, settings=settings)]
+        found += (row["partition"], row["doc_id"]) in staged
+        if time.monotonic() - started < seconds:
+            exact = {(h.partition, h.doc_id) for h in reader.search(query, k, exact=True)}
+            overlap += len(exact.intersection(staged)) / max(1, len(exact))
+            exact_done += 1
+    n = len(positions)
+    return SelfRecall(n, exact_done, k, overlap / exact_done if exact_done else None, found / n if n else None,
+                      time.monotonic() - started)

@@ -1,26 +1,32 @@
 """The index assets ``text_index`` / ``image_index`` (LanceDB, synced with the artifacts) and their quality check.
 
 Each index asset is unpartitioned and downstream of every partition of its embedding asset: one
-materialization syncs all changed batches at once (``index.sync_index``). One writer at a time is guaranteed
+materialization syncs all changed batches at once (``index.sync_index``), computing the compact columns of
+the staged search with the encoding of the run config, and reports the bytes per page, the stages'
+parameters and a recall@10 of the default search against exact on known-item queries cut from the indexed
+documents (``index.evaluation.self_recall``), so quality drift shows in the UI without a labelled set. One writer at a time is guaranteed
 by the index's writer lock (flock locally, a conditional-PUT lease on S3), whoever launches the run; the
 ``index_writer`` pool and the automation condition (never while a run of the same index is in progress) keep
 runs from queueing on that lock. ``index_automation_sensor`` requests a sync after embedding partitions were
 materialized.
 """
+from dataclasses import asdict
 from datetime import timedelta
 
 import dagster as dg
 
-from infinity_assets.index.evaluation import EvalSetError, eval_set_key, evaluate, load_eval_set
 from infinity_assets.index import (
-    DEFAULT_ANN_THRESHOLD_VECTORS,
+    EncodingSettings,
     IndexReader,
     SearchIndexError,
+    SearchSettings,
     SyncReport,
     index_schema,
     sync_index,
 )
+from infinity_assets.index.evaluation import EvalSetError, SelfRecall, eval_set_key, evaluate, load_eval_set, self_recall
 from infinity_assets.orchestration.resources import DocumentStoreResource, InfinityResource
+from infinity_assets.storage.documents import DocumentStore
 
 INDEX_POOL = "index_writer"
 QUALITY_CHECK = "retrieval_quality"
@@ -36,9 +42,25 @@ INDEX_AUTOMATION = (
 class IndexConfig(dg.Config):
     """Run config of the index assets."""
 
-    ann_threshold_vectors: int = DEFAULT_ANN_THRESHOLD_VECTORS
-    """Build the ANN (IVF-PQ) index on the embedding column once the table holds this many token vectors
-    (documents x vectors per document); 0 never."""
+    fde_repetitions: int | None = None
+    """MUVERA repetitions of the stage-1 code (None: ``INFINITY_ASSETS_INDEX_FDE_REPETITIONS`` or the default).
+    Any change of the encoding rebuilds the table in one commit."""
+    fde_simhash_bits: int | None = None
+    """SimHash bits per repetition (``2 ** bits`` buckets); None: environment or default."""
+    fde_projection_dim: int | None = None
+    """Dimensions each bucket is projected to; None: environment or default."""
+    fde_seed: int | None = None
+    """Seed of the FDE's random partitions and projections; None: environment or default."""
+    originals: str | None = None
+    """dtype of the unit token vectors kept for the rerank and exact search: float16 or float32."""
+    fde_candidates: int | None = None
+    """Candidates the FDE stage keeps, for the drift measurement (searches read INFINITY_ASSETS_SEARCH_*)."""
+    hamming_candidates: int | None = None
+    """Candidates the hamming MaxSim stage keeps, for the drift measurement."""
+    drift_queries: int = 32
+    """Known-item queries cut from indexed documents after each sync (0: no drift measurement)."""
+    drift_seconds: float = 20.0
+    """Time budget of the drift measurement's exact searches (each scans the whole index)."""
     cleanup_older_than_minutes: int = 60
     """Table versions older than this are removed by the maintenance after each sync."""
     lock_timeout_seconds: float = 600.0
@@ -68,19 +90,25 @@ def _build(name: str, modality: str, upstream: str, infinity_key: str) -> tuple[
             dg.TableColumn(f.name, str(f.type).replace("384", "hidden_dim")) for f in index_schema(384, "", "")])},
         description=f"LanceDB table {modality!r} at <root>/index: one row per document of the current "
                     f"{upstream} artifacts (upserts, deletes; unchanged rows untouched), compacted, old versions "
-                    "removed, an ANN index past ann_threshold_vectors. Searched by `infinity-assets search`.",
+                    "removed; compact columns (MUVERA code, 1-bit and float16 token vectors) for the staged "
+                    "search of `infinity-assets search`.",
     )
     def _index(context: dg.AssetExecutionContext, config: IndexConfig) -> dg.MaterializeResult:
         infinity: InfinityResource = getattr(context.resources, infinity_key)
         store = context.resources.document_store.get_store()
         settings = infinity.effective_settings()
+        encoding = EncodingSettings.from_env(
+            fde_repetitions=config.fde_repetitions, fde_simhash_bits=config.fde_simhash_bits,
+            fde_projection_dim=config.fde_projection_dim, fde_seed=config.fde_seed, originals=config.originals)
         report = sync_index(store, modality, model=settings["model_name"], hidden_dim=settings["hidden_dim"],
-                            ann_threshold_vectors=config.ann_threshold_vectors,
-                            cleanup_older_than=timedelta(minutes=config.cleanup_older_than_minutes),
+                            encoding=encoding, cleanup_older_than=timedelta(minutes=config.cleanup_older_than_minutes),
                             lock_timeout=config.lock_timeout_seconds)
         for partition, reason in report.skipped[:50]:
             context.log.warning(f"partition {partition!r} not indexed: {reason}")
-        return dg.MaterializeResult(metadata={**_metadata(report), "dagster/column_lineage": _lineage(upstream)})
+        search = SearchSettings.from_env(fde_candidates=config.fde_candidates,
+                                         hamming_candidates=config.hamming_candidates)
+        return dg.MaterializeResult(metadata={**_metadata(report), **_search_metadata(store, modality, search, config),
+                                              "dagster/column_lineage": _lineage(upstream)})
 
     @dg.asset_check(asset=name, name=QUALITY_CHECK, required_resource_keys={infinity_key, "document_store"},
                     description=f"recall@k, MRR@10 and nDCG@5 of the index on the labelled queries of "
@@ -130,8 +158,10 @@ def quality_result(document_store: DocumentStoreResource, infinity: InfinityReso
 def _lineage(upstream: str) -> dg.TableColumnLineage:
     """Each index column comes from the artifact column of the same name (``partition`` from its partition)."""
     columns = ["doc_id", "source_uri", "fingerprint", "embedded_at", "n_vectors", "embedding", "page", "page_text"]
+    derived = {"fde": "embedding", "bits": "embedding"}
     return dg.TableColumnLineage(deps_by_column={
-        column: [dg.TableColumnDep(asset_key=dg.AssetKey(upstream), column_name=column)] for column in columns})
+        column: [dg.TableColumnDep(asset_key=dg.AssetKey(upstream), column_name=derived.get(column, column))]
+        for column in [*columns, *derived]})
 
 
 def _metadata(report: SyncReport) -> dict[str, object]:
@@ -143,11 +173,33 @@ def _metadata(report: SyncReport) -> dict[str, object]:
         "partitions_removed": dg.MetadataValue.json(report.partitions_removed[:200]),
         "partitions_skipped": dg.MetadataValue.json([{"partition": p, "reason": r} for p, r in report.skipped[:100]]),
         "rebuilt": report.rebuilt, "model": report.model, "hidden_dim": report.hidden_dim,
-        "table_version": report.version, "ann_index": report.ann_index, "ann_index_built": report.ann_index_built,
+        "table_version": report.version, "encoding": dg.MetadataValue.json(asdict(report.encoding)),
         "optimized": report.optimized, "lock_wait_seconds": round(report.lock_wait_seconds, 2),
         "lock_held_seconds": round(max(0.0, report.lock_held[1] - report.lock_held[0]), 2),
         "seconds": round(report.seconds, 2), "uri": dg.MetadataValue.path(report.uri),
     }
+
+
+def _search_metadata(store: DocumentStore, modality: str, search: SearchSettings,
+                     config: IndexConfig) -> dict[str, object]:
+    """Bytes per page, the search stages' parameters and the drift measurement (empty if no table yet)."""
+    try:
+        reader = IndexReader(store, modality)
+    except SearchIndexError:
+        return {}
+    sizes = reader.bytes_per_page()
+    metadata: dict[str, object] = {
+        "bytes_per_page": round(sizes["total"]), "bytes_per_page_stages_1_2": round(sizes["stages_1_2"]),
+        "bytes_per_page_by_column": dg.MetadataValue.json({k: round(v) for k, v in sizes.items()}),
+        "search_settings": dg.MetadataValue.json(asdict(search)),
+    }
+    if config.drift_queries > 0:
+        drift: SelfRecall = self_recall(reader, config.drift_queries, settings=search, seconds=config.drift_seconds)
+        metadata.update({
+            "drift_recall_at_10": drift.recall_at_k, "drift_known_item_at_10": drift.known_item_at_k,
+            "drift_queries": drift.queries, "drift_exact_queries": drift.exact_queries,
+            "drift_seconds": round(drift.seconds, 2)})
+    return metadata
 
 
 text_index, text_quality = _build("text_index", "text", "text_embeddings", "infinity")

@@ -1,0 +1,76 @@
+"""Writing an index table straight from token-vector batches, without artifacts (benchmarks, tools).
+
+At 100,000 ColPali pages the artifacts would be tens of GB; a benchmark that has the vectors (generated or
+cached) writes the index rows directly, through the same row encoding as the sync
+(:func:`~infinity_assets.index.rows.encode_rows`), so what it measures is what a synced index holds. A table
+written this way is not tied to artifacts: the next :func:`~infinity_assets.index.sync.sync_index` of the
+same store and modality makes it equal to the artifacts again (removing these rows).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from infinity_assets.index.lock import WriterLock
+from infinity_assets.index.rows import encode_rows, vectors_table
+from infinity_assets.index.schema import (
+    INDEX_DIR,
+    TABLES,
+    EncodingSettings,
+    connect,
+    index_schema,
+    index_uri,
+    open_table,
+    table_encoding,
+    table_settings,
+)
+from infinity_assets.index.sync import SyncReport
+from infinity_assets.storage.documents import DocumentStore
+
+
+def write_index(store: DocumentStore, modality: str,
+                batches: Iterable[tuple[Sequence[str], Sequence[np.ndarray]]], *, model: str, hidden_dim: int,
+                encoding: EncodingSettings | None = None, partition: str = "vectors", append: bool = False,
+                lock_timeout: float = 600.0) -> SyncReport:
+    """Write ``(doc_ids, vectors)`` batches (each vector array ``(n_i, hidden_dim)``, float32 or float16) as
+    index rows of ``partition``, in one commit, under the index's writer lock.
+
+    ``append=False`` replaces the table (``create_table(mode="overwrite")``); ``append=True`` adds the rows
+    to the existing table, which must have the same model, hidden_dim and encoding.
+    """
+    started = time.monotonic()
+    encoding = encoding or EncodingSettings.from_env()
+    schema = index_schema(hidden_dim, model, modality, encoding)
+    report = SyncReport(modality=modality, uri=f"{index_uri(store)}/{TABLES[modality]}.lance", model=model,
+                        hidden_dim=hidden_dim, encoding=encoding)
+    counted = [0]
+
+    def rows() -> Iterator[pa.RecordBatch]:
+        for doc_ids, vectors in batches:
+            if any(v.ndim != 2 or v.shape[1] != hidden_dim for v in vectors):
+                raise ValueError(f"write_index: a batch holds vectors that are not (n, {hidden_dim})")
+            counted[0] += len(doc_ids)
+            yield from encode_rows(vectors_table(doc_ids, vectors), partition, schema, encoding).to_batches()
+
+    with WriterLock(store.fs, store.path(INDEX_DIR), is_s3=store.is_s3, timeout=lock_timeout) as lock:
+        report.lock_wait_seconds = lock.waited
+        reader = pa.RecordBatchReader.from_batches(schema, rows())
+        table = open_table(store, modality) if append else None
+        if table is not None:
+            if table_settings(table) != (model, hidden_dim) or table_encoding(table) != encoding:
+                raise ValueError(f"write_index(append=True): the {modality} index was built with other settings "
+                                 f"({table_settings(table)}, {table_encoding(table)})")
+            lock.check()
+            table.add(reader)
+        else:
+            lock.check()
+            table = connect(store).create_table(TABLES[modality], data=reader, schema=schema, mode="overwrite")
+        report.inserted = counted[0]
+        report.rows = table.count_rows()
+        report.version = table.version
+    report.lock_held = lock.held
+    report.seconds = time.monotonic() - started
+    return report

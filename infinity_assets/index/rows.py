@@ -1,0 +1,94 @@
+"""Index rows from artifact rows: the compact columns every search stage reads, computed from the vectors.
+
+One code path for the sync and for :func:`~infinity_assets.index.bulk.write_index` (benchmarks writing
+rows straight from token-vector batches), so an index built either way is the same. Artifact vectors may be
+float32 or float16 (the artifact's recorded encoding); they are upcast, L2-normalised, then encoded as the
+table's :class:`~infinity_assets.index.schema.EncodingSettings` say.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from infinity_assets.index.binary import pack_signs
+from infinity_assets.index.fde import document_codes
+from infinity_assets.index.schema import EncodingSettings
+
+ENCODED_COLUMNS = ("fde", "bits", "embedding")
+
+
+def unit_vectors(embedding: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """``(vectors, offsets)`` of a ``list<fixed_size_list<float, d>>`` column: float32, L2-normalised rows."""
+    if isinstance(embedding, pa.ChunkedArray):
+        embedding = embedding.combine_chunks()
+    offsets = embedding.offsets.to_numpy().astype(np.int64)
+    hidden_dim = embedding.type.value_type.list_size
+    values = embedding.flatten().flatten().to_numpy(zero_copy_only=False)
+    vectors = values.reshape(-1, hidden_dim).astype(np.float32, copy=False)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / np.where(norms > 0, norms, 1.0)
+    return vectors.astype(np.float32, copy=False), offsets - offsets[0]
+
+
+def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> dict[str, pa.Array]:
+    """The ``fde``, ``bits`` and ``embedding`` columns of documents given as unit ``vectors`` and ``offsets``."""
+    hidden_dim = vectors.shape[1]
+    list_offsets = pa.array(offsets.astype(np.int32))
+    codes = document_codes(encoding.fde(hidden_dim), vectors, offsets)
+    signs = pack_signs(vectors)
+    originals = vectors.astype(np.float16 if encoding.originals == "float16" else np.float32)
+    return {
+        "fde": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel()), codes.shape[1]),
+        "bits": pa.ListArray.from_arrays(
+            list_offsets, pa.FixedSizeListArray.from_arrays(pa.array(signs.ravel()), signs.shape[1])),
+        "embedding": pa.ListArray.from_arrays(
+            list_offsets, pa.FixedSizeListArray.from_arrays(pa.array(originals.ravel()), hidden_dim)),
+    }
+
+
+def encode_rows(group: pa.Table, partition: str, schema: pa.Schema, encoding: EncodingSettings) -> pa.Table:
+    """Artifact rows as index rows: the partition added, page columns null when the artifact has none, the
+    vectors encoded. Raises ValueError naming a document without vectors."""
+    vectors, offsets = unit_vectors(group.column("embedding"))
+    empty = np.flatnonzero(np.diff(offsets) == 0)
+    if len(empty):
+        raise ValueError(f"document {group.column('doc_id')[int(empty[0])].as_py()!r} of partition {partition!r} "
+                         "has no vectors: it cannot be indexed; re-embed the partition")
+    encoded = encoded_columns(vectors, offsets, encoding)
+    columns = []
+    for target in schema:
+        if target.name == "partition":
+            columns.append(pa.array([partition] * group.num_rows, pa.string()))
+        elif target.name in encoded:
+            columns.append(encoded[target.name])
+        elif target.name in group.column_names:
+            columns.append(group.column(target.name).cast(target.type))
+        else:
+            columns.append(pa.nulls(group.num_rows, target.type))
+    return pa.Table.from_arrays(columns, schema=schema.remove_metadata())
+
+
+def vectors_table(doc_ids: Sequence[str], vectors: Sequence[np.ndarray], *, source_uri: str = "") -> pa.Table:
+    """Artifact-shaped rows (``doc_id, source_uri, fingerprint, n_vectors, embedding, embedded_at``) from
+    token-vector arrays, for :func:`encode_rows` (benchmarks and tools that have vectors, not artifacts)."""
+    from datetime import datetime, timezone
+
+    lengths = np.fromiter((len(v) for v in vectors), dtype=np.int32, count=len(vectors))
+    offsets = np.zeros(len(vectors) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    hidden_dim = vectors[0].shape[1]
+    flat = np.concatenate(vectors).astype(np.float32, copy=False)
+    embedding = pa.ListArray.from_arrays(pa.array(offsets),
+                                         pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), hidden_dim))
+    now = datetime.now(timezone.utc)
+    return pa.table({
+        "doc_id": pa.array(list(doc_ids), pa.string()),
+        "source_uri": pa.array([source_uri or doc_id for doc_id in doc_ids], pa.string()),
+        "fingerprint": pa.array(["" for _ in doc_ids], pa.string()),
+        "n_vectors": pa.array(lengths),
+        "embedding": embedding,
+        "embedded_at": pa.array([now] * len(doc_ids), pa.timestamp("us", tz="UTC")),
+    })
+

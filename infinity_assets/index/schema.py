@@ -1,0 +1,188 @@
+"""Where an index lives, its table schema, and the settings recorded in the table (model, hidden_dim, encoding).
+
+The index lives at ``<store root>/index`` (``lancedb.connect``; a local folder or ``s3://...`` with the
+document store's endpoint and credentials), one table per modality (``text``, ``images``), one row per
+document of the current artifacts::
+
+    doc_id, partition, source_uri, fingerprint string, embedded_at timestamp(us, UTC), n_vectors int32,
+    page int32 (null unless the artifact has pages), page_text string (idem),
+    fde        fixed_size_list<uint8, fde_bits / 8>          stage 1: the sign-binarized MUVERA code
+    bits       list<fixed_size_list<uint8, hidden_dim / 8>>  stage 2: each token vector's signs
+    embedding  list<fixed_size_list<float16, hidden_dim>>    stage 3 and exact search: unit token vectors
+
+``embedding`` holds the artifact's vectors L2-normalised (the index scores cosine MaxSim) in the
+``originals`` dtype of the encoding (float16 by default: half the bytes of float32, scores within ~1e-3 of
+float32; float32 keeps them bit-exact). The table's schema metadata records the model, hidden_dim and the
+:class:`EncodingSettings` (with the FDE's seed); a search with other settings is refused, a sync with other
+settings rebuilds the table.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import pyarrow as pa
+
+from infinity_assets import __version__
+from infinity_assets.index.fde import FdeParams
+from infinity_assets.storage.documents import DocumentStore
+
+INDEX_DIR = "index"
+TABLES = {"text": "text", "images": "images"}
+META_MODEL = b"infinity_assets.model"
+META_HIDDEN_DIM = b"infinity_assets.hidden_dim"
+META_ENCODING = b"infinity_assets.encoding"
+KEY_COLUMNS = ["partition", "doc_id"]
+VERSION_COLUMNS = ["fingerprint", "embedded_at"]
+PAGE_COLUMNS = ["page", "page_text"]
+#: The columns a hit is made of (no vectors).
+HIT_COLUMNS = ["doc_id", "partition", "source_uri", "page", "page_text"]
+ORIGINALS = {"float16": pa.float16(), "float32": pa.float32()}
+
+
+class SearchIndexError(Exception):
+    """The index cannot answer: missing, empty, or made for another model, hidden_dim or encoding; says what
+    to do."""
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    """What the index stores for the search stages; recorded in the table, a change rebuilds it.
+
+    ``fde_*``: the MUVERA code of stage 1 (:mod:`infinity_assets.index.fde`); ``originals``: the dtype of the
+    unit token vectors kept for the final rerank and exact search (``float16`` or ``float32``).
+    """
+
+    fde_repetitions: int = 20
+    fde_simhash_bits: int = 5
+    fde_projection_dim: int = 16
+    fde_seed: int = 0
+    originals: str = "float16"
+
+    ENV_PREFIX = "INFINITY_ASSETS_INDEX_"
+
+    def __post_init__(self) -> None:
+        if self.originals not in ORIGINALS:
+            raise ValueError(f"index encoding originals={self.originals!r}: expected one of {sorted(ORIGINALS)}")
+        for name in ("fde_repetitions", "fde_simhash_bits", "fde_projection_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"index encoding {name}={getattr(self, name)}: must be at least 1")
+        if self.fde_simhash_bits > 12:
+            raise ValueError(f"index encoding fde_simhash_bits={self.fde_simhash_bits}: at most 12 (4,096 buckets)")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> EncodingSettings:
+        """Defaults, replaced by ``INFINITY_ASSETS_INDEX_<FIELD>`` variables (read now), then by ``overrides``
+        that are not None (run config)."""
+        return cls(**_from_env(cls, cls.ENV_PREFIX, overrides))
+
+    def fde(self, hidden_dim: int) -> FdeParams:
+        """The FDE parameters for vectors of ``hidden_dim``."""
+        return FdeParams(hidden_dim, self.fde_repetitions, self.fde_simhash_bits, self.fde_projection_dim,
+                         self.fde_seed)
+
+    def to_json(self) -> str:
+        """The form recorded in the table metadata."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> EncodingSettings:
+        """Parse :meth:`to_json`'s output."""
+        return cls(**json.loads(text))
+
+
+def _from_env(cls: type, prefix: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for field in fields(cls):
+        if field.name.isupper():
+            continue
+        raw = os.environ.get(f"{prefix}{field.name.upper()}")
+        if raw not in (None, ""):
+            kind = type(field.default)
+            try:
+                values[field.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{prefix}{field.name.upper()}={raw!r}: expected {kind.__name__}") from None
+        if overrides.get(field.name) is not None:
+            values[field.name] = overrides[field.name]
+    unknown = set(overrides) - {f.name for f in fields(cls)}
+    if unknown:
+        raise TypeError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return values
+
+
+def index_schema(hidden_dim: int, model: str, modality: str, encoding: EncodingSettings | None = None) -> pa.Schema:
+    """The Arrow schema of an index table, with the model, hidden_dim and encoding in its metadata."""
+    encoding = encoding or EncodingSettings()
+    code_bytes = encoding.fde(hidden_dim).dimension // 8
+    return pa.schema([
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("partition", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("embedded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("n_vectors", pa.int32(), nullable=False),
+        pa.field("page", pa.int32()),
+        pa.field("page_text", pa.string()),
+        pa.field("fde", pa.list_(pa.uint8(), code_bytes), nullable=False),
+        pa.field("bits", pa.list_(pa.list_(pa.uint8(), (hidden_dim + 7) // 8)), nullable=False),
+        pa.field("embedding", pa.list_(pa.list_(ORIGINALS[encoding.originals], hidden_dim)), nullable=False),
+    ], metadata={META_MODEL: model, META_HIDDEN_DIM: str(hidden_dim), META_ENCODING: encoding.to_json(),
+                 b"infinity_assets.modality": modality, b"infinity_assets.package_version": __version__})
+
+
+def index_uri(store: DocumentStore) -> str:
+    """``<root>/index``: where the LanceDB database of a document store lives."""
+    return f"{store.root_uri}/{INDEX_DIR}"
+
+
+def storage_options(store: DocumentStore) -> dict[str, str]:
+    """LanceDB ``storage_options`` for the store's S3 endpoint and credentials (empty for a local root)."""
+    if not store.is_s3:
+        return {}
+    fs: Any = store.fs
+    options = {
+        "aws_access_key_id": fs.key or os.environ.get("AWS_ACCESS_KEY_ID", ""),
+        "aws_secret_access_key": fs.secret or os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        "aws_region": store.region or "us-east-1",
+    }
+    if store.endpoint_url:
+        options["aws_endpoint"] = store.endpoint_url
+        # S3-compatible stores (SeaweedFS, MinIO) are addressed by path, often over plain HTTP inside a cluster.
+        options["aws_virtual_hosted_style_request"] = "false"
+        if store.endpoint_url.startswith("http://"):
+            options["allow_http"] = "true"
+    return {k: v for k, v in options.items() if v}
+
+
+def connect(store: DocumentStore) -> Any:
+    """The LanceDB connection of the store's index."""
+    import lancedb
+
+    return lancedb.connect(index_uri(store), storage_options=storage_options(store) or None)
+
+
+def open_table(store: DocumentStore, modality: str) -> Any | None:
+    """The index table of ``modality``, or None if it was never built."""
+    try:
+        return connect(store).open_table(TABLES[modality])
+    except (ValueError, FileNotFoundError):
+        return None
+
+
+def table_settings(table: Any) -> tuple[str, int]:
+    """``(model, hidden_dim)`` recorded in an index table's metadata."""
+    metadata = table.schema.metadata or {}
+    return metadata.get(META_MODEL, b"").decode(), int(metadata.get(META_HIDDEN_DIM, b"0"))
+
+
+def table_encoding(table: Any) -> EncodingSettings | None:
+    """The :class:`EncodingSettings` an index table was built with (None: a table without them, from before
+    the two-stage search; the next sync rebuilds it)."""
+    raw = (table.schema.metadata or {}).get(META_ENCODING)
+    try:
+        return EncodingSettings.from_json(raw.decode()) if raw else None
+    except (ValueError, TypeError):
+        return None

@@ -1,0 +1,161 @@
+"""The staged search over one version of an index table: FDE candidates, hamming MaxSim, float MaxSim rerank.
+
+1. **FDE** (:mod:`~infinity_assets.index.fde`): the query's MUVERA code against every document's 1-bit
+   code, by masked hamming distance; the codes (``fde_bits / 8`` bytes per document) are the only column held
+   in memory, read once per table version. Keeps ``fde_candidates``.
+2. **Hamming MaxSim** (:mod:`~infinity_assets.index.binary`) on the 1-bit token vectors of those candidates
+   only (read by row position, ``take``). Keeps ``hamming_candidates``.
+3. **Float MaxSim** (cosine) on the unit ``embedding`` vectors of those few: the final order and scores,
+   the same as an exact search gives for the documents returned.
+
+``exact=True`` skips the stages: a streaming scan of every document's ``embedding`` (the ground truth). A
+table that holds no more documents than a stage keeps loses nothing at that stage, so small indexes answer
+exactly. Row positions are those of the pinned dataset version: a concurrent sync commits a new version and
+does not move them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from infinity_assets.index.binary import hamming_distances, hamming_maxsim, pack_signs
+from infinity_assets.index.fde import query_code
+from infinity_assets.index.maxsim import maxsim_scores, normalized
+from infinity_assets.index.schema import EncodingSettings, _from_env
+
+#: Rows per batch of the exact scan (bounded memory: ~64 MB of float16 ColPali pages).
+EXACT_BATCH_ROWS = 256
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How many candidates each stage keeps (query time; no rebuild needed to change them).
+
+    Filled by :meth:`from_env` from ``INFINITY_ASSETS_SEARCH_FDE_CANDIDATES`` and
+    ``INFINITY_ASSETS_SEARCH_HAMMING_CANDIDATES``. ``hamming_candidates`` is raised to ``k`` when smaller.
+    """
+
+    fde_candidates: int = 500
+    hamming_candidates: int = 50
+
+    ENV_PREFIX = "INFINITY_ASSETS_SEARCH_"
+
+    def __post_init__(self) -> None:
+        if self.fde_candidates < 1 or self.hamming_candidates < 1:
+            raise ValueError(f"search settings {self}: every stage must keep at least one candidate")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> SearchSettings:
+        """Defaults, replaced by ``INFINITY_ASSETS_SEARCH_<FIELD>`` variables (read now), then by non-None
+        ``overrides``."""
+        return cls(**_from_env(cls, cls.ENV_PREFIX, overrides))
+
+
+@dataclass
+class Ranking:
+    """Row positions (in the pinned table version) and cosine MaxSim scores, best first, with what the
+    stages kept and how long each took (seconds)."""
+
+    positions: np.ndarray
+    scores: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    candidates: dict[str, int] = field(default_factory=dict)
+
+
+class StagedSearch:
+    """The stages over one pinned LanceDB dataset version (``table.to_lance()``)."""
+
+    def __init__(self, dataset: Any, hidden_dim: int, encoding: EncodingSettings) -> None:
+        self.dataset, self.hidden_dim, self.encoding = dataset, hidden_dim, encoding
+        self.fde = encoding.fde(hidden_dim)
+        self.rows = dataset.count_rows()
+        self._codes: np.ndarray | None = None
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Every document's FDE code, ``(rows, fde_bits / 8)`` uint8, read on first use."""
+        if self._codes is None:
+            column = self.dataset.to_table(columns=["fde"]).column("fde").combine_chunks()
+            width = column.type.list_size
+            self._codes = column.flatten().to_numpy().reshape(-1, width)
+        return self._codes
+
+    def search(self, query: np.ndarray, k: int, settings: SearchSettings) -> Ranking:
+        """The ``k`` best rows for a unit ``(q, hidden_dim)`` float32 query, through the three stages."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        positions = np.arange(self.rows)
+        if self.rows > settings.fde_candidates:
+            signs, mask = query_code(self.fde, query)
+            distances = hamming_distances(self.codes, signs, mask)
+            positions = _smallest(distances, settings.fde_candidates)
+        timings["fde"] = _lap(started)
+        keep = max(settings.hamming_candidates, k)
+        if len(positions) > keep:
+            started = time.perf_counter()
+            positions = np.sort(positions)
+            codes, offsets = _vectors(self._take(positions, "bits"), np.uint8)
+            scores = hamming_maxsim(pack_signs(query), codes, offsets, self.hidden_dim)
+            positions = positions[_largest(scores, keep)]
+            timings["hamming"] = _lap(started)
+        else:
+            timings["hamming"] = 0.0
+        started = time.perf_counter()
+        positions = np.sort(positions)
+        vectors, offsets = _vectors(self._take(positions, "embedding"), np.float32)
+        scores = maxsim_scores(query, vectors, offsets)
+        best = _largest(scores, k)
+        timings["rerank"] = _lap(started)
+        return Ranking(positions[best], scores[best], timings,
+                       {"fde": int(min(self.rows, settings.fde_candidates)), "hamming": int(len(positions))})
+
+    def exact(self, query: np.ndarray, k: int) -> Ranking:
+        """The exact ``k`` best rows: cosine MaxSim against every row's ``embedding`` (streamed in batches)."""
+        started = time.perf_counter()
+        scores = []
+        for batch in self.dataset.to_batches(columns=["embedding"], batch_size=EXACT_BATCH_ROWS):
+            vectors, offsets = _vectors(batch.column(0), np.float32)
+            scores.append(maxsim_scores(query, vectors, offsets))
+        every = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        best = _largest(every, k)
+        return Ranking(best, every[best], {"exact": _lap(started)}, {"exact": self.rows})
+
+    def _take(self, positions: np.ndarray, column: str) -> pa.Array:
+        return self.dataset.take(positions.tolist(), columns=[column]).column(column).combine_chunks()
+
+
+def query_vectors(query: np.ndarray, hidden_dim: int) -> np.ndarray:
+    """A query as unit float32 rows; ValueError unless it is a non-empty ``(q, hidden_dim)`` matrix."""
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    if query.ndim != 2 or query.shape[1] != hidden_dim or not len(query):
+        raise ValueError(f"query has shape {query.shape}")
+    return normalized(query)
+
+
+def _vectors(column: pa.Array, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, offsets)`` of a ``list<fixed_size_list<T, d>>`` array (float values upcast to float32)."""
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    width = column.type.value_type.list_size
+    values = column.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    return values.astype(dtype, copy=False), offsets - offsets[0]
+
+
+def _largest(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest scores, best first (ties in index order)."""
+    k = min(k, len(scores))
+    if k == 0:
+        return np.zeros(0, np.int64)
+    best = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    return best[np.lexsort((best, -scores[best]))]
+
+
+def _smallest(distances: np.ndarray, k: int) -> np.ndarray:
+    return np.argpartition(distances, k - 1)[:k] if k < len(distances) else np.arange(len(distances))
+
+
+def _lap(started: float) -> float:
+    return time.perf_counter() - started
