@@ -4,7 +4,9 @@ and ``infinity-assets serve [--host 127.0.0.1] [--port 8080]`` (the search API a
 
 Settings come from the same environment variables as the Dagster resources: ``INFINITY_*`` (``INFINITY_IMAGE_*``
 first for ``--modality images``), ``INFINITY_ASSETS_ROOT`` and ``AWS_*``. The query is embedded with
-:meth:`InfinityEmbeddings.embed_query` and searched in the LanceDB index (:mod:`infinity_assets.index`).
+:meth:`InfinityEmbeddings.embed_query` and searched in the LanceDB index (:mod:`infinity_assets.index`): the
+staged search by default (candidates per stage from ``INFINITY_ASSETS_SEARCH_*``), every vector with
+``--exact``; ``--verbose`` prints the stages' timings on stderr.
 Exit codes: 0 results printed, 1 the index cannot answer or a setting is wrong (one line on stderr), 2 usage.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 from infinity_assets import settings
 from infinity_assets.storage.documents import DocumentStoreError
 from infinity_assets.client.errors import InfinityError
-from infinity_assets.index import Hit, SearchIndexError, search_text
+from infinity_assets.index import Hit, SearchIndexError, SearchResult, search_text_timed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which index: text documents or page images (default text)")
     search.add_argument("--k", type=int, default=5, help="number of results (default 5)")
     search.add_argument("--json", action="store_true", help="one JSON object per result and line")
-    search.add_argument("--exact", action="store_true", help="exact search even if an ANN index exists")
+    search.add_argument("--exact", action="store_true",
+                        help="exact search: every vector of the index scanned (the ground truth of the staged search)")
+    search.add_argument("--verbose", action="store_true",
+                        help="print the search stages' timings and candidates on stderr")
     serve = commands.add_parser("serve", help="serve the search API and the page viewer over HTTP")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
                        "machine only; set INFINITY_ASSETS_SERVE_API_KEY before opening it wider)")
@@ -52,13 +57,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = settings.build_store()
         with settings.build_client(settings.env_prefix_for(args.modality)) as client:
-            hits = search_text(store, client, args.query, args.modality, args.k, exact=args.exact)
+            result = search_text_timed(store, client, args.query, args.modality, args.k, exact=args.exact)
     except (SearchIndexError, InfinityError, DocumentStoreError, ValueError) as exc:
         print(f"infinity-assets: {exc}", file=sys.stderr)
         return 1
-    for rank, hit in enumerate(hits, 1):
+    for rank, hit in enumerate(result.hits, 1):
         print(json.dumps(hit.to_json(), ensure_ascii=False) if args.json else _line(rank, hit))
+    if args.verbose:
+        print(_stages(result), file=sys.stderr)
     return 0
+
+
+def _stages(result: SearchResult) -> str:
+    """One line: milliseconds per stage and the candidates each kept."""
+    timings = "  ".join(f"{stage} {seconds * 1000:.1f} ms" for stage, seconds in result.timings.items())
+    kept = ", ".join(f"{stage} {count}" for stage, count in result.candidates.items())
+    read = f"; {result.bytes_read / 1e6:.2f} MB read" if result.bytes_read is not None else ""
+    return f"search stages: {timings}; candidates kept: {kept}{read}"
 
 
 def _serve(host: str, port: int) -> int:
