@@ -217,11 +217,12 @@ def test_with_an_api_key_every_route_but_health_needs_it(served):
 
 def test_an_unreachable_infinity_server_is_503_with_the_reason(corpus, served):
     closed = f"http://127.0.0.1:{free_port()}"
-    app = served(clients=corpus.clients(closed, max_retries=0, timeout=5))
+    app = served(clients=corpus.clients(closed, max_retries=0, timeout=5, api_key="infinity-key-never-shown"))
     answer = app.get("/search", params={"q": "cat", "modality": "text"})
     assert answer.status_code == 503, answer.text
     error = answer.json()["error"]
     assert "Infinity" in error and "127.0.0.1" in error and "Traceback" not in answer.text
+    assert "infinity-key-never-shown" not in answer.text
     # Pictures need no Infinity server: they still work.
     assert app.get("/pages/images/photo.png").status_code == 200
 
