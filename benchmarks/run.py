@@ -40,7 +40,7 @@ from benchmarks import (  # noqa: E402
 )
 from benchmarks.baselines import ensure_official_client  # noqa: E402
 from infinity_assets.client import allocator  # noqa: E402
-from benchmarks.fake_server import MODEL, SHAPES, FakeServerProcess  # noqa: E402
+from infinity_assets.testing.fake_infinity import MODEL, SHAPES, FakeServerProcess  # noqa: E402
 from benchmarks.workloads import CLIENTS, make_images, make_texts, run_client  # noqa: E402
 
 SECTIONS = ("throughput", "cpu", "sweep", "decoding", "real", "partition", "memory", "sensor", "index", "pdf", "dagster",
