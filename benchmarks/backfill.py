@@ -19,9 +19,9 @@ import dagster as dg
 from dagster._core.execution.backfill import BulkActionStatus
 
 from infinity_assets_dev.deployment import Deployment
-from infinity_assets_tests.test_cli import clean_env
+from infinity_assets_dev.env import clean_env
 
-from .fake_server import MODEL, FakeServerProcess
+from infinity_assets.testing.fake_infinity import MODEL, FakeServerProcess
 
 ASSET, PARTITIONS = "text_embeddings", "text_batches"
 SENSORS = ("new_documents_sensor", "index_automation_sensor")

@@ -31,7 +31,7 @@ from typing import Any
 
 from infinity_assets.client import allocator
 
-from .fake_server import MODEL, SHAPES, FakeServerProcess
+from infinity_assets.testing.fake_infinity import MODEL, SHAPES, FakeServerProcess
 from .partition import REPO, materialize, write_partition
 from .workloads import figure, make_images, run_client, spread
 

@@ -20,14 +20,14 @@ import numpy as np
 
 from infinity_assets.client import wire
 
-from .fake_server import _Answers
+from infinity_assets.testing.fake_infinity import PrecomputedAnswers
 
 HIDDEN_DIM = 128
 
 
 def response_body(items: int = 10, rows: int = 1031) -> bytes:
     """A base64 ``/embeddings`` response body, exactly as the fake server sends it."""
-    raw = _Answers(rows, HIDDEN_DIM, "m").embeddings(items, "base64")
+    raw = PrecomputedAnswers(rows, HIDDEN_DIM, "m").embeddings(items, "base64")
     return raw[raw.index(b"\r\n\r\n") + 4:]
 
 

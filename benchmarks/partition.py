@@ -20,7 +20,7 @@ from infinity_assets import artifacts, pipeline
 from infinity_assets.client.embeddings import InfinityEmbeddings
 from infinity_assets.storage.documents import DocumentStore
 
-from .fake_server import MODEL
+from infinity_assets.testing.fake_infinity import MODEL
 from .loadgen import load_generator
 from .workloads import make_images, request_bodies
 

@@ -84,7 +84,7 @@ def render(pages: int = 200) -> dict[str, Any]:
 def end_to_end(url: str, documents: int = 20, pages: int = 10, repetitions: int = 3) -> dict[str, Any]:
     """Pages/s of a partition of ``documents`` PDFs of ``pages`` pages, and of the load generator sending the
     same pages already rendered (request bodies prepared before timing); medians of interleaved repetitions."""
-    from .fake_server import MODEL
+    from infinity_assets.testing.fake_infinity import MODEL
     from .partition import against_load_generator
     from .workloads import request_bodies
 
@@ -116,7 +116,7 @@ def _memory_child(url: str, pages: int) -> None:
     from infinity_assets import pipeline
     from infinity_assets.client.embeddings import InfinityEmbeddings
 
-    from .fake_server import MODEL
+    from infinity_assets.testing.fake_infinity import MODEL
 
     with tempfile.TemporaryDirectory(prefix="bench-pdf-") as root:
         folder = Path(root) / "raw" / "images" / PARTITION

@@ -1,7 +1,6 @@
 """The real `dagster` and `dg` CLIs load the code location and materialize a partition with the real servers."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -9,15 +8,10 @@ from pathlib import Path
 
 from infinity_assets import artifacts
 from infinity_assets.storage.documents import DocumentStore
+from infinity_assets_dev.env import clean_env  # noqa: F401  (the other tests import it from here too)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any INFINITY_* / AWS_* variable, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INFINITY_API", "INFINITY_MODEL", "AWS_"))}
-    return {**env, **extra}
 
 
 def test_definitions_load_without_any_environment_variable(tmp_path):
