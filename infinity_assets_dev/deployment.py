@@ -37,20 +37,23 @@ mutation($params: LaunchBackfillParams!) {
 class Deployment:
     """Starts the four processes on 127.0.0.1 with ``env`` (plus the PostgreSQL settings) and stops them.
 
-    ``pools`` are created before anything runs (deploy/dagster.yaml says why), with the pool-slot guard of
-    deploy/postgres installed as the README's deployment steps do; ``stopped_sensors`` are turned
+    ``pools`` are created before anything runs (deploy/dagster.yaml says why); ``slot_guard`` applies the
+    opt-in ops workaround of deploy/postgres (exact pool limits on Dagster 1.13.x; off by default, as in a
+    deployment that has not opted in); ``stopped_sensors`` are turned
     off before the daemon starts, so a test or benchmark decides alone what is launched; ``module`` is the code
     location the code server loads.
     """
 
     def __init__(self, workdir: Path, env: dict[str, str], *, pools: dict[str, int] | None = None,
-                 stopped_sensors: Iterable[str] = (), module: str = "infinity_assets.definitions") -> None:
+                 stopped_sensors: Iterable[str] = (), module: str = "infinity_assets.definitions",
+                 slot_guard: bool = False) -> None:
         self.workdir = workdir
         self.home = workdir / "dagster-home"
         self.env = dict(env)
         self.pools = pools or {"infinity": 2, "index_writer": 1}
         self.stopped_sensors = list(stopped_sensors)
         self.module = module
+        self.slot_guard = slot_guard
         self.grpc_port, self.web_port = free_port(), free_port()
         self.logs: list[Path] = []
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -79,8 +82,9 @@ class Deployment:
             if name.startswith("DAGSTER_PG_"):
                 self._saved_environ[name] = os.environ.get(name)
                 os.environ[name] = value
-        self.cli("instance", "migrate")  # Dagster's tables, then the pool-slot guard on them (README)
-        self._postgres.execute_file(REPO / "deploy" / "postgres" / "concurrency_slot_guard.sql")
+        self.cli("instance", "migrate")  # Dagster's tables (README's deployment steps)
+        if self.slot_guard:
+            self._postgres.apply_slot_guard()
         for pool, limit in self.pools.items():
             self.cli("instance", "concurrency", "set", pool, str(limit))
         self._spawn("code-server", [BIN / "dagster", "code-server", "start", "-m", self.module,

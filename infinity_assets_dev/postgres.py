@@ -21,6 +21,9 @@ import psycopg2
 
 from infinity_assets_dev.ports import free_port
 
+#: The opt-in pool-slot guard for Dagster 1.13.x (deploy/postgres/concurrency_slot_guard.sql says why).
+SLOT_GUARD = Path(__file__).resolve().parents[1] / "deploy" / "postgres" / "concurrency_slot_guard.sql"
+
 
 def _bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
@@ -84,6 +87,21 @@ class PostgresServer:
         try:
             with connection.cursor() as cursor:
                 cursor.execute(path.read_text())
+        finally:
+            connection.close()
+
+    def apply_slot_guard(self, dagster_version: str | None = None) -> None:
+        """Apply the opt-in ops workaround ``deploy/postgres/concurrency_slot_guard.sql`` (exact pool limits on
+        Dagster 1.13.x, see that file) as its header says: with the installed Dagster's version, which the
+        script checks (``dagster_version`` overrides it, to test the refusal)."""
+        import dagster
+
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('infinity_assets.dagster_version', %s, false)",
+                               (dagster.__version__ if dagster_version is None else dagster_version,))
+                cursor.execute(SLOT_GUARD.read_text())
         finally:
             connection.close()
 

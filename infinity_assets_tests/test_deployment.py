@@ -11,13 +11,15 @@ import subprocess
 
 import dagster as dg
 from dagster._core.execution.backfill import BulkActionStatus
+import pytest
 import yaml
 
 from infinity_assets import artifacts
 from infinity_assets.storage.documents import DocumentStore
 
-from infinity_assets_dev.deployment import Deployment
-from .test_cli import REPO, clean_env
+from infinity_assets_dev.deployment import REPO, Deployment
+from infinity_assets_dev.env import clean_env
+from infinity_assets_dev.postgres import SLOT_GUARD, PostgresServer
 
 MODEL = "minilm-colbert-128"
 
@@ -162,7 +164,32 @@ def test_the_dockerfile_wheel_step_builds_the_package(tmp_path):
                     source], check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "wheels").glob("infinity_assets-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "infinity_assets/definitions.py" in names and "infinity_assets/formats/pdf.py" in names
-    assert not any(name.startswith("infinity_assets_tests/") for name in names)
+    assert "infinity_assets/definitions.py" in names and "infinity_assets/storage/formats/pdf.py" in names
+    assert "infinity_assets/testing/fake_infinity.py" in names  # the fake users' tests may want
+    assert not any(name.startswith(("infinity_assets_tests/", "infinity_assets_dev/")) for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "infinity-assets = infinity_assets.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_the_slot_guard_is_opt_in_and_refuses_a_dagster_version_it_was_not_written_for(tmp_path):
+    """deploy/postgres/concurrency_slot_guard.sql patches Dagster's own table: it installs nothing unless told
+    the installed Dagster is the 1.13.x it was written for; a deployment has no trigger until it opts in."""
+    import psycopg2
+
+    def triggers(postgres: PostgresServer) -> int:
+        with postgres.connect() as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_trigger WHERE tgname = 'infinity_assets_keep_held_slot'")
+            return cursor.fetchone()[0]
+
+    with PostgresServer() as postgres:
+        (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"postgres": {"postgres_url": postgres.url}}}))
+        with dg.DagsterInstance.from_config(str(tmp_path)):
+            pass  # Dagster's tables, concurrency_slots among them
+        assert triggers(postgres) == 0  # not opted in: Dagster's table untouched
+        with pytest.raises(psycopg2.Error, match=r"written for Dagster 1\.13\.x, got Dagster version '1\.14\.0'"):
+            postgres.apply_slot_guard("1.14.0")
+        with pytest.raises(psycopg2.Error, match=r"got Dagster version \(not given\)"):
+            postgres.execute_file(SLOT_GUARD)  # psql without PGOPTIONS: refused, not applied blindly
+        assert triggers(postgres) == 0
+        postgres.apply_slot_guard()  # this Dagster, 1.13.x
+        assert dg.__version__.startswith("1.13.") and triggers(postgres) == 1
