@@ -10,7 +10,8 @@
 
 ``exact=True`` skips the stages: a streaming scan of every document's ``embedding`` (the ground truth). A
 table that holds no more documents than a stage keeps loses nothing at that stage, so small indexes answer
-exactly. Row positions are those of the pinned dataset version: a concurrent sync commits a new version and
+exactly. Candidates tied with a stage's last are kept too, so the answer does not depend on the order of the
+rows. Row positions are those of the pinned dataset version: a concurrent sync commits a new version and
 does not move them.
 """
 from __future__ import annotations
@@ -92,15 +93,16 @@ class StagedSearch:
         if self.rows > settings.fde_candidates:
             signs, mask = query_code(self.fde, query)
             distances = hamming_distances(self.codes, signs, mask)
-            positions = _smallest(distances, settings.fde_candidates)
+            positions = _within(distances, settings.fde_candidates)
         timings["fde"] = _lap(started)
+        kept_fde = int(len(positions))
         keep = max(settings.hamming_candidates, k)
         if len(positions) > keep:
             started = time.perf_counter()
             positions = np.sort(positions)
             codes, offsets = _vectors(self._take(positions, "bits"), np.uint8)
             scores = hamming_maxsim(pack_signs(query), codes, offsets, self.hidden_dim)
-            positions = positions[_largest(scores, keep)]
+            positions = positions[_within(-scores, keep)]
             timings["hamming"] = _lap(started)
         else:
             timings["hamming"] = 0.0
@@ -111,7 +113,7 @@ class StagedSearch:
         best = _largest(scores, k)
         timings["rerank"] = _lap(started)
         return Ranking(positions[best], scores[best], timings,
-                       {"fde": int(min(self.rows, settings.fde_candidates)), "hamming": int(len(positions))})
+                       {"fde": kept_fde, "hamming": int(len(positions))})
 
     def exact(self, query: np.ndarray, k: int) -> Ranking:
         """The exact ``k`` best rows: cosine MaxSim against every row's ``embedding`` (streamed in batches)."""
@@ -153,8 +155,13 @@ def _largest(scores: np.ndarray, k: int) -> np.ndarray:
     return best[np.lexsort((best, -scores[best]))]
 
 
-def _smallest(distances: np.ndarray, k: int) -> np.ndarray:
-    return np.argpartition(distances, k - 1)[:k] if k < len(distances) else np.arange(len(distances))
+def _within(distances: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` smallest distances and of every one tied with the ``k``-th: the candidates do not
+    depend on the order of the rows (an index synced incrementally answers as a fresh build)."""
+    if k >= len(distances):
+        return np.arange(len(distances))
+    kth = np.partition(distances, k - 1)[k - 1]
+    return np.flatnonzero(distances <= kth)
 
 
 def _lap(started: float) -> float:
