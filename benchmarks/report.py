@@ -111,9 +111,9 @@ def markdown(results: dict[str, Any]) -> str:
 
         lines += artifact_encoding.markdown(results["encoding"])
     if "index" in results:
-        from . import index_search
+        from . import index_scale
 
-        lines += index_search.markdown(results["index"])
+        lines += index_scale.markdown(results["index"])
     return "\n".join(lines)
 
 

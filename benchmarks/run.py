@@ -4,11 +4,13 @@ Sections (``--only`` picks some): ``throughput`` (fake server, both shapes, all 
 ``cpu`` (pinned cores: the server on one, the client under test on the other; CPU ms per item, ``cpu_cost.py``),
 ``sweep`` (throughput against concurrency, the plot), ``decoding``, ``real`` (real CPU Infinity server),
 ``partition`` (end-to-end materialization), ``memory`` (2,000-image partition) and ``sensor`` (one tick over
-100,000 SeaweedFS objects), ``index`` (LanceDB search and sync, ``index_search.py``), ``pdf`` (render cost per page, peak RSS of a
+100,000 SeaweedFS objects), ``index`` (two-stage search against exact MaxSim, LanceDB and public engines at 10,000-100,000 pages; ``index_scale.py``), ``pdf`` (render cost per page, peak RSS of a
 1,000-page PDF, ``pdf_pages.py``), ``dagster`` (Dagster's own cost at 10,000 and 100,000 dynamic partitions,
 ``dagster_scale.py``), ``backfill`` (a 2,000-batch backfill through the daemon of the production deployment,
 ``backfill.py``), ``encoding`` (the artifact's Parquet encoding: write and read CPU ms per ColPali page for the
-current settings and the main alternatives, ``artifact_encoding.py``; all options: run that module).
+current settings and the main alternatives, ``artifact_encoding.py``; all options: run that module), ``service``
+(`infinity-assets serve`: the API's p50/p95 under concurrent clients against ``search_text`` called directly, and
+the viewer's page weight, ``service.py``).
 Results go to ``benchmarks/results/`` after each section.
 """
 from __future__ import annotations
@@ -31,12 +33,13 @@ from benchmarks import (  # noqa: E402
     cpu_cost,
     dagster_scale,
     decoding,
-    index_search,
+    index_scale,
     partition,
     pdf_pages,
     real_server,
     report,
     sensor_tick,
+    service,
 )
 from benchmarks.baselines import ensure_official_client  # noqa: E402
 from infinity_assets.client import allocator  # noqa: E402
@@ -44,7 +47,7 @@ from infinity_assets.testing.fake_infinity import MODEL, SHAPES, FakeServerProce
 from benchmarks.workloads import CLIENTS, make_images, make_texts, run_client  # noqa: E402
 
 SECTIONS = ("throughput", "cpu", "sweep", "decoding", "real", "partition", "memory", "sensor", "index", "pdf", "dagster",
-            "backfill", "encoding")
+            "backfill", "encoding", "service")
 #: (shape, modality, items): sized so the slowest client (the seed's) takes a few seconds per repetition.
 THROUGHPUT_CASES = (("latency", "text", 1600), ("latency", "image", 800), ("bandwidth", "image", 400))
 SWEEP_CASES = (("latency", "text"), ("bandwidth", "image"))
@@ -135,7 +138,7 @@ def main() -> int:
         elif section == "sensor":
             results["sensor"] = sensor_tick.run()
         elif section == "index":
-            results["index"] = index_search.run(scale)
+            results["index"] = index_scale.run(quick=args.quick)
         elif section == "dagster":
             results["dagster"] = dagster_scale.run()
         elif section == "backfill":
@@ -143,6 +146,8 @@ def main() -> int:
         elif section == "encoding":
             results["encoding"] = artifact_encoding.run(pages=max(100, int(400 * scale)), repetitions=repetitions,
                                                         only=artifact_encoding.SECTION_OPTIONS)
+        elif section == "service":
+            results["service"] = service.run(requests=max(60, int(200 * scale)))
         elif section == "pdf":
             with FakeServerProcess.shape("bandwidth") as server:
                 results["pdf"] = {"render": pdf_pages.render(max(50, int(200 * scale))),

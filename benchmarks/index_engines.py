@@ -1,0 +1,308 @@
+"""The engines the ``index`` benchmark compares, each measured alone in a fresh process (``python -m
+benchmarks.index_engines SPEC.json``), so latency and resident memory are the engine's own.
+
+An engine builds (or opens a cached build of) an index over a corpus of :mod:`benchmarks.corpora`, then
+answers the same queries; the worker writes JSON: per-query seconds, the top-k page numbers, the resident
+memory before opening and after warm-up (psutil RSS), build seconds and bytes on disk.
+
+Engines: ``numpy`` (exact float32 MaxSim over the vectors in memory: the ground truth and the baseline),
+``lancedb-flat`` / ``lancedb-ann`` (LanceDB's own multi-vector search: exact, and IVF-PQ with ``nprobes``,
+``refine_factor`` and ``LANCE_XTR_OVERFETCH``), ``two-stage`` (the project's index, :mod:`infinity_assets.index`),
+``fast-plaid`` and ``muvera`` (public engines; run with the interpreter of ``.cache/bench/venv-plaid``, which
+has torch pinned, never the project's ``.venv``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks import corpora  # noqa: E402
+
+PLAID_PYTHON = corpora.CACHE / "venv-plaid" / "bin" / "python"
+WARMUP = 3
+
+
+def source_of(spec: dict[str, Any]) -> tuple[corpora.PageSource, list[str]]:
+    """The page source and doc_ids a spec names (``corpus``: synthetic / needle / texlive)."""
+    kind, n = spec["corpus"], spec["pages"]
+    if spec.get("ids_only"):
+        return None, ids_of(spec)  # type: ignore[return-value]
+    if kind == "synthetic":
+        return corpora.SyntheticSource(corpora.SyntheticPages()), [corpora.doc_id(i) for i in range(n)]
+    if kind == "needle":
+        source = corpora.NeedlePages(n_pages=n, needles=spec["needles"])
+        return source, [corpora.doc_id(i) for i in range(n)]
+    real = corpora.texlive_corpus()
+    return real, real.doc_ids[:n]
+
+
+def ids_of(spec: dict[str, Any]) -> list[str]:
+    """The doc_ids of a spec's pages, without loading any vector."""
+    if spec["corpus"] != "texlive":
+        return [corpora.doc_id(i) for i in range(spec["pages"])]
+    import pyarrow.parquet as pq
+
+    path = corpora.TEXTLIVE / f"texlive-pages-{corpora.TEXT_MODEL}.parquet"
+    return pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist()[:spec["pages"]]
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def _blocks(source: corpora.PageSource, n: int, size: int = 200):
+    for start in range(0, n, size):
+        yield start, list(source.pages(start, min(n, start + size)))
+
+
+# ---------------------------------------------------------------------------------------------- engines
+class Numpy:
+    """Exact MaxSim: all vectors float32 in memory, one matrix product per block of pages per query."""
+
+    def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
+        pages = [v for _, block in _blocks(source, spec["pages"]) for v in block]
+        self.vectors = np.ascontiguousarray(np.concatenate(pages), np.float32)
+        self.offsets = np.concatenate([[0], np.cumsum([len(v) for v in pages])])
+        self.bounds = [(i, min(len(pages), i + 256)) for i in range(0, len(pages), 256)]
+
+    def search(self, query: np.ndarray, k: int) -> list[int]:
+        from infinity_assets.index.maxsim import maxsim_scores
+
+        scores = np.concatenate([
+            maxsim_scores(query, self.vectors, self.offsets[a:b + 1]) for a, b in self.bounds])
+        return [int(i) for i in corpora.top_k(scores[None, :], k)[0]]
+
+
+class LanceMulti:
+    """LanceDB's multi-vector column (cosine), flat or IVF-PQ (``spec["ann"]``), cached under ``spec["root"]``."""
+
+    def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
+        import lancedb
+        import pyarrow as pa
+
+        root = Path(spec["root"])
+        self.spec, self.info = spec, {}
+        done = root / "built.json"
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            db = lancedb.connect(str(root))
+            started = time.perf_counter()
+            schema = pa.schema([pa.field("page", pa.int64()),
+                                pa.field("embedding", pa.list_(pa.list_(pa.float32(), corpora.DIM)))])
+            table = db.create_table("t", schema=schema)
+            for start, block in _blocks(source, spec["pages"]):
+                table.add(corpora._table({"page": list(range(start, start + len(block)))}, block).cast(schema))
+            write = time.perf_counter() - started
+            started = time.perf_counter()
+            table.create_index(metric="cosine", vector_column_name="embedding", index_type="IVF_PQ",
+                               num_partitions=spec.get("partitions", 256), num_sub_vectors=16)
+            done.write_text(json.dumps({"write_seconds": write, "ann_build_seconds": time.perf_counter() - started}))
+        self.info = json.loads(done.read_text())
+        self.table = lancedb.connect(str(root)).open_table("t")
+        self.info["index_bytes"] = _dir_bytes(root)
+
+    def search(self, query: np.ndarray, k: int) -> list[int]:
+        search = self.table.search(query, vector_column_name="embedding").limit(k).select(["page"])
+        if self.spec["ann"]:
+            search = search.nprobes(self.spec["nprobes"])
+            if self.spec.get("refine_factor"):
+                search = search.refine_factor(self.spec["refine_factor"])
+        else:
+            search = search.bypass_vector_index()
+        return search.to_arrow().column("page").to_pylist()
+
+
+class TwoStage:
+    """The project's index (:func:`infinity_assets.index.write_index`, ``IndexReader.search_staged``)."""
+
+    def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
+        from infinity_assets import index
+        from infinity_assets.storage.documents import DocumentStore
+
+        store = DocumentStore(spec["root"], **spec.get("store_options", {}))
+        self.info: dict[str, Any] = {}
+        marker = Path(spec["marker"])
+        if not marker.exists():
+            def batches():
+                for start, block in _blocks(source, spec["pages"], 500):
+                    yield ids[start:start + len(block)], block
+
+            started = time.perf_counter()
+            index.write_index(store, "images", batches(), model=f"bench-{spec['corpus']}", hidden_dim=corpora.DIM,
+                              encoding=index.EncodingSettings(**spec.get("encoding", {})), partition="bench")
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"build_seconds": time.perf_counter() - started}))
+        self.info.update(json.loads(marker.read_text()))
+        self.reader = index.IndexReader(store, "images")
+        self.settings = index.SearchSettings(**spec.get("search", {}))
+        self.page_of = {doc: i for i, doc in enumerate(ids)}
+        self.stage_seconds: list[dict[str, float]] = []
+
+    def search(self, query: np.ndarray, k: int) -> list[int]:
+        result = self.reader.search_staged(query, k=k, settings=self.settings)
+        self.stage_seconds.append(dict(result.timings))
+        return [self.page_of[h.doc_id] for h in result.hits]
+
+    def finish(self) -> None:
+        self.info["bytes_per_page"] = self.reader.bytes_per_page()
+        self.info["stages_ms_p50"] = {
+            stage: float(np.median([t[stage] for t in self.stage_seconds[WARMUP:]]) * 1000)
+            for stage in (self.stage_seconds[0] if self.stage_seconds else {})}
+
+
+class FastPlaid:
+    """fast-plaid (PLAID: centroid candidates + compressed residuals), CPU, ``nbits`` 4."""
+
+    def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
+        import torch
+        from fast_plaid import search
+
+        torch.set_num_threads(2)
+        root = Path(spec["root"])
+        done = root / "built.json"
+        self.engine = None
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            docs = [torch.from_numpy(np.ascontiguousarray(v)) for _, b in _blocks(source, spec["pages"]) for v in b]
+            started = time.perf_counter()
+            self.engine = search.FastPlaid(index=str(root / "index"), device="cpu")
+            self.engine.create(documents_embeddings=docs, nbits=4)
+            done.write_text(json.dumps({"build_seconds": time.perf_counter() - started}))
+            del docs
+        self.info = json.loads(done.read_text())
+        self.info["index_bytes"] = _dir_bytes(root / "index")
+        self.engine = self.engine or search.FastPlaid(index=str(root / "index"), device="cpu")
+        self.torch = torch
+
+    def search(self, query: np.ndarray, k: int) -> list[int]:
+        hits = self.engine.search(queries_embeddings=self.torch.from_numpy(query[None]), top_k=k,
+                                  show_progress=False)
+        return [int(doc) for doc, _ in hits[0]]
+
+
+class Muvera:
+    """muvera-python FDEs (public defaults: 20 repetitions, 5 SimHash bits, d_proj 16: 10,240 floats per page) searched by a
+    flat dot product over all pages' FDEs, then exact MaxSim on the top ``rerank`` from float16 vectors."""
+
+    def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
+        import muvera
+
+        root = Path(spec["root"])
+        self.encoder = muvera.Muvera(num_repetitions=20, num_simhash_projections=5, dimension=corpora.DIM,
+                                     projection_type="ams_sketch", projection_dimension=16)
+        self.rerank = spec.get("rerank", 100)
+        if not (root / "built.json").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            started = time.perf_counter()
+            codes, halves, lengths = [], [], []
+            for _, block in _blocks(source, spec["pages"]):
+                codes.append(np.asarray(self.encoder.encode_documents(block), np.float32))
+                halves += [v.astype(np.float16) for v in block]
+                lengths += [len(v) for v in block]
+            np.save(root / "fde.npy", np.concatenate(codes))
+            np.save(root / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+            np.save(root / "vectors.npy", np.concatenate(halves))
+            (root / "built.json").write_text(json.dumps({"build_seconds": time.perf_counter() - started}))
+        self.info = json.loads((root / "built.json").read_text())
+        self.info["index_bytes"] = _dir_bytes(root)
+        self.fde = np.load(root / "fde.npy", mmap_mode="r")
+        self.offsets = np.load(root / "offsets.npy")
+        self.vectors = np.load(root / "vectors.npy", mmap_mode="r")
+
+    def search(self, query: np.ndarray, k: int) -> list[int]:
+        code = np.asarray(self.encoder.encode_queries(query), np.float32).reshape(-1)
+        candidates = corpora.top_k((np.asarray(self.fde) @ code)[None, :], self.rerank)[0]
+        scores = [float((query @ self.vectors[self.offsets[c]:self.offsets[c + 1]].astype(np.float32).T)
+                        .max(axis=1).sum()) for c in candidates]
+        order = np.argsort(scores)[::-1][:k]
+        return [int(candidates[i]) for i in order]
+
+
+ENGINES = {"numpy": Numpy, "lancedb": LanceMulti, "two-stage": TwoStage, "fast-plaid": FastPlaid,
+           "muvera": Muvera}
+
+
+def work(spec: dict[str, Any]) -> dict[str, Any]:
+    """Open (building if needed) the engine of ``spec``, answer its queries, return the measurements."""
+    queries = list(np.load(spec["queries"], allow_pickle=True)) if spec.get("queries") else []
+    source, ids = source_of(spec)
+    rss_before = _rss()
+    started = time.perf_counter()
+    engine = ENGINES[spec["engine"]](spec, source, ids)
+    open_seconds = time.perf_counter() - started
+    if spec.get("build_only"):
+        return {"info": getattr(engine, "info", {})}
+    seconds, cpu, results = [], [], []
+    k = spec.get("k", 10)
+    for n, query in enumerate(queries):
+        began, began_cpu = time.perf_counter(), time.process_time()
+        results.append(engine.search(np.ascontiguousarray(query, np.float32), k))
+        if n >= WARMUP or len(queries) <= WARMUP:
+            seconds.append(time.perf_counter() - began)
+            cpu.append(time.process_time() - began_cpu)
+    if hasattr(engine, "finish"):
+        engine.finish()
+    return {"seconds": seconds, "cpu_seconds": cpu, "top": results, "rss_before": rss_before, "rss_after": _rss(),
+            "open_seconds": open_seconds, "info": getattr(engine, "info", {})}
+
+
+def run_engine(spec: dict[str, Any], queries: list[np.ndarray], scratch: Path, timeout: float = 3600) -> dict[str, Any]:
+    """Run one engine in a fresh process (the plaid venv's Python for fast-plaid/muvera); its JSON result, or
+    ``{"error": ...}`` naming why it did not run."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    python = str(PLAID_PYTHON) if spec["engine"] in ("fast-plaid", "muvera") else sys.executable
+    if not Path(python).exists():
+        return {"error": f"{python} missing: python3 -m venv {PLAID_PYTHON.parents[1]} && "
+                         f"{PLAID_PYTHON.parent}/pip install torch==2.13.0 fast-plaid muvera-python pyarrow psutil"}
+    scratch.mkdir(parents=True, exist_ok=True)
+    marker = Path(spec.get("marker") or Path(spec.get("root", "")) / "built.json")
+    if spec["engine"] != "numpy" and not marker.exists():  # build in its own process: RSS is the query's alone
+        built = _subprocess(python, {**spec, "build_only": True}, scratch, timeout)
+        if "error" in built:
+            return built
+    queries_path = scratch / f"queries-{os.getpid()}-{len(queries)}.npy"
+    array = np.empty(len(queries), dtype=object)
+    array[:] = [np.asarray(q, np.float32) for q in queries]
+    np.save(queries_path, array, allow_pickle=True)
+    return _subprocess(python, {**spec, "queries": str(queries_path), "ids_only": spec["engine"] == "two-stage"},
+                       scratch, timeout)
+
+
+def _subprocess(python: str, spec: dict[str, Any], scratch: Path, timeout: float) -> dict[str, Any]:
+    out = scratch / f"result-{os.getpid()}.json"
+    env = {**os.environ, "LANCE_LOG": "error"}
+    if spec.get("xtr_overfetch"):
+        env["LANCE_XTR_OVERFETCH"] = str(spec["xtr_overfetch"])
+    try:
+        done = subprocess.run([python, "-m", "benchmarks.index_engines", json.dumps(spec), str(out)],
+                              cwd=corpora.REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {timeout:.0f} s"}
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        return {"error": last if done.returncode > 0 else f"crashed (signal {-done.returncode})",
+                "stderr": done.stderr[-3000:]}
+    return json.loads(out.read_text())
+
+
+if __name__ == "__main__":
+    result = work(json.loads(sys.argv[1]))
+    Path(sys.argv[2]).write_text(json.dumps(result, default=float))

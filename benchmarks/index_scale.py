@@ -1,0 +1,434 @@
+"""``--only index``: two-stage search against exact MaxSim, LanceDB's multi-vector search and public engines.
+
+Corpora (:mod:`benchmarks.corpora`, cached under ``.cache/bench/``): (c) synthetic structured ColPali-sized
+pages (1,031 x 128) at 10,000, 20,000 and 100,000 pages, 200 known-item queries of 20 vectors drawn from the
+first 10,000 pages; a needle-in-a-haystack set (5,000 near-duplicate pages, 200 needles); (a) the real MiniLM
+ColBERT vectors of texlive's manuals (7,927 pages, 300 sentence queries); (b) the labelled retrieval set of
+the tests (30 documents, 5-word queries, real server).
+
+Each engine runs alone in a fresh process (:mod:`benchmarks.index_engines`): p50/p95 latency over the
+queries after 3 warm-up queries (query embedding excluded), recall@10 against the exact top-10 (ground truth
+cached per query set, its CPU cost printed), known-item hit@10 and MRR, bytes per page, and resident memory
+per indexed page (RSS after the queries minus RSS before opening). Engines too slow for a size (numpy exact,
+LanceDB flat) are measured at a smaller size and extrapolated linearly in vectors, marked so. Index builds
+are cached per corpus, size and engine source (a change of ``infinity_assets/index`` rebuilds); their build
+time is the one measured when built. ``--quick`` runs the same at small sizes in a few minutes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import corpora
+from benchmarks.index_engines import run_engine
+
+SCRATCH = corpora.CACHE / "scratch"
+BUILDS = corpora.CACHE / "builds"
+
+FULL = {"sizes": (10_000, 20_000, 100_000), "queries": 200, "query_pages": 10_000, "gt_pages": 20_000,
+        "numpy_pages": 10_000, "numpy_queries": 30, "lance_pages": 1_000, "lance_flat_queries": 10,
+        "lance_ann_queries": 50, "public_pages": 10_000, "s3_pages": 10_000, "needle": (5_000, 200),
+        "sync": (5, 1_000), "texlive_lance_flat_queries": 10, "real_pages": None}
+QUICK = {"sizes": (1_000, 2_000), "queries": 50, "query_pages": 1_000, "gt_pages": 2_000,
+         "numpy_pages": 1_000, "numpy_queries": 10, "lance_pages": 300, "lance_flat_queries": 5,
+         "lance_ann_queries": 20, "public_pages": 1_000, "s3_pages": 1_000, "needle": (1_000, 50),
+         "sync": (2, 200), "texlive_lance_flat_queries": 5, "real_pages": 1_000}
+
+
+MUVERA = "muvera-python FDE (flat dot) + float16 rerank of 100"
+#: Why fast-plaid is not in the tables (checked with pip in .cache/bench/venv-plaid, torch pinned to 2.13.0).
+FAST_PLAID = ("does not install with torch pinned to 2.13.0: fast-plaid 1.7.0 requires torch==2.11.0; the "
+              "1.1.0 the resolver falls back to crashes (SIGSEGV) in create() against torch 2.13")
+
+
+def _engine_version() -> str:
+    """A digest of the two-stage engine's source: a cached build is reused only by the code that made it."""
+    digest = hashlib.sha256()
+    for path in sorted((corpora.REPO / "infinity_assets" / "index").glob("*.py")):
+        if path.name not in ("evaluation.py", "lock.py"):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _build_root(engine: str, name: str, version: str = "") -> str:
+    """The cache folder of one build; older versions of the same build are removed (disk is shared)."""
+    folder = BUILDS / f"{engine}-{name}"
+    if version:
+        for stale in BUILDS.glob(f"{engine}-{name}-*"):
+            if stale.name != f"{engine}-{name}-{version}":
+                shutil.rmtree(stale, ignore_errors=True)
+        folder = BUILDS / f"{engine}-{name}-{version}"
+    return str(folder)
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in seconds)
+    return {"p50_ms": statistics.median(ms), "p95_ms": ms[min(len(ms) - 1, int(0.95 * len(ms)))]}
+
+
+def _quality(top: list[list[int]], exact: np.ndarray | None, known: list[int], k: int = 10) -> dict[str, Any]:
+    """recall@k against the exact top-k, known-item hit@k and MRR@10 of an engine's answers."""
+    out: dict[str, Any] = {}
+    if exact is not None:
+        out["recall_at_10"] = float(np.mean([len(set(t[:k]) & set(e[:k])) / k for t, e in zip(top, exact)]))
+    ranks = [t.index(p) + 1 if p in t else None for t, p in zip(top, known)]
+    out["known_hit_at_10"] = float(np.mean([r is not None and r <= 10 for r in ranks]))
+    out["known_mrr_at_10"] = float(np.mean([1 / r if r and r <= 10 else 0.0 for r in ranks]))
+    return out
+
+
+def _row(name: str, result: dict[str, Any], pages: int, vectors_per_page: float, exact: np.ndarray | None,
+         known: list[int], *, measured_pages: int | None = None, note: str = "") -> dict[str, Any]:
+    """One table row from an engine's result (``measured_pages``: it ran at that size, extrapolated to ``pages``)."""
+    if "error" in result:
+        return {"engine": name, "pages": pages, "error": result["error"], "note": note}
+    row = {"engine": name, "pages": pages, "queries": len(result["seconds"]), **_percentiles(result["seconds"]),
+           "cpu_p50_ms": statistics.median(result["cpu_seconds"]) * 1000,
+           "rss_bytes_per_page": (result["rss_after"] - result["rss_before"]) / (measured_pages or pages),
+           "info": result.get("info", {}), "note": note}
+    if measured_pages and measured_pages != pages:
+        factor = pages / measured_pages
+        row.update(p50_ms=row["p50_ms"] * factor, p95_ms=row["p95_ms"] * factor,
+                   cpu_p50_ms=row["cpu_p50_ms"] * factor, extrapolated_from=measured_pages)
+    else:
+        row.update(_quality(result["top"], exact, known))
+    info = row["info"]
+    if "bytes_per_page" in info:
+        row["stage12_bytes_per_page"] = info["bytes_per_page"].get("stages_1_2")
+        row["index_bytes_per_page"] = info["bytes_per_page"].get("total")
+    elif "index_bytes" in info:
+        row["index_bytes_per_page"] = info["index_bytes"] / (measured_pages or pages)
+    return row
+
+
+def _print(row: dict[str, Any]) -> None:
+    if "error" in row:
+        print(f"    {row['engine']} ({row['pages']:,} pages): not run: {row['error']}", flush=True)
+        return
+    extra = "".join(f", {key} {row[key]:.3f}" for key in ("recall_at_10", "known_hit_at_10") if key in row)
+    print(f"    {row['engine']} ({row['pages']:,} pages{', extrapolated' if 'extrapolated_from' in row else ''}): "
+          f"p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms{extra}, "
+          f"RSS {row['rss_bytes_per_page']:,.0f} B/page", flush=True)
+
+
+# ------------------------------------------------------------------------------------------- sections
+def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
+    """(c): every engine on the synthetic pages, ground truth at ``gt_pages``."""
+    corpus = corpora.SyntheticPages()
+    queries = corpora.synthetic_queries(corpus, cfg["query_pages"], cfg["queries"])
+    vectors, known = [q.vectors for q in queries], [q.page for q in queries]
+    started = time.perf_counter()
+    scores, gt_cpu = corpora.exact_scores(corpora.SyntheticSource(corpus), queries, cfg["gt_pages"])
+    gt = {"pages": cfg["gt_pages"], "cpu_seconds_this_run": gt_cpu, "wall_seconds": time.perf_counter() - started,
+          "cpu_seconds_per_1000_pages": _gt_cost(corpora.SyntheticSource(corpus).name, queries)}
+    exact = {n: corpora.top_k(scores[:, :n], 10) for n in cfg["sizes"] if n <= cfg["gt_pages"]}
+    rows: list[dict[str, Any]] = []
+    version = _engine_version()
+
+    def add(row: dict[str, Any]) -> None:
+        rows.append(row)
+        _print(row)
+
+    n = cfg["numpy_pages"]
+    numpy_result = run_engine({"engine": "numpy", "corpus": "synthetic", "pages": n}, vectors[:cfg["numpy_queries"]],
+                              SCRATCH)
+    for size in cfg["sizes"]:
+        add(_row("numpy exact (float32 in RAM)", numpy_result, size, corpora.PAGE_VECTORS,
+                 exact.get(size, [None])[:cfg["numpy_queries"]] if size == n else None,
+                 known[:cfg["numpy_queries"]], measured_pages=n))
+    n = cfg["lance_pages"]
+    lance_root = _build_root("lancedb", f"synthetic-{n}")
+    exact_small = corpora.top_k(scores[:, :n], 10)
+    known_small = [p if p < n else -1 for p in known]
+    flat = run_engine({"engine": "lancedb", "corpus": "synthetic", "pages": n, "ann": False, "root": lance_root},
+                      vectors[:cfg["lance_flat_queries"]], SCRATCH)
+    add(_row("LanceDB multi-vector flat", flat, n, corpora.PAGE_VECTORS, exact_small[:cfg["lance_flat_queries"]],
+             known_small))
+    for size in cfg["sizes"]:
+        add(_row("LanceDB multi-vector flat", flat, size, corpora.PAGE_VECTORS, None, known, measured_pages=n))
+    for nprobes, refine, overfetch in ((64, 30, None), (64, 30, 100)):
+        ann = run_engine({"engine": "lancedb", "corpus": "synthetic", "pages": n, "ann": True, "root": lance_root,
+                          "nprobes": nprobes, "refine_factor": refine, "xtr_overfetch": overfetch},
+                         vectors[:cfg["lance_ann_queries"]], SCRATCH)
+        add(_row(f"LanceDB IVF-PQ (nprobes {nprobes}, refine {refine}"
+                 f"{f', XTR overfetch {overfetch}' if overfetch else ''})", ann, n, corpora.PAGE_VECTORS,
+                 exact_small[:cfg["lance_ann_queries"]], known_small))
+    for size in cfg["sizes"]:
+        spec = {"engine": "two-stage", "corpus": "synthetic", "pages": size,
+                "root": _build_root("two-stage", f"synthetic-{size}", version)}
+        spec["marker"] = spec["root"] + "/built.json"
+        add(_row("two-stage (local disk)", run_engine(spec, vectors, SCRATCH), size, corpora.PAGE_VECTORS,
+                 exact.get(size), known))
+    add(s3_two_stage(cfg["s3_pages"], vectors, exact.get(cfg["s3_pages"]), known))
+    n = cfg["public_pages"]
+    add({"engine": "fast-plaid (PLAID)", "pages": n, "error": FAST_PLAID})
+    result = run_engine({"engine": "muvera", "corpus": "synthetic", "pages": n,
+                         "root": _build_root("muvera", f"synthetic-{n}")}, vectors, SCRATCH)
+    add(_row(MUVERA, result, n, corpora.PAGE_VECTORS, exact.get(n), known))
+    return {"rows": rows, "ground_truth": gt, "queries": len(queries), "vectors_per_query": corpora.QUERY_VECTORS}
+
+
+def _gt_cost(name: str, queries: list[corpora.KnownItem]) -> float | None:
+    """CPU seconds per 1,000 pages of the cached ground truth, from the cost file ``exact_scores`` keeps."""
+    folder = corpora.CACHE / "ground-truth" / f"{name}-{corpora._queries_key(queries)}"
+    costs = [float(p.read_text()) for p in folder.glob("*.cpu")]
+    return 1000 * sum(costs) / (len(costs) * corpora.GT_CHUNK) if costs else None
+
+
+def s3_two_stage(pages: int, vectors: list[np.ndarray], exact: np.ndarray | None, known: list[int]) -> dict[str, Any]:
+    """The two-stage index built straight into SeaweedFS (S3), searched there."""
+    from infinity_assets_dev.seaweedfs import SeaweedFS
+
+    with SeaweedFS(SCRATCH / "seaweedfs") as s3:
+        bucket = s3.create_bucket()
+        options = {"endpoint_url": s3.endpoint_url, "key": s3.access_key, "secret": s3.secret_key}
+        spec = {"engine": "two-stage", "corpus": "synthetic", "pages": pages, "root": f"s3://{bucket}/bench",
+                "store_options": options, "marker": str(SCRATCH / f"s3-{bucket}.json")}
+        result = run_engine(spec, vectors, SCRATCH)
+    shutil.rmtree(SCRATCH / "seaweedfs", ignore_errors=True)
+    return _row("two-stage (S3: SeaweedFS)", result, pages, corpora.PAGE_VECTORS, exact, known)
+
+
+def needles(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Top-20 hit rate of the needle pages, exact against two-stage."""
+    n_pages, count = cfg["needle"]
+    source = corpora.NeedlePages(n_pages=n_pages, needles=count)
+    queries = source.queries()
+    scores, cpu = corpora.exact_scores(source, queries, n_pages)
+    exact_top = corpora.top_k(scores, 20)
+    exact_hit = float(np.mean([q.page in set(t) for q, t in zip(queries, exact_top)]))
+    spec = {"engine": "two-stage", "corpus": "needle", "pages": n_pages, "needles": count, "k": 20,
+            "root": _build_root("two-stage", f"needle-{n_pages}", _engine_version())}
+    spec["marker"] = spec["root"] + "/built.json"
+    result = run_engine(spec, [q.vectors for q in queries], SCRATCH)
+    out = {"pages": n_pages, "needles": count, "exact_hit_at_20": exact_hit, "ground_truth_cpu_seconds": cpu}
+    if "error" in result:
+        out["error"] = result["error"]
+    else:
+        out["two_stage_hit_at_20"] = float(np.mean([q.page in set(t) for q, t in zip(queries, result["top"])]))
+        out["two_stage_p50_ms"] = _percentiles(result["seconds"])["p50_ms"]
+    print(f"    needles: exact hit@20 {exact_hit:.3f}, two-stage {out.get('two_stage_hit_at_20', float('nan')):.3f}",
+          flush=True)
+    return out
+
+
+def real(cfg: dict[str, Any]) -> dict[str, Any]:
+    """(a): real MiniLM vectors of texlive pages, every engine, known-item sentence queries."""
+    corpus = corpora.texlive_corpus()
+    n = min(len(corpus.doc_ids), cfg["real_pages"] or len(corpus.doc_ids))
+    asked = [q for q in corpus.queries if q.page < n]
+    vectors, known = [q.vectors for q in asked], [q.page for q in asked]
+    scores, cpu = corpora.exact_scores(corpus, asked, n)
+    exact = corpora.top_k(scores, 10)
+    exact_ndcg = _ndcg_known_item([list(t) for t in exact], known)
+    per_page = float(np.mean([len(v) for v in corpus.vectors[:n]]))
+    rows = []
+    specs = [("numpy exact (float32 in RAM)", {"engine": "numpy"}, vectors),
+             ("LanceDB multi-vector flat", {"engine": "lancedb", "ann": False}, vectors[:cfg["texlive_lance_flat_queries"]]),
+             ("LanceDB IVF-PQ (nprobes 64, refine 30)", {"engine": "lancedb", "ann": True, "nprobes": 64,
+                                                         "refine_factor": 30}, vectors[:cfg["lance_ann_queries"]]),
+             ("two-stage (local disk)", {"engine": "two-stage"}, vectors),
+             (MUVERA, {"engine": "muvera"}, vectors)]
+    for label, spec, subset in specs:
+        engine = spec["engine"]
+        spec = {**spec, "corpus": "texlive", "pages": n,
+                "root": _build_root(engine, f"texlive-{n}", _engine_version() if engine == "two-stage" else "")}
+        spec["marker"] = spec["root"] + "/built.json"
+        result = run_engine(spec, subset, SCRATCH)
+        row = _row(label, result, n, per_page, exact[:len(subset)], known[:len(subset)])
+        if "error" not in row:
+            row["ndcg_at_5"] = _ndcg_known_item(result["top"], known)
+        rows.append(row)
+        _print(row)
+    rows.append({"engine": "fast-plaid (PLAID)", "pages": n, "error": FAST_PLAID})
+    return {"rows": rows, "pages": n, "queries": len(vectors), "vectors_per_page": per_page,
+            "exact_ndcg_at_5": exact_ndcg, "exact_known_hit_at_10": _quality(exact.tolist(), None, known)["known_hit_at_10"],
+            "ground_truth_cpu_seconds": cpu}
+
+
+def _ndcg_known_item(top: list[list[int]], known: list[int]) -> float:
+    """nDCG@5 with the known page as the one relevant result (:func:`infinity_assets.index.evaluation.ndcg_at`)."""
+    from infinity_assets.index.evaluation import ndcg_at
+
+    return float(np.mean([ndcg_at(t, frozenset([p]), 5) for t, p in zip(top, known)]))
+
+
+def sync_cost(cfg: dict[str, Any]) -> dict[str, Any]:
+    """First sync, a re-embedded partition and a no-op sync of artifacts (``sync_index``), per 1,000 pages."""
+    from infinity_assets import index
+    from infinity_assets.artifacts import ArtifactWriter
+    from infinity_assets.storage.documents import DocumentStore
+
+    parts, per = cfg["sync"]
+    corpus = corpora.SyntheticPages()
+    root = SCRATCH / "sync-root"
+    shutil.rmtree(root, ignore_errors=True)
+    store = DocumentStore(str(root))
+    store.ensure_artifact_dir("images")
+
+    def publish(number: int) -> None:
+        partition = f"p{number:03d}"
+        with ArtifactWriter(store.fs, store.artifact_path("images", partition), hidden_dim=corpora.DIM,
+                            metadata={"model": "bench-synthetic", "partition": partition}) as writer:
+            for page in range(number * per, (number + 1) * per):
+                writer.write(corpora.doc_id(page), f"synthetic://{page}", f"fp{page}", corpus.page(page))
+
+    try:
+        for number in range(parts):
+            publish(number)
+        timed = {}
+        for name, before in (("first sync", None), ("one partition re-embedded", lambda: publish(0)),
+                             ("no change", None)):
+            if before:
+                before()
+            started = time.perf_counter()
+            report = index.sync_index(store, "images")
+            timed[name] = (time.perf_counter() - started, report)
+        out = {"pages": parts * per, "changed_pages": per,
+               "first_sync_seconds_per_1000_pages": timed["first sync"][0] / (parts * per) * 1000,
+               "sync_seconds_per_1000_changed_pages": timed["one partition re-embedded"][0] / per * 1000,
+               "changed_rows": timed["one partition re-embedded"][1].updated,
+               "no_change_sync_seconds": timed["no change"][0]}
+    except Exception as exc:  # the engine's sync may not exist yet: say so in the table
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"    sync: {out}", flush=True)
+    return out
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """The whole section (``quick``: small sizes)."""
+    cfg = QUICK if quick else FULL
+    started = time.monotonic()
+    results: dict[str, Any] = {"quick": quick}
+    for name, section in (("synthetic", synthetic), ("needles", needles), ("real", real), ("sync", sync_cost)):
+        print(f"  index/{name}", flush=True)
+        results[name] = section(cfg)
+    results["seconds"] = time.monotonic() - started
+    return results
+
+
+# ------------------------------------------------------------------------------------------- the report
+def _two_stage(rows: list[dict[str, Any]], pages: int, label: str = "two-stage (local disk)") -> dict[str, Any]:
+    return next((r for r in rows if r["engine"] == label and r["pages"] == pages and "error" not in r), {})
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """``(target, measured, met)`` for every target of issue 20 (met None: not measured)."""
+    rows = results.get("synthetic", {}).get("rows", [])
+    sizes = sorted({r["pages"] for r in rows if r["engine"] == "two-stage (local disk)"})
+    top, small = (sizes[-1], sizes[0]) if sizes else (0, 0)
+    big, little = _two_stage(rows, top), _two_stage(rows, small)
+    recall_rows = [r for r in rows if r["engine"] == "two-stage (local disk)" and "recall_at_10" in r]
+    recall = max(recall_rows, key=lambda r: r["pages"]) if recall_rows else {}
+    s3 = next((r for r in rows if r["engine"].startswith("two-stage (S3") and "error" not in r), {})
+    out: list[tuple[str, str, bool | None]] = []
+
+    def add(name: str, value: float | None, limit: float, fmt: str, lower: bool = True) -> None:
+        if value is None:
+            out.append((name, "not measured", None))
+        else:
+            out.append((name, fmt.format(value), value <= limit if lower else value >= limit))
+
+    add(f"{top:,} pages local p50 <= 50 ms", big.get("p50_ms"), 50, "{:.1f} ms")
+    add(f"{top:,} pages local p95 <= 150 ms", big.get("p95_ms"), 150, "{:.1f} ms")
+    add(f"recall@10 >= 0.95 vs exact (at {recall.get('pages', 0):,} pages)", recall.get("recall_at_10"), 0.95,
+        "{:.3f}", lower=False)
+    add(f"S3 p50 <= 150 ms ({s3.get('pages', 0):,} pages)", s3.get("p50_ms"), 150, "{:.1f} ms")
+    add(f"{small:,} pages p50 <= 15 ms", little.get("p50_ms"), 15, "{:.1f} ms")
+    add("first two stages read <= 20 KB per page", big.get("stage12_bytes_per_page"), 20_000, "{:,.0f} B")
+    add("RSS <= 3 KB per indexed page", big.get("rss_bytes_per_page"), 3_000, "{:,.0f} B")
+    needle = results.get("needles", {})
+    gap = (needle["exact_hit_at_20"] - needle["two_stage_hit_at_20"]) if "two_stage_hit_at_20" in needle else None
+    add("needle top-20 hit rate within 2 points of exact", None if gap is None else gap * 100, 2,
+        "{:.1f} points below exact")
+    real_rows = results.get("real", {}).get("rows", [])
+    real_two = next((r for r in real_rows if r["engine"].startswith("two-stage") and "error" not in r), {})
+    exact_ndcg = results.get("real", {}).get("exact_ndcg_at_5")
+    add("real pages: nDCG@5 within 0.01 of exact",
+        None if not real_two or exact_ndcg is None else exact_ndcg - real_two["ndcg_at_5"], 0.01, "{:.4f} below exact")
+    return out
+
+
+def _fmt(value: Any, spec: str = "{:.1f}") -> str:
+    return "" if value is None else spec.format(value)
+
+
+def _table(rows: list[dict[str, Any]], baseline: dict[int, float]) -> list[str]:
+    lines = ["| engine | pages | p50 ms | p95 ms | CPU ms p50 | x numpy p50 | recall@10 vs exact | known-item hit@10 "
+             "| stages 1-2 B/page | index B/page | RSS B/page | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['engine']} | {r['pages']:,} | | | | | | | | | | not run: {r['error'][:200]} |")
+            continue
+        note = r.get("note", "")
+        if "extrapolated_from" in r:
+            note = f"extrapolated from {r['extrapolated_from']:,} pages (linear in vectors) {note}"
+        ratio = baseline.get(r["pages"])
+        lines.append(
+            f"| {r['engine']} | {r['pages']:,} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['cpu_p50_ms']:.1f} | "
+            f"{_fmt(r['p50_ms'] / ratio if ratio else None, '{:.3f}')} | {_fmt(r.get('recall_at_10'), '{:.3f}')} | "
+            f"{_fmt(r.get('known_hit_at_10'), '{:.3f}')} | {_fmt(r.get('stage12_bytes_per_page'), '{:,.0f}')} | "
+            f"{_fmt(r.get('index_bytes_per_page'), '{:,.0f}')} | {r['rss_bytes_per_page']:,.0f} | {note} |")
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> list[str]:
+    """The index section of results.md: the targets, then one table per corpus."""
+    lines = ["", f"## Index and search: two-stage retrieval against exact MaxSim{' (--quick)' if results.get('quick') else ''}",
+             "", "Query embedding excluded; each engine alone in a fresh process, 3 warm-up queries; RSS = resident "
+             "memory after the queries minus before opening, per indexed page. `x numpy` = p50 over the exact numpy "
+             "MaxSim's p50 at the same size (<1 = faster).", "", "| target | measured | verdict |", "|---|---|---|"]
+    for name, value, met in targets(results):
+        lines.append(f"| {name} | {value} | {'not measured' if met is None else ('met' if met else '**missed**')} |")
+    syn = results.get("synthetic")
+    if syn:
+        gt = syn["ground_truth"]
+        base = {r["pages"]: r["p50_ms"] for r in syn["rows"] if r["engine"].startswith("numpy") and "error" not in r}
+        lines += ["", f"### (c) synthetic ColPali-sized pages (1,031 x 128), {syn['queries']} known-item queries of "
+                  f"{syn['vectors_per_query']} vectors", "",
+                  f"Exact ground truth over {gt['pages']:,} pages: "
+                  f"{_fmt(gt.get('cpu_seconds_per_1000_pages'), '{:.0f}')} s CPU per 1,000 pages "
+                  f"(cached; {gt['cpu_seconds_this_run']:.0f} s CPU in this run).", ""]
+        lines += _table(syn["rows"], base)
+    needle = results.get("needles")
+    if needle:
+        lines += ["", f"Needle in a haystack ({needle['pages']:,} near-duplicate pages, {needle['needles']} needles): "
+                  f"top-20 hit rate exact {needle['exact_hit_at_20']:.3f}, two-stage "
+                  f"{_fmt(needle.get('two_stage_hit_at_20'), '{:.3f}')}{' (' + needle['error'] + ')' if 'error' in needle else ''}."]
+    real_results = results.get("real")
+    if real_results:
+        base = {r["pages"]: r["p50_ms"] for r in real_results["rows"] if r["engine"].startswith("numpy") and "error" not in r}
+        lines += ["", f"### (a) real pages: texlive-latex-base-doc, {real_results['pages']:,} pages "
+                  f"(~{real_results['vectors_per_page']:.0f} MiniLM ColBERT vectors of 128-d each), "
+                  f"{real_results['queries']} sentence queries", "",
+                  f"Exact: known page in the top 10 for {real_results['exact_known_hit_at_10']:.3f} of the queries, "
+                  f"nDCG@5 {real_results['exact_ndcg_at_5']:.3f}; the engines' nDCG@5: "
+                  + ", ".join(f"{r['engine']} {r['ndcg_at_5']:.3f}" for r in real_results["rows"] if "ndcg_at_5" in r)
+                  + ".", ""]
+        lines += _table(real_results["rows"], base)
+    lines += ["", "### Build and sync", ""]
+    for r in (results.get("synthetic", {}).get("rows", []) + results.get("real", {}).get("rows", [])):
+        seconds = r.get("info", {}).get("build_seconds")
+        if r["engine"].startswith("two-stage") and seconds:
+            lines.append(f"- {r['engine']}, {r['pages']:,} pages: full build (write_index) {seconds:.0f} s, "
+                         f"{seconds / r['pages'] * 1000:.1f} s per 1,000 pages")
+    sync = results.get("sync", {})
+    if "error" in sync:
+        lines.append(f"- incremental sync: not run ({sync['error']})")
+    elif sync:
+        lines.append(f"- artifacts -> index (`sync_index`, {sync['pages']:,} pages in artifacts): first sync "
+                     f"{sync['first_sync_seconds_per_1000_pages']:.1f} s per 1,000 pages; {sync['changed_pages']:,} "
+                     f"re-embedded pages {sync['sync_seconds_per_1000_changed_pages']:.1f} s per 1,000 changed pages "
+                     f"({sync['changed_rows']} rows updated); a sync with nothing changed "
+                     f"{sync['no_change_sync_seconds']:.2f} s")
+    return lines
