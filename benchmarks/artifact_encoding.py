@@ -16,10 +16,12 @@ difference is Parquet's repetition/definition levels, inherent to the nested typ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infinity_assets import artifacts
+from infinity_assets.client import allocator
+from infinity_assets.testing.fake_infinity import MODEL, SHAPES, FakeServerProcess
 
-from .workloads import figure, spread
+from .workloads import figure, make_images, run_client, spread
 
 PAGE_VECTORS, HIDDEN_DIM = 1031, 128
 #: Distinct pages generated per kind and cycled: 64 x 0.5 MB, far more than one Parquet data page can see, so
@@ -70,12 +74,19 @@ OPTIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "page index written": ({"write_page_index": True}, {}),
     "row groups of 16 MiB (embed_partition's; writer default 64 MiB)": ({}, {"row_group_bytes": 16 << 20}),
     "row groups of 8 pages": ({}, {"row_group_size": 8}),
+    "float16 vectors (vector_encoding float16: no split)": ({}, {"vector_encoding": "float16"}),
+    "float16 vectors, byte stream split (DuckDB cannot read it)": (
+        {"use_byte_stream_split": [artifacts.VECTOR_VALUES]}, {"vector_encoding": "float16"}),
 }
 BASELINE = next(iter(OPTIONS))
 #: What ``make bench --only encoding`` measures besides the baseline (about 1.5 minutes): why byte stream split
 #: and zstd stay, and what the pipeline's smaller row groups cost. ``python -m benchmarks.artifact_encoding``: all.
 SECTION_OPTIONS = ("zstd, no byte stream split", "uncompressed, byte stream split",
-                   "row groups of 16 MiB (embed_partition's; writer default 64 MiB)")
+                   "row groups of 16 MiB (embed_partition's; writer default 64 MiB)",
+                   "float16 vectors (vector_encoding float16: no split)",
+                   "float16 vectors, byte stream split (DuckDB cannot read it)")
+#: The vector encodings compared end to end (float32 first: the baseline).
+ENCODINGS = ("float32", "float16")
 WARM_UP_PAGES = 16
 
 
@@ -126,9 +137,9 @@ def options_run(count: int, repetitions: int, workdir: Path,
                 write_cpu, _ = _cpu(lambda: write_artifact(path, pools[kind], pages, parquet_options,
                                                            writer_arguments))
                 read_cpu, artifact = _cpu(lambda: artifacts.read_artifact(fs, path))
-                last = pages - 1
-                if not (np.array_equal(artifact.vectors_of(0), pools[kind][0])
-                        and np.array_equal(artifact.vectors_of(last), pools[kind][last % POOL])):
+                last, dtype = pages - 1, artifacts.vector_dtype(writer_arguments.get("vector_encoding", "float32"))
+                if not (np.array_equal(artifact.vectors_of(0), pools[kind][0].astype(dtype))
+                        and np.array_equal(artifact.vectors_of(last), pools[kind][last % POOL].astype(dtype))):
                     raise AssertionError(f"{name}: the vectors read back differ from those written")
                 if repetition:
                     sample = samples[kind][name]
@@ -183,16 +194,74 @@ def breakdown_run(count: int, repetitions: int, workdir: Path) -> dict[str, Any]
     return result
 
 
+@contextlib.contextmanager
+def _vector_encoding(encoding: str) -> Iterator[None]:
+    """``INFINITY_ASSETS_VECTOR_ENCODING=encoding`` for the block: the setting a deployment uses."""
+    before = os.environ.get(artifacts.VECTOR_ENCODING_ENV)
+    os.environ[artifacts.VECTOR_ENCODING_ENV] = encoding
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[artifacts.VECTOR_ENCODING_ENV]
+        else:
+            os.environ[artifacts.VECTOR_ENCODING_ENV] = before
+
+
+def end_to_end(pages: int = 400, repetitions: int = 3) -> dict[str, Any]:
+    """CPU ms and artifact bytes per page of a partition end to end (read the PNGs, embed through the
+    bandwidth-bound fake, write the artifact) for each of :data:`ENCODINGS`, against the load generator
+    (receive only) on the same pages.
+
+    The setup of ``cpu_cost.py``: the fake server pinned to core 0, this process to core 1, the allocator tuned
+    as in the embedding assets' run process, repetitions interleaved; CPU is this process's (every thread).
+    """
+    from .cpu_cost import CLIENT_CPU, SERVER_CPU, pinned
+    from .partition import materialize, write_partition
+
+    if len(os.sched_getaffinity(0)) < 2:
+        raise RuntimeError("the end-to-end encoding benchmark needs two cores (server and client pinned apart)")
+    allocator.tune()
+    cpu: dict[str, list[float]] = {name: [] for name in ("limit", *ENCODINGS)}
+    sizes: dict[str, float] = {}
+    unpin = pinned(CLIENT_CPU)
+    try:
+        with FakeServerProcess.shape("bandwidth", cpu=SERVER_CPU) as server, \
+                tempfile.TemporaryDirectory(prefix="bench-encoding-e2e-") as root:
+            store, images = write_partition(root, pages), make_images(pages)
+            for encoding in ENCODINGS:  # warm-up: imports, page cache, connections
+                with _vector_encoding(encoding):
+                    materialize(store, server.url)
+            for _ in range(repetitions):
+                run_client("limit", server.url, MODEL, "image", images, rows=SHAPES["bandwidth"]["rows"],
+                           cpu_seconds=cpu["limit"])
+                for encoding in ENCODINGS:
+                    with _vector_encoding(encoding):
+                        started = time.process_time()
+                        report = materialize(store, server.url)
+                        cpu[encoding].append(time.process_time() - started)
+                    if report.vector_encoding != encoding:
+                        raise AssertionError(f"asked for {encoding}, the partition wrote {report.vector_encoding}")
+                    sizes[encoding] = report.artifact_bytes / report.total
+    finally:
+        unpin()
+    result = {"pages": pages, "repetitions": repetitions, "bytes_per_page": sizes,
+              "cpu_ms_per_page": {name: spread(values, 1000 / pages) for name, values in cpu.items()}}
+    print("  end to end: " + ", ".join(f"{name} {v['median']:.2f} ms" for name, v in
+                                       result["cpu_ms_per_page"].items()), flush=True)
+    return result
+
+
 def run(pages: int = 400, repetitions: int = 3, only: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The options (all, or the baseline and those named in ``only``) on ``pages`` pages of each kind, and the
-    breakdown of the baseline."""
+    """The options (all, or the baseline and those named in ``only``) on ``pages`` pages of each kind, the
+    breakdown of the baseline, and each vector encoding end to end (:func:`end_to_end`)."""
     chosen = {name: value for name, value in OPTIONS.items() if name == BASELINE or only is None or name in only}
     scratch = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="bench-encoding-", dir=scratch) as workdir:
         options = options_run(pages, repetitions, Path(workdir), chosen)
         breakdown = breakdown_run(pages, repetitions, Path(workdir))
     return {"pages": pages, "repetitions": repetitions, "baseline": BASELINE, "options": options,
-            "breakdown": breakdown}
+            "breakdown": breakdown, "end_to_end": end_to_end(pages, repetitions)}
 
 
 def markdown(results: dict[str, Any]) -> list[str]:
@@ -218,6 +287,22 @@ def markdown(results: dict[str, Any]) -> list[str]:
         share = (b["nested"]["median"] - b["flat"]["median"]) / b["nested"]["median"]
         lines.append(f"| {kind} | {figure(b['rows_table'])} | {figure(b['nested'])} | {figure(b['flat'])} | "
                      f"{figure(b['nested_plain'])} | {figure(b['flat_plain'])} | {share:.0%} |")
+    return lines + (end_to_end_markdown(results["end_to_end"]) if "end_to_end" in results else [])
+
+
+def end_to_end_markdown(r: dict[str, Any]) -> list[str]:
+    """The end-to-end table: CPU ms per page of each encoding against the load generator's, bytes per page."""
+    limit, base = r["cpu_ms_per_page"]["limit"]["median"], r["bytes_per_page"][ENCODINGS[0]]
+    lines = ["", f"### Partition end to end per vector encoding ({r['pages']} ColPali-sized pages, bandwidth-bound "
+                 f"fake on core 0, this process on core 1, {r['repetitions']} interleaved repetitions; CPU ms per "
+                 "page of this process, median (min-max))", "",
+             "| measure | CPU ms/page | x load generator | artifact bytes/page | x float32 |",
+             "|---|---:|---:|---:|---:|",
+             f"| load generator (receive only) | {figure(r['cpu_ms_per_page']['limit'])} | 1.00 | | |"]
+    for encoding in ENCODINGS:
+        cpu, size = r["cpu_ms_per_page"][encoding], r["bytes_per_page"][encoding]
+        lines.append(f"| partition, vector_encoding {encoding} | {figure(cpu)} | {cpu['median'] / limit:.2f} | "
+                     f"{size:,.0f} | {size / base:.3f} |")
     return lines
 
 
@@ -225,7 +310,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=400)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--end-to-end-only", action="store_true", help="only the partition end to end per encoding")
     arguments = parser.parse_args()
+    if arguments.end_to_end_only:
+        outcome = {"end_to_end": end_to_end(arguments.pages, arguments.repetitions)}
+        print(json.dumps(outcome, indent=1))
+        print("\n".join(end_to_end_markdown(outcome["end_to_end"])))
+        raise SystemExit(0)
     outcome = run(arguments.pages, arguments.repetitions)
     print(json.dumps(outcome, indent=1))
     print("\n".join(markdown(outcome)))
