@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,20 @@ def test_quality_check_passes_on_a_good_labelled_set(tmp_path, infinity_server):
     assert index_meta["dagster/row_count"].value == len(DOCUMENTS) and index_meta["inserted"].value == len(DOCUMENTS)
     lineage = index_meta["dagster/column_lineage"].value.deps_by_column
     assert lineage["embedding"][0].asset_key == dg.AssetKey("text_embeddings")
+    assert lineage["bits"][0].column_name == "embedding"
+
+
+def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against_exact(tmp_path, infinity_server):
+    result = embed_and_index(StoreRoot(str(tmp_path / "store")), infinity_server, "minilm-colbert", 384)
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("text_index")[0].metadata.items()}
+    by_column = metadata["bytes_per_page_by_column"]
+    assert by_column["fde"] == 1280 and 0 < by_column["bits"] < by_column["embedding"], by_column  # 20 x 32 x 16 bits
+    assert metadata["bytes_per_page"] >= metadata["bytes_per_page_stages_1_2"] > 0
+    assert metadata["encoding"]["fde_repetitions"] == 20 and metadata["encoding"]["originals"] == "float16"
+    assert metadata["search_settings"] == {"fde_candidates": 500, "hamming_candidates": 50}
+    assert metadata["drift_queries"] == len(DOCUMENTS) and metadata["drift_exact_queries"] == len(DOCUMENTS)
+    assert metadata["drift_recall_at_10"] == 1.0  # 30 documents: every stage keeps them all
+    assert metadata["drift_known_item_at_10"] >= 0.9
 
 
 def test_quality_check_fails_when_the_index_was_built_with_the_wrong_model(tmp_path, infinity_server):
@@ -84,6 +99,12 @@ def test_cli_search_answers_from_the_index_on_seaweedfs(seaweedfs, s3_bucket, in
     found = cli(["search", "faint comet passing close to jupiter", "--k", "3"], env)
     assert found.returncode == 0, found.stderr
     assert "doc-07.txt" in found.stdout.splitlines()[0] and "astronomers detected a faint comet" in found.stdout
+    verbose = cli(["search", "faint comet passing close to jupiter", "--k", "3", "--verbose"], env)
+    assert verbose.returncode == 0 and verbose.stdout == found.stdout, verbose.stderr
+    assert re.search(r"search stages: fde [\d.]+ ms  hamming [\d.]+ ms  rerank [\d.]+ ms  total [\d.]+ ms  "
+                     r"embed [\d.]+ ms; candidates kept: fde 30, hamming 30", verbose.stderr), verbose.stderr
+    exact = cli(["search", "faint comet passing close to jupiter", "--k", "3", "--exact", "--verbose"], env)
+    assert exact.stdout.splitlines()[0] == found.stdout.splitlines()[0] and "exact " in exact.stderr
     lines = [json.loads(line) for line in cli(["search", "comet near jupiter", "--json"], env).stdout.splitlines()]
     assert len(lines) == 5 and lines[0]["doc_id"] == "doc-07.txt"
     assert {"doc_id", "score", "source_uri", "page"} <= set(lines[0])
