@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -324,11 +325,17 @@ def test_infinity_assets_serve_answers_with_the_settings_of_the_environment(corp
         picture = httpx.get(url + answer.json()["hits"][0]["image_url"], headers=headers, timeout=60)
         assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
         assert httpx.get(f"{url}/search", params={"q": "x"}, timeout=10).status_code == 401
+        # A secret pasted into a query is served (it is the user's query) but not written to the access log.
+        pasted = httpx.get(f"{url}/search", params={"q": seaweedfs.secret_key, "k": 1}, headers=headers, timeout=60)
+        assert pasted.status_code == 200
     finally:
         os.killpg(process.pid, signal.SIGINT)
         process.wait(30)
     output = log.read_text()
-    assert f"http://127.0.0.1:{port}/" in output and "GET /search" in output  # its address, an access log
+    assert f"http://127.0.0.1:{port}/" in output  # its address
+    assert re.search(r'"GET /search\?q=report\+page\+1&modality=images&k=2 HTTP/1.1" 200', output), output
+    assert "Logging error" not in output and "Traceback" not in output
+    assert re.search(r'"GET /search\?q=\*\*\*&k=1 HTTP/1.1" 200', output), output
     for secret in (seaweedfs.secret_key, key):
         assert secret not in output
 

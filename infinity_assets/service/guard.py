@@ -163,7 +163,8 @@ def _error_answer(exc: Exception) -> tuple[int, dict[str, Any]]:
 
 
 class RedactingFilter(logging.Filter):
-    """A logging filter that removes secrets (and exception texts' secrets) from every record it passes."""
+    """A logging filter that removes secrets from every record it passes: the message, each string argument
+    (the arguments keep their shape: uvicorn's access formatter unpacks them) and the exception text."""
 
     def __init__(self, hidden: Callable[[], list[str]]) -> None:
         super().__init__()
@@ -171,7 +172,15 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = self.hidden()
-        record.msg, record.args = redact(record.getMessage(), secrets), None
+
+        def clean(value: Any) -> Any:
+            return redact(value, secrets) if isinstance(value, str) else value
+
+        record.msg = clean(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(clean(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: clean(value) for key, value in record.args.items()}
         if record.exc_info:
             record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)), secrets)
             record.exc_info = None
