@@ -54,14 +54,29 @@ def hamming_maxsim(query_codes: np.ndarray, codes: np.ndarray, offsets: np.ndarr
     ``query_codes`` ``(q, nbytes)``; ``codes`` all documents' token codes stacked, document ``i`` owning rows
     ``offsets[i]:offsets[i + 1]`` (at least one each); ``bits`` the vectors' dimension. Each query token scores
     ``1 - 2 * min hamming / bits`` (the cosine of the angle the hamming distance estimates, in [-1, 1]).
+    All query tokens are compared at once, a bounded number of document tokens at a time.
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     if len(offsets) < 2:
         return np.zeros(0, np.float32)
     words = as_words(codes[offsets[0]:offsets[-1]])
+    query_words = as_words(query_codes)
     starts = offsets[:-1] - offsets[0]
-    total = np.zeros(len(starts), np.float32)
-    for query_words in as_words(query_codes):
-        distance = popcount(words ^ query_words).sum(axis=1, dtype=np.uint16)
-        total += 1.0 - 2.0 * np.minimum.reduceat(distance, starts).astype(np.float32) / bits
-    return total
+    minimum = np.empty((len(starts), len(query_words)), np.uint16)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, len(query_words) * words.shape[1]))
+    first = 0
+    while first < len(starts):
+        last = int(np.searchsorted(starts, starts[first] + chunk, side="right"))
+        last = max(last, first + 1)
+        begin, end = starts[first], (starts[last] if last < len(starts) else len(words))
+        block = words[begin:end]
+        distance = popcount(block[:, None, 0] ^ query_words[None, :, 0]).astype(np.uint16)   # (t, q)
+        for word in range(1, words.shape[1]):
+            distance += popcount(block[:, None, word] ^ query_words[None, :, word])
+        minimum[first:last] = np.minimum.reduceat(distance, starts[first:last] - begin, axis=0)
+        first = last
+    return (len(query_words) - 2.0 * minimum.sum(axis=1, dtype=np.float32) / bits).astype(np.float32)
+
+
+#: Document tokens x query tokens x words compared per block (bounds the temporaries to ~16 MB).
+_CHUNK_ELEMENTS = 1 << 21

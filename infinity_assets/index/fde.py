@@ -57,8 +57,11 @@ class FdeParams:
         """``(n, repetitions)`` bucket ids: the SimHash signature of each vector in each repetition."""
         hyperplanes, _ = self._matrices
         bits = (vectors @ hyperplanes > 0).reshape(len(vectors), self.repetitions, self.simhash_bits)
-        weights = (1 << np.arange(self.simhash_bits)).astype(np.int64)
-        return bits.astype(np.int64) @ weights
+        packed = np.packbits(bits, axis=-1, bitorder="little")          # (n, R, ceil(bits / 8)) uint8
+        ids = packed[..., 0].astype(np.int64)
+        for byte in range(1, packed.shape[-1]):
+            ids |= packed[..., byte].astype(np.int64) << (8 * byte)
+        return ids
 
     def projected(self, vectors: np.ndarray) -> np.ndarray:
         """``(n, repetitions, projection_dim)``: each vector projected once per repetition."""

@@ -26,10 +26,10 @@ def unit_vectors(embedding: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.
     offsets = embedding.offsets.to_numpy().astype(np.int64)
     hidden_dim = embedding.type.value_type.list_size
     values = embedding.flatten().flatten().to_numpy(zero_copy_only=False)
-    vectors = values.reshape(-1, hidden_dim).astype(np.float32, copy=False)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = vectors / np.where(norms > 0, norms, 1.0)
-    return vectors.astype(np.float32, copy=False), offsets - offsets[0]
+    vectors = values.reshape(-1, hidden_dim).astype(np.float32)  # a copy: the result is scaled in place
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    vectors /= np.where(norms > 0, norms, 1.0)[:, None]
+    return vectors, offsets - offsets[0]
 
 
 def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> dict[str, pa.Array]:
