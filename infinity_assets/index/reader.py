@@ -161,20 +161,22 @@ def _io_bytes(dataset: Any) -> int | None:
 
 
 def search_text(store: DocumentStore, client: Any, text: str, modality: str = "text", k: int = 5, *,
-                exact: bool = False, snippets: bool = True, settings: SearchSettings | None = None) -> list[Hit]:
+                exact: bool = False, snippets: bool = True, settings: SearchSettings | None = None,
+                reader: IndexReader | None = None) -> list[Hit]:
     """Embed ``text`` with ``client`` (``InfinityEmbeddings.embed_query``) and search the ``modality`` index.
 
     Checks the client's model and hidden_dim against the index's first (nothing is embedded on a mismatch).
+    ``reader``: an open reader of that index to reuse (a service keeps one and refreshes it); None opens one.
     """
     return search_text_timed(store, client, text, modality, k, exact=exact, snippets=snippets,
-                             settings=settings).hits
+                             settings=settings, reader=reader).hits
 
 
 def search_text_timed(store: DocumentStore, client: Any, text: str, modality: str = "text", k: int = 5, *,
-                      exact: bool = False, snippets: bool = True,
-                      settings: SearchSettings | None = None) -> SearchResult:
+                      exact: bool = False, snippets: bool = True, settings: SearchSettings | None = None,
+                      reader: IndexReader | None = None) -> SearchResult:
     """:func:`search_text` with the stages' timings; ``timings["embed"]`` is the query's embedding."""
-    reader = IndexReader(store, modality)
+    reader = reader or IndexReader(store, modality)
     reader.check_settings(client.model_name, client.hidden_dim)
     started = time.perf_counter()
     query = client.embed_query(text)

@@ -16,6 +16,7 @@ does not move them.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,14 +76,16 @@ class StagedSearch:
         self.fde = encoding.fde(hidden_dim)
         self.rows = dataset.count_rows()
         self._codes: np.ndarray | None = None
+        self._loading = threading.Lock()
 
     @property
     def codes(self) -> np.ndarray:
-        """Every document's FDE code, ``(rows, fde_bits / 8)`` uint8, read on first use."""
-        if self._codes is None:
-            column = self.dataset.to_table(columns=["fde"]).column("fde").combine_chunks()
-            width = column.type.list_size
-            self._codes = column.flatten().to_numpy().reshape(-1, width)
+        """Every document's FDE code, ``(rows, fde_bits / 8)`` uint8, read on first use (once, whatever the
+        number of threads searching)."""
+        with self._loading:
+            if self._codes is None:
+                column = self.dataset.to_table(columns=["fde"]).column("fde").combine_chunks()
+                self._codes = column.flatten().to_numpy().reshape(-1, column.type.list_size)
         return self._codes
 
     def search(self, query: np.ndarray, k: int, settings: SearchSettings) -> Ranking:
