@@ -94,6 +94,12 @@ def test_a_text_hits_source_link_serves_the_file_as_stored(served):
     assert source.headers["content-security-policy"] == "sandbox"
 
 
+def test_a_source_over_the_size_limit_is_413_naming_it(served):
+    app = served(max_source_bytes=10)
+    answer = app.get("/sources/text/cats.txt")
+    assert answer.status_code == 413 and "up to 10 bytes (max_source_bytes)" in answer.json()["error"]
+
+
 def test_the_openapi_description_lists_every_route_with_the_services_limits(served):
     schema = served(max_k=7).get("/openapi.json").json()
     assert schema["openapi"].startswith("3.")

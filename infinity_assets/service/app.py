@@ -146,7 +146,8 @@ def create_app(store: DocumentStore | None = None, clients: dict[str, InfinityEm
                    "Content-Disposition": f"inline; filename*=UTF-8''{quote(pages.source_key(document))}"}
         if _matches(request.headers.get("if-none-match"), tag):
             return Response(status_code=304, headers=headers)
-        data = await run_in_threadpool(pages.read_source, service.store, document)
+        data = await run_in_threadpool(pages.read_source, service.store, document,
+                                       service.limits.max_source_bytes)
         return Response(data, media_type=pages.media_type(document), headers=headers)
 
     @guarded

@@ -22,7 +22,8 @@ class ServiceSettings:
     """Limits of one request and the optional API key (``INFINITY_ASSETS_SERVE_API_KEY``).
 
     ``max_query_chars`` bounds ``q``, ``max_k`` the number of hits, ``min_size``/``max_size`` the thumbnail's
-    longest side in pixels, ``cache_bytes`` the rendered pages kept in memory.
+    longest side in pixels, ``max_source_bytes`` the source files ``/sources`` sends (read whole), ``cache_bytes``
+    the rendered pages kept in memory.
     """
 
     api_key: str | None = field(default=None, repr=False)
@@ -31,6 +32,7 @@ class ServiceSettings:
     default_k: int = 10
     min_size: int = 16
     max_size: int = 2048
+    max_source_bytes: int = 256 * 2**20
     cache_bytes: int = 64 * 2**20
 
     @classmethod

@@ -6,8 +6,9 @@
 * :class:`Invalid` and the ``*_param`` readers: a bad or out-of-bounds parameter is a 422 naming it and its
   limit.
 * :func:`answer_errors`: an endpoint's exceptions become JSON answers: 404 (not indexed), 409 (ambiguous or
-  changed), 422, 503 (no index, Infinity or the store unreachable, with the reason) and, for a bug, a 500
-  without the stack trace (which goes to the log). Every message is redacted of secrets first.
+  changed), 413 (a source file over the limit), 422, 503 (no index, Infinity or the store unreachable, with
+  the reason) and, for a bug, a 500 without the stack trace (which goes to the log). Every message is
+  redacted of secrets first.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from infinity_assets.client.errors import InfinityError
 from infinity_assets.index import SearchIndexError
 from infinity_assets.service.config import redact
-from infinity_assets.service.pages import DocumentConflict, DocumentNotFound
+from infinity_assets.service.pages import DocumentConflict, DocumentNotFound, DocumentTooLarge
 from infinity_assets.storage.documents import DocumentStoreError
 
 logger = logging.getLogger("infinity_assets.service")
@@ -153,6 +154,8 @@ def _error_answer(exc: Exception) -> tuple[int, dict[str, Any]]:
         return 404, {"error": str(exc)}
     if isinstance(exc, DocumentConflict):
         return 409, {"error": str(exc)}
+    if isinstance(exc, DocumentTooLarge):
+        return 413, {"error": str(exc)}
     if isinstance(exc, SearchIndexError):
         return 503, {"error": f"the index cannot answer: {exc}"}
     if isinstance(exc, InfinityError):

@@ -19,6 +19,7 @@ def _param(name: str, schema: dict[str, Any], description: str, *, required: boo
 def _errors(*codes: int) -> dict[str, Any]:
     meaning = {304: "Not modified (If-None-Match matched the ETag)", 401: "API key missing or wrong",
                404: "Not in the index", 409: "Ambiguous doc_id or changed since indexed",
+               413: "The source file is over the service's limit (named in the answer)",
                422: "A parameter is invalid or over its limit (named in the answer)",
                503: "The index, the Infinity server or the store cannot answer (the reason is given)"}
     ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -61,7 +62,7 @@ def openapi_schema(settings: ServiceSettings) -> dict[str, Any]:
             "/sources/{modality}/{doc_id}": {"get": {
                 "summary": "The source file of an indexed document, as stored",
                 "parameters": doc_path, "responses": {"200": {"description": "The file"},
-                                                      **_errors(401, 404, 409, 503)}}},
+                                                      **_errors(401, 404, 409, 413, 503)}}},
             "/similarity/{modality}/{doc_id}": {"get": {
                 "summary": "Which patches of a page matched the query (ColPali-style models only)",
                 "parameters": [*doc_path, query, _param("format", {"type": "string", "enum": ["json", "png"],

@@ -44,6 +44,10 @@ class DocumentConflict(Exception):
     """The request cannot be answered as asked (ambiguous id, file changed since indexed): a 409."""
 
 
+class DocumentTooLarge(Exception):
+    """The document's file is over the size the service sends: a 413 naming the limit."""
+
+
 @dataclass(frozen=True)
 class IndexedDocument:
     """One row of an index table, without its vectors."""
@@ -96,10 +100,19 @@ def source_of(store: DocumentStore, document: IndexedDocument) -> SourceObject:
                         fingerprint=document.fingerprint, last_modified=0.0)
 
 
-def read_source(store: DocumentStore, document: IndexedDocument) -> bytes:
+def read_source(store: DocumentStore, document: IndexedDocument, max_bytes: int | None = None) -> bytes:
     """The bytes of the document's file as indexed. Raises :class:`DocumentNotFound` (deleted),
-    :class:`DocumentConflict` (changed since indexed) or ``DocumentStoreError`` (the store fails)."""
+    :class:`DocumentConflict` (changed since indexed), :class:`DocumentTooLarge` (over ``max_bytes``) or
+    ``DocumentStoreError`` (the store fails)."""
     source = source_of(store, document)
+    if max_bytes is not None:
+        try:
+            size = int(store.fs.size(source.path))
+        except FileNotFoundError:
+            raise DocumentNotFound(f"the file of document {document.doc_id!r} is gone from the store") from None
+        if size > max_bytes:
+            raise DocumentTooLarge(f"the file of document {document.doc_id!r} is {size:,} bytes; the service sends "
+                                   f"files up to {max_bytes:,} bytes (max_source_bytes)")
     data = store.fetch([source])[source.path]
     if isinstance(data, BaseException):
         reason = store.read_error(data, source)  # raises DocumentStoreError for store-wide failures
