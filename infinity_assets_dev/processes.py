@@ -34,6 +34,7 @@ class ProcessGroup:
     def __init__(self, name: str, command: Sequence[str | os.PathLike], *, env: Mapping[str, str],
                  cwd: str | os.PathLike, output: IO[bytes] | None = None) -> None:
         self.name = name
+        self._cpu: dict[tuple[int, float], float] = {}
         self.process = subprocess.Popen([str(part) for part in command], env=dict(env), cwd=cwd, stdout=output,
                                         stderr=subprocess.STDOUT if output is not None else None,
                                         start_new_session=True)
@@ -62,6 +63,20 @@ class ProcessGroup:
         except ProcessLookupError:
             pass
         self.process.wait()
+
+    def sample_cpu(self) -> float:
+        """CPU seconds (user + system) spent so far by every process seen in the group at any call: sampled,
+        so what a process spends after the last call before it exits is missed (an undercount)."""
+        import psutil
+
+        for process in psutil.process_iter():
+            try:
+                if os.getpgid(process.pid) == self.pid:
+                    times = process.cpu_times()
+                    self._cpu[(process.pid, process.create_time())] = times.user + times.system
+            except (psutil.Error, ProcessLookupError):
+                continue
+        return sum(self._cpu.values())
 
     def __enter__(self) -> ProcessGroup:
         return self

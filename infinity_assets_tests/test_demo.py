@@ -48,6 +48,7 @@ def processes_using(path: str) -> list[str]:
     return found
 
 
+@pytest.mark.timeout(1500)  # under a minute of daemon work on a quiet machine; servers and make on top
 def test_make_demo_embeds_the_samples_through_the_daemon_and_answers_through_the_cli():
     done = subprocess.run(["make", "--no-print-directory", "demo"], cwd=REPO, env=user_env(), capture_output=True,
                           text=True, timeout=1200)
@@ -113,6 +114,7 @@ class Lines:
         return "\n".join(self.lines)
 
 
+@pytest.mark.timeout(1500)
 def test_make_dev_prints_the_addresses_and_info_lines_and_ctrl_c_stops_every_process(tmp_path):
     port = free_port()
     dev = subprocess.Popen([sys.executable, "tools/dev.py", "--workdir", str(tmp_path), "--port", str(port)],
