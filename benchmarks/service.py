@@ -13,8 +13,8 @@ in alternating rounds (direct, API, direct, ...), so both see the same load from
 
 Both include embedding the query by the real server. Reported: p50/p95 latency, requests/s, the ratio API /
 direct at the same concurrency, the API's time outside the search (its wall time minus the ``seconds`` the
-service reports for ``search_text``: HTTP, JSON, the thread hop), and CPU ms per request (this process for direct calls, the serve process for
-the API: CPU time is the fairer figure when other work loads the machine). Page weight: the bytes of ``/``
+service reports for ``search_text``: HTTP, routing, JSON), and CPU ms per request (this process for direct
+calls, the serve process for the API: CPU time is the fairer figure when other work loads the machine). Page weight: the bytes of ``/``
 (with its script and style), of a 320-pixel thumbnail and of a full page picture, and of a search answer.
 """
 from __future__ import annotations
@@ -115,7 +115,8 @@ def _serve(store: DocumentStore, url: str, log: Path) -> tuple[subprocess.Popen[
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INFINITY_", "AWS_"))}
     env |= {"INFINITY_API_URL": url, "INFINITY_MODEL": TEXT_MODEL, "INFINITY_IMAGE_MODEL": IMAGE_MODEL,
             "INFINITY_HIDDEN_DIM": "128", "INFINITY_ASSETS_ROOT": store.root_uri, "TQDM_DISABLE": "1"}
-    process = subprocess.Popen([str(Path(sys.executable).parent / "infinity-assets"), "serve", "--port", str(port)],
+    command = [str(Path(sys.executable).parent / "infinity-assets"), "serve", "--port", str(port)]
+    process = subprocess.Popen(command,
                                env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -65,7 +65,8 @@ def _pixels(png: bytes) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ search
-@pytest.mark.parametrize(("modality", "query"), [("text", "rocket fuel to reach orbit"), ("images", "report page 2")])
+@pytest.mark.parametrize(("modality", "query"),
+                         [("text", "rocket fuel to reach orbit"), ("images", "report page 2")])
 def test_the_apis_hits_equal_the_python_search_apis(modality, query, corpus, served):
     app = served()
     answer = app.get("/search", params={"q": query, "modality": modality, "k": 3})
@@ -188,7 +189,8 @@ def test_an_unknown_partition_or_modality_is_404(served):
 # ------------------------------------------------------------------------------------------------ limits
 @pytest.mark.parametrize(("params", "named", "limit"), [
     ({"q": "x" * 1001}, "'q'", 1000), ({"q": "x", "k": 101}, "'k'", 100), ({"q": "x", "k": 0}, "'k'", 100),
-    ({"q": "x", "k": "ten"}, "'k'", None), ({"q": ""}, "'q'", None), ({"q": "x", "modality": "audio"}, "modality", None),
+    ({"q": "x", "k": "ten"}, "'k'", None), ({"q": ""}, "'q'", None),
+    ({"q": "x", "modality": "audio"}, "modality", None),
 ])
 def test_bad_search_parameters_are_422_naming_the_limit(params, named, limit, served):
     answer = served().get("/search", params=params)
@@ -332,7 +334,8 @@ def test_infinity_assets_serve_answers_with_the_settings_of_the_environment(corp
         assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
         assert httpx.get(f"{url}/search", params={"q": "x"}, timeout=10).status_code == 401
         # A secret pasted into a query is served (it is the user's query) but not written to the access log.
-        pasted = httpx.get(f"{url}/search", params={"q": seaweedfs.secret_key, "k": 1}, headers=headers, timeout=60)
+        pasted = httpx.get(f"{url}/search", params={"q": seaweedfs.secret_key, "k": 1}, headers=headers,
+                           timeout=60)
         assert pasted.status_code == 200
     finally:
         os.killpg(process.pid, signal.SIGINT)

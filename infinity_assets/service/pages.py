@@ -111,8 +111,8 @@ def read_source(store: DocumentStore, document: IndexedDocument, max_bytes: int 
         except FileNotFoundError:
             raise DocumentNotFound(f"the file of document {document.doc_id!r} is gone from the store") from None
         if size > max_bytes:
-            raise DocumentTooLarge(f"the file of document {document.doc_id!r} is {size:,} bytes; the service sends "
-                                   f"files up to {max_bytes:,} bytes (max_source_bytes)")
+            raise DocumentTooLarge(f"the file of document {document.doc_id!r} is {size:,} bytes; the service "
+                                   f"sends files up to {max_bytes:,} bytes (max_source_bytes)")
     data = store.fetch([source])[source.path]
     if isinstance(data, BaseException):
         reason = store.read_error(data, source)  # raises DocumentStoreError for store-wide failures
