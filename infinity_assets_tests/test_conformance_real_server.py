@@ -107,8 +107,11 @@ def test_both_transports_return_the_same_vectors(infinity_server, model):
             results[kind] = (client.embed_images_batch(pages), asyncio.run(run_async()))
     baseline = results["httpcore"][0]
     for sync, async_ in results.values():
+        assert len(sync) == len(async_) == len(pages)
         for ours, theirs in zip([*sync, *async_], baseline * 2):
-            np.testing.assert_array_equal(ours, theirs)
+            # The server batches concurrent requests together, which moves the last bit of a float.
+            assert ours.shape == theirs.shape
+            np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
 def test_base64_answers_take_the_fast_path_and_equal_the_json_path(infinity_server, monkeypatch):
