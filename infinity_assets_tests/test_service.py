@@ -85,6 +85,32 @@ def test_the_apis_hits_equal_the_python_search_apis(modality, query, corpus, ser
         assert body["similarity_map"] is True
 
 
+def test_the_service_keeps_its_index_open_and_follows_each_sync(infinity_server, tmp_path, corpus, served):
+    from infinity_assets.index import sync_index
+    from infinity_assets.pipeline import embed_partition
+
+    folder = tmp_path / "raw" / "text" / "b"
+    folder.mkdir(parents=True)
+    (folder / "one.txt").write_text("violins and cellos in the orchestra")
+    store = DocumentStore(str(tmp_path))
+    clients = corpus.clients()
+    embed_partition(store, clients["text"], "text", "b")
+    sync_index(store, "text")
+    app = served(clients=clients, store=store)
+    first = app.get("/search", params={"q": "a volcano erupts", "modality": "text"}).json()["hits"]
+    assert [hit["doc_id"] for hit in first] == ["one.txt"]
+    reader = app.server.config.app.state.service.readers.get("text")
+    (folder / "two.txt").write_text("the volcano erupts with lava and ash")
+    embed_partition(store, clients["text"], "text", "b")
+    sync_index(store, "text")
+    second = app.get("/search", params={"q": "a volcano erupts", "modality": "text"}).json()["hits"]
+    assert [hit["doc_id"] for hit in second] == ["two.txt", "one.txt"]  # the new commit, without a restart
+    assert app.server.config.app.state.service.readers.get("text") is not reader
+    with clients["text"] as client:
+        expected = [hit.to_json() for hit in search_text(store, client, "a volcano erupts", "text", 10)]
+    assert [{k: v for k, v in hit.items() if k not in URL_FIELDS} for hit in second] == expected
+
+
 def test_a_text_hits_source_link_serves_the_file_as_stored(served):
     app = served()
     hit = app.get("/search", params={"q": "a cat on a mat", "modality": "text"}).json()["hits"][0]

@@ -4,8 +4,10 @@ Routes (the OpenAPI description at ``/openapi.json`` has the parameters and limi
 ``GET /search``, ``GET /pages/<modality>/<doc_id>``, ``GET /sources/<modality>/<doc_id>``,
 ``GET /similarity/<modality>/<doc_id>``, ``GET /health``, ``GET /`` (the viewer, plain HTML and JS from
 ``static/``). Search is :func:`infinity_assets.index.search_text`, the CLI's; the store and the clients are
-built from the CLI's environment (:mod:`infinity_assets.settings`). Blocking work (embedding the query,
-LanceDB, rendering) runs in Starlette's thread pool, so a slow request does not hold the others.
+built from the CLI's environment (:mod:`infinity_assets.settings`); one index reader per modality stays open
+across requests and follows the index's commits (:class:`~infinity_assets.service.pages.OpenReaders`).
+Blocking work (embedding the query, LanceDB, rendering) runs in Starlette's thread pool, so a slow request does
+not hold the others.
 """
 from __future__ import annotations
 
@@ -54,6 +56,16 @@ class Service:
                  client_keys: tuple[str | None, ...] = ()) -> None:
         self.store, self.clients, self.limits, self.client_keys = store, clients, limits, client_keys
         self.cache = pages.PictureCache(limits.cache_bytes)
+        self.readers = pages.OpenReaders(store)
+
+    def lookup(self, modality: str, doc_id: str, partition: str | None) -> pages.IndexedDocument:
+        """The indexed row of a document, in the open reader's table (blocking: call in a worker thread)."""
+        return pages.lookup(self.store, modality, doc_id, partition, self.readers.get(modality))
+
+    def search(self, query: str, modality: str, k: int, exact: bool) -> list[Any]:
+        """:func:`search_text` on the open reader of ``modality`` (blocking: call in a worker thread)."""
+        reader = self.readers.get(modality)
+        return search_text(self.store, self.clients[modality], query, modality, k, exact=exact, reader=reader)
 
     def hidden(self) -> list[str]:
         """The secrets to keep out of answers and logs (environment, clients' keys, store secret)."""
@@ -105,7 +117,7 @@ def create_app(store: DocumentStore | None = None, clients: dict[str, InfinityEm
         exact = bool_param(request, "exact")
         client = service.clients[modality]
         started = time.perf_counter()
-        hits = await run_in_threadpool(search_text, service.store, client, query, modality, k, exact=exact)
+        hits = await run_in_threadpool(service.search, query, modality, k, exact)
         maps = modality == "images" and similarity.has_patch_grid(client.model_name)
         answers = []
         for hit in hits:
@@ -125,7 +137,7 @@ def create_app(store: DocumentStore | None = None, clients: dict[str, InfinityEm
     async def page_picture(request: Request) -> Response:
         modality, doc_id, partition = _doc_params(request)
         size = int_param(request, "size", None, service.limits.min_size, service.limits.max_size)
-        document = await run_in_threadpool(pages.lookup, service.store, modality, doc_id, partition)
+        document = await run_in_threadpool(service.lookup, modality, doc_id, partition)
         tag = pages.etag(service.store, document, size)
         headers = {"ETag": tag, "Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff"}
         if _matches(request.headers.get("if-none-match"), tag):
@@ -139,7 +151,7 @@ def create_app(store: DocumentStore | None = None, clients: dict[str, InfinityEm
     @guarded
     async def source_file(request: Request) -> Response:
         modality, doc_id, partition = _doc_params(request)
-        document = await run_in_threadpool(pages.lookup, service.store, modality, doc_id, partition)
+        document = await run_in_threadpool(service.lookup, modality, doc_id, partition)
         tag = pages.etag(service.store, document, -1)
         headers = {"ETag": tag, "Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff",
                    "Content-Security-Policy": "sandbox",
@@ -159,7 +171,7 @@ def create_app(store: DocumentStore | None = None, clients: dict[str, InfinityEm
             raise Invalid(f"parameter 'format' must be 'json' or 'png', got {kind[:40]!r}")
         size = int_param(request, "size", DEFAULT_OVERLAY_SIZE, service.limits.min_size, service.limits.max_size)
         client = service.clients[modality]
-        document = await run_in_threadpool(pages.lookup, service.store, modality, doc_id, partition)
+        document = await run_in_threadpool(service.lookup, modality, doc_id, partition)
         grid_shape = similarity.patch_grid(document.model, document.n_vectors)
         if grid_shape is None:
             raise pages.DocumentNotFound(f"no similarity map for {doc_id!r}: "

@@ -62,11 +62,12 @@ class IndexedDocument:
     model: str
 
 
-def lookup(store: DocumentStore, modality: str, doc_id: str, partition: str | None = None) -> IndexedDocument:
-    """The indexed row of ``doc_id`` (in ``partition`` if given). Raises :class:`DocumentNotFound`,
-    :class:`DocumentConflict` (the id is in several batches and no partition was given), or the index's
-    ``SearchIndexError`` (no index)."""
-    reader = IndexReader(store, modality)
+def lookup(store: DocumentStore, modality: str, doc_id: str, partition: str | None = None,
+           reader: IndexReader | None = None) -> IndexedDocument:
+    """The indexed row of ``doc_id`` (in ``partition`` if given), in ``reader``'s table (None: one opened now).
+    Raises :class:`DocumentNotFound`, :class:`DocumentConflict` (the id is in several batches and no partition
+    was given), or the index's ``SearchIndexError`` (no index)."""
+    reader = reader or IndexReader(store, modality)
     if not doc_id or len(doc_id) > 4096 or any(ord(c) < 32 for c in doc_id):
         raise DocumentNotFound(f"no document {doc_id[:200]!r} in the {modality} index")
     where = f"doc_id = {_sql(doc_id)}" + (f" AND partition = {_sql(partition)}" if partition is not None else "")
@@ -180,6 +181,32 @@ def thumbnail(image_bytes: bytes, size: int) -> bytes:
         rgb = image.convert("RGB")
     rgb.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return pdf_render.png_bytes(np.asarray(rgb))
+
+
+class OpenReaders:
+    """One :class:`IndexReader` per modality, kept open across requests (its FDE codes are read once).
+
+    :meth:`get` checks the table's latest version first; when a sync has committed a new one, it opens a new
+    reader and hands that out, so searches still running on the old reader finish on the version they started
+    on (a reader is never moved under a search).
+    """
+
+    def __init__(self, store: DocumentStore) -> None:
+        self.store = store
+        self._readers: dict[str, IndexReader] = {}
+        self._lock = threading.Lock()
+
+    def get(self, modality: str) -> IndexReader:
+        """The reader of the latest committed version of the ``modality`` index (``SearchIndexError`` if none)."""
+        with self._lock:
+            reader = self._readers.get(modality)
+            if reader is not None:
+                reader.table.checkout_latest()
+                if reader.table.version == reader.version:
+                    return reader
+            self._readers.pop(modality, None)
+            self._readers[modality] = reader = IndexReader(self.store, modality)
+            return reader
 
 
 class PictureCache:
