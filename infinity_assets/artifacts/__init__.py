@@ -22,11 +22,13 @@ from infinity_assets.artifacts.schema import (
     VECTOR_VALUES,
     ArtifactError,
     Failure,
+    all_finite,
     artifact_metadata,
     artifact_schema,
     data_version,
     failures_path,
     fingerprint_digest,
+    nonfinite_rows,
     parquet_options,
     recorded_vector_encoding,
     schema_vector_encoding,
@@ -44,10 +46,11 @@ from infinity_assets.artifacts.writer import (
 )
 
 __all__ = [
-    "DEFAULT_VECTOR_ENCODING", "META_PREFIX", "PAGE_COLUMNS", "PARQUET_OPTIONS", "S3_PART_BYTES", "SCALAR_COLUMNS",
-    "STAGING_DIR", "VECTOR_ENCODINGS", "VECTOR_ENCODING_ENV", "VECTOR_VALUES", "WRITE_AMPLIFICATION", "Artifact",
-    "ArtifactError", "ArtifactWriter", "Failure", "Row", "Verdict", "artifact_metadata", "artifact_schema",
-    "check_completeness", "check_schema", "check_vectors", "data_version", "failures_path", "fingerprint_digest",
-    "iter_rows", "parquet_options", "read_artifact", "read_failures", "read_index", "recorded_vector_encoding",
+    "DEFAULT_VECTOR_ENCODING", "META_PREFIX", "PAGE_COLUMNS", "PARQUET_OPTIONS", "S3_PART_BYTES",
+    "SCALAR_COLUMNS", "STAGING_DIR", "VECTOR_ENCODINGS", "VECTOR_ENCODING_ENV", "VECTOR_VALUES",
+    "WRITE_AMPLIFICATION", "Artifact", "ArtifactError", "ArtifactWriter", "Failure", "Row", "Verdict",
+    "all_finite", "artifact_metadata", "artifact_schema", "check_completeness", "check_schema",
+    "check_vectors", "data_version", "failures_path", "fingerprint_digest", "iter_rows", "nonfinite_rows",
+    "parquet_options", "read_artifact", "read_failures", "read_index", "recorded_vector_encoding",
     "schema_vector_encoding", "vector_dtype", "vector_encoding",
 ]

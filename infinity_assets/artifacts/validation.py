@@ -19,6 +19,7 @@ from infinity_assets.artifacts.schema import (
     META_PREFIX,
     PAGE_COLUMNS,
     artifact_schema,
+    nonfinite_rows,
     recorded_vector_encoding,
     schema_vector_encoding,
 )
@@ -58,7 +59,8 @@ def check_schema(fs: fsspec.AbstractFileSystem, path: str, hidden_dim: int | Non
     if recorded != stored:
         return Verdict(False, f"{path} records vector_encoding {recorded!r} but stores {stored} vectors")
     if hidden_dim is not None and actual_dim != hidden_dim:
-        return Verdict(False, f"{path} holds {actual_dim}-dimensional vectors; hidden_dim is configured as {hidden_dim}")
+        return Verdict(False, f"{path} holds {actual_dim}-dimensional vectors; hidden_dim is configured as "
+                              f"{hidden_dim}")
     if vector_encoding is not None and stored != vector_encoding:
         return Verdict(False, f"{path} stores {stored} vectors; vector_encoding is configured as "
                               f"{vector_encoding!r}: re-embed the batch (the schedule does)")
@@ -68,8 +70,9 @@ def check_schema(fs: fsspec.AbstractFileSystem, path: str, hidden_dim: int | Non
 
 def check_vectors(artifact: Artifact) -> Verdict:
     """No NaN/Inf, at least one vector per row, and n_vectors matching the list lengths."""
-    if not np.isfinite(artifact.vectors).all():
-        bad = sorted({artifact.doc_ids[i] for i in _docs_of_rows(artifact, ~np.isfinite(artifact.vectors).all(axis=1))})
+    bad_rows = nonfinite_rows(artifact.vectors)
+    if bad_rows.any():
+        bad = sorted({artifact.doc_ids[i] for i in _docs_of_rows(artifact, bad_rows)})
         return Verdict(False, f"{len(bad)} documents have NaN or infinite values", {"documents": bad[:20]})
     lengths = np.diff(artifact.offsets)
     empty = [artifact.doc_ids[i] for i in np.flatnonzero(lengths == 0)]

@@ -33,6 +33,7 @@ from infinity_assets.artifacts.schema import (
     Failure,
     artifact_schema,
     failures_path,
+    all_finite,
     vector_dtype,
 )
 from infinity_assets.artifacts.schema import parquet_options as default_parquet_options
@@ -61,7 +62,8 @@ class ArtifactWriter:
     how the vectors are stored; it is recorded in the file metadata. ``parquet_options`` override
     :func:`~.schema.parquet_options` (benchmarks compare encodings with it). On a local filesystem the file is
     written under ``<dir>/.staging/`` and moved into place with ``os.replace``; on S3 it is a multipart upload
-    that completes only on success and is aborted otherwise. If the block raises, nothing is published and the previous artifact stays as it was.
+    that completes only on success and is aborted otherwise. If the block raises, nothing is published and the
+    previous artifact stays as it was.
 
     Example::
 
@@ -173,11 +175,11 @@ class ArtifactWriter:
             raise ArtifactError(f"document {doc_id!r}: embedding has shape {shape}, expected (n, {self.hidden_dim})")
         if embedding.shape[0] == 0:
             raise ArtifactError(f"document {doc_id!r}: the server returned no vectors (only padding)")
-        if not np.isfinite(embedding).all():
-            raise ArtifactError(f"document {doc_id!r}: the server returned NaN or infinite values")
         with np.errstate(over="ignore"):  # an overflow is reported below, naming the document
             stored = np.ascontiguousarray(embedding, dtype=self._dtype)
-        if stored.dtype != embedding.dtype and not np.isfinite(stored).all():
+        if not all_finite(stored):
+            if stored.dtype == embedding.dtype or not np.isfinite(embedding).all():
+                raise ArtifactError(f"document {doc_id!r}: the server returned NaN or infinite values")
             raise ArtifactError(
                 f"document {doc_id!r}: a value exceeds the range of vector_encoding {self.vector_encoding!r} "
                 f"(|x| > {float(np.finfo(self._dtype).max):g}); use vector_encoding 'float32'")

@@ -183,7 +183,8 @@ class ObjectStore:
         """All files under ``raw/<modality>/<batch>/``, one listing page at a time (one recursive listing).
 
         Memory is bounded by a page, so a sensor can process 100,000 objects incrementally. Unsupported
-        extensions are included (``documents.is_supported`` tells documents); unsafe keys and files outside a batch are not.
+        extensions are included (``documents.is_supported`` tells documents); unsafe keys and files outside a
+        batch are not.
         Order: by key within a page; pages in the server's order.
         """
         base = self.path(f"raw/{modality_folder(modality)}")
