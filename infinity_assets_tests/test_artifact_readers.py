@@ -8,6 +8,7 @@ type: it returns float16 vectors as float32, exactly (every float16 is a float32
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -189,3 +190,13 @@ def test_an_unknown_encoding_setting_is_a_clear_error(monkeypatch):
     assert artifacts.vector_encoding("float16") == "float16"
     monkeypatch.delenv(artifacts.VECTOR_ENCODING_ENV)
     assert artifacts.vector_encoding() == "float32"
+
+
+def test_the_vector_check_finds_a_non_finite_value_in_the_stored_floats(written):
+    artifact = artifacts.read_artifact(fsspec.filesystem("file"), str(written.path), stored_dtype=True)
+    assert artifacts.check_vectors(artifact).passed
+    assert written.encoding in artifacts.check_vectors(artifact).description
+    vectors = artifact.vectors.copy()
+    vectors[artifact.offsets[3] + 5, 7] = np.inf
+    verdict = artifacts.check_vectors(dataclasses.replace(artifact, vectors=vectors))
+    assert not verdict.passed and verdict.details == {"documents": ["report.pdf#page=4"]}
