@@ -167,6 +167,28 @@ def test_a_stored_image_is_served_as_stored(corpus, served):
     assert picture.headers["content-type"] == "image/png"
 
 
+def test_a_file_changed_since_it_was_indexed_is_409_not_another_picture(corpus, tmp_path, served):
+    from infinity_assets.index import sync_index
+    from infinity_assets.pipeline import embed_partition
+    from infinity_assets_tests.servers.service_fixtures import photo_png
+
+    folder = tmp_path / "raw" / "images" / "b"
+    folder.mkdir(parents=True)
+    (folder / "photo.png").write_bytes(photo_png())
+    store = DocumentStore(str(tmp_path))
+    clients = corpus.clients()
+    embed_partition(store, clients["images"], "images", "b")
+    sync_index(store, "images")
+    app = served(clients=clients, store=store)
+    assert app.get("/pages/images/photo.png").content == photo_png()
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (0, 255, 0)).save(buffer, format="PNG")
+    (folder / "photo.png").write_bytes(buffer.getvalue())  # not re-embedded, not re-indexed
+    for path in ("/pages/images/photo.png?size=100", "/sources/images/photo.png"):
+        answer = app.get(path)
+        assert answer.status_code == 409 and "changed since it was indexed" in answer.json()["error"], answer.text
+
+
 def test_a_picture_has_an_etag_from_the_fingerprint_and_is_not_sent_again(served):
     app = served()
     path = f"/pages/images/{quote('report.pdf#page=3', safe='')}"
