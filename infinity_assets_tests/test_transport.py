@@ -185,3 +185,13 @@ def test_a_transport_object_replaces_the_setting(monkeypatch):
     mock = httpx.MockTransport(lambda request: httpx.Response(200, json={"unix": 1.0}))
     with InfinityEmbeddings(url="http://infinity.test:7997", transport=mock) as client:
         assert client.health() == {"unix": 1.0} and client.transport_kind is None
+
+
+def test_the_dagster_resource_passes_the_transport_setting_through(monkeypatch):
+    from infinity_assets import InfinityResource
+
+    monkeypatch.delenv(transport.KIND_VARIABLE, raising=False)
+    with InfinityResource(url="http://infinity.test:7997", http_transport="http11").build_client() as client:
+        assert _kind_of(client) is Http11Transport
+    with InfinityResource(url="http://infinity.test:7997").build_client() as client:
+        assert _kind_of(client) is transport.LargeReadTransport

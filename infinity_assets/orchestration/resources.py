@@ -45,6 +45,9 @@ class InfinityResource(dg.ConfigurableResource):
     env_prefix: str = Field(
         default="INFINITY_", description="Read <prefix>MODEL etc. first, then INFINITY_MODEL etc. "
         "(e.g. INFINITY_IMAGE_ for a second server or model for images).")
+    http_transport: str | None = Field(
+        default=None, description="The client's HTTP transport: 'httpcore' (default) or 'http11' (plain http:// "
+        "only); default $INFINITY_HTTP_TRANSPORT.")
 
     _client: InfinityEmbeddings | None = PrivateAttr(default=None)
 
@@ -55,7 +58,7 @@ class InfinityResource(dg.ConfigurableResource):
 
     def build_client(self) -> InfinityEmbeddings:
         """A new :class:`InfinityEmbeddings` with the effective settings; the caller closes it."""
-        return InfinityEmbeddings(**self.effective_settings())
+        return InfinityEmbeddings(**self.effective_settings(), transport=self.http_transport)  # type: ignore[arg-type]
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._client = self.build_client()
