@@ -110,9 +110,13 @@ class LanceMulti:
                 table.add(corpora._table({"page": list(range(start, start + len(block)))}, block).cast(schema))
             write = time.perf_counter() - started
             started = time.perf_counter()
-            table.create_index(metric="cosine", vector_column_name="embedding", index_type="IVF_PQ",
-                               num_partitions=spec.get("partitions", 256), num_sub_vectors=16)
-            done.write_text(json.dumps({"write_seconds": write, "ann_build_seconds": time.perf_counter() - started}))
+            if spec.get("build_ann") is False:
+                done.write_text(json.dumps({"write_seconds": write, "ann_build_seconds": None}))
+            else:
+                table.create_index(metric="cosine", vector_column_name="embedding", index_type="IVF_PQ",
+                                   num_partitions=spec.get("partitions", 256), num_sub_vectors=16)
+                done.write_text(json.dumps({"write_seconds": write,
+                                            "ann_build_seconds": time.perf_counter() - started}))
         self.info = json.loads(done.read_text())
         self.table = lancedb.connect(str(root)).open_table("t")
         self.info["index_bytes"] = _dir_bytes(root)
@@ -138,17 +142,24 @@ class TwoStage:
         store = DocumentStore(spec["root"], **spec.get("store_options", {}))
         self.info: dict[str, Any] = {}
         marker = Path(spec["marker"])
-        if not marker.exists():
+        if not marker.exists() and spec.get("replicate"):
+            self.info = _replicate(store, spec)
+        elif not marker.exists():
+            first, last = spec.get("page_range", (0, spec["pages"]))
+
             def batches():
-                for start, block in _blocks(source, spec["pages"], 500):
+                for start in range(first, last, 500):
+                    block = list(source.pages(start, min(last, start + 500)))
                     yield ids[start:start + len(block)], block
 
             started = time.perf_counter()
             index.write_index(store, "images", batches(), model=f"bench-{spec['corpus']}", hidden_dim=corpora.DIM,
                               encoding=index.EncodingSettings(**spec.get("encoding", {})), partition="bench")
+            self.info = {"build_seconds": time.perf_counter() - started}
+        if not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"build_seconds": time.perf_counter() - started}))
-        self.info.update(json.loads(marker.read_text()))
+            marker.write_text(json.dumps(self.info))
+        self.info = json.loads(marker.read_text())
         self.reader = index.IndexReader(store, "images")
         self.settings = index.SearchSettings(**spec.get("search", {}))
         self.page_of = {doc: i for i, doc in enumerate(ids)}
@@ -164,6 +175,55 @@ class TwoStage:
         self.info["stages_ms_p50"] = {
             stage: float(np.median([t[stage] for t in self.stage_seconds[WARMUP:]]) * 1000)
             for stage in (self.stage_seconds[0] if self.stage_seconds else {})}
+
+
+def assemble(target: str, parts: list[str]) -> None:
+    """One index table holding the rows of the part builds at ``parts`` (in order), at ``target``: the rows
+    a single build of all their pages writes (each row is encoded alone), made by copying, not encoding."""
+    import lancedb
+    import pyarrow as pa
+
+    index = Path(target) / "index"
+    shutil.rmtree(index, ignore_errors=True)
+    shutil.copytree(Path(parts[0]) / "index", index)
+    table = lancedb.connect(str(index)).open_table("images")
+    for part in parts[1:]:
+        dataset = lancedb.connect(str(Path(part) / "index")).open_table("images").to_lance()
+        table.add(pa.RecordBatchReader.from_batches(dataset.schema, dataset.to_batches(batch_size=256)))
+
+
+def _replicate(store: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """An index of ``copies`` x the rows of the built index at ``spec["replicate"]["from"]``, doc_ids renamed
+    (``page-{i + copy * pages}``): the size of a larger index without encoding its pages (latency, memory and
+    bytes only; its answers hold copies, so no recall is measured on it)."""
+    import lancedb
+    import pyarrow as pa
+
+    source_root, copies = Path(spec["replicate"]["from"]), spec["replicate"].get("copies", 1)
+    target = Path(spec["root"]) / "index"
+    shutil.rmtree(target, ignore_errors=True)
+    started = time.perf_counter()
+    shutil.copytree(source_root / "index", target)
+    table = lancedb.connect(str(target)).open_table("images")
+    dataset = table.to_lance()
+    rows = dataset.count_rows()
+    limit = spec["replicate"].get("limit")
+    if limit:  # the first ``limit`` pages: the rows a build of those pages writes (rows are encoded one by one)
+        from datetime import timedelta
+
+        table.delete(f"doc_id >= '{corpora.doc_id(limit)}'")
+        table.optimize(cleanup_older_than=timedelta(0))
+        return {"build_seconds": None, "derived_seconds": time.perf_counter() - started,
+                "derived_from_pages": rows, "pages": limit}
+    for copy in range(1, copies):
+        def renamed(copy: int = copy):
+            for batch in dataset.to_batches(batch_size=256):
+                numbers = [int(d.split("-")[1]) + copy * rows for d in batch.column("doc_id").to_pylist()]
+                yield batch.set_column(batch.schema.get_field_index("doc_id"), "doc_id",
+                                       pa.array([corpora.doc_id(n) for n in numbers]))
+        table.add(pa.RecordBatchReader.from_batches(dataset.schema, renamed()))
+    return {"build_seconds": None, "replicated_seconds": time.perf_counter() - started,
+            "replicated_from_pages": rows, "copies": copies}
 
 
 class FastPlaid:
@@ -276,7 +336,7 @@ def run_engine(spec: dict[str, Any], queries: list[np.ndarray], scratch: Path, t
     marker = Path(spec.get("marker") or Path(spec.get("root", "")) / "built.json")
     if spec["engine"] != "numpy" and not marker.exists():  # build in its own process: RSS is the query's alone
         built = _subprocess(python, {**spec, "build_only": True}, scratch, timeout)
-        if "error" in built:
+        if "error" in built or spec.get("build_only"):
             return built
     queries_path = scratch / f"queries-{os.getpid()}-{len(queries)}.npy"
     array = np.empty(len(queries), dtype=object)

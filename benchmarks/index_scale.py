@@ -34,12 +34,12 @@ BUILDS = corpora.CACHE / "builds"
 
 FULL = {"sizes": (10_000, 20_000, 100_000), "queries": 200, "query_pages": 10_000, "gt_pages": 20_000,
         "numpy_pages": 10_000, "numpy_queries": 30, "lance_pages": 1_000, "lance_flat_queries": 10,
-        "lance_ann_queries": 50, "public_pages": 10_000, "s3_pages": 10_000, "needle": (5_000, 200),
-        "sync": (5, 1_000), "texlive_lance_flat_queries": 10, "real_pages": None}
-QUICK = {"sizes": (1_000, 2_000), "queries": 50, "query_pages": 1_000, "gt_pages": 2_000,
-         "numpy_pages": 1_000, "numpy_queries": 10, "lance_pages": 300, "lance_flat_queries": 5,
-         "lance_ann_queries": 20, "public_pages": 1_000, "s3_pages": 1_000, "needle": (1_000, 50),
-         "sync": (2, 200), "texlive_lance_flat_queries": 5, "real_pages": 1_000}
+        "lance_ann_queries": 30, "public_pages": 10_000, "s3_pages": 10_000, "needle": (5_000, 200),
+        "sync": (4, 500), "texlive_lance_flat_queries": 10, "real_pages": None, "built_pages": 20_000}
+QUICK = {"sizes": (500, 1_000), "queries": 50, "query_pages": 500, "gt_pages": 1_000,
+         "numpy_pages": 500, "numpy_queries": 10, "lance_pages": 200, "lance_flat_queries": 5,
+         "lance_ann_queries": 10, "public_pages": 500, "s3_pages": 500, "needle": (500, 30),
+         "sync": (2, 100), "texlive_lance_flat_queries": 5, "real_pages": 500, "built_pages": 1_000}
 
 
 MUVERA = "muvera-python FDE (flat dot) + float16 rerank of 100"
@@ -48,12 +48,17 @@ FAST_PLAID = ("does not install with torch pinned to 2.13.0: fast-plaid 1.7.0 re
               "1.1.0 the resolver falls back to crashes (SIGSEGV) in create() against torch 2.13")
 
 
+#: The modules that decide what an index row holds: a cached build is reused only by the code that wrote it
+#: (a change of the search code alone does not rebuild).
+ENCODING_MODULES = ("schema.py", "rows.py", "fde.py", "binary.py", "bulk.py")
+
+
 def _engine_version() -> str:
-    """A digest of the two-stage engine's source: a cached build is reused only by the code that made it."""
+    """A digest of the two-stage index's encoding source (:data:`ENCODING_MODULES`)."""
     digest = hashlib.sha256()
-    for path in sorted((corpora.REPO / "infinity_assets" / "index").glob("*.py")):
-        if path.name not in ("evaluation.py", "lock.py"):
-            digest.update(path.read_bytes())
+    for name in ENCODING_MODULES:
+        path = corpora.REPO / "infinity_assets" / "index" / name
+        digest.update(path.read_bytes() if path.exists() else b"")
     return digest.hexdigest()[:12]
 
 
@@ -62,7 +67,7 @@ def _build_root(engine: str, name: str, version: str = "") -> str:
     folder = BUILDS / f"{engine}-{name}"
     if version:
         for stale in BUILDS.glob(f"{engine}-{name}-*"):
-            if stale.name != f"{engine}-{name}-{version}":
+            if not stale.name.startswith(f"{engine}-{name}-{version}"):  # (its -partN folders too)
                 shutil.rmtree(stale, ignore_errors=True)
         folder = BUILDS / f"{engine}-{name}-{version}"
     return str(folder)
@@ -160,19 +165,62 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
         add(_row(f"LanceDB IVF-PQ (nprobes {nprobes}, refine {refine}"
                  f"{f', XTR overfetch {overfetch}' if overfetch else ''})", ann, n, corpora.PAGE_VECTORS,
                  exact_small[:cfg["lance_ann_queries"]], known_small))
-    for size in cfg["sizes"]:
+    built = cfg["built_pages"]
+    if built:
+        _build_in_parts(built, version)
+    for size in sorted(cfg["sizes"], key=lambda size: size != built):  # the one full build first
         spec = {"engine": "two-stage", "corpus": "synthetic", "pages": size,
                 "root": _build_root("two-stage", f"synthetic-{size}", version)}
         spec["marker"] = spec["root"] + "/built.json"
+        note = ""
+        if built and size < built:  # the first pages of the largest build: the same rows, no second encoding
+            spec["replicate"] = {"from": _build_root("two-stage", f"synthetic-{built}", version), "limit": size}
+            note = f"the first {size:,} rows of the {built:,}-page build (rows are encoded one by one)"
+        elif built and size > built:  # encoding 100,000 pages does not fit the time here: copies of the largest
+            spec["replicate"] = {"from": _build_root("two-stage", f"synthetic-{built}", version),
+                                 "copies": size // built}
+            note = (f"{size // built} copies of the {built:,}-page index (doc_ids renamed): latency, bytes and "
+                    "RSS at this size; recall is measured on distinct pages only")
         add(_row("two-stage (local disk)", run_engine(spec, vectors, SCRATCH), size, corpora.PAGE_VECTORS,
-                 exact.get(size), known))
-    add(s3_two_stage(cfg["s3_pages"], vectors, exact.get(cfg["s3_pages"]), known))
+                 None if "copies" in spec.get("replicate", {}) else exact.get(size), known, note=note))
+    add(s3_two_stage(cfg["s3_pages"], _build_root("two-stage", f"synthetic-{cfg['s3_pages']}", version), vectors,
+                     exact.get(cfg["s3_pages"]), known))
     n = cfg["public_pages"]
     add({"engine": "fast-plaid (PLAID)", "pages": n, "error": FAST_PLAID})
     result = run_engine({"engine": "muvera", "corpus": "synthetic", "pages": n,
                          "root": _build_root("muvera", f"synthetic-{n}")}, vectors, SCRATCH)
     add(_row(MUVERA, result, n, corpora.PAGE_VECTORS, exact.get(n), known))
     return {"rows": rows, "ground_truth": gt, "queries": len(queries), "vectors_per_query": corpora.QUERY_VECTORS}
+
+
+def _build_in_parts(pages: int, version: str, parts: int = 4) -> None:
+    """The synthetic two-stage build of ``pages``, encoded by ``parts`` processes at once (``write_index`` is
+    one process; the rows of each part are what a single build writes), then assembled into one table; the
+    build time recorded is the parts' summed seconds (the cost of one process doing it all)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks.index_engines import assemble
+
+    root = _build_root("two-stage", f"synthetic-{pages}", version)
+    if (Path(root) / "built.json").exists():
+        return
+    step = pages // parts
+    specs = [{"engine": "two-stage", "corpus": "synthetic", "pages": pages, "page_range": (a, a + step),
+              "root": f"{root}-part{n}", "marker": f"{root}-part{n}/built.json"}
+             for n, a in enumerate(range(0, pages, step))]
+    with ThreadPoolExecutor(parts) as pool:
+        done = list(pool.map(lambda spec: run_engine({**spec, "build_only": True}, [], SCRATCH), specs))
+    failed = [d["error"] for d in done if "error" in d]
+    if failed:
+        raise RuntimeError(f"two-stage build of {pages} pages failed: {failed[0]}")
+    seconds = [json.loads(Path(spec["marker"]).read_text())["build_seconds"] for spec in specs]
+    started = time.perf_counter()
+    assemble(root, [spec["root"] for spec in specs])
+    (Path(root) / "built.json").write_text(json.dumps({
+        "build_seconds": sum(seconds), "parts": parts, "part_seconds": seconds,
+        "assemble_seconds": time.perf_counter() - started}))
+    for spec in specs:
+        shutil.rmtree(spec["root"], ignore_errors=True)
 
 
 def _gt_cost(name: str, queries: list[corpora.KnownItem]) -> float | None:
@@ -182,15 +230,23 @@ def _gt_cost(name: str, queries: list[corpora.KnownItem]) -> float | None:
     return 1000 * sum(costs) / (len(costs) * corpora.GT_CHUNK) if costs else None
 
 
-def s3_two_stage(pages: int, vectors: list[np.ndarray], exact: np.ndarray | None, known: list[int]) -> dict[str, Any]:
-    """The two-stage index built straight into SeaweedFS (S3), searched there."""
+def s3_two_stage(pages: int, local_root: str, vectors: list[np.ndarray], exact: np.ndarray | None,
+                 known: list[int]) -> dict[str, Any]:
+    """The local two-stage index of ``pages`` uploaded as it is to SeaweedFS (S3) and searched there."""
+    from infinity_assets.storage.documents import DocumentStore
     from infinity_assets_dev.seaweedfs import SeaweedFS
 
+    shutil.rmtree(SCRATCH / "seaweedfs", ignore_errors=True)
     with SeaweedFS(SCRATCH / "seaweedfs") as s3:
         bucket = s3.create_bucket()
         options = {"endpoint_url": s3.endpoint_url, "key": s3.access_key, "secret": s3.secret_key}
+        store = DocumentStore(f"s3://{bucket}/bench", **options)
+        started = time.perf_counter()
+        store.fs.put(f"{local_root}/index", store.path("index"), recursive=True)
+        marker = SCRATCH / f"s3-{bucket}.json"
+        marker.write_text(json.dumps({"build_seconds": None, "upload_seconds": time.perf_counter() - started}))
         spec = {"engine": "two-stage", "corpus": "synthetic", "pages": pages, "root": f"s3://{bucket}/bench",
-                "store_options": options, "marker": str(SCRATCH / f"s3-{bucket}.json")}
+                "store_options": options, "marker": str(marker)}
         result = run_engine(spec, vectors, SCRATCH)
     shutil.rmtree(SCRATCH / "seaweedfs", ignore_errors=True)
     return _row("two-stage (S3: SeaweedFS)", result, pages, corpora.PAGE_VECTORS, exact, known)
@@ -231,9 +287,8 @@ def real(cfg: dict[str, Any]) -> dict[str, Any]:
     per_page = float(np.mean([len(v) for v in corpus.vectors[:n]]))
     rows = []
     specs = [("numpy exact (float32 in RAM)", {"engine": "numpy"}, vectors),
-             ("LanceDB multi-vector flat", {"engine": "lancedb", "ann": False}, vectors[:cfg["texlive_lance_flat_queries"]]),
-             ("LanceDB IVF-PQ (nprobes 64, refine 30)", {"engine": "lancedb", "ann": True, "nprobes": 64,
-                                                         "refine_factor": 30}, vectors[:cfg["lance_ann_queries"]]),
+             ("LanceDB multi-vector flat", {"engine": "lancedb", "ann": False, "build_ann": False},
+              vectors[:cfg["texlive_lance_flat_queries"]]),
              ("two-stage (local disk)", {"engine": "two-stage"}, vectors),
              (MUVERA, {"engine": "muvera"}, vectors)]
     for label, spec, subset in specs:
@@ -304,16 +359,46 @@ def sync_cost(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """The whole section (``quick``: small sizes)."""
+SECTIONS = {"synthetic": synthetic, "needles": needles, "real": real, "sync": sync_cost}
+
+
+def run(quick: bool = False, parallel: bool | None = None) -> dict[str, Any]:
+    """The whole section (``quick``: small sizes). ``parallel`` (default: ``$INFINITY_BENCH_INDEX_PARALLEL``
+    set) runs the four parts in four processes at once: on a machine other work loads, that gets them CPU;
+    their wall-clock latencies then include each other (the CPU ms column does not)."""
+    import os
+    import subprocess
+    import sys
+
     cfg = QUICK if quick else FULL
     started = time.monotonic()
     results: dict[str, Any] = {"quick": quick}
-    for name, section in (("synthetic", synthetic), ("needles", needles), ("real", real), ("sync", sync_cost)):
-        print(f"  index/{name}", flush=True)
-        results[name] = section(cfg)
+    if parallel is None:
+        parallel = bool(os.environ.get("INFINITY_BENCH_INDEX_PARALLEL"))
+    if not parallel:
+        for name, section in SECTIONS.items():
+            print(f"  index/{name}", flush=True)
+            results[name] = section(cfg)
+    else:
+        SCRATCH.mkdir(parents=True, exist_ok=True)
+        children = {name: subprocess.Popen([sys.executable, "-m", "benchmarks.index_scale", name, str(quick),
+                                            str(SCRATCH / f"part-{name}.json")], cwd=corpora.REPO)
+                    for name in SECTIONS}
+        for name, child in children.items():
+            if child.wait() != 0:
+                raise RuntimeError(f"index/{name} failed (exit {child.returncode})")
+            results[name] = json.loads((SCRATCH / f"part-{name}.json").read_text())
+    results["parallel"] = parallel
     results["seconds"] = time.monotonic() - started
     return results
+
+
+if __name__ == "__main__":
+    import sys
+
+    part, quick_run, out = sys.argv[1], sys.argv[2] == "True", sys.argv[3]
+    print(f"  index/{part}", flush=True)
+    Path(out).write_text(json.dumps(SECTIONS[part](QUICK if quick_run else FULL), default=float))
 
 
 # ------------------------------------------------------------------------------------------- the report
@@ -358,6 +443,29 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+def capacity(results: dict[str, Any], sizes: tuple[int, ...] = (1_000_000, 10_000_000)) -> list[dict[str, Any]]:
+    """1 and 10 million pages modelled from the two-stage rows: each stage's p50 linear in pages between the
+    smallest and largest measured size (the first stage scans every page's code; the others see a fixed
+    number of candidates), bytes and RSS per page times pages."""
+    rows = sorted((r for r in results.get("synthetic", {}).get("rows", [])
+                   if r["engine"] == "two-stage (local disk)" and "error" not in r
+                   and r.get("info", {}).get("stages_ms_p50")), key=lambda r: r["pages"])
+    if len(rows) < 2:
+        return []
+    small, large = rows[0], rows[-1]
+    out = []
+    for pages in sizes:
+        stages = {}
+        for stage, ms in large["info"]["stages_ms_p50"].items():
+            slope = (ms - small["info"]["stages_ms_p50"].get(stage, ms)) / (large["pages"] - small["pages"])
+            stages[stage] = ms + max(slope, 0.0) * (pages - large["pages"])
+        out.append({"pages": pages, "stages_ms_p50": stages,
+                    "index_gb": (large.get("index_bytes_per_page") or 0) * pages / 1e9,
+                    "stage12_gb": (large.get("stage12_bytes_per_page") or 0) * pages / 1e9,
+                    "rss_gb": large["rss_bytes_per_page"] * pages / 1e9})
+    return out
+
+
 def _fmt(value: Any, spec: str = "{:.1f}") -> str:
     return "" if value is None else spec.format(value)
 
@@ -388,6 +496,9 @@ def markdown(results: dict[str, Any]) -> list[str]:
              "", "Query embedding excluded; each engine alone in a fresh process, 3 warm-up queries; RSS = resident "
              "memory after the queries minus before opening, per indexed page. `x numpy` = p50 over the exact numpy "
              "MaxSim's p50 at the same size (<1 = faster).", "", "| target | measured | verdict |", "|---|---|---|"]
+    if results.get("parallel"):
+        lines += ["", "The four parts ran at the same time (`INFINITY_BENCH_INDEX_PARALLEL=1`, on a machine other work "
+                  "loaded): wall-clock figures include each other's load; `CPU ms` is the query process's own.", ""]
     for name, value, met in targets(results):
         lines.append(f"| {name} | {value} | {'not measured' if met is None else ('met' if met else '**missed**')} |")
     syn = results.get("synthetic")
@@ -416,6 +527,14 @@ def markdown(results: dict[str, Any]) -> list[str]:
                   + ", ".join(f"{r['engine']} {r['ndcg_at_5']:.3f}" for r in real_results["rows"] if "ndcg_at_5" in r)
                   + ".", ""]
         lines += _table(real_results["rows"], base)
+    model = capacity(results)
+    if model:
+        lines += ["", "### Capacity model (from the measured two-stage rows: stage p50 linear in pages)", "",
+                  "| pages | modelled p50 ms (by stage) | index GB | first two stages' columns GB | query RSS GB |",
+                  "|---:|---|---:|---:|---:|"]
+        for m in model:
+            stages = ", ".join(f"{k} {v:.0f}" for k, v in m["stages_ms_p50"].items())
+            lines.append(f"| {m['pages']:,} | {stages} | {m['index_gb']:,.0f} | {m['stage12_gb']:,.1f} | {m['rss_gb']:,.1f} |")
     lines += ["", "### Build and sync", ""]
     for r in (results.get("synthetic", {}).get("rows", []) + results.get("real", {}).get("rows", [])):
         seconds = r.get("info", {}).get("build_seconds")
