@@ -43,6 +43,9 @@ class SearchSettings:
 
     fde_candidates: int = 500
     hamming_candidates: int = 50
+    fde_agreement: float = 0.9
+    """FDE bits on which more than this share of the documents agree with the query are not compared
+    (1.0: every bit the query occupies)."""
 
     ENV_PREFIX = "INFINITY_ASSETS_SEARCH_"
 
@@ -76,6 +79,7 @@ class StagedSearch:
         self.fde = encoding.fde(hidden_dim)
         self.rows = dataset.count_rows()
         self._codes: np.ndarray | None = None
+        self._ones = np.zeros(0, np.float32)
         self._loading = threading.Lock()
 
     @property
@@ -85,8 +89,18 @@ class StagedSearch:
         with self._loading:
             if self._codes is None:
                 column = self.dataset.to_table(columns=["fde"]).column("fde").combine_chunks()
-                self._codes = column.flatten().to_numpy().reshape(-1, column.type.list_size)
+                codes = column.flatten().to_numpy().reshape(-1, column.type.list_size)
+                self._ones = _bit_means(codes)
+                self._codes = codes
         return self._codes
+
+    def informative(self, signs: np.ndarray, mask: np.ndarray, agreement: float) -> np.ndarray:
+        """``mask`` without the bits on which more than ``agreement`` of all documents agree with the query:
+        bits every page shares (the common tokens of near-duplicate pages) say nothing about which page to
+        pick and would drown the few bits of a rare token."""
+        query_bits = np.unpackbits(signs).astype(bool)
+        agree = np.where(query_bits, self._ones, 1.0 - self._ones)
+        return mask & np.packbits(agree <= agreement)
 
     def search(self, query: np.ndarray, k: int, settings: SearchSettings) -> Ranking:
         """The ``k`` best rows for a unit ``(q, hidden_dim)`` float32 query, through the three stages."""
@@ -95,7 +109,10 @@ class StagedSearch:
         positions = np.arange(self.rows)
         if self.rows > settings.fde_candidates:
             signs, mask = query_code(self.fde, query)
-            distances = hamming_distances(self.codes, signs, mask)
+            codes = self.codes
+            if settings.fde_agreement < 1.0:
+                mask = self.informative(signs, mask, settings.fde_agreement)
+            distances = hamming_distances(codes, signs, mask)
             positions = _within(distances, settings.fde_candidates)
         timings["fde"] = _lap(started)
         kept_fde = int(len(positions))
@@ -165,6 +182,14 @@ def _within(distances: np.ndarray, k: int) -> np.ndarray:
         return np.arange(len(distances))
     kth = np.partition(distances, k - 1)[k - 1]
     return np.flatnonzero(distances <= kth)
+
+
+def _bit_means(codes: np.ndarray) -> np.ndarray:
+    """The share of documents with each bit of the codes set, ``(bits,)`` float32 (in blocks of rows)."""
+    ones = np.zeros(codes.shape[1] * 8, np.float64)
+    for start in range(0, len(codes), 8192):
+        ones += np.unpackbits(codes[start:start + 8192], axis=1).sum(axis=0)
+    return (ones / max(1, len(codes))).astype(np.float32)
 
 
 def _lap(started: float) -> float:
