@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from infinity_assets.orchestration.index_assets import QualityConfig, quality_result, text_index, text_quality
 from infinity_assets.orchestration.resources import InfinityResource
