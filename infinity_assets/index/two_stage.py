@@ -2,7 +2,9 @@
 
 1. **FDE** (:mod:`~infinity_assets.index.fde`): the query's MUVERA code against every document's 1-bit
    code, by masked hamming distance; the codes (``fde_bits / 8`` bytes per document) are the only column held
-   in memory, read once per table version. Keeps ``fde_candidates``.
+   in memory, read once per table version. Bits on which nearly every document agrees with the query
+   (``fde_agreement``) are left out: shared by near-duplicate pages, they would drown the bits of a rare
+   token. Keeps ``fde_candidates``.
 2. **Hamming MaxSim** (:mod:`~infinity_assets.index.binary`) on the 1-bit token vectors of those candidates
    only (read by row position, ``take``). Keeps ``hamming_candidates``.
 3. **Float MaxSim** (cosine) on the unit ``embedding`` vectors of those few: the final order and scores,
