@@ -27,6 +27,7 @@ other page); its query is 14 tokens of its template (shared by thousands of page
 ``dpkg-deb -x``; 269 PDFs, 8,002 pages), page texts by pypdfium2, embedded by the real CPU Infinity server
 (``minilm-colbert-128``; the model reads the first 256 tokens of a page). Known-item queries: a sentence of
 8-20 words lying inside the embedded part of a page, embedded as a query; the page is the known item.
+MiniLM's vectors are not unit length and the index scores cosine MaxSim, so the corpus hands out unit vectors.
 """
 from __future__ import annotations
 
@@ -341,8 +342,10 @@ def texlive_corpus(server_url: str | None = None, per_pdf: int | None = None, qu
         _embed_texlive(server_url, per_pdf, queries, pages_path, queries_path)
     pages = pq.read_table(pages_path)
     asked = pq.read_table(queries_path)
-    vectors = _vectors_of(pages.column("embedding"))
-    query_vectors = _vectors_of(asked.column("embedding"))
+    # The index scores cosine MaxSim (MiniLM's vectors are not unit): every engine and the ground truth get
+    # the unit vectors, so "exact" is the index's own exact search.
+    vectors = [_unit(v) for v in _vectors_of(pages.column("embedding"))]
+    query_vectors = [_unit(v) for v in _vectors_of(asked.column("embedding"))]
     query_doc = asked.column("page").to_pylist()
     return RealCorpus(pages.column("doc_id").to_pylist(), pages.column("text").to_pylist(), vectors, query_doc,
                       asked.column("query").to_pylist(),

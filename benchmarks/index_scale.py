@@ -9,7 +9,7 @@ the tests (30 documents, 5-word queries, real server).
 Each engine runs alone in a fresh process (:mod:`benchmarks.index_engines`): p50/p95 latency over the
 queries after 3 warm-up queries (query embedding excluded), recall@10 against the exact top-10 (ground truth
 cached per query set, its CPU cost printed), known-item hit@10 and MRR, bytes per page, and resident memory
-per indexed page (RSS after the queries minus RSS before opening). Engines too slow for a size (numpy exact,
+per indexed page (RSS after the queries minus RSS before opening, the engine's libraries already imported). Engines too slow for a size (numpy exact,
 LanceDB flat) are measured at a smaller size and extrapolated linearly in vectors, marked so. Index builds
 are cached per corpus, size and engine source (a change of ``infinity_assets/index`` rebuilds); their build
 time is the one measured when built. ``--quick`` runs the same at small sizes in a few minutes.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import time
@@ -83,9 +84,10 @@ def _quality(top: list[list[int]], exact: np.ndarray | None, known: list[int], k
     out: dict[str, Any] = {}
     if exact is not None:
         out["recall_at_10"] = float(np.mean([len(set(t[:k]) & set(e[:k])) / k for t, e in zip(top, exact)]))
-    ranks = [t.index(p) + 1 if p in t else None for t, p in zip(top, known)]
-    out["known_hit_at_10"] = float(np.mean([r is not None and r <= 10 for r in ranks]))
-    out["known_mrr_at_10"] = float(np.mean([1 / r if r and r <= 10 else 0.0 for r in ranks]))
+    ranks = [t.index(p) + 1 if p in t else None for t, p in zip(top, known) if p >= 0]  # -1: page not indexed
+    if ranks:
+        out["known_hit_at_10"] = float(np.mean([r is not None and r <= 10 for r in ranks]))
+        out["known_mrr_at_10"] = float(np.mean([1 / r if r and r <= 10 else 0.0 for r in ranks]))
     return out
 
 
@@ -151,7 +153,7 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
     n = cfg["lance_pages"]
     lance_root = _build_root("lancedb", f"synthetic-{n}")
     exact_small = corpora.top_k(scores[:, :n], 10)
-    known_small = [p if p < n else -1 for p in known]
+    known_small = [p if p < n else -1 for p in known]  # queries whose page is not among the first n: no known item
     flat = run_engine({"engine": "lancedb", "corpus": "synthetic", "pages": n, "ann": False, "root": lance_root},
                       vectors[:cfg["lance_flat_queries"]], SCRATCH)
     add(_row("LanceDB multi-vector flat", flat, n, corpora.PAGE_VECTORS, exact_small[:cfg["lance_flat_queries"]],
@@ -323,7 +325,7 @@ def sync_cost(cfg: dict[str, Any]) -> dict[str, Any]:
 
     parts, per = cfg["sync"]
     corpus = corpora.SyntheticPages()
-    root = SCRATCH / "sync-root"
+    root = SCRATCH / f"sync-root-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     store = DocumentStore(str(root))
     store.ensure_artifact_dir("images")
@@ -366,7 +368,6 @@ def run(quick: bool = False, parallel: bool | None = None) -> dict[str, Any]:
     """The whole section (``quick``: small sizes). ``parallel`` (default: ``$INFINITY_BENCH_INDEX_PARALLEL``
     set) runs the four parts in four processes at once: on a machine other work loads, that gets them CPU;
     their wall-clock latencies then include each other (the CPU ms column does not)."""
-    import os
     import subprocess
     import sys
 
