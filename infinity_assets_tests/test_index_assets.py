@@ -148,7 +148,11 @@ def test_index_sync_is_requested_after_embeddings_change_and_not_again():
     selection = dg.AssetSelection.assets("text_index")
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("text_batches", ["b"])
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        nothing = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        assert nothing.get_num_requested(dg.AssetKey("text_index")) == 0  # no embeddings: nothing to index
+        instance.report_runless_asset_event(dg.AssetMaterialization("text_embeddings", partition="b"))
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                                  cursor=nothing.cursor)
         assert first.get_num_requested(dg.AssetKey("text_index")) == 1  # never synced yet
         instance.report_runless_asset_event(dg.AssetMaterialization("text_index"))
         quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
@@ -158,3 +162,30 @@ def test_index_sync_is_requested_after_embeddings_change_and_not_again():
         changed = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
                                                     cursor=quiet.cursor)
         assert changed.get_num_requested(dg.AssetKey("text_index")) == 1
+
+
+def test_index_never_built_is_synced_once_for_embeddings_made_before_the_automation_ran():
+    from infinity_assets.definitions import defs
+
+    selection = dg.AssetSelection.assets("text_index")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("text_batches", ["b"])
+        instance.report_runless_asset_event(dg.AssetMaterialization("text_embeddings", partition="b"))
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+        assert first.get_num_requested(dg.AssetKey("text_index")) == 1
+        again = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
+                                                  cursor=first.cursor)
+        assert again.get_num_requested(dg.AssetKey("text_index")) == 0  # requested once, not every tick
+
+
+def test_quality_check_on_an_empty_index_passes_and_says_nothing_was_measured(tmp_path, infinity_server):
+    """A fresh deployment with labelled queries but no embeddings yet: an empty index is not a quality failure."""
+    root = StoreRoot(str(tmp_path / "store"))
+    root.put("eval/text.jsonl", "\n".join(json.dumps(item) for item in GOOD_SET))
+    resources = {"infinity": InfinityResource(url=infinity_server.url, model_name="minilm-colbert", hidden_dim=384),
+                 "document_store": root.resource()}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([text_index, text_quality], resources=resources, instance=instance)
+    assert result.asset_materializations_for_node("text_index")[0].metadata["dagster/row_count"].value == 0
+    evaluation = quality_of(result)
+    assert evaluation.passed and "holds no documents yet" in evaluation.description, evaluation.description

@@ -22,6 +22,7 @@ from infinity_assets.index import (
     SearchSettings,
     SyncReport,
     index_schema,
+    open_table,
     sync_index,
 )
 from infinity_assets.index.evaluation import EvalSetError, SelfRecall, eval_set_key, evaluate, load_eval_set, self_recall
@@ -31,12 +32,16 @@ from infinity_assets.storage.documents import DocumentStore
 INDEX_POOL = "index_writer"
 QUALITY_CHECK = "retrieval_quality"
 
-#: Sync after any embedding partition was materialized, and once when the index was never built (first
-#: deploy: ``since_last_handled`` alone ignores what happened before), never beside a running sync.
+#: Sync after any embedding partition was materialized, and once when the index was never built but some
+#: embeddings exist (first deploy: ``since_last_handled`` alone ignores what happened before; with no
+#: embeddings at all there is nothing to index, and an empty index would only fail its quality check), never
+#: beside a running sync.
 INDEX_AUTOMATION = (
-    (dg.AutomationCondition.any_deps_updated().since_last_handled() | dg.AutomationCondition.missing().newly_true())
+    (dg.AutomationCondition.any_deps_updated().since_last_handled()
+     | (dg.AutomationCondition.missing()
+        & dg.AutomationCondition.any_deps_match(~dg.AutomationCondition.missing())).newly_true())
     & ~dg.AutomationCondition.in_progress()
-).with_label("embeddings updated or index never built, no sync in progress")
+).with_label("embeddings updated, or index never built while embeddings exist; no sync in progress")
 
 
 class IndexConfig(dg.Config):
@@ -130,6 +135,10 @@ def quality_result(document_store: DocumentStoreResource, infinity: InfinityReso
         queries = load_eval_set(store, modality)
         if queries is None:
             return dg.AssetCheckResult(passed=True, description=f"no labelled queries at {where}: nothing measured")
+        table = open_table(store, modality)
+        if table is None or table.count_rows() == 0:  # nothing embedded yet: not a quality failure
+            return dg.AssetCheckResult(passed=True, description=f"the {modality} index holds no documents yet "
+                                       "(nothing embedded with its model): nothing measured")
         reader = IndexReader(store, modality)
         client = infinity.get_client()
         # Another model with the same hidden_dim can still be measured: the metrics show what it costs.
