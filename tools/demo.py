@@ -165,13 +165,11 @@ class WorkWatcher:
         """Print every run (what launched it, its target, status, checks) and the latest evaluation of every
         check; True if every run succeeded and every check's latest evaluation passed.
 
-        A check is judged by its latest evaluation, the state the UI shows: the automation's first sync builds
-        the still-empty indexes before any embedding exists, and ``retrieval_quality`` fails on an empty index
-        (it has labelled queries); the sync after the embeddings supersedes it.
+        Every evaluation of every check must have passed, not only the latest.
         """
         import dagster as dg
 
-        runs_ok, latest = True, {}
+        runs_ok, every_passed, latest = True, True, {}
         print("\nruns (launched by the daemon)")
         for run in reversed(self.instance.get_runs()):  # oldest first
             records = self.instance.get_records_for_run(
@@ -180,6 +178,7 @@ class WorkWatcher:
             for record in records:
                 evaluation = record.event_log_entry.dagster_event.event_specific_data
                 checks[evaluation.check_name] = evaluation.passed
+                every_passed &= evaluation.passed
                 latest[(evaluation.asset_key.to_user_string(), evaluation.check_name)] = (
                     record.storage_id, evaluation.passed, run.run_id)
             runs_ok &= run.status == dg.DagsterRunStatus.SUCCESS
@@ -196,7 +195,7 @@ class WorkWatcher:
         print("checks (latest evaluation of each)")
         for (asset, check), (_, passed, run_id) in sorted(latest.items()):
             print(f"  {asset}.{check}: {'passed' if passed else 'FAILED'} (run {run_id[:8]})")
-        checks_ok = bool(latest) and all(passed for _, passed, _ in latest.values())
+        checks_ok = bool(latest) and every_passed
         for asset in INDEX_ASSETS.values():
             records = self.instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
             if not records:
