@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from infinity_assets import __version__
 

@@ -7,7 +7,6 @@ tools/build_models.py); the Makefile exports where they are as ``INFINITY_ASSETS
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from infinity_assets_dev.ports import free_port
+from infinity_assets_dev.processes import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,13 +97,7 @@ class InfinityServer:
         """Stop the server's process group and wait for it."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, timeout=20)
         self.process = None
 
     def restart(self) -> None:

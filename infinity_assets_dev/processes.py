@@ -14,6 +14,24 @@ from typing import IO
 import httpx
 
 
+def stop_group(process: subprocess.Popen, timeout: float = 30.0, sig: int = signal.SIGTERM) -> None:
+    """Stop the process group led by ``process`` (started with ``start_new_session=True``): ``sig`` to the
+    group, wait up to ``timeout`` for the leader, then SIGKILL whatever of the group is left."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:  # children that outlive their leader (a run worker mid-step) go too
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
 @dataclass(frozen=True)
 class Service:
     """A process a tool starts beside Dagster: its ``command``, the URL that answers 200 once it is ready
@@ -50,19 +68,7 @@ class ProcessGroup:
 
     def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> None:
         """Send ``sig`` to the whole group, wait for the leader, then SIGKILL whatever of the group is left."""
-        try:
-            os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # children that outlive their leader (a run worker mid-step) go too
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
+        stop_group(self.process, timeout, sig)
 
     def sample_cpu(self) -> float:
         """CPU seconds (user + system) spent so far by every process seen in the group at any call: sampled,

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from infinity_assets_dev.ports import free_port
+from infinity_assets_dev.processes import stop_group
 
 #: Every port ``weed mini`` listens on (the WebDAV, Iceberg and Lance servers are disabled instead).
 PORT_FLAGS = (
@@ -164,13 +165,7 @@ class SeaweedFS:
         """Stop the server (its whole process group, by pid) and wait for it; idempotent."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, timeout=15)
         self.process = None
         self._remove_grpc_sockets()
 

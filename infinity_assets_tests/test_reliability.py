@@ -8,7 +8,6 @@ import gc
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import httpx
 import numpy as np
 import pytest
 import yaml

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dagster as dg
-import numpy as np
 import pytest
 
 from infinity_assets import InfinityEmbeddings, InfinityResource
