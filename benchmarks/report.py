@@ -144,12 +144,15 @@ def plot(sweep: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def write(results: dict[str, Any]) -> str:
-    """Write results.json, results.md and (with a sweep) throughput.png; return the Markdown."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    text = markdown(results)
-    (RESULTS / "results.md").write_text(text + "\n")
+def write(results: dict[str, Any], directory: Path = RESULTS) -> str:
+    """Merge ``results`` into ``directory``'s results.json (a run of some sections keeps the others' last
+    figures), then write it, results.md and (with a sweep) throughput.png; return the Markdown."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "results.json"
+    merged = {**(json.loads(path.read_text()) if path.exists() else {}), **results}
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    text = markdown(merged)
+    (directory / "results.md").write_text(text + "\n")
     if results.get("sweep"):
-        plot(results["sweep"], RESULTS / "throughput.png")
+        plot(results["sweep"], directory / "throughput.png")
     return text

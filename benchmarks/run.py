@@ -112,6 +112,8 @@ def main() -> int:
     allocator.tune()  # as the embedding assets' run process does: every client measured gets the same allocator
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs, {platform.platform()}, "
                                           f"Python {platform.python_version()}"}
+    # a smoke run's figures are not results: they go beside them, not over them
+    directory = report.RESULTS / "quick" if args.quick else report.RESULTS
     started = time.monotonic()
     for section in chosen:
         print(f"[{time.monotonic() - started:5.0f}s] {section}", flush=True)
@@ -155,10 +157,10 @@ def main() -> int:
                                                                       pages, repetitions=repetitions)
                                                  for documents, pages in pdf_pages.SHAPES],
                                   "memory": pdf_pages.peak_rss(server.url, max(250, int(1000 * scale)))}
-        report.write(results)
+        report.write(results, directory)
     results["total_seconds"] = time.monotonic() - started
-    print(report.write(results))
-    print(f"\n{results['total_seconds']:.0f}s; written to {report.RESULTS}")
+    print(report.write(results, directory))
+    print(f"\n{results['total_seconds']:.0f}s; written to {directory}")
     return 0
 
 
