@@ -166,7 +166,7 @@ def render_pdf_page(data: bytes, page: int, store: DocumentStore) -> bytes:
             if not 1 <= page <= len(document):
                 raise DocumentNotFound(f"the PDF has {len(document)} pages, not {page}")
             # The renderer of formats/pdf.py, one page: same scale rule, same PNG writer, same pixels.
-            png, _ = pdf_render._render_page(document, page - 1, store.pdf)
+            png, _ = pdf_render.render_page(document, page - 1, store.pdf)
         finally:
             document.close()
     return png

@@ -312,14 +312,14 @@ def _serve(connection: multiprocessing.connection.Connection, settings: PdfSetti
             connection.send(("pages", len(document)))
             continue
         try:
-            message: tuple[Any, ...] = ("page", *_render_page(document, number - 1, settings))
+            message: tuple[Any, ...] = ("page", *render_page(document, number - 1, settings))
         except Exception as exc:  # noqa: BLE001 -- one bad page is that page's failure
             message = ("error", f"page {number} could not be rendered ({type(exc).__name__}: {first_line(exc)}); "
                                 "check the file", False)
         connection.send(message)
 
 
-def _render_page(document: Any, number: int, settings: PdfSettings) -> tuple[bytes, str | None]:
+def render_page(document: Any, number: int, settings: PdfSettings) -> tuple[bytes, str | None]:
     """PNG bytes of one page at the configured size, and its text layer (``None`` if it has no text)."""
     page = document[number]
     try:
