@@ -168,7 +168,7 @@ def _break_page_2(monkeypatch, renderer: str, of_pdfs_with_pages: int) -> None:
 
     from infinity_assets.storage.formats import pdf_render
 
-    real_render = pdf_render._render_page
+    real_render = pdf_render.render_page
 
     def hostile(document, number, settings):
         if len(document) == of_pdfs_with_pages and number == 1:
@@ -177,7 +177,7 @@ def _break_page_2(monkeypatch, renderer: str, of_pdfs_with_pages: int) -> None:
             time.sleep(60)
         return real_render(document, number, settings)
 
-    monkeypatch.setattr(pdf_render, "_render_page", hostile)
+    monkeypatch.setattr(pdf_render, "render_page", hostile)
 
 
 @pytest.mark.parametrize("renderer, reason", [
@@ -287,7 +287,7 @@ def test_a_worker_killed_from_outside_fails_only_its_page_and_is_replaced(tmp_pa
 
     from infinity_assets.storage.formats import pdf_render
 
-    real_render = pdf_render._render_page
+    real_render = pdf_render.render_page
     rendering = tmp_path / "rendering"
 
     def slow_on_victim(document, number, settings):
@@ -302,7 +302,7 @@ def test_a_worker_killed_from_outside_fails_only_its_page_and_is_replaced(tmp_pa
             time.sleep(0.01)
         os.kill(int(rendering.read_text()), signal.SIGKILL)
 
-    monkeypatch.setattr(pdf_render, "_render_page", slow_on_victim)
+    monkeypatch.setattr(pdf_render, "render_page", slow_on_victim)
     killer = threading.Thread(target=kill_the_renderer)
     killer.start()
     documents = _render({"victim.pdf": text_pdf(2, "victim"), "next.pdf": text_pdf(3, "next")}, workers=1)
