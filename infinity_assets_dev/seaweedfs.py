@@ -53,6 +53,10 @@ def weed_binary() -> str:
     return found
 
 
+#: Volumes the test server may create (many buckets, a few small volumes each).
+MAX_VOLUMES = 2000
+
+
 class SeaweedFS:
     """A ``weed mini`` process with an S3 endpoint; a context manager; restartable on the same ports and data.
 
@@ -101,6 +105,10 @@ class SeaweedFS:
             f"-s3.config={self._config_path}",
             "-webdav=false",
             "-admin.ui=false",
+            # Every bucket is a collection with volumes of its own, and by default the volume count is capped
+            # at free disk / volume size as seen at start-up: a full disk elsewhere made later buckets refuse
+            # writes ("no free volumes left"). Volumes grow lazily, so a fixed cap costs no disk.
+            f"-volume.max={MAX_VOLUMES}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.localSocket={self.data_dir / 's3.sock'}",
