@@ -64,7 +64,7 @@ def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against
     assert by_column["fde"] == 1280 and 0 < by_column["bits"] < by_column["embedding"], by_column  # 20 x 32 x 16 bits
     assert metadata["bytes_per_page"] >= metadata["bytes_per_page_stages_1_2"] > 0
     assert metadata["encoding"]["fde_repetitions"] == 20 and metadata["encoding"]["originals"] == "float16"
-    assert metadata["search_settings"] == {"fde_candidates": 500, "hamming_candidates": 50, "fde_agreement": 0.9}
+    assert metadata["search_settings"] == {"fde_candidates": 1000, "hamming_candidates": 50, "fde_agreement": 0.9}
     assert metadata["drift_queries"] == len(DOCUMENTS) and metadata["drift_exact_queries"] == len(DOCUMENTS)
     assert metadata["drift_recall_at_10"] == 1.0  # 30 documents: every stage keeps them all
     assert metadata["drift_known_item_at_10"] >= 0.9

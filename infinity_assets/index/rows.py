@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from infinity_assets.index.binary import pack_signs
 from infinity_assets.index.fde import document_codes
+from infinity_assets.index.pooling import pool_tokens
 from infinity_assets.index.schema import EncodingSettings
 
 ENCODED_COLUMNS = ("fde", "bits", "embedding")
@@ -37,12 +38,13 @@ def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: Encoding
     hidden_dim = vectors.shape[1]
     list_offsets = pa.array(offsets.astype(np.int32))
     codes = document_codes(encoding.fde(hidden_dim), vectors, offsets)
-    signs = pack_signs(vectors)
+    pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)
+    signs = pack_signs(pooled)
     originals = vectors.astype(np.float16 if encoding.originals == "float16" else np.float32)
     return {
         "fde": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel()), codes.shape[1]),
         "bits": pa.ListArray.from_arrays(
-            list_offsets, pa.FixedSizeListArray.from_arrays(pa.array(signs.ravel()), signs.shape[1])),
+            pa.array(pooled_offsets.astype(np.int32)), pa.FixedSizeListArray.from_arrays(pa.array(signs.ravel()), signs.shape[1])),
         "embedding": pa.ListArray.from_arrays(
             list_offsets, pa.FixedSizeListArray.from_arrays(pa.array(originals.ravel()), hidden_dim)),
     }

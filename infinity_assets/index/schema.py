@@ -7,7 +7,7 @@ document of the current artifacts::
     doc_id, partition, source_uri, fingerprint string, embedded_at timestamp(us, UTC), n_vectors int32,
     page int32 (null unless the artifact has pages), page_text string (idem),
     fde        fixed_size_list<uint8, fde_bits / 8>          stage 1: the sign-binarized MUVERA code
-    bits       list<fixed_size_list<uint8, hidden_dim / 8>>  stage 2: each token vector's signs
+    bits       list<fixed_size_list<uint8, hidden_dim / 8>>  stage 2: the signs of the pooled token vectors
     embedding  list<fixed_size_list<float16, hidden_dim>>    stage 3 and exact search: unit token vectors
 
 ``embedding`` holds the artifact's vectors L2-normalised (the index scores cosine MaxSim) in the
@@ -51,7 +51,9 @@ class SearchIndexError(Exception):
 class EncodingSettings:
     """What the index stores for the search stages; recorded in the table, a change rebuilds it.
 
-    ``fde_*``: the MUVERA code of stage 1 (:mod:`infinity_assets.index.fde`); ``originals``: the dtype of the
+    ``fde_*``: the MUVERA code of stage 1 (:mod:`infinity_assets.index.fde`); ``bits_pool_threshold``: the
+    cosine above which a document's tokens are pooled into one 1-bit code for stage 2
+    (:mod:`infinity_assets.index.pooling`; 1.0: every token keeps its own); ``originals``: the dtype of the
     unit token vectors kept for the final rerank and exact search (``float16`` or ``float32``).
     """
 
@@ -59,6 +61,7 @@ class EncodingSettings:
     fde_simhash_bits: int = 5
     fde_projection_dim: int = 16
     fde_seed: int = 0
+    bits_pool_threshold: float = 0.85
     originals: str = "float16"
 
     ENV_PREFIX = "INFINITY_ASSETS_INDEX_"
@@ -69,6 +72,8 @@ class EncodingSettings:
         for name in ("fde_repetitions", "fde_simhash_bits", "fde_projection_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"index encoding {name}={getattr(self, name)}: must be at least 1")
+        if not 0.0 < self.bits_pool_threshold <= 1.0:
+            raise ValueError(f"index encoding bits_pool_threshold={self.bits_pool_threshold}: a cosine in (0, 1]")
         if self.fde_simhash_bits > 12:
             raise ValueError(f"index encoding fde_simhash_bits={self.fde_simhash_bits}: at most 12 (4,096 buckets)")
 
@@ -89,8 +94,8 @@ class EncodingSettings:
 
     @classmethod
     def from_json(cls, text: str) -> EncodingSettings:
-        """Parse :meth:`to_json`'s output."""
-        return cls(**json.loads(text))
+        """Parse :meth:`to_json`'s output (a table written before token pooling pooled nothing: 1.0)."""
+        return cls(**{"bits_pool_threshold": 1.0, **json.loads(text)})
 
 
 def _from_env(cls: type, prefix: str, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,8 @@
    in memory, read once per table version. Bits on which nearly every document agrees with the query
    (``fde_agreement``) are left out: shared by near-duplicate pages, they would drown the bits of a rare
    token. Keeps ``fde_candidates``.
-2. **Hamming MaxSim** (:mod:`~infinity_assets.index.binary`) on the 1-bit token vectors of those candidates
-   only (read by row position, ``take``). Keeps ``hamming_candidates``.
+2. **Hamming MaxSim** (:mod:`~infinity_assets.index.binary`) on the 1-bit codes of those candidates' pooled
+   tokens (:mod:`~infinity_assets.index.pooling`; read by row position, ``take``). Keeps ``hamming_candidates``.
 3. **Float MaxSim** (cosine) on the unit ``embedding`` vectors of those few: the final order and scores,
    the same as an exact search gives for the documents returned.
 
@@ -43,7 +43,7 @@ class SearchSettings:
     ``INFINITY_ASSETS_SEARCH_HAMMING_CANDIDATES``. ``hamming_candidates`` is raised to ``k`` when smaller.
     """
 
-    fde_candidates: int = 500
+    fde_candidates: int = 1000
     hamming_candidates: int = 50
     fde_agreement: float = 0.9
     """FDE bits on which more than this share of the documents agree with the query are not compared

@@ -56,6 +56,9 @@ class IndexConfig(dg.Config):
     """Dimensions each bucket is projected to; None: environment or default."""
     fde_seed: int | None = None
     """Seed of the FDE's random partitions and projections; None: environment or default."""
+    bits_pool_threshold: float | None = None
+    """Cosine above which a document's tokens share one 1-bit code in stage 2 (1.0: no pooling); None:
+    ``INFINITY_ASSETS_INDEX_BITS_POOL_THRESHOLD`` or the default."""
     originals: str | None = None
     """dtype of the unit token vectors kept for the rerank and exact search: float16 or float32."""
     fde_candidates: int | None = None
@@ -95,7 +98,7 @@ def _build(name: str, modality: str, upstream: str, infinity_key: str) -> tuple[
             dg.TableColumn(f.name, str(f.type).replace("384", "hidden_dim")) for f in index_schema(384, "", "")])},
         description=f"LanceDB table {modality!r} at <root>/index: one row per document of the current "
                     f"{upstream} artifacts (upserts, deletes; unchanged rows untouched), compacted, old versions "
-                    "removed; compact columns (MUVERA code, 1-bit and float16 token vectors) for the staged "
+                    "removed; compact columns (MUVERA code, 1-bit pooled and float16 token vectors) for the staged "
                     "search of `infinity-assets search`.",
     )
     def _index(context: dg.AssetExecutionContext, config: IndexConfig) -> dg.MaterializeResult:
@@ -104,7 +107,8 @@ def _build(name: str, modality: str, upstream: str, infinity_key: str) -> tuple[
         settings = infinity.effective_settings()
         encoding = EncodingSettings.from_env(
             fde_repetitions=config.fde_repetitions, fde_simhash_bits=config.fde_simhash_bits,
-            fde_projection_dim=config.fde_projection_dim, fde_seed=config.fde_seed, originals=config.originals)
+            fde_projection_dim=config.fde_projection_dim, fde_seed=config.fde_seed,
+            bits_pool_threshold=config.bits_pool_threshold, originals=config.originals)
         report = sync_index(store, modality, model=settings["model_name"], hidden_dim=settings["hidden_dim"],
                             encoding=encoding, cleanup_older_than=timedelta(minutes=config.cleanup_older_than_minutes),
                             lock_timeout=config.lock_timeout_seconds)

@@ -1,0 +1,48 @@
+"""Token pooling of the hamming stage: near-duplicates merge, distinct tokens stay, the index records it."""
+import numpy as np
+import pytest
+
+from infinity_assets.index.pooling import pool_document, pool_tokens
+from infinity_assets.index.schema import EncodingSettings
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_near_duplicates_merge_and_distinct_tokens_stay() -> None:
+    rng = np.random.default_rng(0)
+    words = _unit(rng.standard_normal((5, 64)))
+    copies = _unit(np.repeat(words, 10, axis=0) + 0.01 * rng.standard_normal((50, 64)))
+    rare = _unit(rng.standard_normal((3, 64)))
+    pooled = _unit(pool_document(np.concatenate([copies, rare]), 0.85))
+    assert len(pooled) == 8
+    # every original token has a pooled token within the threshold: the max over pooled tokens moves little
+    assert (np.concatenate([copies, rare]) @ pooled.T).max(axis=1).min() > 0.85
+
+
+def test_pool_tokens_keeps_documents_apart_and_threshold_one_keeps_all() -> None:
+    rng = np.random.default_rng(1)
+    same = _unit(np.repeat(rng.standard_normal((1, 32)), 6, axis=0))   # two documents of one repeated token
+    vectors, offsets = np.concatenate([same, same]), np.array([0, 6, 12])
+    pooled, pooled_offsets = pool_tokens(vectors, offsets, 0.85)
+    assert pooled_offsets.tolist() == [0, 1, 2] and len(pooled) == 2
+    kept, kept_offsets = pool_tokens(vectors, offsets, 1.0)
+    assert kept is vectors and kept_offsets is offsets
+
+
+def test_long_documents_pool_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import infinity_assets.index.pooling as pooling
+
+    monkeypatch.setattr(pooling, "BLOCK_TOKENS", 8)
+    same = _unit(np.ones((20, 4)))
+    assert len(pooling.pool_document(same, 0.85)) == 3   # blocks of 8, 8, 4 tokens: one pooled token each
+
+
+def test_pooling_is_part_of_the_recorded_encoding() -> None:
+    assert EncodingSettings().bits_pool_threshold == 0.85
+    old = '{"fde_projection_dim": 16, "fde_repetitions": 20, "fde_seed": 0, "fde_simhash_bits": 5, "originals": "float16"}'
+    assert EncodingSettings.from_json(old) != EncodingSettings()   # a table from before pooling is rebuilt
+    assert EncodingSettings.from_json(EncodingSettings().to_json()) == EncodingSettings()
+    with pytest.raises(ValueError, match="bits_pool_threshold"):
+        EncodingSettings(bits_pool_threshold=0.0)
