@@ -51,7 +51,7 @@ FAST_PLAID = ("does not install with torch pinned to 2.13.0: fast-plaid 1.7.0 re
 
 #: The modules that decide what an index row holds: a cached build is reused only by the code that wrote it
 #: (a change of the search code alone does not rebuild).
-ENCODING_MODULES = ("schema.py", "rows.py", "fde.py", "binary.py", "bulk.py")
+ENCODING_MODULES = ("schema.py", "rows.py", "fde.py", "binary.py", "pooling.py", "bulk.py")
 
 
 def _engine_version() -> str:
