@@ -6,7 +6,7 @@ changes no maximum, so the index keeps the 1-bit codes of *pooled* tokens: withi
 whose cosine similarity to a leader exceeds ``threshold`` join it, and the group is kept as the sign of its
 mean (greedy leader clustering, leaders taken densest first). On structured ColPali-sized pages at
 ``threshold=0.85`` a page of 1,031 tokens keeps ~220 (4.7x fewer comparisons and bytes), and the hamming
-stage ranks as well as on every token (the benchmark's ``index`` section). Only stage 2 uses pooled tokens:
+stage keeps as much of the exact top 10 as on every token (README, "Token pooling for stage 2"). Only stage 2 uses pooled tokens:
 the rerank and the exact search read every original vector.
 """
 from __future__ import annotations

@@ -36,18 +36,21 @@ def unit_vectors(embedding: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.
 def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> dict[str, pa.Array]:
     """The ``fde``, ``bits`` and ``embedding`` columns of documents given as unit ``vectors`` and ``offsets``."""
     hidden_dim = vectors.shape[1]
-    list_offsets = pa.array(offsets.astype(np.int32))
     codes = document_codes(encoding.fde(hidden_dim), vectors, offsets)
     pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)
     signs = pack_signs(pooled)
     originals = vectors.astype(np.float16 if encoding.originals == "float16" else np.float32)
     return {
         "fde": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel()), codes.shape[1]),
-        "bits": pa.ListArray.from_arrays(
-            pa.array(pooled_offsets.astype(np.int32)), pa.FixedSizeListArray.from_arrays(pa.array(signs.ravel()), signs.shape[1])),
-        "embedding": pa.ListArray.from_arrays(
-            list_offsets, pa.FixedSizeListArray.from_arrays(pa.array(originals.ravel()), hidden_dim)),
+        "bits": _vector_lists(pooled_offsets, signs),
+        "embedding": _vector_lists(offsets, originals),
     }
+
+
+def _vector_lists(offsets: np.ndarray, rows: np.ndarray) -> pa.ListArray:
+    """``list<fixed_size_list<T, width>>``: document ``i`` owns ``rows[offsets[i]:offsets[i + 1]]``."""
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
+                                    pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), rows.shape[1]))
 
 
 def encode_rows(group: pa.Table, partition: str, schema: pa.Schema, encoding: EncodingSettings) -> pa.Table:
