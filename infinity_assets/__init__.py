@@ -1,6 +1,7 @@
-"""Dagster assets that embed documents from object storage with a self-hosted Infinity server.
+"""Dagster components that embed documents from object storage with a self-hosted Infinity server.
 
-The Infinity client works without Dagster::
+One corpus per :class:`InfinityCorpusComponent` instance in a Dagster project (``dg scaffold defs
+infinity_assets.InfinityCorpusComponent manuals``). The Infinity client works without Dagster::
 
     from infinity_assets import InfinityEmbeddings
 """
@@ -26,6 +27,7 @@ __all__ = [
     "ClientStats",
     "DocumentStoreResource",
     "InfinityAuthenticationError",
+    "InfinityCorpusComponent",
     "InfinityBadRequestError",
     "InfinityConnectionError",
     "InfinityEmbeddings",
@@ -41,10 +43,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # The Dagster resources import dagster (slow); load them only when asked for.
-    if name in ("InfinityResource", "DocumentStoreResource"):
-        from infinity_assets.orchestration import resources
+#: Names that import Dagster (seconds): loaded when first asked for, so the client and the CLI start fast.
+_DAGSTER_NAMES = {"InfinityResource": "resources", "DocumentStoreResource": "resources",
+                  "InfinityCorpusComponent": "component"}
 
-        return getattr(resources, name)
+
+def __getattr__(name: str):
+    if name in _DAGSTER_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(f"infinity_assets.orchestration.{_DAGSTER_NAMES[name]}"), name)
     raise AttributeError(f"module 'infinity_assets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # `dg list components` finds the component by listing this module (dagster_dg_cli.registry_modules).
+    return sorted([*globals(), *_DAGSTER_NAMES])

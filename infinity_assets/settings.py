@@ -1,9 +1,11 @@
-"""Client and store settings from environment variables, in plain Python (no Dagster).
+"""Client, store and corpus settings from environment variables, in plain Python (no Dagster).
 
 The one place that says what ``INFINITY_*`` (with an ``INFINITY_IMAGE_*``-style prefix read first),
-``INFINITY_ASSETS_ROOT`` and ``AWS_*`` mean. The Dagster resources (:mod:`infinity_assets.orchestration.resources`)
-fill the fields their config leaves unset through these functions; the CLI and the service call them directly,
-so they start without importing Dagster (seconds) and read the environment exactly as a run does.
+``INFINITY_ASSETS_ROOT``, ``AWS_*``, ``INFINITY_PDF_*`` and ``INFINITY_ASSETS_*`` mean. The single
+env-configured code location (:mod:`infinity_assets.definitions`) resolves them into a corpus with
+:func:`corpus_from_env`; the Dagster resources (:mod:`infinity_assets.orchestration.resources`) fill the fields
+their config leaves unset through these functions; the CLI and the service call them directly, so they start
+without importing Dagster (seconds) and read the environment exactly as a run does.
 
 Nothing is read at import time: every function reads ``os.environ`` when it is called.
 
@@ -21,7 +23,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from infinity_assets.artifacts.schema import vector_encoding
 from infinity_assets.client.embeddings import DEFAULT_MODEL, DEFAULT_URL, InfinityEmbeddings
+from infinity_assets.corpus import ClientSettings, CorpusSpec, IndexSettings, StoreSettings
+from infinity_assets.index.schema import EncodingSettings
+from infinity_assets.index.two_stage import SearchSettings
 from infinity_assets.storage.documents import DocumentStore, PdfSettings
 
 #: The client option each environment variable sets (``<prefix>MODEL`` is read before ``INFINITY_MODEL``).
@@ -116,3 +122,32 @@ def build_store(*, pdf: PdfSettings | None = None, jsonl_id_field: str = "id", j
         settings["root"], endpoint_url=settings["endpoint_url"], key=settings["access_key_id"],
         secret=settings["secret_access_key"], region=settings["region"], jsonl_id_field=jsonl_id_field,
         jsonl_text_field=jsonl_text_field, pdf=pdf)
+
+
+def client_from_env(env_prefix: str = "INFINITY_") -> ClientSettings:
+    """The :class:`ClientSettings` of :func:`client_settings` (``hidden_dim`` None: detect it), with
+    ``$<prefix>HTTP_TRANSPORT`` / ``$INFINITY_HTTP_TRANSPORT``."""
+    own = os.environ.get(env_prefix + "HTTP_TRANSPORT") or os.environ.get("INFINITY_HTTP_TRANSPORT") or None
+    return ClientSettings(**client_settings(env_prefix), http_transport=own)
+
+
+def store_from_env(**overrides: Any) -> StoreSettings:
+    """The :class:`StoreSettings` of :func:`store_settings` (S3 fields left unset read ``AWS_*`` in the store)."""
+    return StoreSettings(**store_settings(overrides))
+
+
+def corpus_from_env(name: str = "default") -> CorpusSpec:
+    """One corpus with both modalities from the environment: what earlier versions' single code location read.
+
+    Text: ``INFINITY_*``; images: ``INFINITY_IMAGE_*`` then ``INFINITY_*``; store: ``INFINITY_ASSETS_ROOT`` and
+    ``AWS_*``; PDF pages: ``INFINITY_PDF_*``; ``INFINITY_ASSETS_VECTOR_ENCODING``;
+    ``INFINITY_BACKFILL_PARTITIONS_PER_RUN``; the index's ``INFINITY_ASSETS_INDEX_*`` and
+    ``INFINITY_ASSETS_SEARCH_*``. Raises ``ValueError`` naming the variable whose value does not parse.
+    """
+    per_run = os.environ.get("INFINITY_BACKFILL_PARTITIONS_PER_RUN", "100")
+    if not per_run.isdigit() or int(per_run) < 1:
+        raise ValueError(f"INFINITY_BACKFILL_PARTITIONS_PER_RUN must be a whole number >= 1, got {per_run!r}")
+    return CorpusSpec(
+        name=name, store=store_from_env(), text=client_from_env("INFINITY_"), images=client_from_env(IMAGE_PREFIX),
+        pdf=PdfSettings.from_env(), vector_encoding=vector_encoding(), backfill_partitions_per_run=int(per_run),
+        index=IndexSettings(encoding=EncodingSettings.from_env(), search=SearchSettings.from_env()))

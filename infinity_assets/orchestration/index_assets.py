@@ -1,22 +1,23 @@
-"""The index assets ``text_index`` / ``image_index`` (LanceDB, synced with the artifacts) and their quality check.
+"""A corpus's index assets ``<corpus>/text_index`` / ``<corpus>/image_index`` (LanceDB, synced with the artifacts)
+and their quality check.
 
 Each index asset is unpartitioned and downstream of every partition of its embedding asset: one
 materialization syncs all changed batches at once (``index.sync_index``), computing the compact columns of
-the staged search with the encoding of the run config, and reports the bytes per page, the stages'
+the staged search with the corpus's index encoding, and reports the bytes per page, the stages'
 parameters and a recall@10 of the default search against exact on known-item queries cut from the indexed
 documents (``index.evaluation.self_recall``), so quality drift shows in the UI without a labelled set. One writer at a time is guaranteed
 by the index's writer lock (flock locally, a conditional-PUT lease on S3), whoever launches the run; the
 ``index_writer`` pool and the automation condition (never while a run of the same index is in progress) keep
-runs from queueing on that lock. ``index_automation_sensor`` requests a sync after embedding partitions were
-materialized.
+runs from queueing on that lock. The corpus's ``<corpus>_index_automation_sensor`` requests a sync after its
+embedding partitions were materialized.
 """
 from dataclasses import asdict
 from datetime import timedelta
 
 import dagster as dg
 
+from infinity_assets.corpus import ClientSettings, CorpusModality, CorpusSpec
 from infinity_assets.index import (
-    EncodingSettings,
     IndexReader,
     SearchIndexError,
     SearchSettings,
@@ -26,7 +27,7 @@ from infinity_assets.index import (
     sync_index,
 )
 from infinity_assets.index.evaluation import EvalSetError, SelfRecall, eval_set_key, evaluate, load_eval_set, self_recall
-from infinity_assets.orchestration.resources import DocumentStoreResource, InfinityResource
+from infinity_assets.orchestration.keys import asset_key
 from infinity_assets.storage.documents import DocumentStore
 
 INDEX_POOL = "index_writer"
@@ -45,28 +46,11 @@ INDEX_AUTOMATION = (
 
 
 class IndexConfig(dg.Config):
-    """Run config of the index assets."""
+    """Run config of the index assets (the encoding and search settings are the corpus's ``index`` block)."""
 
-    fde_repetitions: int | None = None
-    """MUVERA repetitions of the stage-1 code (None: ``INFINITY_ASSETS_INDEX_FDE_REPETITIONS`` or the default).
-    Any change of the encoding rebuilds the table in one commit."""
-    fde_simhash_bits: int | None = None
-    """SimHash bits per repetition (``2 ** bits`` buckets); None: environment or default."""
-    fde_projection_dim: int | None = None
-    """Dimensions each bucket is projected to; None: environment or default."""
-    fde_seed: int | None = None
-    """Seed of the FDE's random partitions and projections; None: environment or default."""
-    bits_pool_threshold: float | None = None
-    """Cosine above which a document's tokens share one 1-bit code in stage 2 (1.0: no pooling); None:
-    ``INFINITY_ASSETS_INDEX_BITS_POOL_THRESHOLD`` or the default."""
-    originals: str | None = None
-    """dtype of the unit token vectors kept for the rerank and exact search: float16 or float32."""
-    fde_candidates: int | None = None
-    """Candidates the FDE stage keeps, for the drift measurement (searches read INFINITY_ASSETS_SEARCH_*)."""
-    hamming_candidates: int | None = None
-    """Candidates the hamming MaxSim stage keeps, for the drift measurement."""
-    drift_queries: int = 32
-    """Known-item queries cut from indexed documents after each sync (0: no drift measurement)."""
+    drift_queries: int | None = None
+    """Known-item queries cut from indexed documents after each sync (0: no drift measurement); default: the
+    corpus's ``index.drift_queries``."""
     drift_seconds: float = 20.0
     """Time budget of the drift measurement's exact searches (each scans the whole index)."""
     cleanup_older_than_minutes: int = 60
@@ -84,71 +68,77 @@ class QualityConfig(dg.Config):
     min_ndcg_at_5: float = 0.5
 
 
-def _build(name: str, modality: str, upstream: str, infinity_key: str) -> tuple[dg.AssetsDefinition,
-                                                                              dg.AssetChecksDefinition]:
+def build_index_assets(spec: CorpusSpec, modality: CorpusModality) -> tuple[dg.AssetsDefinition,
+                                                                               dg.AssetChecksDefinition]:
+    """The index asset ``<corpus>/<stem>_index`` of one modality and its retrieval quality check."""
+    key, upstream = asset_key(modality, "index"), asset_key(modality, "embeddings")
+    settings = spec.index
+
     @dg.asset(
-        name=name,
+        key=key,
         deps=[upstream],
         pool=INDEX_POOL,
-        group_name="index",
+        group_name=spec.name,
         kinds={"lancedb"},
         automation_condition=INDEX_AUTOMATION,
-        required_resource_keys={infinity_key, "document_store"},
         metadata={"dagster/column_schema": dg.TableSchema(columns=[
-            dg.TableColumn(f.name, str(f.type).replace("384", "hidden_dim")) for f in index_schema(384, "", "")])},
-        description=f"LanceDB table {modality!r} at <root>/index: one row per document of the current "
-                    f"{upstream} artifacts (upserts, deletes; unchanged rows untouched), compacted, old versions "
-                    "removed; compact columns (MUVERA code, 1-bit pooled and float16 token vectors) for the staged "
-                    "search of `infinity-assets search`.",
+            dg.TableColumn(f.name, str(f.type).replace("384", "hidden_dim")) for f in index_schema(384, "", "")]),
+                  "corpus": spec.name},
+        description=f"LanceDB table {modality.kind!r} at <root>/index of corpus {spec.name!r}: one row per document "
+                    f"of the current {upstream.to_user_string()} artifacts (upserts, deletes; unchanged rows "
+                    "untouched), compacted, old versions removed; compact columns for the staged search of "
+                    "`infinity-assets search`.",
     )
     def _index(context: dg.AssetExecutionContext, config: IndexConfig) -> dg.MaterializeResult:
-        infinity: InfinityResource = getattr(context.resources, infinity_key)
-        store = context.resources.document_store.get_store()
-        settings = infinity.effective_settings()
-        encoding = EncodingSettings.from_env(
-            fde_repetitions=config.fde_repetitions, fde_simhash_bits=config.fde_simhash_bits,
-            fde_projection_dim=config.fde_projection_dim, fde_seed=config.fde_seed,
-            bits_pool_threshold=config.bits_pool_threshold, originals=config.originals)
-        report = sync_index(store, modality, model=settings["model_name"], hidden_dim=settings["hidden_dim"],
-                            encoding=encoding, cleanup_older_than=timedelta(minutes=config.cleanup_older_than_minutes),
+        store = spec.build_store()
+        report = sync_index(store, modality.kind, model=modality.client.model_name,
+                            hidden_dim=modality.client.hidden_dim, encoding=settings.encoding,
+                            cleanup_older_than=timedelta(minutes=config.cleanup_older_than_minutes),
                             lock_timeout=config.lock_timeout_seconds)
         for partition, reason in report.skipped[:50]:
             context.log.warning(f"partition {partition!r} not indexed: {reason}")
-        search = SearchSettings.from_env(fde_candidates=config.fde_candidates,
-                                         hamming_candidates=config.hamming_candidates)
-        return dg.MaterializeResult(metadata={**_metadata(report), **_search_metadata(store, modality, search, config),
-                                              "dagster/column_lineage": _lineage(upstream)})
+        drift = settings.drift_queries if config.drift_queries is None else config.drift_queries
+        return dg.MaterializeResult(metadata={
+            **_metadata(report), **_search_metadata(store, modality.kind, settings.search, drift, config.drift_seconds),
+            "dagster/column_lineage": _lineage(upstream)})
 
-    @dg.asset_check(asset=name, name=QUALITY_CHECK, required_resource_keys={infinity_key, "document_store"},
+    @dg.asset_check(asset=key, name=QUALITY_CHECK,
                     description=f"recall@k, MRR@10 and nDCG@5 of the index on the labelled queries of "
-                                f"{eval_set_key(modality)} in the store, against thresholds from config.")
+                                f"{eval_set_key(modality.kind)} in the store, against thresholds from config.")
     def _quality(context: dg.AssetCheckExecutionContext, config: QualityConfig) -> dg.AssetCheckResult:
-        infinity: InfinityResource = getattr(context.resources, infinity_key)
-        document_store: DocumentStoreResource = context.resources.document_store
-        return quality_result(document_store, infinity, modality, config)
+        return quality_result(spec.build_store(), modality.client, modality.kind, config)
 
     return _index, _quality
 
 
-def quality_result(document_store: DocumentStoreResource, infinity: InfinityResource, modality: str,
+def build_index_automation_sensor(spec: CorpusSpec) -> dg.AutomationConditionSensorDefinition:
+    """``<corpus>_index_automation_sensor``: syncs the corpus's indexes after its embeddings changed."""
+    return dg.AutomationConditionSensorDefinition(
+        f"{spec.name}_index_automation_sensor",
+        target=dg.AssetSelection.assets(*(asset_key(m, "index") for m in spec.modalities)),
+        default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+        description=f"Requests a sync of corpus {spec.name!r}'s indexes after its embedding partitions were "
+                    "materialized.")
+
+
+def quality_result(store: DocumentStore, client_settings: ClientSettings, kind: str,
                    config: QualityConfig) -> dg.AssetCheckResult:
     """The retrieval quality check's result (no labelled set: passed, saying there is nothing to measure)."""
-    store = document_store.get_store()
-    where = store.uri_for(eval_set_key(modality))
+    where = store.uri_for(eval_set_key(kind))
     try:
-        queries = load_eval_set(store, modality)
+        queries = load_eval_set(store, kind)
         if queries is None:
             return dg.AssetCheckResult(passed=True, description=f"no labelled queries at {where}: nothing measured")
-        table = open_table(store, modality)
+        table = open_table(store, kind)
         if table is None or table.count_rows() == 0:  # nothing embedded yet: not a quality failure
-            return dg.AssetCheckResult(passed=True, description=f"the {modality} index holds no documents yet "
+            return dg.AssetCheckResult(passed=True, description=f"the {kind} index holds no documents yet "
                                        "(nothing embedded with its model): nothing measured")
-        reader = IndexReader(store, modality)
-        client = infinity.get_client()
-        # Another model with the same hidden_dim can still be measured: the metrics show what it costs.
-        reader.check_settings(reader.model, client.hidden_dim)
-        quality = evaluate(queries, lambda text, n: [h.doc_id for h in reader.search(client.embed_query(text), n)],
-                           config.k)
+        reader = IndexReader(store, kind)
+        with client_settings.build_client() as client:
+            # Another model with the same hidden_dim can still be measured: the metrics show what it costs.
+            reader.check_settings(reader.model, client.hidden_dim)
+            quality = evaluate(queries, lambda text, n: [h.doc_id for h in reader.search(client.embed_query(text), n)],
+                               config.k)
     except (EvalSetError, SearchIndexError) as exc:
         return dg.AssetCheckResult(passed=False, description=str(exc), severity=dg.AssetCheckSeverity.ERROR)
     below = [f"{name} {value:.3f} < {minimum}" for name, value, minimum in (
@@ -156,8 +146,8 @@ def quality_result(document_store: DocumentStoreResource, infinity: InfinityReso
         ("MRR@10", quality.mrr_at_10, config.min_mrr_at_10),
         ("nDCG@5", quality.ndcg_at_5, config.min_ndcg_at_5)) if value < minimum]
     problems = ([f"below thresholds: {', '.join(below)}"] if below else []) + (
-        [f"the index was built with model {reader.model!r}, queries are embedded with {client.model_name!r}"]
-        if reader.model != client.model_name else [])
+        [f"the index was built with model {reader.model!r}, queries are embedded with {client_settings.model_name!r}"]
+        if reader.model != client_settings.model_name else [])
     return dg.AssetCheckResult(
         passed=not problems, severity=dg.AssetCheckSeverity.ERROR,
         description="; ".join(problems) or f"{quality.queries} labelled queries: all metrics within thresholds",
@@ -168,12 +158,12 @@ def quality_result(document_store: DocumentStoreResource, infinity: InfinityReso
                   "model": reader.model})
 
 
-def _lineage(upstream: str) -> dg.TableColumnLineage:
+def _lineage(upstream: dg.AssetKey) -> dg.TableColumnLineage:
     """Each index column comes from the artifact column of the same name (``partition`` from its partition)."""
     columns = ["doc_id", "source_uri", "fingerprint", "embedded_at", "n_vectors", "embedding", "page", "page_text"]
     derived = {"fde": "embedding", "bits": "embedding"}
     return dg.TableColumnLineage(deps_by_column={
-        column: [dg.TableColumnDep(asset_key=dg.AssetKey(upstream), column_name=derived.get(column, column))]
+        column: [dg.TableColumnDep(asset_key=upstream, column_name=derived.get(column, column))]
         for column in [*columns, *derived]})
 
 
@@ -193,11 +183,11 @@ def _metadata(report: SyncReport) -> dict[str, object]:
     }
 
 
-def _search_metadata(store: DocumentStore, modality: str, search: SearchSettings,
-                     config: IndexConfig) -> dict[str, object]:
+def _search_metadata(store: DocumentStore, kind: str, search: SearchSettings, drift_queries: int,
+                     drift_seconds: float) -> dict[str, object]:
     """Bytes per page, the search stages' parameters and the drift measurement (empty if no table yet)."""
     try:
-        reader = IndexReader(store, modality)
+        reader = IndexReader(store, kind)
     except SearchIndexError:
         return {}
     sizes = reader.bytes_per_page()
@@ -206,19 +196,10 @@ def _search_metadata(store: DocumentStore, modality: str, search: SearchSettings
         "bytes_per_page_by_column": dg.MetadataValue.json({k: round(v) for k, v in sizes.items()}),
         "search_settings": dg.MetadataValue.json(asdict(search)),
     }
-    if config.drift_queries > 0:
-        drift: SelfRecall = self_recall(reader, config.drift_queries, settings=search, seconds=config.drift_seconds)
+    if drift_queries > 0:
+        drift: SelfRecall = self_recall(reader, drift_queries, settings=search, seconds=drift_seconds)
         metadata.update({
             "drift_recall_at_10": drift.recall_at_k, "drift_known_item_at_10": drift.known_item_at_k,
             "drift_queries": drift.queries, "drift_exact_queries": drift.exact_queries,
             "drift_seconds": round(drift.seconds, 2)})
     return metadata
-
-
-text_index, text_quality = _build("text_index", "text", "text_embeddings", "infinity")
-image_index, image_quality = _build("image_index", "images", "image_embeddings", "infinity_images")
-
-index_automation_sensor = dg.AutomationConditionSensorDefinition(
-    "index_automation_sensor", target=dg.AssetSelection.assets(text_index, image_index),
-    default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
-    description="Requests a sync of text_index / image_index after embedding partitions were materialized.")

@@ -4,8 +4,7 @@ Why a schedule and not a declarative ``AutomationCondition``: the documents live
 Dagster's asset graph, so no condition can see that a file changed (conditions react to materializations,
 code versions and time, not to bytes in a bucket). The schedule lists the sources, computes the data version
 each batch would get now (``artifacts.data_version`` of the same ``{key relative to the batch folder:
-fingerprint}`` the asset reports, with the model and hidden_dim of the same resource and the vector encoding of
-``INFINITY_ASSETS_VECTOR_ENCODING``), and compares it with the data version of the batch's last materialization.
+fingerprint}`` the asset reports, with the corpus's model, hidden_dim and vector encoding), and compares it with the data version of the batch's last materialization.
 That catches what the sensor cannot: deleted documents, a changed model, hidden_dim or vector encoding, batches
 never materialized, and anything a sensor tick missed. Unchanged batches,
 and batches with a run already in progress, are never requested.
@@ -18,13 +17,11 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from infinity_assets.artifacts import data_version, vector_encoding
+from infinity_assets.artifacts import data_version
+from infinity_assets.corpus import ClientSettings, CorpusModality, CorpusSpec
+from infinity_assets.orchestration.keys import asset_key, embed_job
 from infinity_assets.storage.documents import DocumentStore
-from infinity_assets.orchestration.jobs import ASSET_BY_MODALITY, JOBS_BY_MODALITY
-from infinity_assets.orchestration.partitions import PARTITIONS_BY_MODALITY
-from infinity_assets.orchestration.resources import InfinityResource
 
-INFINITY_KEY_BY_MODALITY = {"text": "infinity", "images": "infinity_images"}
 #: The tag Dagster stores a materialization's data version under (indexed per partition by the event log).
 DATA_VERSION_TAG = "dagster/data_version"
 PARTITION_TAG = "dagster/partition"
@@ -40,18 +37,17 @@ _ACTIVE_RUN_STATUSES = [
 ]
 
 
-def current_data_versions(store: DocumentStore, modality: str, infinity: InfinityResource) -> dict[str, str]:
-    """``{partition: data version}`` each batch folder of ``modality`` would get if it were embedded now.
+def current_data_versions(store: DocumentStore, kind: str, client: ClientSettings,
+                          vector_encoding: str) -> dict[str, str]:
+    """``{partition: data version}`` each batch folder of ``kind`` would get if it were embedded now.
 
     Computed exactly as the asset computes it (``pipeline.embed_partition``): the fingerprints of the batch's
-    supported files keyed relative to the batch folder, the resource's effective model and hidden_dim, and the
-    vector encoding the schedule's runs use (``$INFINITY_ASSETS_VECTOR_ENCODING``, else float32).
+    supported files keyed relative to the batch folder, the model and hidden_dim of ``client`` and the
+    corpus's ``vector_encoding``.
     """
-    settings = infinity.effective_settings()
-    encoding = vector_encoding()
     return {
-        partition: data_version(listing.fingerprints, settings["model_name"], settings["hidden_dim"], encoding)
-        for partition, listing in store.scan(modality).items()
+        partition: data_version(listing.fingerprints, client.model_name, client.hidden_dim, vector_encoding)
+        for partition, listing in store.scan(kind).items()
     }
 
 
@@ -103,66 +99,55 @@ def partitions_in_progress(instance: dg.DagsterInstance, job_name: str, asset_ke
     return busy
 
 
-def stale_partitions(context: dg.ScheduleEvaluationContext, modality: str) -> list[tuple[str, str]]:
+def stale_partitions(context: dg.ScheduleEvaluationContext, spec: CorpusSpec,
+                     modality: CorpusModality) -> list[tuple[str, str]]:
     """``(partition, current data version)`` of the registered batches whose last materialization differs
     (or which were never materialized), sorted by partition, leaving out those with a run in progress."""
-    store = context.resources.document_store.get_store()
-    infinity: InfinityResource = getattr(context.resources, INFINITY_KEY_BY_MODALITY[modality])
+    store = spec.build_store()
+    key = asset_key(modality, "embeddings")
     # Only registered partitions: a schedule cannot add dynamic partitions; the sensor adds new batches.
-    known = set(context.instance.get_dynamic_partitions(PARTITIONS_BY_MODALITY[modality].name))
-    current = {p: v for p, v in current_data_versions(store, modality, infinity).items() if p in known}
-    materialized = materialized_data_versions(
-        context.instance, dg.AssetKey(ASSET_BY_MODALITY[modality]), current
-    )
-    busy = partitions_in_progress(context.instance, JOBS_BY_MODALITY[modality].name,
-                                  dg.AssetKey(ASSET_BY_MODALITY[modality]), PARTITIONS_BY_MODALITY[modality].name)
+    known = set(context.instance.get_dynamic_partitions(modality.partitions_name))
+    current = {p: v for p, v in current_data_versions(store, modality.kind, modality.client,
+                                                      spec.vector_encoding).items() if p in known}
+    materialized = materialized_data_versions(context.instance, key, current)
+    busy = partitions_in_progress(context.instance, modality.job_name, key, modality.partitions_name)
     return [(p, v) for p, v in sorted(current.items()) if materialized.get(p) != v and p not in busy]
 
 
-def build_incremental_schedule(
-    modality: str,
-    *,
-    cron_schedule: str = "0 * * * *",
-    max_runs_per_tick: int = 500,
-    default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.RUNNING,
-) -> dg.ScheduleDefinition:
-    """The incremental schedule of one modality (``"text"`` or ``"images"``): hourly by default.
+def build_incremental_schedule(spec: CorpusSpec, modality: CorpusModality) -> dg.ScheduleDefinition:
+    """The incremental schedule of one corpus modality (``<corpus>_text_incremental_schedule``).
 
-    ``max_runs_per_tick`` bounds the runs one tick queues (a model change makes every batch stale); the rest
-    are requested by the next ticks. Running by default, like the sensor: it is the safety net that
-    re-embeds what the sensor cannot see (deletions, a new model).
+    ``spec.schedule.max_runs_per_tick`` bounds the runs one tick queues (a model change makes every batch
+    stale); the rest are requested by the next ticks. Running by default (``spec.schedule.enabled``), like the
+    sensor: it is the safety net that re-embeds what the sensor cannot see (deletions, a new model).
     """
-    if modality not in JOBS_BY_MODALITY:
-        raise ValueError(f"modality must be one of {sorted(JOBS_BY_MODALITY)}, got {modality!r}")
-    if max_runs_per_tick < 1:
-        raise ValueError(f"max_runs_per_tick must be >= 1, got {max_runs_per_tick}")
+    settings = spec.schedule
 
     @dg.schedule(
-        name=f"{modality}_incremental_schedule",
-        cron_schedule=cron_schedule,
-        job=JOBS_BY_MODALITY[modality],
-        default_status=default_status,
-        required_resource_keys={"document_store", INFINITY_KEY_BY_MODALITY[modality]},
-        description=f"Re-embeds the {modality} batches whose sources changed since their last "
-        "materialization (added, changed or deleted documents, a new model or a new vector encoding).",
+        name=modality.schedule_name,
+        cron_schedule=settings.cron,
+        job=embed_job(modality),
+        default_status=dg.DefaultScheduleStatus.RUNNING if settings.enabled else dg.DefaultScheduleStatus.STOPPED,
+        description=f"Re-embeds the {modality.kind} batches of corpus {spec.name!r} whose sources changed since "
+        "their last materialization (added, changed or deleted documents, a new model or vector encoding).",
     )
     def _schedule(context: dg.ScheduleEvaluationContext):
-        stale = stale_partitions(context, modality)
+        stale = stale_partitions(context, spec, modality)
         if not stale:
-            return dg.SkipReason(f"every {modality} batch matches its last materialization")
-        if len(stale) > max_runs_per_tick:
+            return dg.SkipReason(f"every {modality.kind} batch of {spec.name!r} matches its last materialization")
+        if len(stale) > settings.max_runs_per_tick:
             context.log.info(
-                f"{len(stale) - max_runs_per_tick} stale {modality} batches left for later ticks"
+                f"{len(stale) - settings.max_runs_per_tick} stale {modality.kind} batches left for later ticks"
             )
         # The tick's time is in the run key, so a batch whose run failed is requested again next tick.
         tick = _tick_time(context).strftime("%Y%m%dT%H%M")
         return [
             dg.RunRequest(
-                run_key=f"{modality}:{partition}:{version}:{tick}",
+                run_key=f"{modality.kind}:{partition}:{version}:{tick}",
                 partition_key=partition,
                 tags={EXPECTED_DATA_VERSION_TAG: version},
             )
-            for partition, version in stale[:max_runs_per_tick]
+            for partition, version in stale[: settings.max_runs_per_tick]
         ]
 
     return _schedule
@@ -175,6 +160,3 @@ def _tick_time(context: dg.ScheduleEvaluationContext) -> datetime:
     except dg.DagsterInvariantViolationError:
         return datetime.now(timezone.utc)
 
-
-text_incremental_schedule = build_incremental_schedule("text")
-images_incremental_schedule = build_incremental_schedule("images")

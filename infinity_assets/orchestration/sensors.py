@@ -1,6 +1,7 @@
-"""``new_documents_sensor``: notices new or changed documents, adds their batch partitions and requests runs.
+"""A corpus's new-documents sensor: notices new or changed documents, adds their batch partitions, requests runs.
 
-How a tick decides, per modality (``raw/text/``, ``raw/images/``):
+Each corpus has its own (``<corpus>_new_documents_sensor``), which launches only its own assets' runs.
+How a tick decides, per modality of the corpus (``raw/text/``, ``raw/images/``):
 
 * One recursive listing of the modality through the document store (paged ``ListObjectsV2``, no s3fs listing
   cache), grouped by batch folder.
@@ -37,15 +38,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset  # RunRequest's backfill form
-from dagster._core.definitions.events import AssetKeyPartitionKey
+
+# The one private Dagster import of the package: a sensor can request a backfill (a burst of changed batches
+# as one backfill, run by the asset's backfill policy) only through RunRequest.for_asset_graph_subset, whose
+# argument has no public constructor in Dagster 1.13. Guarded by test_sensor_backfill_api_exists (an upgrade
+# that moves it fails a test, not a tick).
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 
 from infinity_assets.artifacts import fingerprint_digest
-from infinity_assets.storage.documents import MODALITIES, Listing
-from infinity_assets.orchestration.jobs import ASSET_BY_MODALITY
+from infinity_assets.corpus import CorpusModality, CorpusSpec
+from infinity_assets.orchestration.keys import asset_key, batch_partitions
 from infinity_assets.orchestration.lineage import observation
-from infinity_assets.orchestration.partitions import PARTITIONS_BY_MODALITY
-from infinity_assets.orchestration.resources import DocumentStoreResource
+from infinity_assets.storage.documents import Listing
 
 #: Tag on each run request: the digest of the batch's source fingerprints the run was requested for.
 SOURCE_DIGEST_TAG = "infinity_assets/source_digest"
@@ -116,17 +120,8 @@ def plan_requests(
     return [PlannedRun(p, digests[p]) for p in chosen], ModalityCursor(watermark, requested)
 
 
-def build_new_documents_sensor(
-    *,
-    max_runs_per_tick: int = 25,
-    backfill_over: int = 100,
-    max_backfill_batches: int = 10_000,
-    time_budget_seconds: float = 40.0,
-    lookback_seconds: float = 30.0,
-    minimum_interval_seconds: int = 60,
-    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
-) -> dg.SensorDefinition:
-    """Build ``new_documents_sensor`` with its limits.
+def build_new_documents_sensor(spec: CorpusSpec) -> dg.SensorDefinition:
+    """The new-documents sensor of a corpus, with its limits (``spec.sensor``).
 
     ``max_runs_per_tick`` caps run requests per tick (the first tick over a full bucket spreads its backlog over
     several ticks); ``time_budget_seconds`` bounds a tick's work, well under Dagster's 60 s sensor timeout;
@@ -134,76 +129,65 @@ def build_new_documents_sensor(
     ``minimum_interval_seconds`` is the tick interval. More than ``backfill_over`` changed batches of a modality
     in one tick are requested as one backfill of at most ``max_backfill_batches`` batches (the rest next tick).
 
-    The limits are arguments of this factory rather than environment variables or run config: a sensor has no
-    run config, and reading the environment at import time would make the code location depend on it
-    (``dg check defs`` in CI). A deployment that wants other limits builds its own sensor in its definitions.
-
-    Running by default: the package exists to embed new documents unattended, and a sensor that is off after a
-    deploy silently embeds nothing. Stop it in the UI to pause ingestion.
+    Running by default (``enabled``): the package exists to embed new documents unattended, and a sensor that
+    is off after a deploy silently embeds nothing. Stop it in the UI to pause ingestion.
     """
-    if max_runs_per_tick < 1 or time_budget_seconds <= 0 or lookback_seconds < 0:
-        raise ValueError(
-            "build_new_documents_sensor needs max_runs_per_tick >= 1, time_budget_seconds > 0 and "
-            f"lookback_seconds >= 0 (got {max_runs_per_tick}, {time_budget_seconds}, {lookback_seconds})"
-        )
-    if backfill_over < 1 or max_backfill_batches <= backfill_over:
-        raise ValueError("build_new_documents_sensor needs backfill_over >= 1 and max_backfill_batches > "
-                         f"backfill_over (got {backfill_over}, {max_backfill_batches})")
+    limits = spec.sensor
+    modalities = {m.kind: m for m in spec.modalities}
 
     @dg.sensor(
-        name="new_documents_sensor",
+        name=f"{spec.name}_new_documents_sensor",
         # An asset selection, not the jobs: Dagster lets only a sensor that targets assets request a backfill.
         # A single run selects its modality's embedding asset (with its checks), as the job would.
-        asset_selection=dg.AssetSelection.assets(*ASSET_BY_MODALITY.values()),
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=default_status,
-        description="Adds a partition per new batch folder under raw/text/ and raw/images/ and requests a run "
-        f"for each new or changed batch (at most {max_runs_per_tick} per tick).",
+        asset_selection=dg.AssetSelection.assets(*(asset_key(m, "embeddings") for m in spec.modalities)),
+        minimum_interval_seconds=limits.minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING if limits.enabled else dg.DefaultSensorStatus.STOPPED,
+        description=f"Adds a partition per new batch folder of corpus {spec.name!r} under raw/"
+        f"{{{','.join(modalities)}}}/ and requests a run for each new or changed batch (at most "
+        f"{limits.max_runs_per_tick} per tick).",
     )
-    def new_documents_sensor(
-        context: dg.SensorEvaluationContext, document_store: DocumentStoreResource
-    ) -> dg.SensorResult:
+    def new_documents_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         started = time.monotonic()
         state = _load_cursor(context.cursor)
-        store = document_store.get_store()
-        order = list(MODALITIES)
+        store = spec.build_store()
+        order = list(modalities)
         if state.get("next") in order:  # the modality deferred by the previous tick goes first
             order.remove(state["next"])
             order.insert(0, state["next"])
         state.pop("next", None)
         run_requests: list[dg.RunRequest] = []
         partition_requests: list[dg.AddDynamicPartitionsRequest] = []
-        observations: list[dg.AssetObservation] = []  # raw_*_documents: data version of each requested batch
-        for position, modality in enumerate(order):
-            if position > 0 and time.monotonic() - started > time_budget_seconds / 2:
-                state["next"] = modality
-                context.log.info(f"half the {time_budget_seconds:.0f} s budget is used; {modality} next tick")
+        observations: list[dg.AssetObservation] = []  # raw documents: data version of each requested batch
+        for position, kind in enumerate(order):
+            if position > 0 and time.monotonic() - started > limits.time_budget_seconds / 2:
+                state["next"] = kind
+                context.log.info(f"half the {limits.time_budget_seconds:.0f} s budget is used; {kind} next tick")
                 break
-            listings = store.scan(modality)
-            partitions_def = PARTITIONS_BY_MODALITY[modality]
+            modality = modalities[kind]
+            listings = store.scan(kind)
+            partitions_def = batch_partitions(modality)
             known = set(context.instance.get_dynamic_partitions(partitions_def.name))
             new_partitions = [p for p in listings if p not in known]
             if new_partitions:
                 partition_requests.append(partitions_def.build_add_request(new_partitions))
-            previous = ModalityCursor.from_json(state.get(modality))
-            planned, cursor = plan_requests(listings, previous, max_backfill_batches, lookback_seconds)
-            if len(planned) > backfill_over and context.repository_def is not None:
-                run_requests.append(backfill_request(context.repository_def, modality, planned))
-                context.log.info(f"{len(planned)} changed {modality} batches: one backfill")
+            previous = ModalityCursor.from_json(state.get(kind))
+            planned, cursor = plan_requests(listings, previous, limits.max_backfill_batches, limits.lookback_seconds)
+            if len(planned) > limits.backfill_over:
+                run_requests.append(backfill_request(modality, planned))
+                context.log.info(f"{len(planned)} changed {kind} batches: one backfill")
             else:
-                planned, cursor = plan_requests(listings, previous, max_runs_per_tick - len(run_requests),
-                                                lookback_seconds)
-                asset_key = dg.AssetKey(ASSET_BY_MODALITY[modality])
+                planned, cursor = plan_requests(listings, previous, limits.max_runs_per_tick - len(run_requests),
+                                                limits.lookback_seconds)
                 run_requests += [
                     dg.RunRequest(
-                        run_key=f"{modality}:{run.partition}:{run.digest}",
+                        run_key=f"{kind}:{run.partition}:{run.digest}",
                         partition_key=run.partition,
-                        asset_selection=[asset_key],
+                        asset_selection=[asset_key(modality, "embeddings")],
                         tags={SOURCE_DIGEST_TAG: run.digest},
                     )
                     for run in planned
                 ]
-            state[modality] = cursor.to_json()
+            state[kind] = cursor.to_json()
             observations += [observation(modality, run.partition, run.digest, len(listings[run.partition].sources))
                              for run in planned]
         added = sum(len(r.partition_keys) for r in partition_requests)
@@ -221,13 +205,13 @@ def build_new_documents_sensor(
     return new_documents_sensor
 
 
-def backfill_request(repository: dg.RepositoryDefinition, modality: str, planned: list[PlannedRun]) -> dg.RunRequest:
+def backfill_request(modality: CorpusModality, planned: list[PlannedRun]) -> dg.RunRequest:
     """One backfill of the embedding asset over the ``planned`` batches (the sensor daemon launches it as the
     UI's "Materialize selected" would; its runs follow the asset's backfill policy)."""
-    key = dg.AssetKey(ASSET_BY_MODALITY[modality])
-    subset = AssetGraphSubset.from_asset_partition_set(
-        {AssetKeyPartitionKey(key, run.partition) for run in planned}, repository.asset_graph)
-    return dg.RunRequest.for_asset_graph_subset(subset, tags={BACKFILL_TAG: modality})
+    key = asset_key(modality, "embeddings")
+    partitions = batch_partitions(modality).empty_subset().with_partition_keys(run.partition for run in planned)
+    subset = AssetGraphSubset(partitions_subsets_by_asset_key={key: partitions})
+    return dg.RunRequest.for_asset_graph_subset(subset, tags={BACKFILL_TAG: f"{modality.corpus}/{modality.kind}"})
 
 
 def _load_cursor(cursor: str | None) -> dict:
@@ -237,6 +221,3 @@ def _load_cursor(cursor: str | None) -> dict:
     except ValueError:
         return {}
     return state if isinstance(state, dict) else {}
-
-
-new_documents_sensor = build_new_documents_sensor()
