@@ -10,7 +10,7 @@ SERVER_PY := $(SERVER_VENV)/bin/python
 export INFINITY_ASSETS_SERVER_PYTHON := $(abspath $(SERVER_PY))
 export INFINITY_ASSETS_MODELS_DIR := $(abspath $(MODELS_DIR))
 
-.PHONY: install server-venv models chromium postgres test test-fast demo dev bench clean
+.PHONY: install server-venv models chromium postgres test test-fast demo dev bench docs clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,11 @@ dev: install models
 
 bench: install models postgres
 	$(PY) benchmarks/run.py
+
+# The documentation site (mkdocs.yml, docs/) into .cache/site; --strict fails on a broken link, a missing
+# anchor or an API reference entry naming a renamed or removed object. DOCS_FLAGS adds mkdocs options.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict $(DOCS_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(SERVER_VENV) .cache
