@@ -161,10 +161,13 @@ class IndexSettings:
     encoding: EncodingSettings = field(default_factory=EncodingSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
     drift_queries: int = 32
+    sync_interval_seconds: int = 30
 
     def __post_init__(self) -> None:
         if self.drift_queries < 0:
             raise CorpusSettingsError(f"index drift_queries={self.drift_queries}: 0 (off) or more")
+        if self.sync_interval_seconds < 1:
+            raise CorpusSettingsError(f"index sync_interval_seconds={self.sync_interval_seconds}: at least 1")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """`make demo` and `make dev` as a new user runs them, from this checkout, with the real servers and Dagster.
 
-The demo must embed the sample documents through the daemon (the sensor's runs, the automation's index syncs),
-pass every check, answer through the CLI with a sample document and leave no process behind; `make dev` must
+The demo must embed the sample documents of its two corpora (``docs``: text, ``pages``: PDF pages and images,
+two component instances of this checkout's dg project) through the daemon (each corpus's sensor runs, each
+corpus's index syncs), pass every check, answer through the CLI with a sample document and leave no process behind; `make dev` must
 print the UI address, only INFO lines, and stop every process it started on Ctrl-C.
 """
 from __future__ import annotations
@@ -58,21 +59,26 @@ def test_make_demo_embeds_the_samples_through_the_daemon_and_answers_through_the
 
     runs = [match.groupdict() for match in RUN_LINE.finditer(done.stdout)]
     assert runs and all(run["status"] == "SUCCESS" for run in runs), runs
-    embedded = {run["target"] for run in runs if run["origin"] == "new_documents_sensor"}
-    asset = {"text": "text_embeddings", "images": "image_embeddings"}
-    assert embedded == {f"{asset[m]}[{batch}]" for m, batches in BATCHES.items() for batch in batches}
-    synced = {target for run in runs if run["origin"] == "index_automation_sensor"
-              for target in run["target"].split(", ")}
-    assert synced == {"text_index", "image_index"}  # the indexes were synced by their automation
+    # Each corpus's sensor launched exactly its own batches, of its own asset.
+    asset = {"text": "docs/text_embeddings", "images": "pages/image_embeddings"}
+    sensor = {"text": "docs_new_documents_sensor", "images": "pages_new_documents_sensor"}
+    for modality, batches in BATCHES.items():
+        embedded = {run["target"] for run in runs if run["origin"] == sensor[modality]}
+        assert embedded == {f"{asset[modality]}[{batch}]" for batch in batches}, runs
+    synced = {run["origin"]: run["target"] for run in runs if run["origin"].endswith("_index_automation_sensor")}
+    # each index was synced by its own corpus's automation
+    assert synced == {"docs_index_automation_sensor": "docs/text_index",
+                      "pages_index_automation_sensor": "pages/image_index"}, runs
     for run in runs:
-        if run["origin"] == "new_documents_sensor":  # each embedding run evaluated its four checks, all passed
+        if run["origin"] in sensor.values():  # each embedding run evaluated its four checks, all passed
             assert run["checks"] == ("artifact_schema passed, documents_accounted_for passed, "
                                      "failures_within_threshold passed, vectors_valid passed")
-    latest = re.findall(r"^  (\w+)\.(\w+): (passed|FAILED) \(run \w+\)$", done.stdout, re.M)
-    assert ("text_index", "retrieval_quality", "passed") in latest  # measured on the labelled sample queries
+    latest = re.findall(r"^  (\S+)\.(\w+): (passed|FAILED) \(run \w+\)$", done.stdout, re.M)
+    assert ("docs/text_index", "retrieval_quality", "passed") in latest  # measured on the labelled queries
     assert latest and all(verdict == "passed" for _, _, verdict in latest), latest
-    assert re.search(r"^text_index: 7 rows .* at s3://documents/index/text\.lance$", done.stdout, re.M)
-    assert re.search(r"^image_index: 6 rows .* at s3://documents/index/images\.lance$", done.stdout, re.M)
+    # each corpus in its own bucket
+    assert re.search(r"^docs/text_index: 7 rows .* at s3://docs/index/text\.lance$", done.stdout, re.M)
+    assert re.search(r"^pages/image_index: 6 rows .* at s3://pages/index/images\.lance$", done.stdout, re.M)
 
     text_answer = done.stdout.split(f"$ infinity-assets search {QUERY!r}", 1)[1]
     first_hit = re.search(r"^ 1\. +[\d.]+ +(\S+)", text_answer, re.M)
@@ -125,12 +131,13 @@ def test_make_dev_prints_the_addresses_and_info_lines_and_ctrl_c_stops_every_pro
         lines.wait_for(rf"^Dagster UI: http://127\.0\.0\.1:{port} ", 600, dev)
         assert httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=10).status_code == 200
         for key in sample_objects():
-            if key.startswith("raw/"):
-                lines.wait_for(rf"^  {re.escape(key)}$", 5, dev)  # what was uploaded
+            if key.startswith("raw/"):  # what was uploaded, each corpus into its bucket
+                bucket = "docs" if key.startswith("raw/text/") else "pages"
+                lines.wait_for(rf"^  s3://{bucket}/{re.escape(key)}$", 5, dev)
         service = lines.wait_for(r"^search service \(API and page viewer\): (http://127\.0\.0\.1:\d+)$", 5, dev)
         assert httpx.get(f"{service.group(1)}/health", timeout=10).status_code == 200
         # The sensor's first tick runs at once: a run's INFO line (its asset's own log) reaches the terminal.
-        lines.wait_for(r" - INFO - .*text_embeddings", 600, dev)
+        lines.wait_for(r" - INFO - .*docs/text_embeddings", 600, dev)
         children = psutil.Process(dev.pid).children(recursive=True)
         assert len(children) >= 4  # SeaweedFS, Infinity, dagster dev (webserver, daemon, ...), the service
         os.killpg(dev.pid, signal.SIGINT)  # Ctrl-C

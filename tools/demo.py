@@ -1,15 +1,16 @@
 """`make demo`: the whole flow on this machine, with the real servers and Dagster's own machinery.
 
-Starts SeaweedFS and the real Infinity server on 127.0.0.1, uploads the sample documents
-(``infinity_assets_dev.samples``), and starts ``dagster-daemon run`` on a fresh ``DAGSTER_HOME`` with the repo's
-``dagster.yaml``, as a deployment would: ``new_documents_sensor`` adds the batch partitions and requests the runs
-(or backfills), the run queue launches them, and ``index_automation_sensor`` syncs the LanceDB indexes after the
-embeddings. The demo only watches the instance until that work is done, prints every run with its checks, asks
-the ``infinity-assets search`` CLI, prints the ``serve`` command, and stops every process it started. Exits
-non-zero if any run, check or search failed.
-
-The code location is ``infinity_assets_dev.demo_location``: the package's definitions with 5-second sensor
-ticks. ``tools/dev.py`` (``make dev``) reuses :class:`DemoEnvironment`.
+Starts SeaweedFS and the real Infinity server (two models) on 127.0.0.1, uploads the sample documents
+(``infinity_assets_dev.samples``) into two buckets, one per corpus, and starts ``dagster-daemon run`` on a fresh
+``DAGSTER_HOME`` with the repo's ``dagster.yaml``, as a deployment would. The code location is this checkout's
+dg project (``infinity_assets_dev.definitions``): two :class:`InfinityCorpusComponent` instances from
+``infinity_assets_dev/defs/``, ``docs`` (text, a ColBERT model, ``s3://docs``) and ``pages`` (images and PDF
+pages, a ColQwen2-style model, ``s3://pages``), with 5-second sensor ticks. Each corpus's sensor adds its batch
+partitions and requests its runs, the run queue launches them, and each corpus's index automation sensor syncs
+its LanceDB index. The demo only watches the instance until that work is done, prints every run with its checks,
+asks the ``infinity-assets search`` CLI of each corpus, prints the ``serve`` command, and stops every process it
+started. Exits non-zero if any run, check or search failed. ``tools/dev.py`` (``make dev``) reuses
+:class:`DemoEnvironment`.
 """
 from __future__ import annotations
 
@@ -30,14 +31,25 @@ BIN = Path(sys.executable).parent
 
 from infinity_assets_dev.infinity import InfinityServer  # noqa: E402
 from infinity_assets_dev.processes import ProcessGroup, log_tail  # noqa: E402
-from infinity_assets_dev.samples import BATCHES, BUCKET, PAGE_QUERY, QUERY, sample_objects  # noqa: E402
+from infinity_assets_dev.samples import BATCHES, PAGE_QUERY, QUERY, sample_objects  # noqa: E402
 from infinity_assets_dev.seaweedfs import SeaweedFS  # noqa: E402
 
 TEXT_MODEL, IMAGE_MODEL = "minilm-colbert-128", "colqwen2-tiny"
 #: How long the daemon may take for the sensor's runs and the index syncs before the demo gives up.
 WORK_TIMEOUT_SECONDS = float(os.environ.get("INFINITY_ASSETS_DEMO_TIMEOUT", "420"))
+#: The demo's corpora (infinity_assets_dev/defs/<name>/defs.yaml): bucket, modality, and the sample keys it holds.
+CORPORA = {"docs": ("docs", "text", ("raw/text/", "eval/")), "pages": ("pages", "images", ("raw/images/",))}
+#: The asset names of each modality inside a corpus.
 EMBEDDING_ASSETS = {"text": "text_embeddings", "images": "image_embeddings"}
 INDEX_ASSETS = {"text": "text_index", "images": "image_index"}
+LOCATION_MODULE = "infinity_assets_dev.definitions"
+
+
+def corpus_key(corpus: str, name: str):
+    """The asset key ``<corpus>/<name>``."""
+    import dagster as dg
+
+    return dg.AssetKey([corpus, name])
 
 
 class DemoEnvironment:
@@ -75,9 +87,8 @@ class DemoEnvironment:
             **inherited,
             "DAGSTER_HOME": str(self.home),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            "INFINITY_API_URL": self.infinity.url, "INFINITY_MODEL": TEXT_MODEL, "INFINITY_HIDDEN_DIM": "128",
-            "INFINITY_IMAGE_MODEL": IMAGE_MODEL,
-            "INFINITY_ASSETS_ROOT": f"s3://{BUCKET}", "AWS_ENDPOINT_URL": self.s3.endpoint_url,
+            "INFINITY_API_URL": self.infinity.url, "DEMO_TEXT_MODEL": TEXT_MODEL, "DEMO_IMAGE_MODEL": IMAGE_MODEL,
+            "DEMO_DOCS_ROOT": "s3://docs", "DEMO_PAGES_ROOT": "s3://pages", "AWS_ENDPOINT_URL": self.s3.endpoint_url,
             "AWS_ACCESS_KEY_ID": self.s3.access_key, "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
             "AWS_REGION": "us-east-1",
             "LANCE_LOG": os.environ.get("LANCE_LOG", "error"),  # Lance's Rust warnings are for its developers
@@ -91,16 +102,19 @@ class DemoEnvironment:
         self._stack.close()
 
     def upload_samples(self) -> None:
-        """Put the sample documents (and the labelled text queries) into the bucket."""
+        """Put each corpus's sample documents (and the labelled text queries) into its bucket."""
         fs = self.s3.filesystem()
-        if not fs.exists(BUCKET):
-            self.s3.create_bucket(BUCKET)
         objects = sample_objects()
-        fs.pipe({f"{BUCKET}/{key}": data for key, data in objects.items()})
-        self.uploaded = sorted(key for key in objects if key.startswith("raw/"))
-        print(f"uploaded {len(self.uploaded)} sample documents to s3://{BUCKET}/raw/ "
-              f"({', '.join(f'{m}: {len(b)} batches' for m, b in BATCHES.items())}) and labelled queries to "
-              f"s3://{BUCKET}/eval/text.jsonl", flush=True)
+        for corpus, (bucket, modality, prefixes) in CORPORA.items():
+            if not fs.exists(bucket):
+                self.s3.create_bucket(bucket)
+            mine = {key: data for key, data in objects.items() if key.startswith(prefixes)}
+            fs.pipe({f"{bucket}/{key}": data for key, data in mine.items()})
+            self.uploaded += sorted(f"s3://{bucket}/{key}" for key in mine if key.startswith("raw/"))
+            print(f"corpus {corpus}: uploaded {sum(k.startswith('raw/') for k in mine)} {modality} documents in "
+                  f"{len(BATCHES[modality])} batches to s3://{bucket}/raw/{modality}/"
+                  + (f" and labelled queries to s3://{bucket}/eval/text.jsonl" if "eval/text.jsonl" in mine else ""),
+                  flush=True)
 
     def dagster(self, *arguments: str) -> None:
         """``dagster <arguments>`` on this instance; raises with its output if it fails."""
@@ -116,11 +130,19 @@ class DemoEnvironment:
             "module_name": module, "working_directory": str(REPO), "location_name": "infinity_assets"}}]}))
         return path
 
-    def serve_command(self) -> str:
-        """The command line that serves this index (``infinity-assets serve``), with its environment."""
-        names = ("INFINITY_API_URL", "INFINITY_MODEL", "INFINITY_HIDDEN_DIM", "INFINITY_IMAGE_MODEL",
-                 "INFINITY_ASSETS_ROOT", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_REGION")
-        settings = " ".join(f"{name}={self.env[name]}" for name in names)
+    def corpus_env(self, corpus: str) -> dict[str, str]:
+        """The environment ``infinity-assets search`` / ``serve`` reach one corpus with (its root and model)."""
+        bucket, modality, _ = CORPORA[corpus]
+        model = TEXT_MODEL if modality == "text" else IMAGE_MODEL
+        return {**self.env, "INFINITY_ASSETS_ROOT": f"s3://{bucket}", "INFINITY_MODEL": model,
+                "INFINITY_IMAGE_MODEL": model}
+
+    def serve_command(self, corpus: str = "docs") -> str:
+        """The command line that serves one corpus's index (``infinity-assets serve``), with its environment."""
+        env = self.corpus_env(corpus)
+        names = ("INFINITY_API_URL", "INFINITY_MODEL", "INFINITY_IMAGE_MODEL", "INFINITY_ASSETS_ROOT",
+                 "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_REGION")
+        settings = " ".join(f"{name}={env[name]}" for name in names)
         return (f"{settings} AWS_SECRET_ACCESS_KEY=<the store's secret> "
                 f"{BIN / 'infinity-assets'} serve --host 127.0.0.1 --port 8080")
 
@@ -152,11 +174,13 @@ class WorkWatcher:
             return False
         if any(b.status != BulkActionStatus.COMPLETED_SUCCESS for b in self.instance.get_backfills()):
             return False
-        for modality, batches in BATCHES.items():
-            embedded = self.instance.fetch_materializations(dg.AssetKey(EMBEDDING_ASSETS[modality]), limit=1000)
-            if not set(batches) <= {record.partition_key for record in embedded.records}:
+        for corpus, (_, modality, _) in CORPORA.items():
+            embedded = self.instance.fetch_materializations(corpus_key(corpus, EMBEDDING_ASSETS[modality]),
+                                                            limit=1000)
+            if not set(BATCHES[modality]) <= {record.partition_key for record in embedded.records}:
                 return False
-            synced = self.instance.fetch_materializations(dg.AssetKey(INDEX_ASSETS[modality]), limit=1).records
+            synced = self.instance.fetch_materializations(corpus_key(corpus, INDEX_ASSETS[modality]),
+                                                          limit=1).records
             if not synced or synced[0].storage_id < max(record.storage_id for record in embedded.records):
                 return False
         return True
@@ -196,19 +220,19 @@ class WorkWatcher:
         for (asset, check), (_, passed, run_id) in sorted(latest.items()):
             print(f"  {asset}.{check}: {'passed' if passed else 'FAILED'} (run {run_id[:8]})")
         checks_ok = bool(latest) and every_passed
-        for asset in INDEX_ASSETS.values():
-            records = self.instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
+        for asset in [corpus_key(corpus, INDEX_ASSETS[modality]) for corpus, (_, modality, _) in CORPORA.items()]:
+            records = self.instance.fetch_materializations(asset, limit=1).records
             if not records:
-                print(f"  {asset}: never materialized")
+                print(f"  {asset.to_user_string()}: never materialized")
                 runs_ok = False
                 continue
             metadata = records[0].asset_materialization.metadata
-            print(f"{asset}: {metadata['dagster/row_count'].value} rows ({metadata['inserted'].value} inserted) "
+            print(f"{asset.to_user_string()}: {metadata['dagster/row_count'].value} rows ({metadata['inserted'].value} inserted) "
                   f"at {metadata['uri'].value}")
         return runs_ok and checks_ok
 
 
-def run_daemon_until_done(demo: DemoEnvironment, module: str = "infinity_assets_dev.demo_location") -> bool:
+def run_daemon_until_done(demo: DemoEnvironment, module: str = LOCATION_MODULE) -> bool:
     """Start ``dagster-daemon run`` and poll the instance until the work is done; stop the daemon's group."""
     import dagster as dg
 
@@ -246,11 +270,14 @@ def run_daemon_until_done(demo: DemoEnvironment, module: str = "infinity_assets_
 
 
 def search(demo: DemoEnvironment) -> bool:
-    """Ask both indexes through the ``infinity-assets search`` console script; True if both answered."""
+    """Ask each corpus's index through the ``infinity-assets search`` console script; True if both answered."""
     answers = []
-    for query, options in ((QUERY, ["--k", "3"]), (PAGE_QUERY, ["--modality", "images", "--k", "6"])):
-        print(f"\n$ infinity-assets search {query!r} {' '.join(options)}", flush=True)
-        answers.append(subprocess.run([BIN / "infinity-assets", "search", query, *options], env=demo.env,
+    for corpus, query, options in (("docs", QUERY, ["--k", "3"]),
+                                   ("pages", PAGE_QUERY, ["--modality", "images", "--k", "6"])):
+        env = demo.corpus_env(corpus)
+        print(f"\n$ INFINITY_ASSETS_ROOT={env['INFINITY_ASSETS_ROOT']} infinity-assets search {query!r} "
+              f"{' '.join(options)}", flush=True)
+        answers.append(subprocess.run([BIN / "infinity-assets", "search", query, *options], env=env,
                                       cwd=demo.workdir, timeout=300).returncode)
     return answers == [0, 0]
 

@@ -67,8 +67,9 @@ def run_until_stopped(demo: DemoEnvironment, processes: ExitStack, port: int, wo
         "--log-level", "info"], env=demo.env, cwd=REPO))
     processes.callback(dagster.stop, 30.0, signal.SIGINT)  # dagster dev stops its children on SIGINT
     started = []
-    for service in extra_services(demo.env, workdir):
-        group = processes.enter_context(ProcessGroup(service.name, service.command, env=demo.env, cwd=workdir))
+    service_env = demo.corpus_env("docs")
+    for service in extra_services(demo.corpus_env("docs"), workdir):
+        group = processes.enter_context(ProcessGroup(service.name, service.command, env=service_env, cwd=workdir))
         started.append((service, group))
     wait_until_ready(f"{ui}/server_info", 300, dagster)
     for service, group in started:
@@ -77,13 +78,14 @@ def run_until_stopped(demo: DemoEnvironment, processes: ExitStack, port: int, wo
     print("\n" + "\n".join([
         f"Dagster UI: {ui}  (Ctrl-C stops Dagster, the services and both servers)",
         *(f"{service.name}: {service.address}" for service, _ in started if service.address),
-        f"uploaded {len(demo.uploaded)} sample documents to {demo.env['INFINITY_ASSETS_ROOT']}/raw/:",
+        f"uploaded {len(demo.uploaded)} sample documents (two corpora: docs, pages):",
         *(f"  {key}" for key in demo.uploaded),
         "where to look:",
-        f"  {ui}/automation  new_documents_sensor adds each batch and requests its run (first tick now);",
-        "                   index_automation_sensor syncs the indexes after the embeddings",
+        f"  {ui}/automation  docs_new_documents_sensor / pages_new_documents_sensor add each corpus's batches and",
+        "                   request its runs (first tick now); <corpus>_index_automation_sensor syncs its index",
         f"  {ui}/runs        the runs, their logs and check results",
-        f"  {ui}/assets      text_embeddings / image_embeddings by partition, text_index / image_index",
+        f"  {ui}/assets      groups docs and pages: docs/text_embeddings by partition, docs/text_index, "
+        "pages/image_embeddings, pages/image_index",
         f"Infinity: {demo.env['INFINITY_API_URL']}  S3 (SeaweedFS): {demo.env['AWS_ENDPOINT_URL']}",
     ]) + "\n", flush=True)
     dagster.process.wait()

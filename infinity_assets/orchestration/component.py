@@ -168,13 +168,14 @@ class IndexAttributes(dg.Model, dg.Resolvable):
     search: dict[str, Any] | None = Field(
         None, description="Search stage settings (fde_candidates, hamming_candidates, ...) of the drift measurement.")
     drift_queries: int = Field(32, description="Known-item queries measured after each sync (0: off).")
+    sync_interval_seconds: int = Field(30, description="Seconds between the index automation sensor's ticks.")
 
     def settings(self) -> IndexSettings:
         """The typed index settings; an unknown or invalid key names itself."""
         return IndexSettings(enabled=self.enabled, encoding=_dataclass("index.encoding", EncodingSettings,
                                                                        self.encoding),
                              search=_dataclass("index.search", SearchSettings, self.search),
-                             drift_queries=self.drift_queries)
+                             drift_queries=self.drift_queries, sync_interval_seconds=self.sync_interval_seconds)
 
 
 def _dataclass(where: str, cls: type, values: dict[str, Any] | None) -> Any:

@@ -116,7 +116,8 @@ def build_index_automation_sensor(spec: CorpusSpec) -> dg.AutomationConditionSen
     return dg.AutomationConditionSensorDefinition(
         f"{spec.name}_index_automation_sensor",
         target=dg.AssetSelection.assets(*(asset_key(m, "index") for m in spec.modalities)),
-        default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=spec.index.sync_interval_seconds,
         description=f"Requests a sync of corpus {spec.name!r}'s indexes after its embedding partitions were "
                     "materialized.")
 
