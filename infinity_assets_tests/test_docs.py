@@ -1,8 +1,10 @@
-"""The documentation: the site builds under ``mkdocs build --strict`` and the README's links lead somewhere.
+"""The documentation: the site builds under ``mkdocs build --strict``, the README's links lead somewhere, and
+the documented ``defs.yaml`` examples load and make the names the docs list.
 
 Strict mode turns every warning into a failure: a link to a page or anchor that does not exist, a page left out
 of the nav, or an API reference entry (``::: module.Object``) naming something that was renamed or removed. The
-build runs as ``make docs`` does, in a subprocess, into a temporary folder.
+build runs as ``make docs`` does, in a subprocess, into a temporary folder. The YAML examples are loaded by
+Dagster's components test kit with placeholder values for the variables they template (no server is contacted).
 """
 from __future__ import annotations
 
@@ -14,11 +16,18 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import pytest
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 #: A Markdown link or image target: ``[text](target)`` / ``![alt](target)``, up to a space or ``)``.
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 #: A fenced code block, whose brackets are code, not links.
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
+#: A fenced YAML block and its body.
+YAML_BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.M | re.S)
+#: Placeholder values for the environment variables the documented defs.yaml files template.
+PLACEHOLDER_ENV = {"AWS_SECRET_ACCESS_KEY": "placeholder", "INFINITY_API_URL": "http://127.0.0.1:9"}
 
 
 def build_env() -> dict[str, str]:
@@ -85,3 +94,80 @@ def test_the_readme_names_make_test_as_the_test_command_and_stays_short():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "make test" in readme
     assert len(readme.splitlines()) <= 200, "the reference belongs in docs/, not the README"
+
+
+def defs_yaml_blocks(path: Path) -> list[dict]:
+    """The complete ``defs.yaml`` examples of a Markdown file: YAML blocks declaring the component type with
+    both required attributes (an excerpt such as the ``post_processing`` example leaves ``root`` out)."""
+    blocks = [yaml.safe_load(body) for body in YAML_BLOCK.findall(path.read_text(encoding="utf-8"))]
+    return [b for b in blocks if isinstance(b, dict) and b.get("type") == "infinity_assets.InfinityCorpusComponent"
+            and {"name", "root"} <= set(b.get("attributes") or {})]
+
+
+def documented_names(component_page: str) -> dict[str, set[str]]:
+    """The names the component page's "What an instance makes" table lists, by kind (its first column)."""
+    section = component_page.split("## What an instance makes", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    return {kind.strip(): set(re.findall(r"`([^`]+)`", names)) for kind, names in rows[1:]}
+
+
+def build_corpus_defs(body: dict) -> dict[str, set[str]]:
+    """What one instance loaded from ``body`` (a defs.yaml) makes, as Dagster's component loader builds it."""
+    from dagster.components.testing import create_defs_folder_sandbox
+
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.defs_folder_path / body["attributes"]["name"]
+        path.mkdir(parents=True)
+        (path / "defs.yaml").write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+        with sandbox.build_all_defs() as defs:
+            graph, specs = defs.resolve_asset_graph(), list(defs.resolve_all_asset_specs())
+            return {
+                "asset keys": {key.to_user_string() for key in graph.get_all_asset_keys()},
+                "groups": {spec.group_name for spec in specs},
+                "owners": {owner for spec in specs for owner in spec.owners},
+                "partitions": {graph.get(key).partitions_def.name for key in graph.get_all_asset_keys()
+                               if graph.get(key).partitions_def is not None},
+                "jobs": {job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")},
+                "sensors": {sensor.name for sensor in defs.sensors or []},
+                "schedules": {schedule.name for schedule in defs.schedules or []},
+                "checks": {check.name for check in graph.asset_check_keys},
+            }
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md", "docs/component.md"])
+def test_every_documented_defs_yaml_loads_with_its_env_set(page, monkeypatch):
+    for name, value in PLACEHOLDER_ENV.items():
+        monkeypatch.setenv(name, value)
+    blocks = defs_yaml_blocks(REPO / page)
+    assert blocks, f"{page} shows no defs.yaml"
+    for body in blocks:
+        assert set(body.get("requirements", {}).get("env", [])) <= set(PLACEHOLDER_ENV)
+        built = build_corpus_defs(body)
+        assert built["asset keys"], f"a defs.yaml of {page} makes no assets"
+
+
+def test_the_readmes_defs_yaml_makes_exactly_the_names_the_component_page_lists(monkeypatch):
+    for name, value in PLACEHOLDER_ENV.items():
+        monkeypatch.setenv(name, value)
+    (body,) = defs_yaml_blocks(REPO / "README.md")
+    assert body["attributes"]["name"] == "manuals"
+    built = build_corpus_defs(body)
+    listed = documented_names((REPO / "docs/component.md").read_text(encoding="utf-8"))
+    assert {name for name in listed["asset keys (group `manuals`)"] if "/" in name} == built["asset keys"]
+    assert built["groups"] == {"manuals"}
+    assert listed["dynamic partitions"] == built["partitions"]
+    assert listed["jobs"] == built["jobs"]
+    assert listed["sensors"] == built["sensors"]
+    assert listed["schedules"] == built["schedules"]
+    assert listed["asset checks"] == built["checks"]
+
+
+def test_the_component_pages_post_processing_example_applies(monkeypatch):
+    for name, value in PLACEHOLDER_ENV.items():
+        monkeypatch.setenv(name, value)
+    page = (REPO / "docs/component.md").read_text(encoding="utf-8")
+    example = next(yaml.safe_load(body) for body in YAML_BLOCK.findall(page) if "post_processing:" in body)
+    (readme,) = defs_yaml_blocks(REPO / "README.md")
+    body = {**readme, "post_processing": example["post_processing"]}
+    built = build_corpus_defs(body)
+    assert built["owners"] == {"team:search"}
