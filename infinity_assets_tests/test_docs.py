@@ -8,11 +8,16 @@ Dagster's components test kit with placeholder values for the variables they tem
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
+from importlib import metadata
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -26,6 +31,8 @@ LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 #: A fenced YAML block and its body.
 YAML_BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.M | re.S)
+#: A fenced shell block and its body.
+BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
 #: Placeholder values for the environment variables the documented defs.yaml files template.
 PLACEHOLDER_ENV = {"AWS_SECRET_ACCESS_KEY": "placeholder", "INFINITY_API_URL": "http://127.0.0.1:9"}
 
@@ -171,3 +178,111 @@ def test_the_component_pages_post_processing_example_applies(monkeypatch):
     body = {**readme, "post_processing": example["post_processing"]}
     built = build_corpus_defs(body)
     assert built["owners"] == {"team:search"}
+
+
+def readme_section(title: str) -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    return readme.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def make_user_project(path: Path) -> Path:
+    """A minimal dg project, ``acme``, as ``create-dagster project`` lays one out: ``src/acme/defs/``."""
+    (path / "src" / "acme" / "defs").mkdir(parents=True)
+    (path / "pyproject.toml").write_text(
+        '[project]\nname = "acme"\nversion = "0.1.0"\n\n[tool.dg]\ndirectory_type = "project"\n\n'
+        '[tool.dg.project]\nroot_module = "acme"\n')
+    (path / "src" / "acme" / "__init__.py").write_text("")
+    (path / "src" / "acme" / "defs" / "__init__.py").write_text("")
+    (path / "src" / "acme" / "definitions.py").write_text(
+        "from pathlib import Path\n\nimport dagster as dg\n\n\n@dg.definitions\ndef defs():\n"
+        "    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)\n")
+    return path
+
+
+def group_alive(pgid: int, seconds: float) -> bool:
+    """Whether a process of group ``pgid`` is still running (not a zombie) after waiting up to ``seconds``."""
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = []
+        for process in psutil.process_iter(["pid", "status"]):
+            try:
+                if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                    alive.append(process.pid)
+            except (ProcessLookupError, psutil.Error):
+                continue
+        if not alive or time.monotonic() > deadline:
+            return bool(alive)
+        time.sleep(0.5)
+
+
+def graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)
+
+
+@pytest.mark.slow
+def test_the_readmes_add_it_to_your_project_commands_run_as_written(tmp_path):
+    """``pip install``, ``dg scaffold defs``, the README's defs.yaml, ``dg check defs`` and ``dg dev``, in a new
+    user project: the UI serves the corpus's assets, and Ctrl-C stops every process."""
+    from infinity_assets_dev.ports import free_port
+
+    section = readme_section("Add it to your Dagster project")
+    commands = [line.split("#", 1)[0].strip() for line in BASH_BLOCK.findall(section)[0].splitlines()]
+    commands = [command for command in commands if command]
+    assert commands == ["pip install infinity_assets", "dg scaffold defs infinity_assets.InfinityCorpusComponent manuals",
+                        "dg check defs", "dg dev"]
+    # pip install: this environment has the checkout installed editable (make install), the README's
+    # "from a checkout" line; the package and its dg entry point are what the other commands need.
+    assert metadata.distribution("infinity_assets").entry_points.select(group="dagster_dg_cli.registry_modules")
+
+    project = make_user_project(tmp_path / "acme")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    bin_dir = Path(sys.executable).parent
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("INFINITY_", "AWS_", "DAGSTER_"))},
+           **PLACEHOLDER_ENV, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "DAGSTER_HOME": str(home),
+           "VIRTUAL_ENV": sys.prefix, "PATH": os.pathsep.join([str(bin_dir), os.environ["PATH"]]),
+           "PYTHONPATH": str(project / "src")}  # what `pip install -e .` of the user's project gives
+
+    def dg(*arguments: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(bin_dir / "dg"), *arguments], cwd=project, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, f"dg {' '.join(arguments)}:\n{done.stdout}\n{done.stderr}"
+        return done
+
+    dg(*commands[1].split()[1:])
+    defs_yaml = project / "src" / "acme" / "defs" / "manuals" / "defs.yaml"  # src/<your_project>/defs/manuals/
+    assert defs_yaml.is_file()
+    (body,) = defs_yaml_blocks(REPO / "README.md")
+    defs_yaml.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    assert "All definitions loaded successfully" in dg("check", "defs").stdout
+
+    port = free_port()
+    server = subprocess.Popen([str(bin_dir / "dg"), "dev", "-p", str(port)], cwd=project, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, keys = time.monotonic() + 180, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                nodes = graphql(port, "{ assetNodes { assetKey { path } } }")["data"]["assetNodes"]
+                keys = {"/".join(node["assetKey"]["path"]) for node in nodes}
+                if keys:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert keys == {f"manuals/{name}" for name in ("raw_text_documents", "raw_image_documents", "text_embeddings",
+                                                       "image_embeddings", "text_index", "image_index")}
+        server.send_signal(signal.SIGINT)  # Ctrl-C
+        server.wait(timeout=60)
+        assert not group_alive(server.pid, seconds=30), "dg dev left processes running after Ctrl-C"
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        server.wait(timeout=10)
