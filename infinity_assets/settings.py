@@ -4,8 +4,9 @@ The one place that says what ``INFINITY_*`` (with an ``INFINITY_IMAGE_*``-style 
 ``INFINITY_ASSETS_ROOT``, ``AWS_*``, ``INFINITY_PDF_*`` and ``INFINITY_ASSETS_*`` mean. The single
 env-configured code location (:mod:`infinity_assets.definitions`) resolves them into a corpus with
 :func:`corpus_from_env`; the Dagster resources (:mod:`infinity_assets.orchestration.resources`) fill the fields
-their config leaves unset through these functions; the CLI and the service call them directly, so they start
-without importing Dagster (seconds) and read the environment exactly as a run does.
+their config leaves unset through these functions; the CLI and the service call them directly (typed:
+:func:`store_from_env`, :func:`query_settings_from_env`), so they start without importing Dagster (seconds) and
+read the environment exactly as a run does.
 
 Nothing is read at import time: every function reads ``os.environ`` when it is called.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from infinity_assets.artifacts.schema import vector_encoding
@@ -134,6 +136,59 @@ def client_from_env(env_prefix: str = "INFINITY_") -> ClientSettings:
 def store_from_env(**overrides: Any) -> StoreSettings:
     """The :class:`StoreSettings` of :func:`store_settings` (S3 fields left unset read ``AWS_*`` in the store)."""
     return StoreSettings(**store_settings(overrides))
+
+
+def model_from_env(env_prefix: str = "INFINITY_") -> str | None:
+    """The model ``$<prefix>MODEL``, else ``$INFINITY_MODEL`` names; None when neither is set."""
+    return os.environ.get(env_prefix + "MODEL") or os.environ.get("INFINITY_MODEL") or None
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """How the queries of one index are embedded: the Infinity server's client settings, and whether the model
+    is ``pinned`` (a flag or ``INFINITY_MODEL`` named it) or the one the index records.
+
+    An index table records the model and hidden_dim it was built with, so an unpinned query needs only the
+    server (one Infinity server normally serves several models). A pinned model that differs from the index's
+    is refused by the search with a message saying so (:meth:`IndexReader.check_settings`).
+
+    Example::
+
+        queries = query_settings_from_env("images")           # $INFINITY_IMAGE_API_URL, else $INFINITY_API_URL
+        reader = IndexReader(store, "images")
+        with queries.for_index(reader.model, reader.hidden_dim).build_client() as client:
+            ...
+    """
+
+    client: ClientSettings
+    pinned: bool = False
+
+    def for_index(self, model: str, hidden_dim: int | None) -> ClientSettings:
+        """The client settings for an index of ``model`` / ``hidden_dim``: those, unless the model is pinned."""
+        if self.pinned:
+            return self.client
+        return replace(self.client, model_name=model, hidden_dim=hidden_dim)
+
+    @property
+    def model(self) -> str | None:
+        """The pinned model, or None (each index's own)."""
+        return self.client.model_name if self.pinned else None
+
+
+def query_settings_from_env(modality: str, *, url: str | None = None, model: str | None = None,
+                            env_model: bool = True) -> QuerySettings:
+    """The :class:`QuerySettings` of ``modality`` (``text`` or ``images``): ``url`` else ``$INFINITY_API_URL``
+    (``INFINITY_IMAGE_*`` read first for images), the API key and client options from the environment; the model
+    pinned by ``model``, else by ``$INFINITY_MODEL`` / ``$INFINITY_IMAGE_MODEL`` when ``env_model``, else left to
+    each index. Raises ``ValueError`` naming the variable or setting that does not parse."""
+    prefix = env_prefix_for(modality)
+    client = client_from_env(prefix)
+    pinned = model or (model_from_env(prefix) if env_model else None)
+    if url:
+        client = replace(client, url=url)
+    if pinned:
+        client = replace(client, model_name=pinned)
+    return QuerySettings(client, pinned=bool(pinned))
 
 
 def corpus_from_env(name: str = "default") -> CorpusSpec:

@@ -1,12 +1,14 @@
 """`infinity-assets serve`: the search API and the page pictures, against the real Infinity server and SeaweedFS.
 
-One bucket (a 3-page PDF, a PNG, two text files) is embedded and indexed once for the module; each test serves
-the app with real uvicorn on 127.0.0.1 and talks HTTP to it. The last test starts `infinity-assets serve` as a
-subprocess with its settings in the environment.
+One bucket (a 3-page PDF, a PNG, two text files) is embedded and indexed once for the module, and a second
+corpus (other documents, other models) for the tests of several corpora; each test serves the app with real
+uvicorn on 127.0.0.1 and talks HTTP to it. The last tests start `infinity-assets serve` as a subprocess with its
+settings in the environment and its flags.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import re
@@ -14,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -23,11 +26,14 @@ import pytest
 from PIL import Image
 
 from infinity_assets import InfinityEmbeddings
+from infinity_assets.corpus import ClientSettings
 from infinity_assets.index import search_text
 from infinity_assets.service import create_app
 from infinity_assets.service.config import ServiceSettings
-from infinity_assets.service.similarity import page_vectors, patch_grid, similarity_grid
+from infinity_assets.service.corpora import ServedCorpus, corpora_from_env
 from infinity_assets.service.pages import lookup
+from infinity_assets.service.similarity import page_vectors, patch_grid, similarity_grid
+from infinity_assets.settings import QuerySettings
 from infinity_assets.storage.documents import DocumentStore
 from infinity_assets_dev.ports import free_port
 from infinity_assets_tests.servers.service_fixtures import IMAGE_MODEL, TEXT_MODEL, ServedApp, build_corpus
@@ -42,13 +48,44 @@ def corpus(infinity_server, seaweedfs):
     return build_corpus(seaweedfs, infinity_server.url, text_pdf(3, "report"))
 
 
+@pytest.fixture(scope="module")
+def second(infinity_server, seaweedfs):
+    """A second corpus in its own bucket: a 2-page memo, the PNG and one text, embedded with other models
+    (384-dimensional MiniLM for text, ColQwen2 for pages)."""
+    return build_corpus(seaweedfs, infinity_server.url, text_pdf(2, "memo"), pdf_name="memo.pdf",
+                        texts={"violins.txt": "violins and cellos play in the orchestra hall"},
+                        text_model="minilm-colbert", image_model="colqwen2-tiny")
+
+
+@pytest.fixture
+def s3_env(seaweedfs, monkeypatch):
+    """The environment of an operator: the S3 credentials set, no Infinity setting, no root."""
+    for name in list(os.environ):
+        if name.startswith(("INFINITY_API", "INFINITY_MODEL", "INFINITY_IMAGE_", "INFINITY_HIDDEN", "AWS_",
+                            "INFINITY_ASSETS_ROOT")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweedfs.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
+
+
+@pytest.fixture
+def two(corpus, second, served, infinity_server, s3_env):
+    """The service over two corpora reached by their roots, as ``serve --corpus docs=... --corpus memos=...``
+    makes them: ``docs`` (the default) and ``memos``, queries embedded with each index's model."""
+    return served(corpora=corpora_from_env({"docs": f"s3://{corpus.bucket}", "memos": f"s3://{second.bucket}"},
+                                           url=infinity_server.url))
+
+
 @pytest.fixture
 def served(corpus):
-    """The app on the corpus, served by uvicorn; a factory for other settings (``api_key``, ``clients``)."""
+    """The app on the corpus (named ``default``), served by uvicorn; a factory for other settings (``api_key``,
+    ``queries``, ``store``, or ``corpora``: a list of :class:`ServedCorpus` instead)."""
     started = []
 
-    def serve(clients=None, store=None, **limits):
-        app = create_app(store or corpus.store, clients or corpus.clients(), ServiceSettings(**limits))
+    def serve(queries=None, store=None, corpora=None, **limits):
+        corpora = corpora or [ServedCorpus("default", store or corpus.store, queries or corpus.queries())]
+        app = create_app(corpora, ServiceSettings(**limits))
         server = ServedApp(app).__enter__()
         started.append(server)
         return server
@@ -96,16 +133,16 @@ def test_the_service_keeps_its_index_open_and_follows_each_sync(infinity_server,
     clients = corpus.clients()
     embed_partition(store, clients["text"], "text", "b")
     sync_index(store, "text")
-    app = served(clients=clients, store=store)
+    app = served(store=store)
     first = app.get("/search", params={"q": "a volcano erupts", "modality": "text"}).json()["hits"]
     assert [hit["doc_id"] for hit in first] == ["one.txt"]
-    reader = app.server.config.app.state.service.readers.get("text")
+    reader = app.server.config.app.state.service.corpus("default").readers.get("text")
     (folder / "two.txt").write_text("the volcano erupts with lava and ash")
     embed_partition(store, clients["text"], "text", "b")
     sync_index(store, "text")
     second = app.get("/search", params={"q": "a volcano erupts", "modality": "text"}).json()["hits"]
     assert [hit["doc_id"] for hit in second] == ["two.txt", "one.txt"]  # the new commit, without a restart
-    assert app.server.config.app.state.service.readers.get("text") is not reader
+    assert app.server.config.app.state.service.corpus("default").readers.get("text") is not reader
     with clients["text"] as client:
         expected = [hit.to_json() for hit in search_text(store, client, "a volcano erupts", "text", 10)]
     assert [{k: v for k, v in hit.items() if k not in URL_FIELDS} for hit in second] == expected
@@ -134,6 +171,100 @@ def test_the_openapi_description_lists_every_route_with_the_services_limits(serv
             "/sources/{modality}/{doc_id}"} <= set(schema["paths"])
     k = next(p for p in schema["paths"]["/search"]["get"]["parameters"] if p["name"] == "k")
     assert k["schema"]["maximum"] == 7
+
+
+# ------------------------------------------------------------------------------------------------ corpora
+def test_corpora_lists_each_corpus_with_the_model_of_each_index(two, corpus, second):
+    answer = two.get("/corpora")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["default"] == "docs" and [c["name"] for c in body["corpora"]] == ["docs", "memos"]
+    docs, memos = body["corpora"]
+    assert docs["root"] == f"s3://{corpus.bucket}" and memos["root"] == f"s3://{second.bucket}"
+    assert docs["modalities"] == memos["modalities"] == ["text", "images"]
+    assert docs["indexes"] == {
+        "text": {"model": TEXT_MODEL, "hidden_dim": 128, "documents": 2, "query_model": TEXT_MODEL},
+        "images": {"model": IMAGE_MODEL, "hidden_dim": 128, "documents": 4, "query_model": IMAGE_MODEL}}
+    assert memos["indexes"] == {
+        "text": {"model": "minilm-colbert", "hidden_dim": 384, "documents": 1, "query_model": "minilm-colbert"},
+        "images": {"model": "colqwen2-tiny", "hidden_dim": 128, "documents": 3, "query_model": "colqwen2-tiny"}}
+
+
+@pytest.mark.parametrize("modality", ["text", "images"])
+def test_a_search_answers_from_the_corpus_it_names_with_that_indexs_model(modality, two, corpus, second):
+    query = "memo page 2" if modality == "images" else "a string quartet"
+    for name, source in (("docs", corpus), ("memos", second)):
+        answer = two.get("/search", params={"q": query, "corpus": name, "modality": modality, "k": 3})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["corpus"] == name and body["model"] == source.models[modality]
+        with source.clients()[modality] as client:
+            expected = [hit.to_json() for hit in search_text(source.store, client, query, modality, 3)]
+        assert [{k: v for k, v in hit.items() if k not in URL_FIELDS} for hit in body["hits"]] == expected
+        assert all(f"corpus={name}" in hit["source_url"] for hit in body["hits"])
+    memo_hits = two.get("/search", params={"q": query, "corpus": "memos", "modality": modality}).json()["hits"]
+    assert {hit["source_uri"].split("/")[2] for hit in memo_hits} == {second.bucket}
+
+
+def test_a_search_that_names_no_corpus_answers_from_the_first(two):
+    answer = two.get("/search", params={"q": "rocket fuel", "modality": "text"}).json()
+    assert answer["corpus"] == "docs" and answer["hits"][0]["doc_id"] == "rockets.md"
+
+
+def test_a_hits_picture_link_serves_the_page_of_its_own_corpus(two, second):
+    hits = two.get("/search", params={"q": "memo page 2", "corpus": "memos", "modality": "images"}).json()["hits"]
+    hit = next(hit for hit in hits if hit["doc_id"] == "memo.pdf#page=2")
+    picture = two.get(hit["image_url"])
+    assert picture.status_code == 200, picture.text
+    assert np.array_equal(_pixels(picture.content), _pixels(rendered_pages(second.pdf)[1]))
+    elsewhere = two.get(f"/pages/images/{quote('memo.pdf#page=2', safe='')}", params={"corpus": "docs"})
+    assert elsewhere.status_code == 404
+    assert elsewhere.json()["error"].startswith("corpus 'docs': no document 'memo.pdf#page=2'")
+
+
+@pytest.mark.parametrize("path", ["/search?q=cat", "/pages/images/photo.png", "/sources/text/cats.txt",
+                                  "/similarity/images/photo.png?q=cat"])
+def test_an_unknown_corpus_is_404_listing_the_served_ones(path, two):
+    answer = two.get(path, params={"corpus": "manuals"})
+    assert answer.status_code == 404, answer.text
+    body = answer.json()
+    assert body["corpora"] == ["docs", "memos"]
+    assert "no corpus 'manuals'" in body["error"] and "'docs', 'memos'" in body["error"]
+    assert "GET /corpora" in body["error"]
+
+
+def test_a_corpus_without_an_index_is_listed_with_what_to_do(seaweedfs, corpus, served, infinity_server, s3_env):
+    empty = f"s3://{seaweedfs.create_bucket()}"
+    app = served(corpora=corpora_from_env({"docs": f"s3://{corpus.bucket}", "fresh": empty},
+                                          url=infinity_server.url))
+    fresh = app.get("/corpora").json()["corpora"][1]
+    assert fresh["name"] == "fresh" and fresh["modalities"] == []
+    assert "there is no text index" in fresh["indexes"]["text"]["error"]
+    assert "materialize" in fresh["indexes"]["images"]["error"]
+    answer = app.get("/search", params={"q": "cat", "corpus": "fresh"})
+    assert answer.status_code == 503 and answer.json()["corpus"] == "fresh"
+    assert answer.json()["error"].startswith("corpus 'fresh': the index cannot answer: there is no text index")
+
+
+def test_a_pinned_model_other_than_the_indexs_is_refused_saying_so(corpus, served, infinity_server):
+    other = {m: QuerySettings(ClientSettings(url=infinity_server.url, model_name="minilm-colbert", hidden_dim=384),
+                              pinned=True) for m in ("text", "images")}
+    answer = served(queries=other).get("/search", params={"q": "cat", "modality": "text"})
+    assert answer.status_code == 503, answer.text
+    error = answer.json()["error"]
+    assert error.startswith("corpus 'default': the index cannot answer: the text index was built with model "
+                            f"'{TEXT_MODEL}' (hidden_dim 128) but queries are embedded with 'minilm-colbert'")
+    assert "re-embed and re-index" in error
+
+
+def test_the_openapi_description_names_the_corpora_and_their_listing(two):
+    schema = two.get("/openapi.json").json()
+    assert "/corpora" in schema["paths"]
+    for path in ("/search", "/pages/{modality}/{doc_id}", "/sources/{modality}/{doc_id}",
+                 "/similarity/{modality}/{doc_id}"):
+        corpus = next(p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == "corpus")
+        assert corpus["schema"]["enum"] == ["docs", "memos"] and corpus["schema"]["default"] == "docs", path
+    assert "404" in schema["paths"]["/search"]["get"]["responses"]
 
 
 # ------------------------------------------------------------------------------------------------ pages
@@ -176,10 +307,10 @@ def test_a_file_changed_since_it_was_indexed_is_409_not_another_picture(corpus, 
     folder.mkdir(parents=True)
     (folder / "photo.png").write_bytes(photo_png())
     store = DocumentStore(str(tmp_path))
-    clients = corpus.clients()
-    embed_partition(store, clients["images"], "images", "b")
+    with corpus.clients()["images"] as client:
+        embed_partition(store, client, "images", "b")
     sync_index(store, "images")
-    app = served(clients=clients, store=store)
+    app = served(store=store)
     assert app.get("/pages/images/photo.png").content == photo_png()
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (0, 255, 0)).save(buffer, format="PNG")
@@ -274,7 +405,7 @@ def test_with_an_api_key_every_route_but_health_needs_it(served):
 
 def test_an_unreachable_infinity_server_is_503_with_the_reason(corpus, served):
     closed = f"http://127.0.0.1:{free_port()}"
-    app = served(clients=corpus.clients(closed, max_retries=0, timeout=5, api_key="infinity-key-never-shown"))
+    app = served(queries=corpus.queries(closed, max_retries=0, timeout=5, api_key="infinity-key-never-shown"))
     answer = app.get("/search", params={"q": "cat", "modality": "text"})
     assert answer.status_code == 503, answer.text
     error = answer.json()["error"]
@@ -339,7 +470,9 @@ def test_colqwen2_pages_get_no_map_and_the_answer_says_why(infinity_server, tmp_
                for m, n in (("text", TEXT_MODEL), ("images", "colqwen2-tiny"))}
     embed_partition(store, clients["images"], "images", "b")
     sync_index(store, "images")
-    app = served(clients=clients, store=store)
+    queries = {m: QuerySettings(ClientSettings(url=infinity_server.url, model_name=n, hidden_dim=128), pinned=True)
+               for m, n in (("text", TEXT_MODEL), ("images", "colqwen2-tiny"))}
+    app = served(queries=queries, store=store)
     answer = app.get("/search", params={"q": "blue and red", "modality": "images"}).json()
     assert answer["similarity_map"] is False and "similarity_url" not in answer["hits"][0]
     refused = app.get("/similarity/images/photo.png", params={"q": "blue"})
@@ -347,6 +480,30 @@ def test_colqwen2_pages_get_no_map_and_the_answer_says_why(infinity_server, tmp_
 
 
 # ------------------------------------------------------------------------------------------------ the command
+@contextlib.contextmanager
+def _serving(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
+    """``infinity-assets serve ARGS`` with ``env``, output to ``log``, until it answers /health; stopped by SIGINT."""
+    port = args[args.index("--port") + 1]
+    with open(log, "wb") as out:
+        process = subprocess.Popen([BIN / "infinity-assets", "serve", *args], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(30)
+
+
 def test_infinity_assets_serve_answers_with_the_settings_of_the_environment(corpus, seaweedfs, infinity_server,
                                                                            tmp_path):
     port, key = free_port(), "subprocess-key-42"
@@ -357,21 +514,8 @@ def test_infinity_assets_serve_answers_with_the_settings_of_the_environment(corp
             "AWS_ACCESS_KEY_ID": seaweedfs.access_key, "AWS_SECRET_ACCESS_KEY": seaweedfs.secret_key,
             "INFINITY_ASSETS_SERVE_API_KEY": key}
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([BIN / "infinity-assets", "serve", "--port", str(port)], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
     url, headers = f"http://127.0.0.1:{port}", {"X-API-Key": key}
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+    with _serving(["--port", str(port)], env, log):
         answer = httpx.get(f"{url}/search", params={"q": "report page 1", "modality": "images", "k": 2},
                            headers=headers, timeout=60)
         assert answer.status_code == 200, answer.text
@@ -385,9 +529,6 @@ def test_infinity_assets_serve_answers_with_the_settings_of_the_environment(corp
         pasted = httpx.get(f"{url}/search", params={"q": seaweedfs.secret_key, "k": 1}, headers=headers,
                            timeout=60)
         assert pasted.status_code == 200
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(30)
     output = log.read_text()
     assert f"http://127.0.0.1:{port}/" in output  # its address
     assert re.search(r'"GET /search\?q=report\+page\+1&modality=images&k=2 HTTP/1.1" 200', output), output
@@ -402,3 +543,50 @@ def test_serve_listens_on_loopback_only_by_default():
 
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port) == ("127.0.0.1", 8080)
+
+
+def test_infinity_assets_serve_serves_each_corpus_given_by_name_and_root(corpus, second, seaweedfs,
+                                                                       infinity_server, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INFINITY_", "AWS_"))}
+    env |= {"AWS_ENDPOINT_URL": seaweedfs.endpoint_url, "AWS_ACCESS_KEY_ID": seaweedfs.access_key,
+            "AWS_SECRET_ACCESS_KEY": seaweedfs.secret_key}
+    log = tmp_path / "serve.log"
+    args = ["--port", str(port), "--url", infinity_server.url, "--corpus", f"docs=s3://{corpus.bucket}",
+            "--corpus", f"memos=s3://{second.bucket}"]
+    url = f"http://127.0.0.1:{port}"
+    with _serving(args, env, log):
+        listed = httpx.get(f"{url}/corpora", timeout=60).json()
+        assert [(c["name"], c["indexes"]["text"]["model"]) for c in listed["corpora"]] == [
+            ("docs", TEXT_MODEL), ("memos", "minilm-colbert")]
+        answer = httpx.get(f"{url}/search", params={"q": "a string quartet", "corpus": "memos"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert [hit["doc_id"] for hit in answer.json()["hits"]] == ["violins.txt"]
+    output = log.read_text()
+    assert f"docs: s3://{corpus.bucket} (text queries by the index model at {infinity_server.url}" in output
+    assert f"memos: s3://{second.bucket} (" in output
+    assert seaweedfs.secret_key not in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--corpus", "docs"], "write NAME=ROOT, e.g. --corpus docs=s3://bucket/docs"),
+    (["--corpus", "Docs=s3://b"], "the name 'Docs' must be lowercase letters"),
+    (["--corpus", "a=s3://b", "--corpus", "a=s3://c"], "--corpus a is given twice"),
+])
+def test_serve_refuses_a_corpus_option_it_cannot_use_with_exit_2(args, message, capsys):
+    from infinity_assets.cli import main
+
+    try:
+        code = main(["serve", *args])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_serve_says_which_corpus_has_a_bad_root(tmp_path, capsys):
+    from infinity_assets.cli import main
+
+    assert main(["serve", "--corpus", "docs=ftp://host/docs"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("infinity-assets: corpus 'docs' (--corpus docs=ftp://host/docs): root='ftp://host/docs'")
+    assert "use a local folder, file:// or s3://bucket/prefix" in error

@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import shutil
 from pathlib import Path
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from infinity_assets_tests.test_service import corpus, served  # noqa: F401 -- the module's fixtures
+from infinity_assets_tests.test_service import corpus, s3_env, second, served, two  # noqa: F401 -- fixtures
 
 pytestmark = pytest.mark.ui
 
@@ -29,8 +30,12 @@ def _browser(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
 
 
-def _search(page, url: str, query: str) -> None:
+def _search(page, url: str, query: str, corpus: str | None = None) -> None:
     page.goto(url + "/", wait_until="domcontentloaded")
+    if corpus is not None:
+        page.wait_for_function("(name) => [...document.querySelectorAll('#corpus option')]"
+                               ".some((option) => option.value === name)", arg=corpus, timeout=30_000)
+        page.select_option("#corpus", corpus)
     page.select_option("#modality", "images")
     page.fill("#q", query)
     page.click("button[type=submit]")
@@ -114,4 +119,40 @@ def test_with_an_api_key_the_browser_logs_in_and_sees_the_cards(served):
         page = context.new_page()
         _search(page, app.url, "report page 1")
         assert page.locator(".card img.page").count() == 4
+        browser.close()
+
+
+def test_the_viewer_offers_each_served_corpus_and_searches_the_chosen_one(two, second):
+    from playwright.sync_api import sync_playwright
+
+    expected = two.get("/search", params={"q": "memo page 1", "corpus": "memos", "modality": "images"}).json()
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        _search(page, two.url, "memo page 1", corpus="memos")
+        options = page.locator("#corpus option")
+        assert [options.nth(i).get_attribute("value") for i in range(options.count())] == ["docs", "memos"]
+        assert options.nth(1).get_attribute("title") == f"s3://{second.bucket}"
+        cards = page.locator(".card")
+        assert [cards.nth(i).locator(".doc").inner_text() for i in range(cards.count())] == [
+            hit["doc_id"] for hit in expected["hits"]]
+        assert {"memo.pdf#page=1", "memo.pdf#page=2", "photo.png"} == {hit["doc_id"] for hit in expected["hits"]}
+        status = page.locator("#status").inner_text()
+        assert status.startswith("3 results from corpus memos, images index (colqwen2-tiny)"), status
+        assert "corpus=memos" in page.url
+        page.screenshot(path=str(ARTIFACTS / "service-corpora.png"), full_page=True)
+        browser.close()
+
+
+def test_the_viewer_says_which_corpora_there_are_when_the_address_names_another(two):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_page()
+        page.goto(two.url + "/?" + urlencode({"q": "rockets", "corpus": "manuals", "modality": "text"}))
+        page.wait_for_function("() => document.getElementById('status').className === 'error'", timeout=30_000)
+        message = page.locator("#status").inner_text()
+        assert "no corpus 'manuals' here: this service serves 'docs', 'memos'" in message, message
+        assert page.locator(".card").count() == 0
         browser.close()

@@ -5,10 +5,11 @@
   login prompt, so ``<img>`` thumbnails work too). Compared with :func:`hmac.compare_digest`.
 * :class:`Invalid` and the ``*_param`` readers: a bad or out-of-bounds parameter is a 422 naming it and its
   limit.
-* :func:`answer_errors`: an endpoint's exceptions become JSON answers: 404 (not indexed), 409 (ambiguous or
-  changed), 413 (a source file over the limit), 422, 503 (no index, Infinity or the store unreachable, with
-  the reason) and, for a bug, a 500 without the stack trace (which goes to the log). Every message is
-  redacted of secrets first.
+* :func:`answer_errors`: an endpoint's exceptions become JSON answers: 404 (not indexed, or no such corpus:
+  the answer lists the served ones), 409 (ambiguous or changed), 413 (a source file over the limit), 422, 503
+  (no index, Infinity or the store unreachable, with the reason) and, for a bug, a 500 without the stack trace
+  (which goes to the log). An answer about a corpus's data names the corpus (``corpus 'docs': ...``). Every
+  message is redacted of secrets first.
 """
 from __future__ import annotations
 
@@ -28,12 +29,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from infinity_assets.client.errors import InfinityError
 from infinity_assets.index import SearchIndexError
 from infinity_assets.service.config import redact
+from infinity_assets.service.corpora import UnknownCorpus
 from infinity_assets.service.pages import DocumentConflict, DocumentNotFound, DocumentTooLarge
 from infinity_assets.storage.documents import DocumentStoreError
 
 logger = logging.getLogger("infinity_assets.service")
 PUBLIC_PATHS = frozenset({"/health"})
 MODALITIES = ("text", "images")
+#: The answers about a corpus's data, whose message starts with the corpus's name (and which carry it).
+CORPUS_ERRORS = frozenset({404, 409, 413, 503})
 
 
 class Invalid(ValueError):
@@ -134,6 +138,10 @@ def answer_errors(hidden: Callable[[], list[str]]) -> Callable[[Endpoint], Endpo
                 return await endpoint(request)
             except Exception as exc:  # noqa: BLE001 -- every failure becomes an answer, never a trace
                 status, body = _error_answer(exc)
+                corpus = getattr(request.state, "corpus", None)
+                if corpus is not None and status in CORPUS_ERRORS:
+                    body = {"error": f"corpus {corpus!r}: {body['error']}", "corpus": corpus,
+                            **{k: v for k, v in body.items() if k != "error"}}
                 body["error"] = redact(str(body["error"]), hidden())
                 if status >= 500 and status != 503:
                     logger.error("%s %s failed: %s", request.method, request.url.path,
@@ -148,6 +156,8 @@ def answer_errors(hidden: Callable[[], list[str]]) -> Callable[[Endpoint], Endpo
 
 
 def _error_answer(exc: Exception) -> tuple[int, dict[str, Any]]:
+    if isinstance(exc, UnknownCorpus):
+        return 404, {"error": str(exc), "corpora": exc.known}
     if isinstance(exc, Invalid):
         return 422, {"error": str(exc), **({"limit": exc.limit} if exc.limit is not None else {})}
     if isinstance(exc, DocumentNotFound):

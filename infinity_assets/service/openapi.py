@@ -18,7 +18,8 @@ def _param(name: str, schema: dict[str, Any], description: str, *, required: boo
 
 def _errors(*codes: int) -> dict[str, Any]:
     meaning = {304: "Not modified (If-None-Match matched the ETag)", 401: "API key missing or wrong",
-               404: "Not in the index", 409: "Ambiguous doc_id or changed since indexed",
+               404: "Not in the index, or no such corpus (the answer lists the served ones)",
+               409: "Ambiguous doc_id or changed since indexed",
                413: "The source file is over the service's limit (named in the answer)",
                422: "A parameter is invalid or over its limit (named in the answer)",
                503: "The index, the Infinity server or the store cannot answer (the reason is given)"}
@@ -26,11 +27,14 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): {"description": meaning[c], **(ref if c != 304 else {})} for c in codes}
 
 
-def openapi_schema(settings: ServiceSettings) -> dict[str, Any]:
-    """The description of every route, with this service's limits."""
+def openapi_schema(settings: ServiceSettings, corpora: list[str] | None = None) -> dict[str, Any]:
+    """The description of every route, with this service's limits and ``corpora`` (names, the default first)."""
+    corpora = corpora or ["default"]
     modality = {"type": "string", "enum": ["text", "images"], "default": "text"}
-    doc_path = [_param("modality", {"type": "string", "enum": ["text", "images"]}, "Which index.",
-                       required=True, where="path"),
+    corpus = _param("corpus", {"type": "string", "enum": corpora, "default": corpora[0]},
+                    "Which corpus (GET /corpora lists them with their indexes).")
+    doc_path = [corpus, _param("modality", {"type": "string", "enum": ["text", "images"]}, "Which index.",
+                               required=True, where="path"),
                 _param("doc_id", {"type": "string"}, "The hit's doc_id, URL-encoded (a PDF page is "
                        "'<key>#page=<n>').", required=True, where="path"),
                 _param("partition", {"type": "string"}, "The hit's batch (needed if the doc_id is in several).")]
@@ -48,14 +52,19 @@ def openapi_schema(settings: ServiceSettings) -> dict[str, Any]:
         "paths": {
             "/health": {"get": {"summary": "Liveness (no API key needed)", "security": [],
                                 "responses": {"200": {"description": "Running"}}}},
+            "/corpora": {"get": {
+                "summary": "The corpora served, each with its root and, per modality, its index's model",
+                "responses": {"200": {"description": "The corpora, the default named", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Corpora"}}}},
+                    **_errors(401)}}},
             "/search": {"get": {
-                "summary": "Search an index with a text query (two-stage by default)",
-                "parameters": [query, _param("modality", modality, "Which index."),
+                "summary": "Search an index of a corpus with a text query (two-stage by default)",
+                "parameters": [query, corpus, _param("modality", modality, "Which index."),
                                _param("k", {"type": "integer", "minimum": 1, "maximum": settings.max_k,
                                             "default": settings.default_k}, "Number of hits."),
                                _param("exact", {"type": "boolean", "default": False}, "Exact full scan.")],
                 "responses": {"200": {"description": "Hits, best first", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/SearchAnswer"}}}}, **_errors(401, 422, 503)}}},
+                    "schema": {"$ref": "#/components/schemas/SearchAnswer"}}}}, **_errors(401, 404, 422, 503)}}},
             "/pages/{modality}/{doc_id}": {"get": {
                 "summary": "The page picture of an indexed document (rendered PDF page or stored image)",
                 "parameters": [*doc_path, size], "responses": {**image, **_errors(304, 401, 404, 409, 422, 503)}}},
@@ -77,8 +86,23 @@ def openapi_schema(settings: ServiceSettings) -> dict[str, Any]:
                                 "basic": {"type": "http", "scheme": "basic",
                                           "description": "Any user name, the API key as password."}},
             "schemas": {
-                "Error": {"type": "object", "properties": {"error": {"type": "string"},
-                                                           "limit": {"type": "integer"}}, "required": ["error"]},
+                "Error": {"type": "object", "required": ["error"], "properties": {
+                    "error": {"type": "string"}, "limit": {"type": "integer"},
+                    "corpus": {"type": "string", "description": "The corpus the error is about."},
+                    "corpora": {"type": "array", "items": {"type": "string"},
+                                "description": "The corpora served (when the one asked for is not)."}}},
+                "Index": {"type": "object", "description": "An index that answers (model, hidden_dim, documents, "
+                          "query_model) or why it cannot (error).", "properties": {
+                              "model": {"type": "string"}, "hidden_dim": {"type": "integer"},
+                              "documents": {"type": "integer"}, "query_model": {"type": "string"},
+                              "error": {"type": "string"}}},
+                "Corpora": {"type": "object", "required": ["default", "corpora"], "properties": {
+                    "default": {"type": "string"},
+                    "corpora": {"type": "array", "items": {"type": "object", "properties": {
+                        "name": {"type": "string"}, "root": {"type": "string"},
+                        "modalities": {"type": "array", "items": {"type": "string"}},
+                        "indexes": {"type": "object", "additionalProperties": {
+                            "$ref": "#/components/schemas/Index"}}}}}}},
                 "Hit": {"type": "object", "required": ["doc_id", "score", "source_uri", "page", "snippet"],
                         "properties": {
                             "doc_id": {"type": "string"}, "score": {"type": "number"},
@@ -88,7 +112,7 @@ def openapi_schema(settings: ServiceSettings) -> dict[str, Any]:
                             "source_url": {"type": "string"},
                             "similarity_url": {"type": "string", "description": "ColPali-style models only."}}},
                 "SearchAnswer": {"type": "object", "properties": {
-                    "query": {"type": "string"}, "modality": {"type": "string"}, "k": {"type": "integer"},
+                    "corpus": {"type": "string"}, "query": {"type": "string"}, "modality": {"type": "string"}, "k": {"type": "integer"},
                     "model": {"type": "string"}, "similarity_map": {"type": "boolean"},
                     "seconds": {"type": "number"},
                     "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},

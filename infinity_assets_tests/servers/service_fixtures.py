@@ -1,7 +1,7 @@
 """Helpers for the service tests: an indexed corpus on SeaweedFS and the app served by a real uvicorn.
 
-* :func:`build_corpus`: a bucket with a 3-page PDF, a PNG and two text files, embedded through the real
-  Infinity server (``colpali-tiny`` for pages, ``minilm-colbert-128`` for text) and indexed.
+* :func:`build_corpus`: a bucket with a PDF, a PNG and text files, embedded through the real Infinity server
+  (by default ``colpali-tiny`` for pages, ``minilm-colbert-128`` for text) and indexed.
 * :class:`ServedApp`: :func:`infinity_assets.service.create_app` served by uvicorn on a free port of
   127.0.0.1 in a thread (the same server ``infinity-assets serve`` runs), stopped on exit.
 """
@@ -17,8 +17,11 @@ import httpx
 from PIL import Image
 
 from infinity_assets import InfinityEmbeddings
+from infinity_assets.corpus import ClientSettings
 from infinity_assets.index import sync_index
 from infinity_assets.pipeline import embed_partition
+from infinity_assets.service.corpora import ServedCorpus
+from infinity_assets.settings import QuerySettings
 from infinity_assets.storage.documents import DocumentStore
 from infinity_assets_dev.ports import free_port
 
@@ -36,12 +39,25 @@ class Corpus:
     pdf: bytes
     photo: bytes
     infinity_url: str
+    models: dict[str, str]
 
     def clients(self, url: str | None = None, **options: Any) -> dict[str, InfinityEmbeddings]:
         """New clients for both modalities (the corpus's models), at ``url`` (default: the real server)."""
         url = url or self.infinity_url
-        return {"text": InfinityEmbeddings(url=url, model_name=TEXT_MODEL, hidden_dim=128, **options),
-                "images": InfinityEmbeddings(url=url, model_name=IMAGE_MODEL, hidden_dim=128, **options)}
+        return {modality: InfinityEmbeddings(url=url, model_name=model, hidden_dim=None, **options)
+                for modality, model in self.models.items()}
+
+    def queries(self, url: str | None = None, *, pinned: bool = True, **options: Any) -> dict[str, QuerySettings]:
+        """Query settings for both modalities at ``url`` (default: the real server): the corpus's models pinned,
+        or (``pinned=False``) each index's."""
+        url = url or self.infinity_url
+        return {modality: QuerySettings(ClientSettings(url=url, model_name=model, hidden_dim=None, **options),
+                                        pinned=pinned)
+                for modality, model in self.models.items()}
+
+    def served(self, name: str = "default", **options: Any) -> ServedCorpus:
+        """This corpus as the service serves it, under ``name`` (``options``: :meth:`queries`'s)."""
+        return ServedCorpus(name, self.store, self.queries(**options))
 
 
 def photo_png() -> bytes:
@@ -53,15 +69,18 @@ def photo_png() -> bytes:
     return buffer.getvalue()
 
 
-def build_corpus(seaweedfs: Any, infinity_url: str, pdf: bytes) -> Corpus:
-    """Put the files in a new bucket, embed both batches and sync both indexes."""
+def build_corpus(seaweedfs: Any, infinity_url: str, pdf: bytes, *, pdf_name: str = "report.pdf",
+                 texts: dict[str, str] | None = None, text_model: str = TEXT_MODEL,
+                 image_model: str = IMAGE_MODEL) -> Corpus:
+    """Put the files in a new bucket (the PDF as ``pdf_name``, a PNG, ``texts``: default :data:`TEXTS`), embed
+    both batches with the models given and sync both indexes."""
     bucket = seaweedfs.create_bucket()
     photo = photo_png()
-    files = {f"{bucket}/raw/images/b1/report.pdf": pdf, f"{bucket}/raw/images/b1/photo.png": photo}
-    files |= {f"{bucket}/raw/text/t1/{name}": text.encode() for name, text in TEXTS.items()}
+    files = {f"{bucket}/raw/images/b1/{pdf_name}": pdf, f"{bucket}/raw/images/b1/photo.png": photo}
+    files |= {f"{bucket}/raw/text/t1/{name}": text.encode() for name, text in (texts or TEXTS).items()}
     seaweedfs.filesystem().pipe(files)
     store = DocumentStore(f"s3://{bucket}", **seaweedfs.storage_options())
-    corpus = Corpus(bucket, store, pdf, photo, infinity_url)
+    corpus = Corpus(bucket, store, pdf, photo, infinity_url, {"text": text_model, "images": image_model})
     clients = corpus.clients()
     try:
         for modality, partition in (("images", "b1"), ("text", "t1")):
