@@ -286,3 +286,66 @@ def test_the_readmes_add_it_to_your_project_commands_run_as_written(tmp_path):
         except ProcessLookupError:
             pass
         server.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_the_migration_pages_upgrade_reembeds_nothing_and_its_wipe_command_removes_the_old_history(
+        tmp_path, infinity_server):
+    """docs/migration.md: the earlier location's artifacts stay where they are; a run of the new key
+    ``default/text_embeddings`` reuses every row (nothing re-embedded); the page's ``dagster asset wipe`` removes
+    the old keys' history."""
+    from infinity_assets import InfinityEmbeddings
+    from infinity_assets.pipeline import embed_partition
+    from infinity_assets.storage.documents import DocumentStore
+    from infinity_assets_dev.env import clean_env
+
+    root = tmp_path / "store"
+    batch = root / "raw" / "text" / "week-1"
+    batch.mkdir(parents=True)
+    (batch / "pump.txt").write_text("reset the pump by holding the red button for five seconds")
+    (batch / "valve.md").write_text("# Valve\nclose the valve before opening the filter housing")
+    # What the earlier location left under its root: the batch's artifact (the artifact format did not change).
+    with InfinityEmbeddings(url=infinity_server.url, model_name="minilm-colbert-128") as client:
+        before = embed_partition(DocumentStore(str(root)), client, "text", "week-1")
+    assert before.embedded == 2
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = clean_env(DAGSTER_HOME=str(home), INFINITY_API_URL=infinity_server.url, INFINITY_MODEL="minilm-colbert-128",
+                    INFINITY_ASSETS_ROOT=str(root))
+    bin_dir = Path(sys.executable).parent
+
+    def python(code: str) -> str:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    old_keys = ["text_embeddings", "image_embeddings", "text_index", "image_index", "raw_text_documents",
+                "raw_image_documents"]
+    # The earlier keys' history, and the partition the new location's sensor adds again from the bucket.
+    python("import dagster as dg; i = dg.DagsterInstance.get(); "
+           f"[i.report_runless_asset_event(dg.AssetMaterialization(k)) for k in {old_keys!r}]; "
+           "i.add_dynamic_partitions('default_text_batches', ['week-1'])")
+    done = subprocess.run([str(bin_dir / "dagster"), "asset", "materialize", "-m", "infinity_assets.definitions",
+                           "--select", "default/text_embeddings", "--partition", "week-1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    metadata = json.loads(python(
+        "import json, dagster as dg; i = dg.DagsterInstance.get(); "
+        "e = i.get_latest_materialization_event(dg.AssetKey(['default', 'text_embeddings'])); "
+        "m = e.asset_materialization.metadata; "
+        "print(json.dumps({k: m[k].value for k in ('documents_reused', 'documents_embedded')}))"))
+    assert metadata == {"documents_reused": 2, "documents_embedded": 0}
+
+    page = (REPO / "docs" / "migration.md").read_text(encoding="utf-8")
+    (wipe,) = [line for block in BASH_BLOCK.findall(page) for line in block.splitlines()
+               if line.startswith("dagster asset wipe")]
+    assert wipe.split()[3:] == old_keys
+    done = subprocess.run([str(bin_dir / "dagster"), *wipe.split()[1:]], input="DELETE\n", cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    remaining = json.loads(python(
+        "import json, dagster as dg; i = dg.DagsterInstance.get(); "
+        "print(json.dumps(sorted(k.to_user_string() for k in i.all_asset_keys())))"))
+    assert remaining == ["default/text_embeddings"]
