@@ -4,7 +4,7 @@
   is a test ERROR, never a skip.
 * ``s3_bucket``: a new, empty bucket with a unique name for one test.
 * ``store_root`` (parametrized ``local`` / ``s3``): a :class:`StoreRoot`, so a test written once runs against
-  the local filesystem and against SeaweedFS.
+  the local filesystem and against SeaweedFS; ``store_root.corpus(...)`` is a corpus over it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from functools import cached_property
 
 import pytest
 
+from infinity_assets.corpus import CorpusSpec, StoreSettings
 from infinity_assets.storage.documents import DocumentStore
-from infinity_assets.orchestration.resources import DocumentStoreResource
 
 from infinity_assets_dev.seaweedfs import SeaweedFS
 
@@ -49,11 +49,17 @@ class StoreRoot:
         """True for an ``s3://`` root."""
         return self.url.startswith("s3://")
 
-    def resource(self, **extra: object) -> DocumentStoreResource:
-        """The ``document_store`` resource over this root (``extra``: other resource fields)."""
-        return DocumentStoreResource(
-            root=self.url, endpoint_url=self.options.get("endpoint_url"), access_key_id=self.options.get("key"),
-            secret_access_key=self.options.get("secret"), **extra)
+    def settings(self, **extra: object) -> StoreSettings:
+        """A corpus's store settings over this root (``extra``: other fields, e.g. ``jsonl_text_field``)."""
+        return StoreSettings(
+            root=self.url, endpoint_url=self.options.get("endpoint_url"),  # type: ignore[arg-type]
+            access_key_id=self.options.get("key"), secret_access_key=self.options.get("secret"),  # type: ignore[arg-type]
+            **extra)  # type: ignore[arg-type]
+
+    def corpus(self, name: str = "t", **settings: object) -> CorpusSpec:
+        """A corpus named ``name`` over this root (``settings``: the other :class:`CorpusSpec` fields, e.g.
+        ``text=ClientSettings(...)``)."""
+        return CorpusSpec(name=name, store=self.settings(), **settings)  # type: ignore[arg-type]
 
     def store(self, **extra: object) -> DocumentStore:
         """A new DocumentStore over this root (``extra`` overrides options, e.g. ``jsonl_text_field``)."""
