@@ -5,23 +5,54 @@ run gets (the daemon's part is in test_deployment.py).
 """
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
 import dagster as dg
 import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from infinity_assets import InfinityResource, artifacts
-from infinity_assets.orchestration.assets import partitions_per_backfill_run, text_embeddings
-from infinity_assets.orchestration.checks import text_checks
-from infinity_assets.orchestration.lineage import observation, raw_text_documents
-from infinity_assets.orchestration.resources import DocumentStoreResource
+from infinity_assets import artifacts, definitions
+from infinity_assets.corpus import ClientSettings, CorpusSpec, StoreSettings
+from infinity_assets.orchestration import build_corpus_definitions
+from infinity_assets.orchestration.lineage import observation
 from infinity_assets.orchestration.schedules import current_data_versions, materialized_data_versions
+from infinity_assets.settings import corpus_from_env
+from infinity_assets.storage.documents import DocumentStore
 
 MODEL = "minilm-colbert-128"
 BATCHES = [f"batch-{i}" for i in range(6)]
 BROKEN = "batch-3"
-ASSETS = [raw_text_documents, text_embeddings]
+EMBEDDINGS, RAW = dg.AssetKey(["t", "text_embeddings"]), dg.AssetKey(["t", "raw_text_documents"])
+
+
+@dataclass
+class Setup:
+    """A corpus ``t`` of six text batches (one cannot be published), observed as the sensor would."""
+
+    spec: CorpusSpec
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+    store: DocumentStore
+    root: Path
+
+    def assets(self) -> list:
+        """The raw documents, the embeddings and their checks (what a backfill run of the asset loads)."""
+        checks = [c for c in self.defs.asset_checks or [] if {k.asset_key for k in c.check_keys} == {EMBEDDINGS}]
+        return [self.defs.resolve_assets_def(RAW), self.defs.get_assets_def(EMBEDDINGS), *checks]
+
+    def current(self) -> dict[str, str]:
+        return current_data_versions(self.store, "text", self.spec.text, self.spec.vector_encoding)
+
+    def observe(self, batches: list[str]) -> None:
+        """Report the batches' raw data versions, as the sensor does."""
+        modality = self.spec.modality("text")
+        for batch, version in self.current().items():
+            if batch in batches:
+                self.instance.report_runless_asset_event(observation(modality, batch, version, 2))
 
 
 @pytest.fixture
@@ -35,33 +66,31 @@ def setup(tmp_path, infinity_server):
     # A real fault for one batch only: its artifact cannot be published (a folder holds its place).
     (root / "embeddings" / "text" / f"{BROKEN}.parquet").mkdir(parents=True)
     (root / "embeddings" / "text" / f"{BROKEN}.parquet" / "keep").write_text("")
-    resources = {"infinity": InfinityResource(url=infinity_server.url, model_name=MODEL, hidden_dim=128),
-                 "infinity_images": InfinityResource(url=infinity_server.url, model_name=MODEL, hidden_dim=128),
-                 "document_store": DocumentStoreResource(root=str(root))}
+    spec = CorpusSpec(name="t", store=StoreSettings(root=str(root)),
+                      text=ClientSettings(url=infinity_server.url, model_name=MODEL, hidden_dim=128))
     instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("text_batches", BATCHES)
-    store = resources["document_store"].get_store()
-    for batch, version in current_data_versions(store, "text", resources["infinity"]).items():
-        instance.report_runless_asset_event(observation("text", batch, version, 2))  # what the sensor reports
-    yield instance, resources, store, root
+    instance.add_dynamic_partitions(spec.modality("text").partitions_name, BATCHES)
+    setup = Setup(spec, build_corpus_definitions(spec), instance, spec.build_store(), root)
+    setup.observe(BATCHES)
+    yield setup
     instance.dispose()
 
 
-def backfill_run(instance, resources, first: str, last: str) -> dg.ExecuteInProcessResult:
-    return dg.materialize([*ASSETS, *text_checks], instance=instance, resources=resources, raise_on_error=False,
-                          selection=dg.AssetSelection.assets(text_embeddings),
+def backfill_run(setup: Setup, first: str, last: str) -> dg.ExecuteInProcessResult:
+    return dg.materialize(setup.assets(), instance=setup.instance, raise_on_error=False,
+                          selection=dg.AssetSelection.assets(EMBEDDINGS),
                           tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last})
 
 
 def test_a_range_run_materializes_each_batch_once_and_fails_only_the_broken_one(setup):
-    instance, resources, store, _ = setup
-    result = backfill_run(instance, resources, BATCHES[0], BATCHES[-1])
+    store = setup.store
+    result = backfill_run(setup, BATCHES[0], BATCHES[-1])
 
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     message = failure.step_failure_data.error.cause.message  # the asset's own error, under Dagster's wrapper
     assert "1 of 6 batches could not be embedded" in message and BROKEN in message
-    materialized = {m.partition: m for m in result.asset_materializations_for_node("text_embeddings")}
+    materialized = {m.partition: m for m in result.asset_materializations_for_node("t__text_embeddings")}
     good = [b for b in BATCHES if b != BROKEN]
     assert sorted(materialized) == good  # one event per batch, none for the broken one
     for batch in good:
@@ -73,8 +102,8 @@ def test_a_range_run_materializes_each_batch_once_and_fails_only_the_broken_one(
     assert not store.fs.exists(store.artifact_path("text", BROKEN) + "/one.txt")
 
     # Each batch's own data version: the incremental schedule sees the five as done and only the broken one stale.
-    current = current_data_versions(store, "text", resources["infinity"])
-    recorded = materialized_data_versions(instance, text_embeddings.key, BATCHES)
+    current = setup.current()
+    recorded = materialized_data_versions(setup.instance, EMBEDDINGS, BATCHES)
     assert {b for b in BATCHES if recorded.get(b) != current[b]} == {BROKEN}
 
     # The artifact checks were evaluated per batch by the run (their own steps have no single partition).
@@ -87,31 +116,49 @@ def test_a_range_run_materializes_each_batch_once_and_fails_only_the_broken_one(
 
 
 def test_a_batch_embedded_by_a_range_run_goes_stale_like_one_embedded_alone(setup):
-    instance, resources, store, root = setup
+    root = setup.root
     (root / "embeddings" / "text" / f"{BROKEN}.parquet" / "keep").unlink()
     (root / "embeddings" / "text" / f"{BROKEN}.parquet").rmdir()
-    assert backfill_run(instance, resources, BATCHES[0], BATCHES[2]).success
-    assert dg.materialize([*ASSETS, *text_checks], instance=instance, resources=resources, partition_key=BATCHES[3],
-                          selection=dg.AssetSelection.assets(text_embeddings)).success
-    graph = [dg.AssetsDefinition(specs=[raw_text_documents]), text_embeddings]
+    assert backfill_run(setup, BATCHES[0], BATCHES[2]).success
+    assert dg.materialize(setup.assets(), instance=setup.instance, partition_key=BATCHES[3],
+                          selection=dg.AssetSelection.assets(EMBEDDINGS)).success
+    graph = setup.assets()[:2]
 
     def status(batch: str) -> StaleStatus:  # what the UI shows
-        return get_stale_status_resolver(instance, graph).get_status(text_embeddings.key, batch)
+        return get_stale_status_resolver(setup.instance, graph).get_status(EMBEDDINGS, batch)
 
     assert [status(b) for b in BATCHES[:4]] == [StaleStatus.FRESH] * 4
     (root / "raw" / "text" / BATCHES[1] / "one.txt").write_text("changed")
     (root / "raw" / "text" / BATCHES[3] / "one.txt").write_text("changed")
-    for batch, version in current_data_versions(store, "text", resources["infinity"]).items():
-        if batch in (BATCHES[1], BATCHES[3]):
-            instance.report_runless_asset_event(observation("text", batch, version, 2))
+    setup.observe([BATCHES[1], BATCHES[3]])
     assert [status(b) for b in BATCHES[:4]] == [StaleStatus.FRESH, StaleStatus.STALE, StaleStatus.FRESH,
                                                 StaleStatus.STALE]
 
 
-def test_partitions_per_backfill_run_comes_from_the_environment(monkeypatch):
-    assert text_embeddings.backfill_policy == dg.BackfillPolicy.multi_run(partitions_per_backfill_run())
+def test_partitions_per_backfill_run_is_a_corpus_setting(tmp_path):
+    spec = CorpusSpec(name="t", store=StoreSettings(root=str(tmp_path)), text=ClientSettings(),
+                      backfill_partitions_per_run=25)
+    asset = build_corpus_definitions(spec).get_assets_def(EMBEDDINGS)
+    assert asset.backfill_policy == dg.BackfillPolicy.multi_run(25)
+    with pytest.raises(ValueError, match="backfill_partitions_per_run=0: must be at least 1"):
+        CorpusSpec(name="t", store=StoreSettings(root=str(tmp_path)), text=ClientSettings(),
+                   backfill_partitions_per_run=0)
+
+
+def test_partitions_per_backfill_run_of_the_env_configured_corpus(monkeypatch, tmp_path):
+    monkeypatch.setenv("INFINITY_ASSETS_ROOT", str(tmp_path))
+    monkeypatch.delenv("INFINITY_BACKFILL_PARTITIONS_PER_RUN", raising=False)
+    assert corpus_from_env().backfill_partitions_per_run == 100
     monkeypatch.setenv("INFINITY_BACKFILL_PARTITIONS_PER_RUN", "25")
-    assert partitions_per_backfill_run() == 25
-    monkeypatch.setenv("INFINITY_BACKFILL_PARTITIONS_PER_RUN", "0")
-    with pytest.raises(ValueError, match="INFINITY_BACKFILL_PARTITIONS_PER_RUN must be a whole number >= 1"):
-        partitions_per_backfill_run()
+    assert corpus_from_env().backfill_partitions_per_run == 25
+    asset = definitions.defs().get_assets_def(dg.AssetKey(["default", "text_embeddings"]))
+    assert asset.backfill_policy == dg.BackfillPolicy.multi_run(25)
+    for bad in ("0", "ten"):
+        monkeypatch.setenv("INFINITY_BACKFILL_PARTITIONS_PER_RUN", bad)
+        with pytest.raises(ValueError, match=f"INFINITY_BACKFILL_PARTITIONS_PER_RUN must be a whole number >= 1, "
+                                             f"got '{bad}'"):
+            corpus_from_env()
+    # Read when the location loads, not at import: the module imports, loading names the variable.
+    reloaded = importlib.reload(definitions)
+    with pytest.raises(ValueError, match="INFINITY_BACKFILL_PARTITIONS_PER_RUN"):
+        reloaded.defs()
