@@ -17,13 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from infinity_assets import __version__
-
-from infinity_assets import artifacts
-
-from infinity_assets.storage import documents
+from infinity_assets import __version__, artifacts
 from infinity_assets.client.embeddings import InfinityEmbeddings
 from infinity_assets.client.errors import InfinityError
+from infinity_assets.storage import documents
+from infinity_assets.storage.failures import FailureKind
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +122,7 @@ def embed_partition(
             others.append(source)
     for document in store.read_documents(modality, streamed):
         if document.error is not None:
-            failures.append(artifacts.Failure(document.doc_id, document.source_uri, document.error))
+            failures.append(_failure(document))
         elif previous.get(document.doc_id) == document.fingerprint:
             reusable.add(document.doc_id)
         else:
@@ -135,7 +133,7 @@ def embed_partition(
     def inputs() -> Iterator[str | bytes]:
         for document in itertools.chain(jsonl_new, store.read_documents(modality, others)):
             if document.error is not None:
-                failures.append(artifacts.Failure(document.doc_id, document.source_uri, document.error))
+                failures.append(_failure(document))
             else:
                 pending.append(document)
                 yield document.content  # type: ignore[misc]
@@ -185,11 +183,17 @@ def embed_partition(
     return report
 
 
+def _failure(document: documents.Document) -> artifacts.Failure:
+    """The failure of a document that could not be read or parsed, with its kind."""
+    return artifacts.Failure(document.doc_id, document.source_uri, document.error or "", document.error_kind)
+
+
 def _data_version(listing: documents.Listing, failures: list[artifacts.Failure], model: str,
                   hidden_dim: int | None, vector_encoding: str) -> str:
-    """The data version of what was embedded: the sources' fingerprints, leaving out files that failed only
-    for now ("retry later"), so the incremental schedule sees the batch as changed and runs it again."""
-    retry = {f.doc_id for f in failures if documents.is_retryable(f.error)}
+    """The data version of what was embedded: the sources' fingerprints, leaving out files whose failure is
+    retryable (changed, deleted, unreadable for now), so the incremental schedule sees the batch as changed and
+    runs it again."""
+    retry = {f.doc_id for f in failures if f.kind.retryable}
     fingerprints = {key: fp for key, fp in listing.fingerprints.items() if key not in retry}
     return artifacts.data_version(fingerprints, model, hidden_dim, vector_encoding)
 
@@ -245,10 +249,12 @@ def _embedded_rows(client: InfinityEmbeddings, modality: str, inputs: Iterator[s
                                          max_buffered_bytes=max_buffered_bytes):
         document = pending.popleft()
         if isinstance(result, InfinityError):
-            failures.append(artifacts.Failure(document.doc_id, document.source_uri, str(result)))
+            failures.append(artifacts.Failure(document.doc_id, document.source_uri, str(result),
+                                              FailureKind.EMBEDDING))
         elif len(result) == 0:
             failures.append(artifacts.Failure(document.doc_id, document.source_uri,
-                                              "the server returned only padding rows (no vectors)"))
+                                              "the server returned only padding rows (no vectors)",
+                                              FailureKind.EMBEDDING))
         else:
             yield (document.doc_id, document.source_uri, document.fingerprint, result, now, document.page,
                    document.page_text)

@@ -9,6 +9,7 @@ type: it returns float16 vectors as float32, exactly (every float16 is a float32
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -200,3 +201,36 @@ def test_the_vector_check_finds_a_non_finite_value_in_the_stored_floats(written)
     vectors[artifact.offsets[3] + 5, 7] = np.inf
     verdict = artifacts.check_vectors(dataclasses.replace(artifact, vectors=vectors))
     assert not verdict.passed and verdict.details == {"documents": ["report.pdf#page=4"]}
+
+
+def test_a_failures_sidecar_written_before_kinds_reads_with_the_kinds_its_messages_meant(tmp_path):
+    artifact = tmp_path / "b1.parquet"
+    errors = {"bad.txt": "not valid UTF-8 (byte 3: b'\\xe9'); fix the file's encoding",
+              "edited.txt": "the file changed since it was listed (it no longer matches fingerprint 3-17); retry "
+                            "later: the next run reads the new version",
+              "big.jsonl": "after line 7: the file changed while it was read (it no longer matches fingerprint "
+                           "9-1); retry later: the next run reads the new version",
+              "gone.txt": "the file was deleted after it was listed; retry later: the next run will not list it",
+              "flaky.txt": "could not be read (OSError: I/O error); retry later"}
+    old = {"publish_id": "p1", "artifact": "b1.parquet",
+           "failures": [{"doc_id": d, "source_uri": f"/raw/text/b1/{d}", "error": e} for d, e in errors.items()]}
+    (tmp_path / "b1.failures.json").write_text(json.dumps(old))
+    sidecar = artifacts.read_failures(fsspec.filesystem("file"), str(artifact))
+    assert sidecar["publish_id"] == "p1"
+    assert {f["doc_id"]: f["kind"] for f in sidecar["failures"]} == {
+        "bad.txt": "document", "edited.txt": "changed", "big.jsonl": "changed", "gone.txt": "deleted",
+        "flaky.txt": "unreadable"}
+    assert [f["error"] for f in sidecar["failures"]] == list(errors.values())
+
+
+def test_a_failures_kind_round_trips_through_the_sidecar(tmp_path):
+    from infinity_assets.storage.failures import FailureKind
+
+    path = str(tmp_path / "b1.parquet")
+    failures = [artifacts.Failure(f"{kind.value}.txt", f"/raw/{kind.value}.txt", "some reason; retry later", kind)
+                for kind in FailureKind]
+    with artifacts.ArtifactWriter(fsspec.filesystem("file"), path, hidden_dim=HIDDEN_DIM) as writer:
+        for failure in failures:
+            writer.add_failure(failure)
+    sidecar = artifacts.read_failures(fsspec.filesystem("file"), path)
+    assert [artifacts.Failure.from_json(f) for f in sidecar["failures"]] == failures

@@ -16,9 +16,11 @@ from infinity_assets.storage.documents import (
     MAX_TEXT_CHARS,
     DocumentStore,
     DocumentStoreError,
+    FailureKind,
     folder_for_partition,
     partition_key_for_folder,
 )
+from infinity_assets.storage.local import LocalBackend
 
 from infinity_assets_dev.ports import free_port
 from infinity_assets_dev.seaweedfs import SeaweedFS
@@ -437,6 +439,7 @@ def test_a_file_changed_after_listing_is_a_retry_later_failure(store_root):
         (document,) = store.read_documents(modality, sources)
         assert document.content is None
         assert "changed since it was listed" in document.error and "retry later" in document.error
+        assert document.error_kind is FailureKind.CHANGED
 
 
 def test_a_file_deleted_after_listing_is_a_failure_not_a_crash(store_root):
@@ -449,6 +452,7 @@ def test_a_file_deleted_after_listing_is_a_failure_not_a_crash(store_root):
     assert docs["a.txt"].content == "a"
     assert "deleted after it was listed" in docs["gone.txt"].error
     assert "deleted after it was listed" in docs["gone.jsonl"].error
+    assert docs["gone.txt"].error_kind is docs["gone.jsonl"].error_kind is FailureKind.DELETED
 
 
 def test_a_jsonl_file_overwritten_while_streamed_ends_in_a_retry_later_failure(store_root):
@@ -462,9 +466,32 @@ def test_a_jsonl_file_overwritten_while_streamed_ends_in_a_retry_later_failure(s
     store_root.put("raw/text/b/big.jsonl", "\n".join(reversed(lines)) + "\n")
     rest = list(documents)
     assert "changed while it was read" in rest[-1].error and "retry later" in rest[-1].error
-    assert rest[-1].doc_id == "big.jsonl"
+    assert rest[-1].doc_id == "big.jsonl" and rest[-1].error_kind is FailureKind.CHANGED
     if store_root.is_s3:  # s3fs pins the ETag: the next block fetched after the overwrite fails
         assert len(rest) < 1999
+
+
+def test_a_files_own_problem_is_a_document_failure(store_root):
+    store_root.put_many({"raw/text/b/latin1.txt": "caf\u00e9".encode("latin-1"), "raw/text/b/zero.txt": b"",
+                         "raw/text/b/lines.jsonl": '{"id": "a"}\nnot json\n', "raw/images/b/text.png": b"not one"})
+    store = store_root.store()
+    failed = [d for m in ("text", "images") for d in documents_by_id(store, m, "b").values() if d.error]
+    assert len(failed) == 5
+    assert {d.error_kind for d in failed} == {FailureKind.DOCUMENT}
+    assert not FailureKind.DOCUMENT.retryable
+
+
+def test_a_store_error_reading_one_file_is_an_unreadable_failure_for_now(tmp_path, monkeypatch):
+    (tmp_path / "raw/text/b").mkdir(parents=True)
+    (tmp_path / "raw/text/b/a.txt").write_text("a")
+    (tmp_path / "raw/text/b/b.txt").write_text("b")
+    read = LocalBackend.read
+    monkeypatch.setattr(LocalBackend, "read", lambda self, source: OSError("I/O error") if source.key == "b.txt"
+                        else read(self, source))
+    docs = documents_by_id(DocumentStore(str(tmp_path)), "text", "b")
+    assert docs["a.txt"].content == "a" and docs["a.txt"].error is None
+    assert docs["b.txt"].error == "could not be read (OSError: I/O error); retry later"
+    assert docs["b.txt"].error_kind is FailureKind.UNREADABLE and FailureKind.UNREADABLE.retryable
 
 
 def test_reads_are_chunked_and_lazy(store_root):

@@ -129,6 +129,7 @@ def test_bad_pdfs_are_named_failures_and_the_good_ones_are_embedded(infinity_ser
     assert sorted(artifact.doc_ids) == ["good.pdf#page=1", "good.pdf#page=2", "huge-page.pdf#page=1"]
     sidecar = artifacts.read_failures(store.fs, store.artifact_path("images", "b"))
     assert {f["doc_id"] for f in sidecar["failures"]} == set(reasons)
+    assert {f["kind"] for f in sidecar["failures"]} == {"document"}  # a new version of the file is needed
 
 
 def test_an_unchanged_pdf_is_reused_whole_and_a_changed_one_re_embedded_whole(infinity_server, tmp_path):

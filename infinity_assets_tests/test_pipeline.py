@@ -5,6 +5,7 @@ The same behaviours against the real Infinity server and SeaweedFS are in test_a
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from infinity_assets import InfinityConnectionError, InfinityEmbeddings, InfinityResponseError, artifacts
+from infinity_assets.storage.backend import UnsafeKeyError
 from infinity_assets.storage.documents import DocumentStore
 from infinity_assets.storage.local import LocalBackend
 from infinity_assets.pipeline import TooManyFailuresError, embed_partition
@@ -235,6 +237,48 @@ def test_a_document_that_cannot_be_embedded_keeps_the_data_version_current(tmp_p
     current = artifacts.data_version(store.list_sources("text", "b1").fingerprints, client.model_name, 128)
     report = embed_partition(store, client, "text", "b1", max_failure_ratio=1.0)
     assert report.failed == 1 and report.data_version == current
+
+
+def test_the_data_version_follows_the_failures_kind_not_its_message(root, fake, client, monkeypatch):
+    """A failure of the document itself stays failed until the file changes, whatever its message says."""
+    store = DocumentStore(str(root))
+    current = artifacts.data_version(store.list_sources("text", "b1").fingerprints, client.model_name, 128)
+    read = LocalBackend.read
+    monkeypatch.setattr(LocalBackend, "read", lambda self, source: UnsafeKeyError("odd key; retry later")
+                        if source.key == "doc2.txt" else read(self, source))
+    report = embed_partition(store, client, "text", "b1", max_failure_ratio=1.0)
+    assert report.failures == [("doc2.txt", "refused to read: odd key; retry later")]
+    assert report.data_version == current  # a document failure: running the batch again would not help
+
+
+def test_the_failures_sidecar_records_each_failures_kind(root, fake, client, monkeypatch):
+    (root / "raw/text/b1/empty.txt").write_bytes(b"")
+    read = LocalBackend.read
+    monkeypatch.setattr(LocalBackend, "read", lambda self, source: OSError("I/O error") if source.key ==
+                        "doc2.txt" else read(self, source))
+    store = DocumentStore(str(root))
+    embed_partition(store, client, "text", "b1", max_failure_ratio=1.0)
+    sidecar = artifacts.read_failures(store.fs, store.artifact_path("text", "b1"))
+    assert {f["doc_id"]: f["kind"] for f in sidecar["failures"]} == {"doc2.txt": "unreadable",
+                                                                    "empty.txt": "document"}
+    raw = json.loads((root / "embeddings/text/b1.failures.json").read_text())  # as written, not inferred
+    assert {f["doc_id"]: f["kind"] for f in raw["failures"]} == {"doc2.txt": "unreadable", "empty.txt": "document"}
+
+
+def test_an_input_the_server_refuses_is_an_embedding_failure_that_keeps_the_version_current(tmp_path, fake,
+                                                                                             client):
+    batch = tmp_path / "raw" / "images" / "b1"
+    batch.mkdir(parents=True)
+    (batch / "fine.png").write_bytes(png((9, 9, 9)))
+    (batch / "refused.png").write_bytes(png((1, 2, 3), size=(fi.REFUSED_IMAGE_WIDTH, 8)))
+    store = DocumentStore(str(tmp_path))
+    current = artifacts.data_version(store.list_sources("images", "b1").fingerprints, client.model_name, 128)
+    report = embed_partition(store, client, "images", "b1", max_failure_ratio=1.0)
+    (failure,) = report.failures
+    assert failure[0] == "refused.png" and "unsupported image" in failure[1]
+    sidecar = artifacts.read_failures(store.fs, store.artifact_path("images", "b1"))
+    assert [f["kind"] for f in sidecar["failures"]] == ["embedding"]
+    assert report.data_version == current
 
 
 def test_float16_artifacts_hold_the_rounded_vectors_and_say_so(root, fake, client):

@@ -320,6 +320,27 @@ def test_a_file_changed_since_it_was_indexed_is_409_not_another_picture(corpus, 
         assert answer.status_code == 409 and "changed since it was indexed" in answer.json()["error"], answer.text
 
 
+def test_a_file_deleted_since_it_was_indexed_is_404(corpus, tmp_path, served):
+    from infinity_assets.index import sync_index
+    from infinity_assets.pipeline import embed_partition
+    from infinity_assets_tests.servers.service_fixtures import photo_png
+
+    folder = tmp_path / "raw" / "images" / "b"
+    folder.mkdir(parents=True)
+    (folder / "photo.png").write_bytes(photo_png())
+    store = DocumentStore(str(tmp_path))
+    with corpus.clients()["images"] as client:
+        embed_partition(store, client, "images", "b")
+    sync_index(store, "images")
+    app = served(store=store)
+    assert app.get("/sources/images/photo.png").status_code == 200
+    (folder / "photo.png").unlink()  # not re-embedded, not re-indexed
+    for path in ("/pages/images/photo.png", "/sources/images/photo.png"):
+        answer = app.get(path)
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["error"] == "corpus 'default': the file of document 'photo.png' is gone from the store"
+
+
 def test_a_picture_has_an_etag_from_the_fingerprint_and_is_not_sent_again(served):
     app = served()
     path = f"/pages/images/{quote('report.pdf#page=3', safe='')}"

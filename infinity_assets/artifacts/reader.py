@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from infinity_assets.artifacts.schema import (
     DEFAULT_VECTOR_ENCODING,
+    Failure,
     artifact_metadata,
     failures_path,
     schema_vector_encoding,
@@ -115,8 +116,13 @@ def _as_float32(table: pa.Table) -> pa.Table:
 
 
 def read_failures(fs: fsspec.AbstractFileSystem, artifact_path: str) -> dict[str, Any] | None:
-    """The failures sidecar of an artifact (``publish_id``, ``failures``), or None if there is none."""
+    """The failures sidecar of an artifact (``publish_id``, ``failures``), or None if there is none.
+
+    Each failure has ``doc_id``, ``source_uri``, ``error`` and ``kind`` (a :class:`FailureKind` value; a sidecar
+    written before failures had kinds gets them from :meth:`Failure.from_json`)."""
     path = failures_path(artifact_path)
     if not fs.exists(path):
         return None
-    return json.loads(fs.cat_file(path))
+    sidecar = json.loads(fs.cat_file(path))
+    sidecar["failures"] = [Failure.from_json(entry).to_json() for entry in sidecar.get("failures", [])]
+    return sidecar

@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from infinity_assets.storage.failures import FailureKind
+
 META_PREFIX = "infinity_assets."
 SCALAR_COLUMNS = ["doc_id", "source_uri", "fingerprint", "n_vectors", "embedded_at", "page"]
 #: Columns added with PDF pages; artifacts written before them are still read and checked.
@@ -72,11 +74,36 @@ class ArtifactError(Exception):
 
 @dataclass(frozen=True)
 class Failure:
-    """A document that could not be embedded, and why."""
+    """A document that could not be embedded: why (``error``, for people) and what kind of failure it is
+    (``kind``, which decides: a retryable one leaves the batch's data version stale)."""
 
     doc_id: str
     source_uri: str
     error: str
+    kind: FailureKind = FailureKind.DOCUMENT
+
+    def to_json(self) -> dict[str, str]:
+        """The failure as the sidecar records it."""
+        return {"doc_id": self.doc_id, "source_uri": self.source_uri, "error": self.error, "kind": self.kind.value}
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> Failure:
+        """A failure of a sidecar; one written before failures had kinds gets the kind its message meant."""
+        kind = entry.get("kind")
+        return cls(entry["doc_id"], entry["source_uri"], entry["error"],
+                   FailureKind(kind) if kind else legacy_failure_kind(entry["error"]))
+
+
+def legacy_failure_kind(error: str) -> FailureKind:
+    """The kind of a failure recorded without one (sidecars of earlier versions), from the phrases those versions
+    wrote: a transient failure ended in "; retry later" and said whether the file changed or was deleted."""
+    if "; retry later" not in error:
+        return FailureKind.DOCUMENT
+    if "deleted after it was listed" in error:
+        return FailureKind.DELETED
+    if "the file changed" in error:
+        return FailureKind.CHANGED
+    return FailureKind.UNREADABLE
 
 
 def vector_encoding(value: str | None = None) -> str:

@@ -187,7 +187,7 @@ class ArtifactWriter:
 
     def _write_sidecar(self) -> None:
         sidecar = {"publish_id": self.publish_id, "artifact": posixpath.basename(self.path),
-                   "failures": [f.__dict__ for f in self.failures]}
+                   "failures": [f.to_json() for f in self.failures]}
         _atomic_put(self.fs, failures_path(self.path), json.dumps(sidecar, indent=1).encode(), self._local)
 
     def _publish(self) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from infinity_assets.index import IndexReader
-from infinity_assets.storage.documents import DocumentStore, SourceObject
+from infinity_assets.storage.documents import DocumentStore, FailureKind, SourceObject
 from infinity_assets.storage.formats import pdf_render
 
 _COLUMNS = ("doc_id", "partition", "source_uri", "fingerprint", "page", "n_vectors")
@@ -116,13 +116,13 @@ def read_source(store: DocumentStore, document: IndexedDocument, max_bytes: int 
                                    f"sends files up to {max_bytes:,} bytes (max_source_bytes)")
     data = store.fetch([source])[source.path]
     if isinstance(data, BaseException):
-        reason = store.read_error(data, source)  # raises DocumentStoreError for store-wide failures
-        if isinstance(data, FileNotFoundError) or "deleted" in reason:
+        failure = store.read_failure(data, source)  # raises DocumentStoreError for store-wide failures
+        if failure.kind is FailureKind.DELETED:
             raise DocumentNotFound(f"the file of document {document.doc_id!r} is gone from the store")
-        if "changed" in reason:
+        if failure.kind is FailureKind.CHANGED:
             raise DocumentConflict(f"the file of document {document.doc_id!r} changed since it was indexed; "
                                    "its picture is served again once the index follows the new version")
-        raise DocumentConflict(f"the file of document {document.doc_id!r} cannot be read: {reason}")
+        raise DocumentConflict(f"the file of document {document.doc_id!r} cannot be read: {failure.reason}")
     return data
 
 

@@ -10,7 +10,8 @@ how bytes become :class:`Document` s). Layout under the root::
     embeddings/text/<batch>.parquet, embeddings/images/<batch>.parquet   (artifacts: infinity_assets.artifacts)
 
 Nothing is silently dropped: a file with an unsupported extension (or an unsafe key such as ``a/../b``) is
-listed in ``Listing.skipped``; a file that cannot be read or parsed becomes a Document with ``error`` set.
+listed in ``Listing.skipped``; a file that cannot be read or parsed becomes a Document with ``error`` set and
+its ``error_kind`` (:class:`FailureKind`: changed, deleted, unreadable for now, or a problem of the document).
 The names users imported from this module before storage and formats were split (``DocumentStore``,
 ``Document``, ``SourceObject``, ``Listing``, ``partition_key_for_folder``, ...) are still here.
 
@@ -40,12 +41,13 @@ from infinity_assets.storage.keys import folder_for_partition, partition_key_for
 from infinity_assets.storage.store import (
     MODALITIES,
     DocumentStoreError,
+    FailureKind,
     Listing,
     ObjectStore,
+    ReadFailure,
     ScannedObject,
     SourceObject,
     is_auth_failure,
-    is_retryable,
     is_safe_segment,
     is_storage_failure,
     modality_folder,
@@ -53,7 +55,7 @@ from infinity_assets.storage.store import (
 
 __all__ = [
     "EXTENSIONS", "MAX_TEXT_CHARS", "MIN_IMAGE_SIDE", "MODALITIES", "Document", "PdfSettings", "DocumentStore",
-    "DocumentStoreError", "Listing", "ScannedObject", "SourceObject", "folder_for_partition", "is_retryable",
+    "DocumentStoreError", "FailureKind", "Listing", "ScannedObject", "SourceObject", "folder_for_partition",
     "is_storage_failure", "is_streamed", "is_supported", "partition_key_for_folder",
 ]
 
@@ -158,8 +160,7 @@ class DocumentStore(ObjectStore):
                 if each.streamed:
                     yield from self._streamed_documents(source, each)
                 else:
-                    yield Document(source.key, source.uri, source.fingerprint,
-                                   error=self.read_error(contents[source.path], source))
+                    yield _failed(source, self.read_failure(contents[source.path], source))
 
     def _streamed_documents(self, source: SourceObject, fmt: Format) -> Iterator[Document]:
         try:
@@ -167,7 +168,7 @@ class DocumentStore(ObjectStore):
         except DocumentStoreError:
             raise
         except Exception as exc:  # noqa: BLE001 -- reported per document
-            yield Document(source.key, source.uri, source.fingerprint, error=self.read_error(exc, source))
+            yield _failed(source, self.read_failure(exc, source))
             return
         parser = fmt.line_parser(source)
         try:
@@ -180,11 +181,16 @@ class DocumentStore(ObjectStore):
         except Exception as exc:  # noqa: BLE001 -- the rest of the file is one failure
             if is_auth_failure(exc):
                 raise self.store_error(exc, source.path) from None
-            yield Document(source.key, source.uri, source.fingerprint,
-                           error=f"after line {parser.number}: {self.read_error(exc, source)}")
+            yield _failed(source, self.read_failure(exc, source), f"after line {parser.number}: ")
             return
         if parser.documents == 0:
             yield Document(source.key, source.uri, source.fingerprint, error=parser.empty_reason)
+
+
+def _failed(source: SourceObject, failure: ReadFailure, prefix: str = "") -> Document:
+    """The document of a file that could not be read, with the failure's kind."""
+    return Document(source.key, source.uri, source.fingerprint, error=prefix + failure.reason,
+                    error_kind=failure.kind)
 
 
 def _add_to_listing(listing: Listing, modality: str, key: str, source: SourceObject) -> None:

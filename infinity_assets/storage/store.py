@@ -11,15 +11,15 @@ to it. Files directly under ``raw/<modality>/`` belong to no batch and are ignor
 * :class:`ObjectStore` -- ``fs`` (the fsspec filesystem), ``path(key)`` / ``uri(path)`` / ``uri_for(key)``,
   ``artifact_path(modality, partition)``, ``list_partitions(modality)``, ``iter_object_pages(modality)`` (one
   recursive listing of a whole modality, page by page), ``list_files(modality, partition)``, ``fetch(sources)``
-  (bytes, pinned to the listed version), ``open(source)`` (a stream, pinned too), ``read_error(exc, source)``.
+  (bytes, pinned to the listed version), ``open(source)`` (a stream, pinned too), ``read_failure(exc, source)``
+  (why a file could not be read: a :class:`~.failures.FailureKind` and a reason).
 * :class:`SourceObject` -- one file: ``key`` (relative to its batch folder), ``uri``, ``path``, ``size``,
   ``fingerprint``, ``last_modified``. The fingerprint is the ETag on S3, ``<size>-<mtime_ns>`` locally.
 
 Consistency: a read is pinned to the listed version. On S3 ``GET`` carries ``If-Match: <listed ETag>`` and a
 stream is an s3fs file, which pins the ETag on every block; locally the file's size and mtime_ns are compared
-before and after reading. A file changed since it was listed, or while it was read, becomes the failure
-"changed ... retry later" (the next run reads the new version) -- never a crash, never a mismatched
-fingerprint. Listings never use s3fs's listing cache (it misses new objects): they page ``ListObjectsV2``
+before and after reading. A file changed since it was listed, or while it was read, becomes a failure of kind
+``changed`` (the next run reads the new version) -- never a crash, never a mismatched fingerprint. Listings never use s3fs's listing cache (it misses new objects): they page ``ListObjectsV2``
 directly. Transient S3 errors are retried (:data:`READ_RETRY_DELAYS`).
 
 What differs between a local folder and S3 (listing, pinned reads, store-wide errors) lives in one backend per
@@ -46,13 +46,14 @@ from infinity_assets.storage.backend import (
     UnsafeKeyError,
     first_line,
 )
+from infinity_assets.storage.failures import FailureKind, ReadFailure
 from infinity_assets.storage.keys import folder_for_partition, partition_key_for_folder
 from infinity_assets.storage.local import LocalBackend
 from infinity_assets.storage.s3 import READ_RETRY_DELAYS, S3Backend, is_auth_failure, s3_code
 
 __all__ = [
-    "MODALITIES", "READ_RETRY_DELAYS", "DocumentStoreError", "Listing", "ObjectStore", "ScannedObject",
-    "SourceObject", "is_auth_failure", "is_retryable", "is_safe_segment", "is_storage_failure", "modality_folder",
+    "MODALITIES", "READ_RETRY_DELAYS", "DocumentStoreError", "FailureKind", "Listing", "ObjectStore", "ReadFailure",
+    "ScannedObject", "SourceObject", "is_auth_failure", "is_safe_segment", "is_storage_failure", "modality_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -245,9 +246,9 @@ class ObjectStore:
         """After streaming a local file: raise if it changed while it was read (S3 streams pin the ETag)."""
         self.backend.check_unchanged(handle, source)
 
-    def read_error(self, exc: BaseException, source: SourceObject) -> str:
-        """The readable reason a file could not be read; raises :class:`DocumentStoreError` for store-wide
-        failures (credentials, endpoint)."""
+    def read_failure(self, exc: BaseException, source: SourceObject) -> ReadFailure:
+        """Why a file could not be read: its :class:`FailureKind` and a readable reason; raises
+        :class:`DocumentStoreError` for store-wide failures (credentials, endpoint)."""
         code = s3_code(exc)
         if isinstance(exc, ChangedError) or code in ("PreconditionFailed", "412") or _is_file_expired(exc):
             when = (
@@ -255,19 +256,20 @@ class ObjectStore:
                 if isinstance(exc, ChangedError)
                 else ("since it was listed" if code else "while it was read")
             )
-            return (
-                f"the file changed {when} (it no longer matches fingerprint {source.fingerprint}); "
-                "retry later: the next run reads the new version"
-            )
+            return ReadFailure(FailureKind.CHANGED,
+                               f"the file changed {when} (it no longer matches fingerprint {source.fingerprint}); "
+                               "retry later: the next run reads the new version")
         if isinstance(exc, FileNotFoundError) or code == "NoSuchKey":
-            return "the file was deleted after it was listed; retry later: the next run will not list it"
+            return ReadFailure(FailureKind.DELETED,
+                               "the file was deleted after it was listed; retry later: the next run will not list it")
         if isinstance(exc, UnsafeKeyError):
-            return f"refused to read: {exc}"
+            return ReadFailure(FailureKind.DOCUMENT, f"refused to read: {exc}")
         if is_auth_failure(exc):
             raise self.store_error(exc, source.path) from None
         if isinstance(exc, IsADirectoryError):
-            return "it is a folder, not a file"
-        return f"could not be read ({type(exc).__name__}: {first_line(exc)}); retry later"
+            return ReadFailure(FailureKind.DOCUMENT, "it is a folder, not a file")
+        return ReadFailure(FailureKind.UNREADABLE,
+                           f"could not be read ({type(exc).__name__}: {first_line(exc)}); retry later")
 
 
 def is_storage_failure(exc: BaseException) -> bool:
@@ -275,12 +277,6 @@ def is_storage_failure(exc: BaseException) -> bool:
     from botocore.exceptions import BotoCoreError
 
     return isinstance(exc, (OSError, BotoCoreError))
-
-
-def is_retryable(error: str) -> bool:
-    """Whether a document failure is transient (the file changed, vanished or could not be read: "retry
-    later"), as opposed to a problem of the document itself that only a new version of it can fix."""
-    return "; retry later" in error
 
 
 # --- helpers

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from infinity_assets.storage.backend import SourceObject, first_line  # noqa: F401 (first_line: for the formats)
+from infinity_assets.storage.failures import FailureKind
 
 
 @dataclass
@@ -13,6 +14,9 @@ class Document:
     """One document to embed: ``content`` (str for text, bytes for images) or the ``error`` preventing it.
 
     ``page`` (from 1) and ``page_text`` are set for the pages of a paged document (PDF), else ``None``.
+    ``error_kind`` says what kind of failure ``error`` is (meaningful only with an error): a format's own
+    failures (the file cannot be parsed) are :attr:`FailureKind.DOCUMENT`, the default; the store sets the kind
+    of a failed read (changed, deleted, unreadable for now).
     """
 
     doc_id: str
@@ -22,6 +26,7 @@ class Document:
     error: str | None = None
     page: int | None = None
     page_text: str | None = None
+    error_kind: FailureKind = FailureKind.DOCUMENT
 
 
 class LineParser(Protocol):
