@@ -222,6 +222,31 @@ def test_a_hits_picture_link_serves_the_page_of_its_own_corpus(two, second):
     assert elsewhere.json()["error"].startswith("corpus 'docs': no document 'memo.pdf#page=2'")
 
 
+def test_two_corpora_with_a_look_alike_file_each_get_their_own_picture(corpus, tmp_path, served):
+    """Same doc_id, batch, size and modification time (the local fingerprint) in two roots: two pictures."""
+    from infinity_assets.index import sync_index
+    from infinity_assets.pipeline import embed_partition
+
+    pictures, corpora = {}, []
+    for name, color in (("reds", (200, 0, 0)), ("blues", (0, 0, 200))):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), color).save(buffer, format="PNG", compress_level=0)  # size: 64 x 64 only
+        pictures[name] = buffer.getvalue()
+        path = tmp_path / name / "raw" / "images" / "b" / "p.png"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(pictures[name])
+        os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        store = DocumentStore(str(tmp_path / name))
+        with corpus.clients()["images"] as client:
+            embed_partition(store, client, "images", "b")
+        sync_index(store, "images")
+        corpora.append(ServedCorpus(name, store, corpus.queries()))
+    assert len(pictures["reds"]) == len(pictures["blues"])  # the same fingerprint: <size>-<mtime_ns>
+    app = served(corpora=corpora)
+    for name in ("reds", "blues", "reds"):
+        assert app.get("/pages/images/p.png", params={"corpus": name}).content == pictures[name], name
+
+
 @pytest.mark.parametrize("path", ["/search?q=cat", "/pages/images/photo.png", "/sources/text/cats.txt",
                                   "/similarity/images/photo.png?q=cat"])
 def test_an_unknown_corpus_is_404_listing_the_served_ones(path, two):

@@ -137,10 +137,11 @@ def source_key(document: IndexedDocument) -> str:
 
 
 def etag(store: DocumentStore, document: IndexedDocument, size: int | None) -> str:
-    """A strong ETag of the document's picture: its fingerprint, id and the rendering settings."""
+    """A strong ETag of the document's picture: its store, fingerprint, id and the rendering settings (the
+    store too: a local fingerprint, ``<size>-<mtime_ns>``, can be the same for two files of two corpora)."""
     pdf = store.pdf
-    material = "\0".join(map(str, (document.fingerprint, document.partition, document.doc_id, size,
-                                   pdf.max_side, pdf.dpi, "v1")))
+    material = "\0".join(map(str, (store.root_uri, document.fingerprint, document.partition, document.doc_id,
+                                   size, pdf.max_side, pdf.dpi, "v2")))
     return '"' + hashlib.sha256(material.encode()).hexdigest()[:32] + '"'
 
 

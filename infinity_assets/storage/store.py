@@ -233,7 +233,7 @@ class ObjectStore:
     # --- reading
     def fetch(self, sources: list[SourceObject]) -> dict[str, bytes | BaseException]:
         """``{path: bytes}`` of the sources, pinned to the listed version (an exception in place of the bytes of
-        a file that could not be read: :meth:`read_error` tells why). S3 reads run concurrently."""
+        a file that could not be read: :meth:`read_failure` tells why). S3 reads run concurrently."""
         if not sources:
             return {}
         return {s.path: r for s, r in zip(sources, self.backend.fetch(sources), strict=True)}
