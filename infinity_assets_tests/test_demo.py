@@ -87,7 +87,8 @@ def test_make_demo_embeds_the_samples_through_the_daemon_and_answers_through_the
     pages = set(re.findall(r"^ \d\. +[\d.]+ +(\S+)", page_answer, re.M))
     assert pages == {key.rsplit("/", 1)[1] for key in sample_objects() if key.endswith(".png")} | {
         f"annual-report.pdf#page={n}" for n in (1, 2, 3)}  # the three PNG pages and the PDF's three pages
-    assert re.search(r"infinity-assets serve --host 127\.0\.0\.1 --port 8080$", done.stdout, re.M)
+    assert re.search(r"infinity-assets serve --corpus docs=s3://docs --corpus pages=s3://pages --host 127\.0\.0\.1 "
+                     r"--port 8080$", done.stdout, re.M)
 
     [workdir] = re.findall(r"^workdir: (\S+)$", done.stdout, re.M)
     assert not processes_using(workdir), processes_using(workdir)  # servers, daemon, code server, run workers

@@ -1,7 +1,8 @@
 """The Dagster UI in headless Chromium: `dagster dev` serves the code location with the real servers behind it.
 
-Finds both assets in the asset graph, launches a materialization of one partition through the webserver's
-GraphQL API, and sees the run succeed in the UI. Screenshots go to test-artifacts/.
+Finds both corpora's assets (``docs``: text, ``pages``: images, this checkout's two component instances) in the
+asset graph, launches a materialization of one partition through the webserver's GraphQL API, and sees the run
+succeed in the UI. Screenshots go to test-artifacts/.
 """
 from __future__ import annotations
 
@@ -42,14 +43,15 @@ RUN_ERRORS = """query Logs($id: ID!) { logsForRun(runId: $id) { ... on EventConn
 @pytest.fixture
 def dagster_ui(tmp_path, infinity_server, seaweedfs, s3_bucket):
     fs = seaweedfs.filesystem()
-    fs.pipe({f"{s3_bucket}/raw/text/ui-batch/a.txt": b"clicked in the user interface",
-             f"{s3_bucket}/raw/text/ui-batch/b.txt": b"a second document"})
+    fs.pipe({f"{s3_bucket}/docs/raw/text/ui-batch/a.txt": b"clicked in the user interface",
+             f"{s3_bucket}/docs/raw/text/ui-batch/b.txt": b"a second document"})
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home), "INFINITY_API_URL": infinity_server.url,
-           "INFINITY_MODEL": "minilm-colbert-128", "INFINITY_IMAGE_MODEL": "colqwen2-tiny",
-           "INFINITY_ASSETS_ROOT": f"s3://{s3_bucket}", "AWS_ENDPOINT_URL": seaweedfs.endpoint_url,
+           "DEMO_TEXT_MODEL": "minilm-colbert-128", "DEMO_IMAGE_MODEL": "colqwen2-tiny",
+           "DEMO_DOCS_ROOT": f"s3://{s3_bucket}/docs", "DEMO_PAGES_ROOT": f"s3://{s3_bucket}/pages",
+           "AWS_ENDPOINT_URL": seaweedfs.endpoint_url,
            "AWS_ACCESS_KEY_ID": seaweedfs.access_key, "AWS_SECRET_ACCESS_KEY": seaweedfs.secret_key}
     port = free_port()
     log = open(tmp_path / "dagster-dev.log", "wb")
@@ -94,7 +96,7 @@ def _location_loaded(url: str) -> bool:
 
 def _add_partition(env: dict[str, str], partition: str) -> None:
     code = ("import dagster as dg; "
-            f"dg.DagsterInstance.get().add_dynamic_partitions('text_batches', [{partition!r}])")
+            f"dg.DagsterInstance.get().add_dynamic_partitions('docs_text_batches', [{partition!r}])")
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
 
 
@@ -114,18 +116,18 @@ def test_assets_are_in_the_graph_and_a_partition_materializes(dagster_ui):
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
-        # Each embedding asset's lineage: the raw documents upstream, the index downstream.
-        for raw, asset, index in (("raw_text_documents", "text_embeddings", "text_index"),
-                                  ("raw_image_documents", "image_embeddings", "image_index")):
-            page.goto(f"{dagster_ui}/assets/{asset}?view=lineage&lineageScope=neighbors&lineageDepth=1",
+        # Each corpus's embedding asset's lineage: its raw documents upstream, its index downstream.
+        for corpus, raw, asset, index in (("docs", "raw_text_documents", "text_embeddings", "text_index"),
+                                          ("pages", "raw_image_documents", "image_embeddings", "image_index")):
+            page.goto(f"{dagster_ui}/assets/{corpus}/{asset}?view=lineage&lineageScope=neighbors&lineageDepth=1",
                       wait_until="domcontentloaded")
             for name in (raw, asset, index):
                 page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / f"lineage-{asset}.png"))
+            page.screenshot(path=str(ARTIFACTS / f"lineage-{corpus}-{asset}.png"))
 
         launched = graphql(dagster_ui, LAUNCH, {"params": {
             "selector": {"repositoryLocationName": "infinity_assets", "repositoryName": "__repository__",
-                         "jobName": "embed_text_job"},
+                         "jobName": "docs_embed_text_job"},
             "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "ui-batch"}]},
             "runConfigData": {}, "mode": "default"}})["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched

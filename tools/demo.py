@@ -130,21 +130,17 @@ class DemoEnvironment:
             "module_name": module, "working_directory": str(REPO), "location_name": "infinity_assets"}}]}))
         return path
 
-    def corpus_env(self, corpus: str) -> dict[str, str]:
-        """The environment ``infinity-assets search`` / ``serve`` reach one corpus with (its root and model)."""
-        bucket, modality, _ = CORPORA[corpus]
-        model = TEXT_MODEL if modality == "text" else IMAGE_MODEL
-        return {**self.env, "INFINITY_ASSETS_ROOT": f"s3://{bucket}", "INFINITY_MODEL": model,
-                "INFINITY_IMAGE_MODEL": model}
+    def serve_arguments(self) -> list[str]:
+        """``infinity-assets serve`` arguments serving both corpora (the viewer offers the choice)."""
+        return [argument for corpus, (bucket, _, _) in CORPORA.items()
+                for argument in ("--corpus", f"{corpus}=s3://{bucket}")]
 
-    def serve_command(self, corpus: str = "docs") -> str:
-        """The command line that serves one corpus's index (``infinity-assets serve``), with its environment."""
-        env = self.corpus_env(corpus)
-        names = ("INFINITY_API_URL", "INFINITY_MODEL", "INFINITY_IMAGE_MODEL", "INFINITY_ASSETS_ROOT",
-                 "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_REGION")
-        settings = " ".join(f"{name}={env[name]}" for name in names)
-        return (f"{settings} AWS_SECRET_ACCESS_KEY=<the store's secret> "
-                f"{BIN / 'infinity-assets'} serve --host 127.0.0.1 --port 8080")
+    def serve_command(self) -> str:
+        """The command line that serves both corpora's indexes (``infinity-assets serve``), with its environment."""
+        names = ("INFINITY_API_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_REGION")
+        settings = " ".join(f"{name}={self.env[name]}" for name in names)
+        return (f"{settings} AWS_SECRET_ACCESS_KEY=<the store's secret> {BIN / 'infinity-assets'} serve "
+                f"{' '.join(self.serve_arguments())} --host 127.0.0.1 --port 8080")
 
 
 class WorkWatcher:
@@ -272,12 +268,11 @@ def run_daemon_until_done(demo: DemoEnvironment, module: str = LOCATION_MODULE) 
 def search(demo: DemoEnvironment) -> bool:
     """Ask each corpus's index through the ``infinity-assets search`` console script; True if both answered."""
     answers = []
-    for corpus, query, options in (("docs", QUERY, ["--k", "3"]),
-                                   ("pages", PAGE_QUERY, ["--modality", "images", "--k", "6"])):
-        env = demo.corpus_env(corpus)
-        print(f"\n$ INFINITY_ASSETS_ROOT={env['INFINITY_ASSETS_ROOT']} infinity-assets search {query!r} "
-              f"{' '.join(options)}", flush=True)
-        answers.append(subprocess.run([BIN / "infinity-assets", "search", query, *options], env=env,
+    for query, options in ((QUERY, ["--root", "s3://docs", "--k", "3"]),
+                           (PAGE_QUERY, ["--root", "s3://pages", "--modality", "images", "--k", "6"])):
+        # The query model is the one each index records; the server is $INFINITY_API_URL.
+        print(f"\n$ infinity-assets search {query!r} {' '.join(options)}", flush=True)
+        answers.append(subprocess.run([BIN / "infinity-assets", "search", query, *options], env=demo.env,
                                       cwd=demo.workdir, timeout=300).returncode)
     return answers == [0, 0]
 

@@ -22,11 +22,12 @@ from infinity_assets_dev.processes import ProcessGroup, Service, wait_until_read
 DEFAULT_PORT = int(os.environ.get("DAGSTER_PORT", "3000"))
 
 
-def extra_services(env: dict[str, str], workdir: Path) -> list[Service]:
-    """Processes started beside the Dagster UI with ``env`` (the dev stack's settings), stopped with it."""
+def extra_services(demo: DemoEnvironment, workdir: Path) -> list[Service]:
+    """Processes started beside the Dagster UI with the dev stack's settings (``demo.env``), stopped with it."""
     port = free_port()
     return [Service("search service (API and page viewer)",
-                    [str(BIN / "infinity-assets"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                    [str(BIN / "infinity-assets"), "serve", *demo.serve_arguments(), "--host", "127.0.0.1",
+                     "--port", str(port)],
                     ready_url=f"http://127.0.0.1:{port}/health", address=f"http://127.0.0.1:{port}")]
 
 
@@ -67,9 +68,8 @@ def run_until_stopped(demo: DemoEnvironment, processes: ExitStack, port: int, wo
         "--log-level", "info"], env=demo.env, cwd=REPO))
     processes.callback(dagster.stop, 30.0, signal.SIGINT)  # dagster dev stops its children on SIGINT
     started = []
-    service_env = demo.corpus_env("docs")
-    for service in extra_services(demo.corpus_env("docs"), workdir):
-        group = processes.enter_context(ProcessGroup(service.name, service.command, env=service_env, cwd=workdir))
+    for service in extra_services(demo, workdir):
+        group = processes.enter_context(ProcessGroup(service.name, service.command, env=demo.env, cwd=workdir))
         started.append((service, group))
     wait_until_ready(f"{ui}/server_info", 300, dagster)
     for service, group in started:
