@@ -183,3 +183,18 @@ def indexed(instance: dg.DagsterInstance, corpus_name: str) -> bool:
     synced = instance.fetch_materializations(dg.AssetKey([corpus_name, "text_index"]), limit=1).records
     return len({r.partition_key for r in embedded}) == 2 and bool(synced) and \
         synced[0].storage_id > max(r.storage_id for r in embedded)
+
+
+def test_dg_checks_and_lists_this_checkouts_own_two_corpora():
+    # This checkout is a dg project too (make demo / make dev run it); loading contacts no server.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("INFINITY_", "AWS_", "DAGSTER_"))},
+           "VIRTUAL_ENV": sys.prefix, "PATH": os.pathsep.join([str(BIN), os.environ["PATH"]]),
+           "PYTHONPATH": str(REPO), "DEMO_DOCS_ROOT": "s3://docs", "DEMO_PAGES_ROOT": "s3://pages",
+           "DEMO_TEXT_MODEL": "minilm-colbert-128", "DEMO_IMAGE_MODEL": "colqwen2-tiny",
+           "INFINITY_API_URL": "http://127.0.0.1:9", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+           "AWS_ACCESS_KEY_ID": "unused", "AWS_SECRET_ACCESS_KEY": "unused"}
+    assert "All definitions loaded successfully" in dg_cli(REPO, env, "check", "defs").stdout
+    listed = json.loads(dg_cli(REPO, env, "list", "defs", "--json").stdout)
+    assert {asset["asset_key"] for asset in listed["assets"]} == {
+        "docs/raw_text_documents", "docs/text_embeddings", "docs/text_index",
+        "pages/raw_image_documents", "pages/image_embeddings", "pages/image_index"}
