@@ -436,7 +436,7 @@ def test_with_an_api_key_every_route_but_health_needs_it(served):
     key = "serve-key-0123456789"
     app = served(api_key=key)
     assert app.get("/health").status_code == 200
-    routes = ["/", "/static/app.js", "/openapi.json", "/search?q=cat", "/pages/images/photo.png",
+    routes = ["/", "/static/app.js", "/openapi.json", "/corpora", "/search?q=cat", "/pages/images/photo.png",
               "/sources/text/cats.txt", "/similarity/images/photo.png?q=x"]
     basic = "Basic " + base64.b64encode(f"anyone:{key}".encode()).decode()
     for route in routes:
