@@ -42,11 +42,11 @@ def test_dagster_asset_materialize_embeds_a_partition(tmp_path, infinity_server,
                     AWS_ENDPOINT_URL=seaweedfs.endpoint_url, AWS_ACCESS_KEY_ID=seaweedfs.access_key,
                     AWS_SECRET_ACCESS_KEY=seaweedfs.secret_key)
     add = ("import dagster as dg; "
-           "dg.DagsterInstance.get().add_dynamic_partitions('text_batches', ['cli-batch'])")
+           "dg.DagsterInstance.get().add_dynamic_partitions('default_text_batches', ['cli-batch'])")
     subprocess.run([sys.executable, "-c", add], env=env, check=True, timeout=120)
     result = subprocess.run(
         [BIN / "dagster", "asset", "materialize", "-m", "infinity_assets.definitions",
-         "--select", "text_embeddings", "--partition", "cli-batch"],
+         "--select", "default/text_embeddings", "--partition", "cli-batch"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
