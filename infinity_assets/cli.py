@@ -7,13 +7,14 @@
   ``$INFINITY_ASSETS_ROOT``.
 
 A corpus's index records the model and hidden_dim it was built with, so queries are embedded with that model
-unless ``--model`` or ``$INFINITY_MODEL`` (``$INFINITY_IMAGE_MODEL`` first for ``--modality images``) names one
-(a different one is refused, saying so); ``serve --corpus`` always uses each index's model. The Infinity server
-(``--url``, else ``$INFINITY_API_URL`` / ``$INFINITY_IMAGE_API_URL``), its API key and client options
+unless ``--model`` or ``$INFINITY_MODEL`` (``$INFINITY_IMAGE_MODEL`` first for ``--modality images``) names
+one (a different one is refused, saying so); ``serve --corpus`` always uses each index's model. The Infinity
+server (``--url``, else ``$INFINITY_API_URL`` / ``$INFINITY_IMAGE_API_URL``), its API key and client options
 (``INFINITY_*``) and the S3 credentials (``AWS_*``) come from the environment, as for the Dagster resources.
 The query is embedded with :meth:`InfinityEmbeddings.embed_query` and searched in the LanceDB index
 (:mod:`infinity_assets.index`): the staged search by default (candidates per stage from
-``INFINITY_ASSETS_SEARCH_*``), every vector with ``--exact``; ``--verbose`` prints the stages' timings on stderr.
+``INFINITY_ASSETS_SEARCH_*``), every vector with ``--exact``; ``--verbose`` prints the stages' timings on
+stderr.
 Exit codes: 0 results printed, 1 the index cannot answer or a setting is wrong (one line on stderr), 2 usage.
 """
 from __future__ import annotations
@@ -56,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     serve.add_argument("--corpus", action="append", type=_corpus_option, metavar="NAME=ROOT", default=[],
                        help="a corpus to serve, by name and root (folder or s3://bucket/prefix); repeat for "
-                       "several, the first is the default; queries use each index's model (default: one corpus "
-                       "'default' at $INFINITY_ASSETS_ROOT)")
+                       "several, the first is the default; queries use each index's model (default: one "
+                       "corpus 'default' at $INFINITY_ASSETS_ROOT)")
     serve.add_argument("--url", help="the Infinity server that embeds queries, for every corpus (default "
                        "$INFINITY_API_URL, $INFINITY_IMAGE_API_URL first for images)")
     return parser

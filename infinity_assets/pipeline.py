@@ -191,8 +191,8 @@ def _failure(document: documents.Document) -> artifacts.Failure:
 def _data_version(listing: documents.Listing, failures: list[artifacts.Failure], model: str,
                   hidden_dim: int | None, vector_encoding: str) -> str:
     """The data version of what was embedded: the sources' fingerprints, leaving out files whose failure is
-    retryable (changed, deleted, unreadable for now), so the incremental schedule sees the batch as changed and
-    runs it again."""
+    retryable (changed, deleted, unreadable for now), so the incremental schedule sees the batch as changed
+    and runs it again."""
     retry = {f.doc_id for f in failures if f.kind.retryable}
     fingerprints = {key: fp for key, fp in listing.fingerprints.items() if key not in retry}
     return artifacts.data_version(fingerprints, model, hidden_dim, vector_encoding)

@@ -5,8 +5,8 @@ The one place that says what ``INFINITY_*`` (with an ``INFINITY_IMAGE_*``-style 
 env-configured code location (:mod:`infinity_assets.definitions`) resolves them into a corpus with
 :func:`corpus_from_env`; the Dagster resources (:mod:`infinity_assets.orchestration.resources`) fill the fields
 their config leaves unset through these functions; the CLI and the service call them directly (typed:
-:func:`store_from_env`, :func:`query_settings_from_env`), so they start without importing Dagster (seconds) and
-read the environment exactly as a run does.
+:func:`store_from_env`, :func:`query_settings_from_env`), so they start without importing Dagster (seconds)
+and read the environment exactly as a run does.
 
 Nothing is read at import time: every function reads ``os.environ`` when it is called.
 
@@ -154,7 +154,7 @@ class QuerySettings:
 
     Example::
 
-        queries = query_settings_from_env("images")           # $INFINITY_IMAGE_API_URL, else $INFINITY_API_URL
+        queries = query_settings_from_env("images")   # $INFINITY_IMAGE_API_URL, else $INFINITY_API_URL
         reader = IndexReader(store, "images")
         with queries.for_index(reader.model, reader.hidden_dim).build_client() as client:
             ...
@@ -164,7 +164,7 @@ class QuerySettings:
     pinned: bool = False
 
     def for_index(self, model: str, hidden_dim: int | None) -> ClientSettings:
-        """The client settings for an index of ``model`` / ``hidden_dim``: those, unless the model is pinned."""
+        """The client settings for an index of ``model`` / ``hidden_dim`` (unless the model is pinned)."""
         if self.pinned:
             return self.client
         return replace(self.client, model_name=model, hidden_dim=hidden_dim)
@@ -178,9 +178,9 @@ class QuerySettings:
 def query_settings_from_env(modality: str, *, url: str | None = None, model: str | None = None,
                             env_model: bool = True) -> QuerySettings:
     """The :class:`QuerySettings` of ``modality`` (``text`` or ``images``): ``url`` else ``$INFINITY_API_URL``
-    (``INFINITY_IMAGE_*`` read first for images), the API key and client options from the environment; the model
-    pinned by ``model``, else by ``$INFINITY_MODEL`` / ``$INFINITY_IMAGE_MODEL`` when ``env_model``, else left to
-    each index. Raises ``ValueError`` naming the variable or setting that does not parse."""
+    (``INFINITY_IMAGE_*`` read first for images), the API key and client options from the environment; the
+    model pinned by ``model``, else by ``$INFINITY_MODEL`` / ``$INFINITY_IMAGE_MODEL`` when ``env_model``, else
+    left to each index. Raises ``ValueError`` naming the variable or setting that does not parse."""
     prefix = env_prefix_for(modality)
     client = client_from_env(prefix)
     pinned = model or (model_from_env(prefix) if env_model else None)

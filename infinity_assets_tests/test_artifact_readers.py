@@ -227,7 +227,7 @@ def test_a_failures_kind_round_trips_through_the_sidecar(tmp_path):
     from infinity_assets.storage.failures import FailureKind
 
     path = str(tmp_path / "b1.parquet")
-    failures = [artifacts.Failure(f"{kind.value}.txt", f"/raw/{kind.value}.txt", "some reason; retry later", kind)
+    failures = [artifacts.Failure(f"{kind.value}.txt", f"/raw/{kind.value}.txt", "a reason; retry later", kind)
                 for kind in FailureKind]
     with artifacts.ArtifactWriter(fsspec.filesystem("file"), path, hidden_dim=HIDDEN_DIM) as writer:
         for failure in failures:

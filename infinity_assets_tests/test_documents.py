@@ -473,7 +473,8 @@ def test_a_jsonl_file_overwritten_while_streamed_ends_in_a_retry_later_failure(s
 
 def test_a_files_own_problem_is_a_document_failure(store_root):
     store_root.put_many({"raw/text/b/latin1.txt": "caf\u00e9".encode("latin-1"), "raw/text/b/zero.txt": b"",
-                         "raw/text/b/lines.jsonl": '{"id": "a"}\nnot json\n', "raw/images/b/text.png": b"not one"})
+                         "raw/text/b/lines.jsonl": '{"id": "a"}\nnot json\n',
+                         "raw/images/b/text.png": b"not one"})
     store = store_root.store()
     failed = [d for m in ("text", "images") for d in documents_by_id(store, m, "b").values() if d.error]
     assert len(failed) == 5

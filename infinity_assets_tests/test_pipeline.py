@@ -262,7 +262,8 @@ def test_the_failures_sidecar_records_each_failures_kind(root, fake, client, mon
     assert {f["doc_id"]: f["kind"] for f in sidecar["failures"]} == {"doc2.txt": "unreadable",
                                                                     "empty.txt": "document"}
     raw = json.loads((root / "embeddings/text/b1.failures.json").read_text())  # as written, not inferred
-    assert {f["doc_id"]: f["kind"] for f in raw["failures"]} == {"doc2.txt": "unreadable", "empty.txt": "document"}
+    assert {f["doc_id"]: f["kind"] for f in raw["failures"]} == {"doc2.txt": "unreadable",
+                                                                "empty.txt": "document"}
 
 
 def test_an_input_the_server_refuses_is_an_embedding_failure_that_keeps_the_version_current(tmp_path, fake,

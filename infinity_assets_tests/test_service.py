@@ -212,7 +212,8 @@ def test_a_search_that_names_no_corpus_answers_from_the_first(two):
 
 
 def test_a_hits_picture_link_serves_the_page_of_its_own_corpus(two, second):
-    hits = two.get("/search", params={"q": "memo page 2", "corpus": "memos", "modality": "images"}).json()["hits"]
+    params = {"q": "memo page 2", "corpus": "memos", "modality": "images"}
+    hits = two.get("/search", params=params).json()["hits"]
     hit = next(hit for hit in hits if hit["doc_id"] == "memo.pdf#page=2")
     picture = two.get(hit["image_url"])
     assert picture.status_code == 200, picture.text
@@ -258,7 +259,8 @@ def test_an_unknown_corpus_is_404_listing_the_served_ones(path, two):
     assert "GET /corpora" in body["error"]
 
 
-def test_a_corpus_without_an_index_is_listed_with_what_to_do(seaweedfs, corpus, served, infinity_server, s3_env):
+def test_a_corpus_without_an_index_is_listed_with_what_to_do(seaweedfs, corpus, served, infinity_server,
+                                                            s3_env):
     empty = f"s3://{seaweedfs.create_bucket()}"
     app = served(corpora=corpora_from_env({"docs": f"s3://{corpus.bucket}", "fresh": empty},
                                           url=infinity_server.url))
@@ -272,14 +274,34 @@ def test_a_corpus_without_an_index_is_listed_with_what_to_do(seaweedfs, corpus, 
 
 
 def test_a_pinned_model_other_than_the_indexs_is_refused_saying_so(corpus, served, infinity_server):
-    other = {m: QuerySettings(ClientSettings(url=infinity_server.url, model_name="minilm-colbert", hidden_dim=384),
-                              pinned=True) for m in ("text", "images")}
+    minilm = ClientSettings(url=infinity_server.url, model_name="minilm-colbert", hidden_dim=384)
+    other = {m: QuerySettings(minilm, pinned=True) for m in ("text", "images")}
     answer = served(queries=other).get("/search", params={"q": "cat", "modality": "text"})
     assert answer.status_code == 503, answer.text
     error = answer.json()["error"]
     assert error.startswith("corpus 'default': the index cannot answer: the text index was built with model "
                             f"'{TEXT_MODEL}' (hidden_dim 128) but queries are embedded with 'minilm-colbert'")
     assert "re-embed and re-index" in error
+
+
+def test_without_corpus_options_the_service_serves_the_environments_default_corpus(tmp_path, monkeypatch,
+                                                                                    s3_env):
+    monkeypatch.setenv("INFINITY_ASSETS_ROOT", str(tmp_path))
+    monkeypatch.setenv("INFINITY_IMAGE_MODEL", IMAGE_MODEL)
+    (default,) = corpora_from_env()
+    assert default.name == "default" and default.store.root_uri == str(tmp_path)
+    assert default.queries["images"].model == IMAGE_MODEL  # pinned by the environment, as earlier versions did
+    assert default.queries["text"].model is None  # none set: the model the text index records
+
+
+def test_a_named_corpus_embeds_queries_with_its_indexs_model_whatever_the_environment_names(
+        tmp_path, monkeypatch, s3_env):
+    monkeypatch.setenv("INFINITY_MODEL", TEXT_MODEL)
+    (docs,) = corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")
+    assert docs.queries["text"].model is None and docs.queries["images"].model is None
+    settings = docs.queries["text"].for_index("minilm-colbert", 384)
+    assert (settings.model_name, settings.hidden_dim, settings.url) == ("minilm-colbert", 384,
+                                                                        "http://infinity.example:7997")
 
 
 def test_the_openapi_description_names_the_corpora_and_their_listing(two):
@@ -363,7 +385,8 @@ def test_a_file_deleted_since_it_was_indexed_is_404(corpus, tmp_path, served):
     for path in ("/pages/images/photo.png", "/sources/images/photo.png"):
         answer = app.get(path)
         assert answer.status_code == 404, answer.text
-        assert answer.json()["error"] == "corpus 'default': the file of document 'photo.png' is gone from the store"
+        assert answer.json()["error"] == ("corpus 'default': the file of document 'photo.png' is gone from the "
+                                          "store")
 
 
 def test_a_picture_has_an_etag_from_the_fingerprint_and_is_not_sent_again(served):
@@ -516,8 +539,8 @@ def test_colqwen2_pages_get_no_map_and_the_answer_says_why(infinity_server, tmp_
                for m, n in (("text", TEXT_MODEL), ("images", "colqwen2-tiny"))}
     embed_partition(store, clients["images"], "images", "b")
     sync_index(store, "images")
-    queries = {m: QuerySettings(ClientSettings(url=infinity_server.url, model_name=n, hidden_dim=128), pinned=True)
-               for m, n in (("text", TEXT_MODEL), ("images", "colqwen2-tiny"))}
+    queries = {m: QuerySettings(ClientSettings(url=infinity_server.url, model_name=n, hidden_dim=128),
+                                pinned=True) for m, n in (("text", TEXT_MODEL), ("images", "colqwen2-tiny"))}
     app = served(queries=queries, store=store)
     answer = app.get("/search", params={"q": "blue and red", "modality": "images"}).json()
     assert answer["similarity_map"] is False and "similarity_url" not in answer["hits"][0]
@@ -528,7 +551,7 @@ def test_colqwen2_pages_get_no_map_and_the_answer_says_why(infinity_server, tmp_
 # ------------------------------------------------------------------------------------------------ the command
 @contextlib.contextmanager
 def _serving(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
-    """``infinity-assets serve ARGS`` with ``env``, output to ``log``, until it answers /health; stopped by SIGINT."""
+    """``infinity-assets serve ARGS`` with ``env`` and output to ``log``, once it answers /health; SIGINT after."""
     port = args[args.index("--port") + 1]
     with open(log, "wb") as out:
         process = subprocess.Popen([BIN / "infinity-assets", "serve", *args], env=env, stdout=out,
@@ -634,5 +657,6 @@ def test_serve_says_which_corpus_has_a_bad_root(tmp_path, capsys):
 
     assert main(["serve", "--corpus", "docs=ftp://host/docs"]) == 1
     error = capsys.readouterr().err
-    assert error.startswith("infinity-assets: corpus 'docs' (--corpus docs=ftp://host/docs): root='ftp://host/docs'")
+    assert error.startswith("infinity-assets: corpus 'docs' (--corpus docs=ftp://host/docs): "
+                            "root='ftp://host/docs'")
     assert "use a local folder, file:// or s3://bucket/prefix" in error

@@ -51,7 +51,8 @@ __all__ = [
     "SCALAR_COLUMNS", "STAGING_DIR", "VECTOR_ENCODINGS", "VECTOR_ENCODING_ENV", "VECTOR_VALUES",
     "WRITE_AMPLIFICATION", "Artifact", "ArtifactError", "ArtifactWriter", "Failure", "Row", "Verdict",
     "all_finite", "artifact_metadata", "artifact_schema", "check_completeness", "check_schema",
-    "check_vectors", "data_version", "failures_path", "fingerprint_digest", "iter_rows", "legacy_failure_kind", "nonfinite_rows",
+    "check_vectors", "data_version", "failures_path", "fingerprint_digest", "iter_rows",
+    "legacy_failure_kind", "nonfinite_rows",
     "parquet_options", "read_artifact", "read_failures", "read_index", "recorded_vector_encoding",
     "schema_vector_encoding", "vector_dtype", "vector_encoding",
 ]

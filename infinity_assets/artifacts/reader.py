@@ -118,8 +118,8 @@ def _as_float32(table: pa.Table) -> pa.Table:
 def read_failures(fs: fsspec.AbstractFileSystem, artifact_path: str) -> dict[str, Any] | None:
     """The failures sidecar of an artifact (``publish_id``, ``failures``), or None if there is none.
 
-    Each failure has ``doc_id``, ``source_uri``, ``error`` and ``kind`` (a :class:`FailureKind` value; a sidecar
-    written before failures had kinds gets them from :meth:`Failure.from_json`)."""
+    Each failure has ``doc_id``, ``source_uri``, ``error`` and ``kind`` (a :class:`FailureKind` value; a
+    sidecar written before failures had kinds gets them from :meth:`Failure.from_json`)."""
     path = failures_path(artifact_path)
     if not fs.exists(path):
         return None

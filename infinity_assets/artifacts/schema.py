@@ -84,7 +84,8 @@ class Failure:
 
     def to_json(self) -> dict[str, str]:
         """The failure as the sidecar records it."""
-        return {"doc_id": self.doc_id, "source_uri": self.source_uri, "error": self.error, "kind": self.kind.value}
+        return {"doc_id": self.doc_id, "source_uri": self.source_uri, "error": self.error,
+                "kind": self.kind.value}
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> Failure:
@@ -95,8 +96,9 @@ class Failure:
 
 
 def legacy_failure_kind(error: str) -> FailureKind:
-    """The kind of a failure recorded without one (sidecars of earlier versions), from the phrases those versions
-    wrote: a transient failure ended in "; retry later" and said whether the file changed or was deleted."""
+    """The kind of a failure recorded without one (sidecars of earlier versions), from the phrases those
+    versions wrote: a transient failure ended in "; retry later" and said whether the file changed or was
+    deleted."""
     if "; retry later" not in error:
         return FailureKind.DOCUMENT
     if "deleted after it was listed" in error:

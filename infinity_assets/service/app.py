@@ -63,13 +63,14 @@ class Service:
 
     def __init__(self, corpora: list[ServedCorpus], limits: ServiceSettings) -> None:
         if not corpora:
-            raise ValueError("the service needs at least one corpus (--corpus NAME=ROOT, or $INFINITY_ASSETS_ROOT)")
+            raise ValueError("the service needs at least one corpus (--corpus NAME=ROOT, or "
+                             "$INFINITY_ASSETS_ROOT)")
         self.corpora = {c.name: c for c in corpora}
         if len(self.corpora) != len(corpora):
             names = [c.name for c in corpora]
             twice = sorted({n for n in names if names.count(n) > 1})
-            raise ValueError(f"corpus name {', '.join(map(repr, twice))} is given twice: give each --corpus its "
-                             "own name")
+            raise ValueError(f"corpus name {', '.join(map(repr, twice))} is given twice: give each --corpus "
+                             "its own name")
         self.default = corpora[0].name
         self.limits = limits
         self.cache = pages.PictureCache(limits.cache_bytes)
@@ -77,7 +78,7 @@ class Service:
         self._lock = threading.Lock()
 
     def corpus(self, name: str | None) -> ServedCorpus:
-        """The corpus ``name`` (None or empty: the default); :class:`UnknownCorpus` listing the served ones."""
+        """The corpus ``name`` (None or empty: the default); :class:`UnknownCorpus` names the others."""
         found = self.corpora.get(name or self.default)
         if found is None:
             raise UnknownCorpus(name or "", list(self.corpora))
@@ -121,7 +122,8 @@ class Service:
                                      "documents": reader.rows,
                                      "query_model": corpus.queries[modality].model or reader.model}
             answer.append({"name": corpus.name, "root": redact(corpus.store.root_uri, self.hidden()),
-                           "modalities": [m for m in MODALITIES if "model" in indexes[m]], "indexes": indexes})
+                           "modalities": [m for m in MODALITIES if "model" in indexes[m]],
+                           "indexes": indexes})
         return answer
 
     def hidden(self) -> list[str]:
@@ -144,7 +146,8 @@ def create_app(corpora: list[ServedCorpus] | None = None, limits: ServiceSetting
     """The application over ``corpora`` (None: the ``default`` corpus of the environment, as
     ``infinity-assets search`` reads it; :func:`~infinity_assets.service.corpora.corpora_from_env`); the first
     corpus answers requests that name none. Clients are built on first use and closed with the app."""
-    service = Service(corpora if corpora is not None else corpora_from_env(), limits or ServiceSettings.from_env())
+    service = Service(corpora if corpora is not None else corpora_from_env(),
+                      limits or ServiceSettings.from_env())
     guarded = answer_errors(service.hidden)
     files = {path: ((STATIC / name).read_bytes(), kind) for path, (name, kind) in STATIC_FILES.items()}
 

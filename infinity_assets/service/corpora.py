@@ -57,7 +57,7 @@ class ServedCorpus:
 
 
 def parse_corpus_option(value: str) -> tuple[str, str]:
-    """``NAME=ROOT`` (the ``--corpus`` option) as ``(name, root)``; ``ValueError`` saying the expected form."""
+    """``NAME=ROOT`` (the ``--corpus`` option) as ``(name, root)``; ``ValueError`` showing the form."""
     name, sep, root = value.partition("=")
     name, root = name.strip(), root.strip()
     if not sep or not name or not root:
@@ -87,7 +87,8 @@ def corpora_from_env(roots: Mapping[str, str] | None = None, *, url: str | None 
     for name, root in named.items():
         try:
             store = settings.store_from_env(root=root).build_store(pdf)
-            queries = {m: settings.query_settings_from_env(m, url=url, env_model=env_corpus) for m in MODALITIES}
+            queries = {m: settings.query_settings_from_env(m, url=url, env_model=env_corpus)
+                       for m in MODALITIES}
             corpora.append(ServedCorpus(name, store, queries))
         except (ValueError, DocumentStoreError) as exc:
             where = "$INFINITY_ASSETS_ROOT" if env_corpus else f"--corpus {name}={root}"

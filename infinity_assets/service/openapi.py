@@ -28,7 +28,7 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 def openapi_schema(settings: ServiceSettings, corpora: list[str] | None = None) -> dict[str, Any]:
-    """The description of every route, with this service's limits and ``corpora`` (names, the default first)."""
+    """The description of every route, with this service's limits and ``corpora`` (the default first)."""
     corpora = corpora or ["default"]
     modality = {"type": "string", "enum": ["text", "images"], "default": "text"}
     corpus = _param("corpus", {"type": "string", "enum": corpora, "default": corpora[0]},
@@ -64,7 +64,8 @@ def openapi_schema(settings: ServiceSettings, corpora: list[str] | None = None) 
                                             "default": settings.default_k}, "Number of hits."),
                                _param("exact", {"type": "boolean", "default": False}, "Exact full scan.")],
                 "responses": {"200": {"description": "Hits, best first", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/SearchAnswer"}}}}, **_errors(401, 404, 422, 503)}}},
+                    "schema": {"$ref": "#/components/schemas/SearchAnswer"}}}},
+                    **_errors(401, 404, 422, 503)}}},
             "/pages/{modality}/{doc_id}": {"get": {
                 "summary": "The page picture of an indexed document (rendered PDF page or stored image)",
                 "parameters": [*doc_path, size], "responses": {**image, **_errors(304, 401, 404, 409, 422, 503)}}},
@@ -91,8 +92,8 @@ def openapi_schema(settings: ServiceSettings, corpora: list[str] | None = None) 
                     "corpus": {"type": "string", "description": "The corpus the error is about."},
                     "corpora": {"type": "array", "items": {"type": "string"},
                                 "description": "The corpora served (when the one asked for is not)."}}},
-                "Index": {"type": "object", "description": "An index that answers (model, hidden_dim, documents, "
-                          "query_model) or why it cannot (error).", "properties": {
+                "Index": {"type": "object", "description": "An index that answers (model, hidden_dim, "
+                          "documents, query_model) or why it cannot (error).", "properties": {
                               "model": {"type": "string"}, "hidden_dim": {"type": "integer"},
                               "documents": {"type": "integer"}, "query_model": {"type": "string"},
                               "error": {"type": "string"}}},
@@ -112,7 +113,8 @@ def openapi_schema(settings: ServiceSettings, corpora: list[str] | None = None) 
                             "source_url": {"type": "string"},
                             "similarity_url": {"type": "string", "description": "ColPali-style models only."}}},
                 "SearchAnswer": {"type": "object", "properties": {
-                    "corpus": {"type": "string"}, "query": {"type": "string"}, "modality": {"type": "string"}, "k": {"type": "integer"},
+                    "corpus": {"type": "string"}, "query": {"type": "string"},
+                    "modality": {"type": "string"}, "k": {"type": "integer"},
                     "model": {"type": "string"}, "similarity_map": {"type": "boolean"},
                     "seconds": {"type": "number"},
                     "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},

@@ -53,7 +53,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, corpora: Mappin
     for corpus in service.corpora.values():
         queries = ", ".join(f"{m} queries by {repr(q.model) if q.model else 'the index model'} at "
                             f"{redact(q.client.url, hidden)}" for m, q in corpus.queries.items())
-        print(f"  {corpus.name}: {redact(corpus.store.root_uri, hidden)} ({queries})", file=sys.stderr, flush=True)
+        print(f"  {corpus.name}: {redact(corpus.store.root_uri, hidden)} ({queries})", file=sys.stderr,
+              flush=True)
     if not is_loopback(host) and not service.limits.api_key:
         print(f"infinity-assets serve: WARNING: listening on {host} without an API key: anyone who can reach "
               "this address can search and read the indexed documents; set INFINITY_ASSETS_SERVE_API_KEY",

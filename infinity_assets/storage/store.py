@@ -11,16 +11,16 @@ to it. Files directly under ``raw/<modality>/`` belong to no batch and are ignor
 * :class:`ObjectStore` -- ``fs`` (the fsspec filesystem), ``path(key)`` / ``uri(path)`` / ``uri_for(key)``,
   ``artifact_path(modality, partition)``, ``list_partitions(modality)``, ``iter_object_pages(modality)`` (one
   recursive listing of a whole modality, page by page), ``list_files(modality, partition)``, ``fetch(sources)``
-  (bytes, pinned to the listed version), ``open(source)`` (a stream, pinned too), ``read_failure(exc, source)``
-  (why a file could not be read: a :class:`~.failures.FailureKind` and a reason).
+  (bytes, pinned to the listed version), ``open(source)`` (a stream, pinned too),
+  ``read_failure(exc, source)`` (why a file could not be read: a :class:`~.failures.FailureKind` and a reason).
 * :class:`SourceObject` -- one file: ``key`` (relative to its batch folder), ``uri``, ``path``, ``size``,
   ``fingerprint``, ``last_modified``. The fingerprint is the ETag on S3, ``<size>-<mtime_ns>`` locally.
 
 Consistency: a read is pinned to the listed version. On S3 ``GET`` carries ``If-Match: <listed ETag>`` and a
 stream is an s3fs file, which pins the ETag on every block; locally the file's size and mtime_ns are compared
 before and after reading. A file changed since it was listed, or while it was read, becomes a failure of kind
-``changed`` (the next run reads the new version) -- never a crash, never a mismatched fingerprint. Listings never use s3fs's listing cache (it misses new objects): they page ``ListObjectsV2``
-directly. Transient S3 errors are retried (:data:`READ_RETRY_DELAYS`).
+``changed`` (the next run reads the new version) -- never a crash, never a mismatched fingerprint. Listings
+never use s3fs's listing cache (it misses new objects): they page ``ListObjectsV2`` directly. Transient S3 errors are retried (:data:`READ_RETRY_DELAYS`).
 
 What differs between a local folder and S3 (listing, pinned reads, store-wide errors) lives in one backend per
 kind of store behind :class:`~.backend.StorageBackend` (:mod:`.local`, :mod:`.s3`); this module keeps what
@@ -52,8 +52,9 @@ from infinity_assets.storage.local import LocalBackend
 from infinity_assets.storage.s3 import READ_RETRY_DELAYS, S3Backend, is_auth_failure, s3_code
 
 __all__ = [
-    "MODALITIES", "READ_RETRY_DELAYS", "DocumentStoreError", "FailureKind", "Listing", "ObjectStore", "ReadFailure",
-    "ScannedObject", "SourceObject", "is_auth_failure", "is_safe_segment", "is_storage_failure", "modality_folder",
+    "MODALITIES", "READ_RETRY_DELAYS", "DocumentStoreError", "FailureKind", "Listing", "ObjectStore",
+    "ReadFailure", "ScannedObject", "SourceObject", "is_auth_failure", "is_safe_segment", "is_storage_failure",
+    "modality_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -256,12 +257,13 @@ class ObjectStore:
                 if isinstance(exc, ChangedError)
                 else ("since it was listed" if code else "while it was read")
             )
-            return ReadFailure(FailureKind.CHANGED,
-                               f"the file changed {when} (it no longer matches fingerprint {source.fingerprint}); "
-                               "retry later: the next run reads the new version")
+            return ReadFailure(
+                FailureKind.CHANGED, f"the file changed {when} (it no longer matches fingerprint "
+                f"{source.fingerprint}); retry later: the next run reads the new version")
         if isinstance(exc, FileNotFoundError) or code == "NoSuchKey":
-            return ReadFailure(FailureKind.DELETED,
-                               "the file was deleted after it was listed; retry later: the next run will not list it")
+            return ReadFailure(
+                FailureKind.DELETED,
+                "the file was deleted after it was listed; retry later: the next run will not list it")
         if isinstance(exc, UnsafeKeyError):
             return ReadFailure(FailureKind.DOCUMENT, f"refused to read: {exc}")
         if is_auth_failure(exc):

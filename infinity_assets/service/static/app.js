@@ -1,5 +1,5 @@
-// The viewer: lists the corpora (GET /corpora), queries GET /search in the chosen one and shows one card per hit
-// (thumbnail, score, doc_id, page, snippet, source). Text from the index is put in with textContent only.
+// The viewer: lists the corpora (GET /corpora), queries GET /search in the chosen one and shows one card per
+// hit (thumbnail, score, doc_id, page, snippet, source). Text from the index is put in with textContent only.
 "use strict";
 
 const THUMBNAIL = 320;
@@ -52,8 +52,8 @@ function showError(message) {
   $("results").replaceChildren();
 }
 
-// The corpus choice: one option per corpus served (the default first); a name from the address that the service
-// does not serve is kept, so the search says which corpora there are.
+// The corpus choice: one option per corpus served (the default first); a name from the address that the
+// service does not serve is kept, so the search says which corpora there are.
 async function loadCorpora(wanted) {
   const select = $("corpus");
   let answer;

@@ -15,8 +15,8 @@ class Document:
 
     ``page`` (from 1) and ``page_text`` are set for the pages of a paged document (PDF), else ``None``.
     ``error_kind`` says what kind of failure ``error`` is (meaningful only with an error): a format's own
-    failures (the file cannot be parsed) are :attr:`FailureKind.DOCUMENT`, the default; the store sets the kind
-    of a failed read (changed, deleted, unreadable for now).
+    failures (the file cannot be parsed) are :attr:`FailureKind.DOCUMENT`, the default; the store sets the
+    kind of a failed read (changed, deleted, unreadable for now).
     """
 
     doc_id: str
