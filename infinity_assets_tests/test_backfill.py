@@ -5,6 +5,7 @@ run gets (the daemon's part is in test_deployment.py).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from infinity_assets import artifacts, definitions
 from infinity_assets.corpus import ClientSettings, CorpusSpec, StoreSettings
-from infinity_assets.orchestration import build_corpus_definitions
+from infinity_assets.orchestration import build_corpus_definitions, provenance
 from infinity_assets.orchestration.lineage import observation
 from infinity_assets.orchestration.schedules import current_data_versions, materialized_data_versions
 from infinity_assets.settings import corpus_from_env
@@ -162,3 +163,45 @@ def test_partitions_per_backfill_run_of_the_env_configured_corpus(monkeypatch, t
     reloaded = importlib.reload(definitions)
     with pytest.raises(ValueError, match="INFINITY_BACKFILL_PARTITIONS_PER_RUN"):
         reloaded.defs()
+
+
+def test_provenance_tags_match_dagster():
+    """Backfill runs write the data-version tags themselves (orchestration/provenance.py): its names are those of
+    Dagster's private data-versioning module, and a materialization gets the same tags as from Dagster's own
+    output path, with the same values but one.
+
+    The exception is Dagster's, on purpose kept: for a partitioned upstream Dagster records the hash of the
+    upstream partitions' *materialization* versions (sha256 of nothing for a source that is only observed,
+    its data_version_cache says so), while a backfill batch records its batch's observed digest.
+    """
+    from dagster._core.definitions import data_version as dagster_versions
+
+    assert (provenance.DATA_VERSION_TAG, provenance.CODE_VERSION_TAG, provenance.DATA_VERSION_IS_USER_PROVIDED_TAG,
+            provenance.INPUT_DATA_VERSION_PREFIX, provenance.INPUT_EVENT_POINTER_PREFIX) == (
+        dagster_versions.DATA_VERSION_TAG, dagster_versions.CODE_VERSION_TAG,
+        dagster_versions.DATA_VERSION_IS_USER_PROVIDED_TAG, dagster_versions.INPUT_DATA_VERSION_TAG_PREFIX,
+        dagster_versions.INPUT_EVENT_POINTER_TAG_PREFIX)
+    assert provenance.INITIAL_DATA_VERSION == dagster_versions.DEFAULT_DATA_VERSION.value
+    assert provenance.NULL_EVENT_POINTER == dagster_versions.NULL_EVENT_POINTER
+
+    partitions = dg.DynamicPartitionsDefinition(name="t_text_batches")
+
+    @dg.asset(key=EMBEDDINGS, deps=[RAW], partitions_def=partitions, code_version="7")
+    def made_by_dagster() -> dg.MaterializeResult:
+        return dg.MaterializeResult(data_version=dg.DataVersion("v1"))
+
+    defs = dg.Definitions(assets=[dg.AssetSpec(RAW, partitions_def=partitions), made_by_dagster])
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("t_text_batches", ["b"])
+        instance.report_runless_asset_event(dg.AssetObservation(RAW, partition="b",
+                                                                tags={provenance.DATA_VERSION_TAG: "d1"}))
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(  # as a code location runs it
+            instance=instance, partition_key="b", asset_selection=[EMBEDDINGS])
+        [materialization] = result.asset_materializations_for_node(made_by_dagster.op.name)
+        written = {k: v for k, v in materialization.tags.items() if k != "dagster/partition"}
+        ours = provenance.materialization_tags(instance, RAW, "b", "v1", "7")
+    input_version = f"{provenance.INPUT_DATA_VERSION_PREFIX}/t/raw_text_documents"
+    assert set(ours) == set(written)
+    assert {k: v for k, v in ours.items() if k != input_version} == {
+        k: v for k, v in written.items() if k != input_version}
+    assert ours[input_version] == "d1" and written[input_version] == hashlib.sha256(b"").hexdigest()

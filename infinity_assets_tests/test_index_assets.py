@@ -11,31 +11,40 @@ from pathlib import Path
 
 import dagster as dg
 
-from infinity_assets.orchestration.index_assets import QualityConfig, quality_result, text_index, text_quality
-from infinity_assets.orchestration.resources import InfinityResource
-from infinity_assets.orchestration.sensors import new_documents_sensor
+from infinity_assets.corpus import ClientSettings, CorpusSpec
+from infinity_assets.orchestration import build_corpus_definitions
+from infinity_assets.orchestration.index_assets import QualityConfig, quality_result
 
 from .servers.seaweedfs_fixtures import StoreRoot
 from .test_search import DOCUMENTS
 
 REPO = Path(__file__).resolve().parents[1]
+EMBEDDINGS, INDEX = dg.AssetKey(["t", "text_embeddings"]), dg.AssetKey(["t", "text_index"])
+RAW = dg.AssetKey(["t", "raw_text_documents"])
 GOOD_SET = [{"query": " ".join(text.split()[2:7]), "relevant": [f"doc-{i:02d}.txt"]}
             for i, text in enumerate(DOCUMENTS)]
 
 
-def embed_and_index(root: StoreRoot, infinity_server, model: str, hidden_dim: int) -> dg.ExecuteInProcessResult:
-    """Embed DOCUMENTS as one batch with ``model``, then materialize text_index and its quality check."""
-    from infinity_assets.orchestration.assets import text_embeddings
+def text_corpus(root: StoreRoot, url: str, model: str, hidden_dim: int) -> tuple[CorpusSpec, dg.Definitions]:
+    """A text corpus ``t`` over ``root`` embedded with ``model`` by the server at ``url``, and its definitions."""
+    spec = root.corpus(text=ClientSettings(url=url, model_name=model, hidden_dim=hidden_dim))
+    return spec, build_corpus_definitions(spec)
 
+
+def index_and_quality(defs: dg.Definitions) -> list:
+    """The text index asset and its retrieval quality check."""
+    return [defs.get_assets_def(INDEX), defs.get_asset_checks_def(dg.AssetCheckKey(INDEX, "retrieval_quality"))]
+
+
+def embed_and_index(root: StoreRoot, infinity_server, model: str, hidden_dim: int) -> dg.ExecuteInProcessResult:
+    """Embed DOCUMENTS as one batch with ``model``, then materialize t/text_index and its quality check."""
     root.put_many({f"raw/text/all/doc-{i:02d}.txt": text for i, text in enumerate(DOCUMENTS)})
     root.put("eval/text.jsonl", "\n".join(json.dumps(item) for item in GOOD_SET))
-    resources = {"infinity": InfinityResource(url=infinity_server.url, model_name=model, hidden_dim=hidden_dim),
-                 "document_store": root.resource()}
+    _, defs = text_corpus(root, infinity_server.url, model, hidden_dim)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("text_batches", ["all"])
-        dg.materialize([text_embeddings], partition_key="all", resources=resources, instance=instance)
-        return dg.materialize([text_index, text_quality], resources=resources, instance=instance,
-                              raise_on_error=False)
+        instance.add_dynamic_partitions("t_text_batches", ["all"])
+        dg.materialize([defs.get_assets_def(EMBEDDINGS)], partition_key="all", instance=instance)
+        return dg.materialize(index_and_quality(defs), instance=instance, raise_on_error=False)
 
 
 def quality_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
@@ -50,16 +59,16 @@ def test_quality_check_passes_on_a_good_labelled_set(tmp_path, infinity_server):
     assert evaluation.passed, evaluation.description
     assert metadata["recall_at_10"] >= 0.9 and metadata["mrr_at_10"] >= 0.8 and metadata["ndcg_at_5"] >= 0.8
     assert metadata["queries"] == len(DOCUMENTS)
-    index_meta = result.asset_materializations_for_node("text_index")[0].metadata
+    index_meta = result.asset_materializations_for_node("t__text_index")[0].metadata
     assert index_meta["dagster/row_count"].value == len(DOCUMENTS) and index_meta["inserted"].value == len(DOCUMENTS)
     lineage = index_meta["dagster/column_lineage"].value.deps_by_column
-    assert lineage["embedding"][0].asset_key == dg.AssetKey("text_embeddings")
+    assert lineage["embedding"][0].asset_key == EMBEDDINGS
     assert lineage["bits"][0].column_name == "embedding"
 
 
 def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against_exact(tmp_path, infinity_server):
     result = embed_and_index(StoreRoot(str(tmp_path / "store")), infinity_server, "minilm-colbert", 384)
-    metadata = {k: v.value for k, v in result.asset_materializations_for_node("text_index")[0].metadata.items()}
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("t__text_index")[0].metadata.items()}
     by_column = metadata["bytes_per_page_by_column"]
     assert by_column["fde"] == 1280 and 0 < by_column["bits"] < by_column["embedding"], by_column  # 20 x 32 x 16 bits
     assert metadata["bytes_per_page"] >= metadata["bytes_per_page_stages_1_2"] > 0
@@ -75,8 +84,8 @@ def test_quality_check_fails_when_the_index_was_built_with_the_wrong_model(tmp_p
     # projected to 128-d: same size, so the check measures it, and the metrics collapse.
     root = StoreRoot(str(tmp_path / "store"))
     embed_and_index(root, infinity_server, "colpali-tiny", 128)
-    query_model = InfinityResource(url=infinity_server.url, model_name="minilm-colbert-128", hidden_dim=128)
-    result = quality_result(root.resource(), query_model, "text", QualityConfig())
+    query_model = ClientSettings(url=infinity_server.url, model_name="minilm-colbert-128", hidden_dim=128)
+    result = quality_result(root.store(), query_model, "text", QualityConfig())
     assert not result.passed
     assert "below thresholds" in result.description and "built with model 'colpali-tiny'" in result.description
     assert result.metadata["mrr_at_10"].value < 0.5
@@ -115,77 +124,89 @@ def test_cli_search_answers_from_the_index_on_seaweedfs(seaweedfs, s3_bucket, in
 def test_sensor_observes_each_requested_batch_with_its_digest(tmp_path):
     root = StoreRoot(str(tmp_path / "store"))
     root.put_many({"raw/text/b1/a.txt": "alpha", "raw/images/scans/p.png": b"\x89PNG"})
+    spec = root.corpus(text=ClientSettings(), images=ClientSettings())
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, resources={"document_store": root.resource()})
-        result = new_documents_sensor(context)
+        context = dg.build_sensor_context(instance=instance)
+        result = build_corpus_definitions(spec).resolve_sensor_def("t_new_documents_sensor")(context)
     requests = {r.partition_key: r.tags["infinity_assets/source_digest"] for r in result.run_requests}
     observed = {(e.asset_key.to_user_string(), e.partition): e.tags["dagster/data_version"]
                 for e in result.asset_events}
-    assert observed == {("raw_text_documents", "b1"): requests["b1"],
-                        ("raw_image_documents", "scans"): requests["scans"]}
+    assert observed == {("t/raw_text_documents", "b1"): requests["b1"],
+                        ("t/raw_image_documents", "scans"): requests["scans"]}
 
 
 def test_embeddings_record_the_raw_batch_version_they_were_made_from(tmp_path, infinity_server):
     """The provenance Dagster compares with the latest observation to show a batch as stale."""
-    from infinity_assets.orchestration.assets import text_embeddings
-
     root = StoreRoot(str(tmp_path / "store"))
     root.put("raw/text/b/a.txt", "the lighthouse keeper painted the staircase")
-    resources = {"infinity": InfinityResource(url=infinity_server.url, model_name="minilm-colbert", hidden_dim=384),
-                 "document_store": root.resource()}
+    _, defs = text_corpus(root, infinity_server.url, "minilm-colbert", 384)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("text_batches", ["b"])
+        instance.add_dynamic_partitions("t_text_batches", ["b"])
         instance.report_runless_asset_event(dg.AssetObservation(
-            "raw_text_documents", partition="b", tags={"dagster/data_version": "digest-1"}))
-        result = dg.materialize([text_embeddings], partition_key="b", resources=resources, instance=instance)
-    tags = result.asset_materializations_for_node("text_embeddings")[0].tags
-    assert tags["dagster/input_data_version/raw_text_documents"] == "digest-1"
+            RAW, partition="b", tags={"dagster/data_version": "digest-1"}))
+        result = dg.materialize([defs.get_assets_def(EMBEDDINGS)], partition_key="b", instance=instance)
+    tags = result.asset_materializations_for_node("t__text_embeddings")[0].tags
+    assert tags["dagster/input_data_version/t/raw_text_documents"] == "digest-1"
 
 
-def test_index_sync_is_requested_after_embeddings_change_and_not_again():
-    from infinity_assets.definitions import defs
+def automation_defs(tmp_path) -> dg.Definitions:
+    """The definitions of a text corpus ``t`` (no server is contacted: conditions are evaluated, not run)."""
+    return text_corpus(StoreRoot(str(tmp_path)), "http://unused:7997", "m", 128)[1]
 
-    selection = dg.AssetSelection.assets("text_index")
+
+def test_index_sync_is_requested_after_embeddings_change_and_not_again(tmp_path):
+    defs = automation_defs(tmp_path)
+    selection = dg.AssetSelection.assets(INDEX)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("text_batches", ["b"])
+        instance.add_dynamic_partitions("t_text_batches", ["b"])
         nothing = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
-        assert nothing.get_num_requested(dg.AssetKey("text_index")) == 0  # no embeddings: nothing to index
-        instance.report_runless_asset_event(dg.AssetMaterialization("text_embeddings", partition="b"))
+        assert nothing.get_num_requested(INDEX) == 0  # no embeddings: nothing to index
+        instance.report_runless_asset_event(dg.AssetMaterialization(EMBEDDINGS, partition="b"))
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
                                                   cursor=nothing.cursor)
-        assert first.get_num_requested(dg.AssetKey("text_index")) == 1  # never synced yet
-        instance.report_runless_asset_event(dg.AssetMaterialization("text_index"))
+        assert first.get_num_requested(INDEX) == 1  # never synced yet
+        instance.report_runless_asset_event(dg.AssetMaterialization(INDEX))
         quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
                                                   cursor=first.cursor)
-        assert quiet.get_num_requested(dg.AssetKey("text_index")) == 0
-        instance.report_runless_asset_event(dg.AssetMaterialization("text_embeddings", partition="b"))
+        assert quiet.get_num_requested(INDEX) == 0
+        instance.report_runless_asset_event(dg.AssetMaterialization(EMBEDDINGS, partition="b"))
         changed = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
                                                     cursor=quiet.cursor)
-        assert changed.get_num_requested(dg.AssetKey("text_index")) == 1
+        assert changed.get_num_requested(INDEX) == 1
 
 
-def test_index_never_built_is_synced_once_for_embeddings_made_before_the_automation_ran():
-    from infinity_assets.definitions import defs
-
-    selection = dg.AssetSelection.assets("text_index")
+def test_index_never_built_is_synced_once_for_embeddings_made_before_the_automation_ran(tmp_path):
+    defs = automation_defs(tmp_path)
+    selection = dg.AssetSelection.assets(INDEX)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("text_batches", ["b"])
-        instance.report_runless_asset_event(dg.AssetMaterialization("text_embeddings", partition="b"))
+        instance.add_dynamic_partitions("t_text_batches", ["b"])
+        instance.report_runless_asset_event(dg.AssetMaterialization(EMBEDDINGS, partition="b"))
         first = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
-        assert first.get_num_requested(dg.AssetKey("text_index")) == 1
+        assert first.get_num_requested(INDEX) == 1
         again = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
                                                   cursor=first.cursor)
-        assert again.get_num_requested(dg.AssetKey("text_index")) == 0  # requested once, not every tick
+        assert again.get_num_requested(INDEX) == 0  # requested once, not every tick
+
+
+def test_an_index_follows_only_its_own_corpus(tmp_path):
+    """Embeddings of another corpus in the same Definitions do not request a sync of this corpus's index."""
+    other = CorpusSpec(name="u", store=StoreRoot(str(tmp_path / "u")).settings(), text=ClientSettings(model_name="m"))
+    defs = dg.Definitions.merge(automation_defs(tmp_path / "t"), build_corpus_definitions(other))
+    selection = dg.AssetSelection.assets(INDEX, dg.AssetKey(["u", "text_index"]))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("u_text_batches", ["b"])
+        instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["u", "text_embeddings"]), partition="b"))
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
+    assert result.get_num_requested(INDEX) == 0 and result.get_num_requested(dg.AssetKey(["u", "text_index"])) == 1
 
 
 def test_quality_check_on_an_empty_index_passes_and_says_nothing_was_measured(tmp_path, infinity_server):
     """A fresh deployment with labelled queries but no embeddings yet: an empty index is not a quality failure."""
     root = StoreRoot(str(tmp_path / "store"))
     root.put("eval/text.jsonl", "\n".join(json.dumps(item) for item in GOOD_SET))
-    resources = {"infinity": InfinityResource(url=infinity_server.url, model_name="minilm-colbert", hidden_dim=384),
-                 "document_store": root.resource()}
+    _, defs = text_corpus(root, infinity_server.url, "minilm-colbert", 384)
     with dg.instance_for_test() as instance:
-        result = dg.materialize([text_index, text_quality], resources=resources, instance=instance)
-    assert result.asset_materializations_for_node("text_index")[0].metadata["dagster/row_count"].value == 0
+        result = dg.materialize(index_and_quality(defs), instance=instance)
+    assert result.asset_materializations_for_node("t__text_index")[0].metadata["dagster/row_count"].value == 0
     evaluation = quality_of(result)
     assert evaluation.passed and "holds no documents yet" in evaluation.description, evaluation.description

@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 from infinity_assets.artifacts import data_version
-from infinity_assets.corpus import ClientSettings, CorpusSettingsError, CorpusSpec, ScheduleSettings, StoreSettings
+from infinity_assets.corpus import (
+    ClientSettings,
+    CorpusSettingsError,
+    CorpusSpec,
+    ScheduleSettings,
+    StoreSettings,
+)
 from infinity_assets.orchestration import build_corpus_definitions
 
 TICK = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)

@@ -10,7 +10,13 @@ import dagster as dg
 import pytest
 
 from infinity_assets.artifacts import fingerprint_digest
-from infinity_assets.corpus import ClientSettings, CorpusSettingsError, CorpusSpec, SensorSettings, StoreSettings
+from infinity_assets.corpus import (
+    ClientSettings,
+    CorpusSettingsError,
+    CorpusSpec,
+    SensorSettings,
+    StoreSettings,
+)
 from infinity_assets.orchestration import build_corpus_definitions
 from infinity_assets.orchestration.sensors import (
     BACKFILL_TAG,
