@@ -84,11 +84,12 @@ def test_a_wrong_value_is_refused_naming_the_variable(monkeypatch):
 
 ASSET_RUN = """
 import ctypes, json, sys, tempfile
+from dataclasses import dataclass
 from pathlib import Path
 import dagster as dg
-from infinity_assets import InfinityEmbeddings, InfinityResource
-from infinity_assets.orchestration.assets import text_embeddings
-from infinity_assets.orchestration.resources import DocumentStoreResource
+from infinity_assets import InfinityEmbeddings
+from infinity_assets.corpus import ClientSettings, CorpusSpec, StoreSettings
+from infinity_assets.orchestration import build_corpus_definitions
 from infinity_assets.testing.fake_infinity import FakeInfinity
 
 class MallInfo2(ctypes.Structure):
@@ -98,20 +99,22 @@ class MallInfo2(ctypes.Structure):
 
 fake = FakeInfinity(model="m", hidden_dim=128)
 
-class FakeNetwork(InfinityResource):
+@dataclass(frozen=True)
+class FakeNetwork(ClientSettings):
     def build_client(self):
-        return InfinityEmbeddings(**self.effective_settings(), transport=fake.transport())
+        return InfinityEmbeddings(url=self.url, model_name=self.model_name, hidden_dim=self.hidden_dim,
+                                  transport=fake.transport())
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
 with tempfile.TemporaryDirectory() as root:
     (Path(root) / "raw" / "text" / "b1").mkdir(parents=True)
     (Path(root) / "raw" / "text" / "b1" / "a.txt").write_text("late interaction")
+    spec = CorpusSpec(name="t", store=StoreSettings(root=root), text=FakeNetwork(url="http://fake", model_name="m"))
     instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("text_batches", ["b1"])
-    result = dg.materialize([text_embeddings], partition_key="b1", instance=instance, resources={
-        "infinity": FakeNetwork(url="http://fake", model_name="m"),
-        "document_store": DocumentStoreResource(root=root)})
+    instance.add_dynamic_partitions(spec.modality("text").partitions_name, ["b1"])
+    asset = build_corpus_definitions(spec).get_assets_def(dg.AssetKey(["t", "text_embeddings"]))
+    result = dg.materialize([asset], partition_key="b1", instance=instance)
 before = libc.mallinfo2().hblks
 buffer = bytearray(1 << 20)
 print(json.dumps({"success": result.success, "mmapped_blocks_added": libc.mallinfo2().hblks - before}))

@@ -22,16 +22,14 @@ import yaml
 from PIL import Image
 
 from infinity_assets import (
-    DocumentStoreResource,
     InfinityConnectionError,
     InfinityEmbeddings,
-    InfinityResource,
     InfinityResponseError,
     artifacts,
 )
 from infinity_assets.artifacts import ArtifactError
-from infinity_assets.orchestration.assets import text_embeddings
-from infinity_assets.orchestration.checks import text_checks
+from infinity_assets.corpus import ClientSettings, CorpusSpec, StoreSettings
+from infinity_assets.orchestration import build_corpus_definitions
 from infinity_assets.storage.documents import DocumentStore, DocumentStoreError
 from infinity_assets.pipeline import embed_partition
 from infinity_assets.testing import fake_infinity as fi
@@ -51,6 +49,16 @@ def png(size=(40, 30), color=(200, 30, 30)) -> bytes:
 def put_texts(store_root, partition: str, count: int, prefix: str = "document") -> None:
     for i in range(count):
         store_root.put(f"raw/text/{partition}/{prefix}-{i:03d}.txt", f"{prefix} number {i} about topic {i % 7}")
+
+
+def materialize_text(spec: CorpusSpec, partition: str, instance, **options: object) -> dg.ExecuteInProcessResult:
+    """Materialize one text batch of the corpus with the embedding asset's checks, as its job does."""
+    defs = build_corpus_definitions(spec)
+    key = dg.AssetKey([spec.name, "text_embeddings"])
+    checks = [c for c in defs.asset_checks or [] if {k.asset_key for k in c.check_keys} == {key}]
+    instance.add_dynamic_partitions(spec.modality("text").partitions_name, [partition])
+    return dg.materialize([defs.get_assets_def(key), *checks], partition_key=partition, instance=instance,
+                          **options)
 
 
 def artifact_content(store: DocumentStore, modality: str, partition: str):
@@ -88,15 +96,12 @@ def test_retries_are_visible_in_run_metadata_and_logs(infinity_server, tmp_path)
         (root / "raw/text/b").mkdir(parents=True, exist_ok=True)
         (root / f"raw/text/b/d{i}.txt").write_text(f"document {i}")
     with FaultProxy(infinity_server.url, failure_rate=0.3, faults=("503", "429"), seed=3) as proxy:
-        resources = {"infinity": InfinityResource(url=proxy.url, model_name=MODEL, embed_batch_size=2,
-                                                  max_retries=10),
-                     "document_store": DocumentStoreResource(root=str(root))}
+        spec = CorpusSpec(name="t", store=StoreSettings(root=str(root)), text=ClientSettings(
+            url=proxy.url, model_name=MODEL, embed_batch_size=2, max_retries=10))
         with dg.instance_for_test() as instance:
-            instance.add_dynamic_partitions("text_batches", ["b"])
-            result = dg.materialize([text_embeddings, *text_checks], partition_key="b", resources=resources,
-                                    instance=instance)
+            result = materialize_text(spec, "b", instance)
             messages = [record.user_message for record in instance.all_logs(result.run_id)]
-    metadata = result.asset_materializations_for_node("text_embeddings")[0].metadata
+    metadata = result.asset_materializations_for_node("t__text_embeddings")[0].metadata
     assert metadata["retries"].value >= 1 and sum(proxy.injected.values()) >= 1
     assert any("were retried" in message for message in messages)
 
@@ -296,15 +301,13 @@ def test_secrets_never_appear_in_logs_metadata_artifacts_or_errors(start_infinit
     server = start_infinity([MODEL], api_key=api_key)
     seaweedfs.filesystem().pipe({f"{s3_bucket}/raw/text/s/a.txt": b"secret-free text",
                                  f"{s3_bucket}/raw/text/s/bad.txt": b"\xff"})
-    resources = {"infinity": InfinityResource(url=server.url, model_name=MODEL, api_key=api_key),
-                 "document_store": DocumentStoreResource(
-                     root=f"s3://{s3_bucket}", endpoint_url=seaweedfs.endpoint_url,
-                     access_key_id=seaweedfs.access_key, secret_access_key=seaweedfs.secret_key)}
+    spec = CorpusSpec(
+        name="t", text=ClientSettings(url=server.url, model_name=MODEL, api_key=api_key),
+        store=StoreSettings(root=f"s3://{s3_bucket}", endpoint_url=seaweedfs.endpoint_url,
+                            access_key_id=seaweedfs.access_key, secret_access_key=seaweedfs.secret_key))
     caplog.set_level("DEBUG")
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("text_batches", ["s"])
-        result = dg.materialize([text_embeddings, *text_checks], partition_key="s", resources=resources,
-                                instance=instance, raise_on_error=False)
+        result = materialize_text(spec, "s", instance, raise_on_error=False)
         stored_events = "\n".join(str(e) for e in instance.all_logs(result.run_id))
     fs = seaweedfs.filesystem()
     artifact_bytes = fs.cat(f"{s3_bucket}/embeddings/text/s.parquet") + fs.cat(f"{s3_bucket}/embeddings/text/s.failures.json")
@@ -321,9 +324,13 @@ def test_secrets_never_appear_in_logs_metadata_artifacts_or_errors(start_infinit
         wrong_store.list_partitions("text")
     except DocumentStoreError as exc:
         errors.append(str(exc))
-    everything = "\n".join([caplog.text, str(result.all_events), stored_events, repr(resources), *errors,
+    definitions = build_corpus_definitions(spec)
+    definitions_text = [str(v) for a in definitions.assets if isinstance(a, dg.AssetsDefinition)
+                        for v in (*a.descriptions_by_key.values(), *a.metadata_by_key.values())]
+    everything = "\n".join([caplog.text, str(result.all_events), stored_events, repr(spec), *definitions_text, *errors,
                             artifact_bytes.decode("latin-1")])
     assert len(errors) == 3 and "denied" in errors[2]
+    assert not result.success and "a.txt" in str(result.all_events)  # it ran: the bad document failed the check
     for secret in (api_key, seaweedfs.secret_key):
         assert secret not in everything
 
@@ -411,14 +418,14 @@ def test_eight_concurrent_partition_runs_share_the_server_within_the_pool_limit(
         config["storage"] = {"postgres": {"postgres_url": postgres.url}}
         (home / "dagster.yaml").write_text(yaml.safe_dump(config))
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            instance.add_dynamic_partitions("text_batches", partitions)
+            instance.add_dynamic_partitions("default_text_batches", partitions)
             # Dagster creates a pool's slots from the default limit on first use, and runs racing to do it
             # fail (PostgreSQL: duplicate key) or over-allocate (SQLite): create it once first (README).
             instance.event_log_storage.initialize_concurrency_limit_to_default("infinity")
         postgres.apply_slot_guard()  # opted in: without it Dagster's claims can race past the limit (README)
         processes = [subprocess.Popen(
             [BIN / "dagster", "asset", "materialize", "-m", "infinity_assets.definitions", "--select",
-             "text_embeddings", "--partition", partition], cwd=REPO, env=env, stdout=subprocess.PIPE,
+             "default/text_embeddings", "--partition", partition], cwd=REPO, env=env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True) for partition in partitions]
         outputs = [process.communicate(timeout=600)[0] for process in processes]
         for process, output in zip(processes, outputs):
@@ -430,7 +437,7 @@ def test_eight_concurrent_partition_runs_share_the_server_within_the_pool_limit(
             for run in instance.get_runs():
                 records = instance.all_logs(run.run_id)
                 times = {record.dagster_event.event_type_value: record.timestamp for record in records
-                         if record.dagster_event and record.step_key == "text_embeddings"}
+                         if record.dagster_event and record.step_key == "default__text_embeddings"}
                 spans.append((times["STEP_START"], times["STEP_SUCCESS"]))
                 blocked += sum("blocked by limit for pool infinity" in record.user_message for record in records)
 
