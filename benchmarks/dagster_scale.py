@@ -17,8 +17,9 @@ from typing import Any
 
 import dagster as dg
 
-PARTITIONS_DEF = "text_batches"
-ASSET = dg.AssetKey("text_embeddings")
+#: The names a corpus ``default`` gives its text batches and embeddings.
+PARTITIONS_DEF = "default_text_batches"
+ASSET = dg.AssetKey(["default", "text_embeddings"])
 
 
 def measure(size: int, materialized: int = 10_000) -> dict[str, Any]:

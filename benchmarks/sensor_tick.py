@@ -1,4 +1,4 @@
-"""One ``new_documents_sensor`` tick over 100,000 objects in SeaweedFS: seconds and peak memory.
+"""One tick of a corpus's new-documents sensor over 100,000 objects in SeaweedFS: seconds and peak memory.
 
 The objects are uploaded first (not timed as part of the tick); the tick runs in a fresh child process
 (``python -m benchmarks.sensor_tick tick``) against a temporary Dagster instance, so its peak RSS is its own.
@@ -50,28 +50,28 @@ def run(objects: int = 100_000, data_dir: Path = DATA_DIR) -> dict[str, Any]:
 
 
 def _budget() -> float:
-    """The sensor's default time budget, read from its builder so the report follows the code."""
-    import inspect
+    """The sensor's default time budget, read from the corpus settings so the report follows the code."""
+    from infinity_assets.corpus import SensorSettings
 
-    from infinity_assets.orchestration.sensors import build_new_documents_sensor
-
-    return float(inspect.signature(build_new_documents_sensor).parameters["time_budget_seconds"].default)
+    return SensorSettings().time_budget_seconds
 
 
 def _tick(root: str) -> None:
+    """One tick of the sensor of a text corpus ``bench`` at ``root`` (S3 settings from the AWS variables)."""
     import dagster as dg
 
-    from infinity_assets.orchestration.resources import DocumentStoreResource
-    from infinity_assets.orchestration.sensors import new_documents_sensor
+    from infinity_assets.corpus import ClientSettings, CorpusSpec, StoreSettings
+    from infinity_assets.orchestration import build_corpus_definitions
 
     from .partition import _high_water_mb
 
-    resource = DocumentStoreResource(root=root)
+    spec = CorpusSpec(name="bench", store=StoreSettings(root=root), text=ClientSettings())
+    sensor = build_corpus_definitions(spec).resolve_sensor_def("bench_new_documents_sensor")
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, resources={"document_store": resource})
+        context = dg.build_sensor_context(instance=instance)
         before = _high_water_mb()
         started = time.monotonic()
-        result = new_documents_sensor(context)
+        result = sensor(context)
         seconds = time.monotonic() - started
         peak = _high_water_mb()
     print(json.dumps({

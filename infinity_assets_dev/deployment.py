@@ -153,9 +153,11 @@ class Deployment:
         return body["data"]
 
     def launch_backfill(self, asset: str, partitions: list[str]) -> str:
-        """Launch a backfill of ``partitions`` of ``asset`` as the UI does; return its id."""
+        """Launch a backfill of ``partitions`` of ``asset`` (``corpus/text_embeddings``) as the UI does; return its
+        id."""
+        path = dg.AssetKey.from_user_string(asset).path
         answer = self.graphql(LAUNCH_BACKFILL, {"params": {"partitionNames": partitions,
-                                                           "assetSelection": [{"path": [asset]}]}})
+                                                           "assetSelection": [{"path": path}]}})
         result = answer["launchPartitionBackfill"]
         if result["__typename"] != "LaunchBackfillSuccess":
             raise RuntimeError(f"the backfill was not launched: {result}")

@@ -1,6 +1,17 @@
-"""A code location like the package's own, whose sensor requests a backfill for more than 10 changed batches
-(the default is 100): the deployment test proves a sensor burst end to end with a dozen small batches."""
-from infinity_assets.definitions import build_definitions
-from infinity_assets.orchestration.sensors import build_new_documents_sensor
+"""A code location like the package's own (the env-configured ``default`` corpus), whose sensor requests a backfill
+for more than 10 changed batches (the default is 100): the deployment test proves a sensor burst end to end with
+a dozen small batches."""
+import dataclasses
 
-defs = build_definitions(build_new_documents_sensor(backfill_over=10))
+import dagster as dg
+
+from infinity_assets.corpus import SensorSettings
+from infinity_assets.orchestration import build_corpus_definitions
+from infinity_assets.settings import corpus_from_env
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The ``default`` corpus with ``backfill_over=10``, runs executing in their own process."""
+    spec = dataclasses.replace(corpus_from_env("default"), sensor=SensorSettings(backfill_over=10))
+    return dg.Definitions.merge(build_corpus_definitions(spec), dg.Definitions(executor=dg.in_process_executor))

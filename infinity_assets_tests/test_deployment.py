@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import dagster as dg
 from dagster._core.execution.backfill import BulkActionStatus
@@ -17,11 +18,14 @@ import yaml
 from infinity_assets import artifacts
 from infinity_assets.storage.documents import DocumentStore
 
-from infinity_assets_dev.deployment import REPO, Deployment
+from infinity_assets_dev.deployment import BIN, REPO, Deployment
 from infinity_assets_dev.env import clean_env
 from infinity_assets_dev.postgres import SLOT_GUARD, PostgresServer
 
 MODEL = "minilm-colbert-128"
+#: infinity_assets.definitions is the env-configured corpus named ``default``: every name carries it.
+EMBEDDINGS, RAW = dg.AssetKey(["default", "text_embeddings"]), dg.AssetKey(["default", "raw_text_documents"])
+SENSOR, INDEX_SENSOR = "default_new_documents_sensor", "default_index_automation_sensor"
 
 
 def s3_env(infinity_server, seaweedfs, s3_bucket, **extra: str) -> dict[str, str]:
@@ -43,7 +47,7 @@ def test_sensor_runs_embed_new_documents_with_production_processes(tmp_path, inf
 
         deployment.wait_for(embedded, 240, "a sensor-launched run embedding prod-batch")
         run = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": "prod-batch"}))[0]
-        assert run.tags.get("dagster/sensor_name") == "new_documents_sensor"
+        assert run.tags.get("dagster/sensor_name") == SENSOR
         checks = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
         evaluations = {r.event_log_entry.dagster_event.event_specific_data.check_name:
                        r.event_log_entry.dagster_event.event_specific_data.passed for r in checks}
@@ -64,10 +68,10 @@ def test_a_backfill_of_30_batches_is_3_runs_launched_by_the_daemon(tmp_path, inf
     seaweedfs.filesystem().pipe({f"{s3_bucket}/raw/text/{batch}/{name}.txt": f"{name} of {batch}".encode()
                                  for batch in batches for name in ("one", "two")})
     env = s3_env(infinity_server, seaweedfs, s3_bucket, INFINITY_BACKFILL_PARTITIONS_PER_RUN="10")
-    with Deployment(tmp_path, env, stopped_sensors=["new_documents_sensor", "index_automation_sensor"]) as deployment, \
+    with Deployment(tmp_path, env, stopped_sensors=[SENSOR, INDEX_SENSOR]) as deployment, \
             deployment.instance() as instance:
-        instance.add_dynamic_partitions("text_batches", batches)
-        backfill_id = deployment.launch_backfill("text_embeddings", batches)
+        instance.add_dynamic_partitions("default_text_batches", batches)
+        backfill_id = deployment.launch_backfill("default/text_embeddings", batches)
 
         def done() -> bool:
             status = instance.get_backfill(backfill_id).status
@@ -81,8 +85,7 @@ def test_a_backfill_of_30_batches_is_3_runs_launched_by_the_daemon(tmp_path, inf
         ranges = sorted((r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
                         for r in runs)
         assert ranges == [("backfill-00", "backfill-09"), ("backfill-10", "backfill-19"), ("backfill-20", "backfill-29")]
-        events = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("text_embeddings")),
-                                                 limit=1000).records
+        events = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=EMBEDDINGS), limit=1000).records
         assert sorted(e.partition_key for e in events) == batches  # each batch once, no other
         store = DocumentStore(f"s3://{s3_bucket}", **seaweedfs.storage_options())
         assert sorted(artifacts.read_artifact(store.fs, store.artifact_path("text", batches[17])).doc_ids) == [
@@ -98,7 +101,7 @@ def test_a_burst_of_new_batches_is_one_backfill_requested_by_the_sensor(tmp_path
                                  for batch in batches for name in ("one", "two")})
     env = s3_env(infinity_server, seaweedfs, s3_bucket, INFINITY_BACKFILL_PARTITIONS_PER_RUN="6",
                  PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    with Deployment(tmp_path, env, stopped_sensors=["index_automation_sensor"],
+    with Deployment(tmp_path, env, stopped_sensors=[INDEX_SENSOR],
                     module="infinity_assets_tests.burst_location") as deployment, deployment.instance() as instance:
         def backfilled() -> bool:
             backfills = instance.get_backfills()
@@ -109,13 +112,31 @@ def test_a_burst_of_new_batches_is_one_backfill_requested_by_the_sensor(tmp_path
 
         deployment.wait_for(backfilled, 300, "the sensor's backfill completing")
         [backfill] = instance.get_backfills()
-        assert backfill.tags.get("infinity_assets/sensor_backfill") == "text"
+        assert backfill.tags.get("infinity_assets/sensor_backfill") == "default/text"
         runs = instance.get_runs()
         assert len(runs) == 2 and all(r.tags.get("dagster/backfill") == backfill.backfill_id for r in runs)
-        events = instance.fetch_materializations(dg.AssetKey("text_embeddings"), limit=1000).records
+        events = instance.fetch_materializations(EMBEDDINGS, limit=1000).records
         assert sorted(e.partition_key for e in events) == batches
-        observations = instance.fetch_observations(dg.AssetKey("raw_text_documents"), limit=1000).records
+        observations = instance.fetch_observations(RAW, limit=1000).records
         assert sorted(e.partition_key for e in observations) == batches
+
+
+def test_the_production_location_loads_offline_and_a_bad_setting_names_its_variable(tmp_path):
+    """`dagster definitions validate -m infinity_assets.definitions` (what the code server loads): no server, no
+    bucket and no secret needed; a bad value of a setting fails the load naming the variable, not the import."""
+    def validate(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([BIN / "dagster", "definitions", "validate", "-m", "infinity_assets.definitions"],
+                              cwd=tmp_path, env=clean_env(DAGSTER_HOME=str(tmp_path), **env), capture_output=True,
+                              text=True, timeout=300, check=False)
+
+    (tmp_path / "dagster.yaml").write_text("")
+    loaded = validate(INFINITY_API_URL="http://no-such-host.invalid:7997", INFINITY_ASSETS_ROOT="s3://no-such-bucket")
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    refused = validate(INFINITY_BACKFILL_PARTITIONS_PER_RUN="ten")
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "INFINITY_BACKFILL_PARTITIONS_PER_RUN must be a whole number >= 1" in output
+    assert subprocess.run([sys.executable, "-c", "import infinity_assets.definitions"], cwd=tmp_path, timeout=120,
+                          env=clean_env(INFINITY_BACKFILL_PARTITIONS_PER_RUN="ten"), check=False).returncode == 0
 
 
 def test_the_kubernetes_instance_config_is_valid_for_dagster_k8s(tmp_path):
@@ -148,7 +169,6 @@ def test_the_helm_values_name_the_image_the_location_and_the_secrets():
 
 def test_the_dockerfile_wheel_step_builds_the_package(tmp_path):
     """The image's first stage runs `pip wheel --no-deps --wheel-dir /wheels .`: the same here, without docker."""
-    import sys
     import zipfile
 
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
@@ -167,8 +187,10 @@ def test_the_dockerfile_wheel_step_builds_the_package(tmp_path):
     assert "infinity_assets/definitions.py" in names and "infinity_assets/storage/formats/pdf.py" in names
     assert "infinity_assets/testing/fake_infinity.py" in names  # the fake users' tests may want
     assert not any(name.startswith(("infinity_assets_tests/", "infinity_assets_dev/")) for name in names)
-    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "infinity-assets = infinity_assets.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "infinity-assets = infinity_assets.cli:main" in entry_points
+    # `dg list components` in a project that installs the wheel finds the corpus component.
+    assert "[dagster_dg_cli.registry_modules]\ninfinity_assets = infinity_assets" in entry_points
 
 
 def test_the_slot_guard_is_opt_in_and_refuses_a_dagster_version_it_was_not_written_for(tmp_path):
