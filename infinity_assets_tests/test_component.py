@@ -185,3 +185,21 @@ def test_loading_contacts_no_server(tmp_path):
             text={"url": "http://127.0.0.1:9", "model_name": "m", "hidden_dim": "auto"}))
         with sandbox.build_all_defs() as defs:
             assert "notes/text_embeddings" in asset_keys(defs)
+
+
+def test_an_unset_variable_of_an_optional_secret_leaves_it_unset_so_definitions_load_without_secrets(
+        tmp_path, monkeypatch):
+    monkeypatch.delenv("NOTES_S3_SECRET", raising=False)
+    monkeypatch.delenv("NOTES_API_KEY", raising=False)
+    body = corpus_yaml("notes", "s3://notes/docs", s3={"secret_access_key": "{{ env.NOTES_S3_SECRET }}"},
+                       text={"url": "http://127.0.0.1:7997", "model_name": "m", "api_key": "{{ env.NOTES_API_KEY }}"})
+    with create_defs_folder_sandbox() as sandbox:
+        path = write_instance(sandbox, "notes", body)
+        with sandbox.load_component_and_build_defs(defs_path=path) as (component, _):
+            spec = component.corpus_spec()
+    assert spec.store.secret_access_key is None and spec.text.api_key is None  # the run reads AWS_* then
+    monkeypatch.setenv("NOTES_API_KEY", "k3y")
+    with create_defs_folder_sandbox() as sandbox:
+        path = write_instance(sandbox, "notes", body)
+        with sandbox.load_component_and_build_defs(defs_path=path) as (component, _):
+            assert component.corpus_spec().text.api_key == "k3y"

@@ -21,6 +21,7 @@ import yaml
 from infinity_assets.corpus import ClientSettings
 from infinity_assets.index import IndexReader
 from infinity_assets.storage.documents import DocumentStore
+from infinity_assets_dev.infinity import InfinityServer
 from infinity_assets_dev.processes import ProcessGroup, log_tail
 
 pytestmark = pytest.mark.slow
@@ -68,11 +69,18 @@ def corpus(name: str, bucket: str, url: str, model: str, hidden_dim: int) -> dic
             "sensor": {"minimum_interval_seconds": 5}, "index": {"sync_interval_seconds": 5, "drift_queries": 4}}
 
 
+@pytest.fixture(scope="module")
+def second_server(tmp_path_factory):
+    """A second real Infinity server, serving only minilm-colbert (384-d): another corpus's own server."""
+    with InfinityServer(["minilm-colbert"], log_dir=tmp_path_factory.mktemp("second-infinity")) as server:
+        yield server
+
+
 @pytest.fixture
-def project(tmp_path, seaweedfs, infinity_server, start_infinity):
+def project(tmp_path, seaweedfs, infinity_server, second_server):
     """The user project with ``contracts`` (minilm-colbert-128 on the session's server) and ``notes``
     (minilm-colbert, 384-d, on a second server), each in its own bucket, scaffolded with ``dg`` then edited."""
-    second = start_infinity(["minilm-colbert"])
+    second = second_server
     buckets = {"contracts": seaweedfs.create_bucket(), "notes": seaweedfs.create_bucket()}
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -138,7 +138,7 @@ def test_make_dev_prints_the_addresses_and_info_lines_and_ctrl_c_stops_every_pro
         service = lines.wait_for(r"^search service \(API and page viewer\): (http://127\.0\.0\.1:\d+)$", 5, dev)
         assert httpx.get(f"{service.group(1)}/health", timeout=10).status_code == 200
         # The sensor's first tick runs at once: a run's INFO line (its asset's own log) reaches the terminal.
-        lines.wait_for(r" - INFO - .*docs/text_embeddings", 600, dev)
+        lines.wait_for(r" - INFO - .*docs__text_embeddings", 600, dev)  # the step of docs/text_embeddings
         children = psutil.Process(dev.pid).children(recursive=True)
         assert len(children) >= 4  # SeaweedFS, Infinity, dagster dev (webserver, daemon, ...), the service
         os.killpg(dev.pid, signal.SIGINT)  # Ctrl-C

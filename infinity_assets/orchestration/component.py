@@ -48,26 +48,39 @@ from infinity_assets.storage.documents import PdfSettings
 _ENV_TEMPLATE = re.compile(r"{{\s*env\.([A-Za-z_][A-Za-z0-9_]*)\s*}}|{{\s*env\(\s*['\"]([^'\"]+)['\"]\s*\)\s*}}")
 
 
-def _resolve_env(context: dg.ResolutionContext, raw: Any) -> Any:
-    """A string attribute with ``{{ env.X }}`` templates: rendered, or an error naming X if it is not set."""
-    if isinstance(raw, str):
-        for match in _ENV_TEMPLATE.finditer(raw):
-            name = match.group(1) or match.group(2)
-            if not context.resolve_value(f"{{{{ env.{name} }}}}"):
-                raise CorpusSettingsError(
-                    f"{raw!r} needs the environment variable {name}, which is not set: set it where Dagster "
-                    f"runs (e.g. in .env beside the project) or write the value in defs.yaml")
+def _unset_env(context: dg.ResolutionContext, raw: Any) -> str | None:
+    """The first environment variable a ``{{ env.X }}`` template in ``raw`` names that is not set, if any."""
+    for match in _ENV_TEMPLATE.finditer(raw if isinstance(raw, str) else ""):
+        name = match.group(1) or match.group(2)
+        if not context.resolve_value(f"{{{{ env.{name} }}}}"):
+            return name
+    return None
+
+
+def _resolve_required(context: dg.ResolutionContext, raw: Any) -> Any:
+    """A required string attribute: rendered, or an error naming the unset variable its template needs."""
+    name = _unset_env(context, raw)
+    if name:
+        raise CorpusSettingsError(
+            f"{raw!r} needs the environment variable {name}, which is not set: set it where Dagster "
+            f"runs (e.g. in .env beside the project) or write the value in defs.yaml")
     return context.resolve_value(raw)
 
 
+def _resolve_optional(context: dg.ResolutionContext, raw: Any) -> Any:
+    """An optional string attribute (a secret, an S3 setting): unset when its template's variable is unset, so
+    definitions load without secrets (``dg check defs`` in CI) and the run falls back to ``AWS_*``."""
+    return None if _unset_env(context, raw) else context.resolve_value(raw)
+
+
 def _templated(description: str, examples: list[Any] | None = None) -> dg.Resolver:
-    return dg.Resolver(_resolve_env, model_field_type=str, inject_before_resolve=False, description=description,
-                       examples=examples)
+    return dg.Resolver(_resolve_required, model_field_type=str, inject_before_resolve=False,
+                       description=description, examples=examples)
 
 
 def _optional_templated(description: str) -> dg.Resolver:
-    return dg.Resolver(_resolve_env, model_field_type=str | None, inject_before_resolve=False,  # type: ignore[arg-type]
-                       description=description)
+    return dg.Resolver(_resolve_optional, model_field_type=str | None,  # type: ignore[arg-type]
+                       inject_before_resolve=False, description=description)
 
 
 class S3Attributes(dg.Model, dg.Resolvable):
