@@ -123,7 +123,7 @@ def build_store(*, pdf: PdfSettings | None = None, jsonl_id_field: str = "id", j
     return DocumentStore(
         settings["root"], endpoint_url=settings["endpoint_url"], key=settings["access_key_id"],
         secret=settings["secret_access_key"], region=settings["region"], jsonl_id_field=jsonl_id_field,
-        jsonl_text_field=jsonl_text_field, pdf=pdf)
+        jsonl_text_field=jsonl_text_field, pdf=pdf or PdfSettings.from_env())
 
 
 def client_from_env(env_prefix: str = "INFINITY_") -> ClientSettings:

@@ -74,15 +74,17 @@ def is_streamed(modality: str, source: SourceObject) -> bool:
 class DocumentStore(ObjectStore):
     """An :class:`ObjectStore` that reads documents: lists the supported files of a batch and parses them.
 
-    The format options are ``jsonl_id_field``, ``jsonl_text_field`` and ``pdf`` (:class:`PdfSettings`, default
-    from ``INFINITY_PDF_*``); the other keyword arguments are the storage's (``endpoint_url``, ``key``, ``secret``, ``region``, ``read_concurrency``).
+    The format options are ``jsonl_id_field``, ``jsonl_text_field`` and ``pdf`` (:class:`PdfSettings`; unset:
+    its defaults, the environment's ``INFINITY_PDF_*`` being read at the edges by :mod:`infinity_assets.settings`);
+    the other keyword arguments are the storage's (``endpoint_url``, ``key``, ``secret``, ``region``,
+    ``read_concurrency``).
     """
 
     def __init__(self, root: str, *, jsonl_id_field: str = "id", jsonl_text_field: str = "text",
                  pdf: PdfSettings | None = None, **storage_options: object) -> None:
         super().__init__(root, **storage_options)  # type: ignore[arg-type]
         self.jsonl_id_field, self.jsonl_text_field = jsonl_id_field, jsonl_text_field
-        self.pdf = pdf or PdfSettings.from_env()
+        self.pdf = pdf or PdfSettings()
         options = {"jsonl_id_field": jsonl_id_field, "jsonl_text_field": jsonl_text_field, "pdf": self.pdf}
         self.formats: dict[type[Format], Format] = {
             cls: cls(**options) for classes in FORMATS.values() for cls in classes}

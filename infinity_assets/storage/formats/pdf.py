@@ -41,4 +41,4 @@ class PdfFormat(Format):
 
     def documents_of(self, files: Iterable[tuple[SourceObject, bytes]]) -> Iterator[Document]:
         """The pages of many PDFs, rendered by one pool of worker processes that works ahead across files."""
-        return render_documents(files, self.options.get("pdf") or PdfSettings.from_env())
+        return render_documents(files, self.options.get("pdf") or PdfSettings())
