@@ -1,4 +1,4 @@
-"""InfinityResource: config from Dagster config and environment variables, lifecycle, secrets."""
+"""InfinityResource and the env-configured corpus: settings from Dagster config and environment variables."""
 from __future__ import annotations
 
 import dagster as dg
@@ -78,3 +78,32 @@ def test_env_var_config_is_resolved_at_run_time_and_client_is_closed(monkeypatch
     assert seen["client"]._http is None  # closed in teardown_after_execution
     logs = "\n".join(str(e) for e in result.all_events)
     assert "run-time-secret" not in logs
+
+
+# --- corpus_from_env: the env-configured corpus of infinity_assets.definitions, read when the location loads
+def test_the_env_corpus_reads_each_modality_and_the_corpus_settings(monkeypatch, tmp_path):
+    from infinity_assets.settings import corpus_from_env
+
+    monkeypatch.setenv("INFINITY_ASSETS_ROOT", str(tmp_path))
+    monkeypatch.setenv("INFINITY_MODEL", "text-model")
+    monkeypatch.setenv("INFINITY_IMAGE_MODEL", "image-model")
+    monkeypatch.setenv("INFINITY_API_URL", "http://shared:1")
+    monkeypatch.setenv("INFINITY_HIDDEN_DIM", "auto")
+    monkeypatch.setenv("INFINITY_ASSETS_VECTOR_ENCODING", "float16")
+    monkeypatch.setenv("INFINITY_PDF_DPI", "72")
+    spec = corpus_from_env("default")
+    assert (spec.name, spec.store.root, spec.vector_encoding, spec.pdf.dpi) == ("default", str(tmp_path), "float16", 72)
+    assert (spec.text.model_name, spec.images.model_name) == ("text-model", "image-model")
+    assert spec.text.url == spec.images.url == "http://shared:1" and spec.text.hidden_dim is None
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("INFINITY_BACKFILL_PARTITIONS_PER_RUN", "0"), ("INFINITY_TIMEOUT", "soon"), ("INFINITY_IMAGE_HIDDEN_DIM", "wide"),
+    ("INFINITY_ASSETS_VECTOR_ENCODING", "int3"), ("INFINITY_PDF_DPI", "high")])
+def test_a_bad_value_of_the_env_corpus_names_its_variable(monkeypatch, tmp_path, variable, value):
+    from infinity_assets.settings import corpus_from_env
+
+    monkeypatch.setenv("INFINITY_ASSETS_ROOT", str(tmp_path))
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=variable):
+        corpus_from_env()
