@@ -243,8 +243,11 @@ def test_the_readmes_add_it_to_your_project_commands_run_as_written(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     bin_dir = Path(sys.executable).parent
+    # No secret: the README says `dg check defs` runs in CI without one (AWS_SECRET_ACCESS_KEY is left unset; only
+    # the required attributes' variable, the server URL, is set).
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("INFINITY_", "AWS_", "DAGSTER_"))},
-           **PLACEHOLDER_ENV, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "DAGSTER_HOME": str(home),
+           "INFINITY_API_URL": PLACEHOLDER_ENV["INFINITY_API_URL"], "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+           "DAGSTER_HOME": str(home),
            "VIRTUAL_ENV": sys.prefix, "PATH": os.pathsep.join([str(bin_dir), os.environ["PATH"]]),
            "PYTHONPATH": str(project / "src")}  # what `pip install -e .` of the user's project gives
 
