@@ -61,6 +61,8 @@ def test_make_docs_builds_the_site_with_strict_checking(tmp_path):
     assert result.returncode == 0, f"make docs failed:\n{result.stdout}\n{result.stderr}"
     assert "mkdocs build --strict" in result.stdout, "make docs must build with --strict"
     assert (site / "index.html").is_file()
+    # A page's image outside docs/ (the benchmark's plot) is copied into the site by docs/repo_links.py.
+    assert (site / "repo" / "benchmarks" / "results" / "throughput.png").is_file()
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
     # The API reference is generated from the code, not written by hand: its objects must be rendered.
     for name in ("InfinityEmbeddings", "IndexReader", "search_text", "DocumentStore", "ArtifactWriter"):
@@ -70,11 +72,13 @@ def test_make_docs_builds_the_site_with_strict_checking(tmp_path):
 def test_a_strict_build_fails_on_a_broken_link_and_on_a_missing_api_object(tmp_path):
     # The guard itself: copy the docs, break one link and one API entry, and the build must refuse both.
     docs = tmp_path / "docs"
-    shutil.copytree(REPO / "docs", docs)  # symlinked files (a benchmark's plot) are copied as files
+    shutil.copytree(REPO / "docs", docs)
+    (tmp_path / "benchmarks").symlink_to(REPO / "benchmarks")  # pages link to repository files beside docs/
     config = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
     config = re.sub(r"^docs_dir: .*$", f"docs_dir: {docs}", config, flags=re.M)
     config = re.sub(r"^(\s+paths: ).*$", rf"\1[{REPO}]", config, flags=re.M)
     for broken, expected in (("[gone](no-such-page.md)", "no-such-page.md"),
+                             ("[gone](../benchmarks/no-such-results.md)", "no-such-results.md"),
                              ("::: infinity_assets.index.no_such_function", "no_such_function")):
         index = docs / "index.md"
         original = index.read_text(encoding="utf-8")
