@@ -23,7 +23,7 @@ from infinity_assets_dev.env import clean_env
 
 from infinity_assets.testing.fake_infinity import MODEL, FakeServerProcess
 
-#: The names of the env-configured corpus ``default`` that the production location (infinity_assets.definitions) is.
+#: The names of the env-configured corpus ``default``: the production location, infinity_assets.definitions.
 ASSET, PARTITIONS = "default/text_embeddings", "default_text_batches"
 SENSORS = ("default_new_documents_sensor", "default_index_automation_sensor")
 
@@ -58,7 +58,8 @@ def backfill(url: str, count: int, per_run: int, prefix: str) -> dict[str, Any]:
             seconds = time.monotonic() - started
             status = instance.get_backfill(backfill_id).status
             runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-            events = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey.from_user_string(ASSET)),
+            key = dg.AssetKey.from_user_string(ASSET)
+            events = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key),
                                                      limit=count * 2).records
             per_batch = Counter(e.partition_key for e in events)
             run_seconds = sorted((r.end_time or 0) - (r.start_time or 0) for r in

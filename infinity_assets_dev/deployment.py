@@ -153,8 +153,8 @@ class Deployment:
         return body["data"]
 
     def launch_backfill(self, asset: str, partitions: list[str]) -> str:
-        """Launch a backfill of ``partitions`` of ``asset`` (``corpus/text_embeddings``) as the UI does; return its
-        id."""
+        """Launch a backfill of ``partitions`` of ``asset`` (e.g. ``corpus/text_embeddings``) as the UI
+        does; return its id."""
         path = dg.AssetKey.from_user_string(asset).path
         answer = self.graphql(LAUNCH_BACKFILL, {"params": {"partitionNames": partitions,
                                                            "assetSelection": [{"path": path}]}})

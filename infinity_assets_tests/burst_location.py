@@ -1,6 +1,6 @@
-"""A code location like the package's own (the env-configured ``default`` corpus), whose sensor requests a backfill
-for more than 10 changed batches (the default is 100): the deployment test proves a sensor burst end to end with
-a dozen small batches."""
+"""A code location like the package's own (the env-configured ``default`` corpus), whose sensor requests a
+backfill for more than 10 changed batches (the default is 100): the deployment test proves a sensor burst end
+to end with a dozen small batches."""
 import dataclasses
 
 import dagster as dg
@@ -14,4 +14,5 @@ from infinity_assets.settings import corpus_from_env
 def defs() -> dg.Definitions:
     """The ``default`` corpus with ``backfill_over=10``, runs executing in their own process."""
     spec = dataclasses.replace(corpus_from_env("default"), sensor=SensorSettings(backfill_over=10))
-    return dg.Definitions.merge(build_corpus_definitions(spec), dg.Definitions(executor=dg.in_process_executor))
+    return dg.Definitions.merge(build_corpus_definitions(spec),
+                                dg.Definitions(executor=dg.in_process_executor))

@@ -110,7 +110,8 @@ libc.mallinfo2.restype = MallInfo2
 with tempfile.TemporaryDirectory() as root:
     (Path(root) / "raw" / "text" / "b1").mkdir(parents=True)
     (Path(root) / "raw" / "text" / "b1" / "a.txt").write_text("late interaction")
-    spec = CorpusSpec(name="t", store=StoreSettings(root=root), text=FakeNetwork(url="http://fake", model_name="m"))
+    spec = CorpusSpec(name="t", store=StoreSettings(root=root),
+                      text=FakeNetwork(url="http://fake", model_name="m"))
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(spec.modality("text").partitions_name, ["b1"])
     asset = build_corpus_definitions(spec).get_assets_def(dg.AssetKey(["t", "text_embeddings"]))

@@ -1,5 +1,5 @@
-"""The embedding assets of a corpus in a real Dagster instance, with the real Infinity server, on SeaweedFS and
-local disk."""
+"""The embedding assets of a corpus in a real Dagster instance, with the real Infinity server, on SeaweedFS
+and local disk."""
 from __future__ import annotations
 
 import io
@@ -46,7 +46,8 @@ class CountingClient(ClientSettings):
     """A modality's client settings whose client counts what it sends (the server itself stays real)."""
 
     def build_client(self) -> InfinityEmbeddings:
-        options = {f.name: getattr(self, f.name) for f in fields(ClientSettings) if f.name != "http_transport"}
+        options = {f.name: getattr(self, f.name) for f in fields(ClientSettings)
+                   if f.name != "http_transport"}
         return InfinityEmbeddings(**options, transport=COUNTER)
 
 
@@ -75,14 +76,16 @@ class Corpus:
     def materialize(self, kind: str, partition: str, instance, *, raise_on_error: bool = True,
                     **options: object) -> dg.ExecuteInProcessResult:
         instance.add_dynamic_partitions(self.spec.modality(kind).partitions_name, [partition])
-        return dg.materialize([self.asset(kind), *self.checks(kind)], partition_key=partition, instance=instance,
-                              raise_on_error=raise_on_error, **options)
+        return dg.materialize([self.asset(kind), *self.checks(kind)], partition_key=partition,
+                              instance=instance, raise_on_error=raise_on_error, **options)
 
     def run_checks(self, kind: str, partition: str, instance) -> dg.ExecuteInProcessResult:
-        """The checks alone, as "Execute checks" in the UI does: a run of the checks tagged with the partition."""
+        """The checks alone, as "Execute checks" in the UI does: a run of the checks tagged with the
+        partition."""
         checks = self.checks(kind)
         return dg.materialize([self.asset(kind), *checks], tags={"dagster/partition": partition},
-                              instance=instance, raise_on_error=False, selection=dg.AssetSelection.checks(*checks))
+                              instance=instance, raise_on_error=False,
+                              selection=dg.AssetSelection.checks(*checks))
 
 
 def page(text: str) -> bytes:

@@ -42,7 +42,8 @@ class Setup:
 
     def assets(self) -> list:
         """The raw documents, the embeddings and their checks (what a backfill run of the asset loads)."""
-        checks = [c for c in self.defs.asset_checks or [] if {k.asset_key for k in c.check_keys} == {EMBEDDINGS}]
+        checks = [c for c in self.defs.asset_checks or []
+                  if {k.asset_key for k in c.check_keys} == {EMBEDDINGS}]
         return [self.defs.resolve_assets_def(RAW), self.defs.get_assets_def(EMBEDDINGS), *checks]
 
     def current(self) -> dict[str, str]:
@@ -156,8 +157,8 @@ def test_partitions_per_backfill_run_of_the_env_configured_corpus(monkeypatch, t
     assert asset.backfill_policy == dg.BackfillPolicy.multi_run(25)
     for bad in ("0", "ten"):
         monkeypatch.setenv("INFINITY_BACKFILL_PARTITIONS_PER_RUN", bad)
-        with pytest.raises(ValueError, match=f"INFINITY_BACKFILL_PARTITIONS_PER_RUN must be a whole number >= 1, "
-                                             f"got '{bad}'"):
+        with pytest.raises(ValueError, match=f"INFINITY_BACKFILL_PARTITIONS_PER_RUN must be a whole number "
+                                             f">= 1, got '{bad}'"):
             corpus_from_env()
     # Read when the location loads, not at import: the module imports, loading names the variable.
     reloaded = importlib.reload(definitions)
@@ -166,9 +167,9 @@ def test_partitions_per_backfill_run_of_the_env_configured_corpus(monkeypatch, t
 
 
 def test_provenance_tags_match_dagster():
-    """Backfill runs write the data-version tags themselves (orchestration/provenance.py): its names are those of
-    Dagster's private data-versioning module, and a materialization gets the same tags as from Dagster's own
-    output path, with the same values but one.
+    """Backfill runs write the data-version tags themselves (orchestration/provenance.py): its names are those
+    of Dagster's private data-versioning module, and a materialization gets the same tags as from Dagster's
+    own output path, with the same values but one.
 
     The exception is Dagster's, on purpose kept: for a partitioned upstream Dagster records the hash of the
     upstream partitions' *materialization* versions (sha256 of nothing for a source that is only observed,
@@ -176,8 +177,9 @@ def test_provenance_tags_match_dagster():
     """
     from dagster._core.definitions import data_version as dagster_versions
 
-    assert (provenance.DATA_VERSION_TAG, provenance.CODE_VERSION_TAG, provenance.DATA_VERSION_IS_USER_PROVIDED_TAG,
-            provenance.INPUT_DATA_VERSION_PREFIX, provenance.INPUT_EVENT_POINTER_PREFIX) == (
+    assert (provenance.DATA_VERSION_TAG, provenance.CODE_VERSION_TAG,
+            provenance.DATA_VERSION_IS_USER_PROVIDED_TAG, provenance.INPUT_DATA_VERSION_PREFIX,
+            provenance.INPUT_EVENT_POINTER_PREFIX) == (
         dagster_versions.DATA_VERSION_TAG, dagster_versions.CODE_VERSION_TAG,
         dagster_versions.DATA_VERSION_IS_USER_PROVIDED_TAG, dagster_versions.INPUT_DATA_VERSION_TAG_PREFIX,
         dagster_versions.INPUT_EVENT_POINTER_TAG_PREFIX)
@@ -195,8 +197,8 @@ def test_provenance_tags_match_dagster():
         instance.add_dynamic_partitions("t_text_batches", ["b"])
         instance.report_runless_asset_event(dg.AssetObservation(RAW, partition="b",
                                                                 tags={provenance.DATA_VERSION_TAG: "d1"}))
-        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(  # as a code location runs it
-            instance=instance, partition_key="b", asset_selection=[EMBEDDINGS])
+        job = defs.resolve_implicit_global_asset_job_def()  # as a code location runs it
+        result = job.execute_in_process(instance=instance, partition_key="b", asset_selection=[EMBEDDINGS])
         [materialization] = result.asset_materializations_for_node(made_by_dagster.op.name)
         written = {k: v for k, v in materialization.tags.items() if k != "dagster/partition"}
         ours = provenance.materialization_tags(instance, RAW, "b", "v1", "7")

@@ -85,7 +85,8 @@ def test_a_backfill_of_30_batches_is_3_runs_launched_by_the_daemon(tmp_path, inf
         ranges = sorted((r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
                         for r in runs)
         assert ranges == [("backfill-00", "backfill-09"), ("backfill-10", "backfill-19"), ("backfill-20", "backfill-29")]
-        events = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=EMBEDDINGS), limit=1000).records
+        events = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=EMBEDDINGS),
+                                                 limit=1000).records
         assert sorted(e.partition_key for e in events) == batches  # each batch once, no other
         store = DocumentStore(f"s3://{s3_bucket}", **seaweedfs.storage_options())
         assert sorted(artifacts.read_artifact(store.fs, store.artifact_path("text", batches[17])).doc_ids) == [
@@ -122,21 +123,27 @@ def test_a_burst_of_new_batches_is_one_backfill_requested_by_the_sensor(tmp_path
 
 
 def test_the_production_location_loads_offline_and_a_bad_setting_names_its_variable(tmp_path):
-    """`dagster definitions validate -m infinity_assets.definitions` (what the code server loads): no server, no
-    bucket and no secret needed; a bad value of a setting fails the load naming the variable, not the import."""
+    """`dagster definitions validate -m infinity_assets.definitions` (what the code server loads): no server,
+    no bucket and no secret needed; a bad value of a setting fails the load naming the variable, not the
+    import."""
     def validate(**env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([BIN / "dagster", "definitions", "validate", "-m", "infinity_assets.definitions"],
-                              cwd=tmp_path, env=clean_env(DAGSTER_HOME=str(tmp_path), **env), capture_output=True,
-                              text=True, timeout=300, check=False)
+        return subprocess.run(
+            [BIN / "dagster", "definitions", "validate", "-m", "infinity_assets.definitions"], cwd=tmp_path,
+            env=clean_env(DAGSTER_HOME=str(tmp_path), **env), capture_output=True, text=True, timeout=300,
+            check=False)
 
     (tmp_path / "dagster.yaml").write_text("")
-    loaded = validate(INFINITY_API_URL="http://no-such-host.invalid:7997", INFINITY_ASSETS_ROOT="s3://no-such-bucket")
+    loaded = validate(INFINITY_API_URL="http://no-such-host.invalid:7997",
+                      INFINITY_ASSETS_ROOT="s3://no-such-bucket")
     assert loaded.returncode == 0, loaded.stdout + loaded.stderr
     refused = validate(INFINITY_BACKFILL_PARTITIONS_PER_RUN="ten")
     output = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and "INFINITY_BACKFILL_PARTITIONS_PER_RUN must be a whole number >= 1" in output
-    assert subprocess.run([sys.executable, "-c", "import infinity_assets.definitions"], cwd=tmp_path, timeout=120,
-                          env=clean_env(INFINITY_BACKFILL_PARTITIONS_PER_RUN="ten"), check=False).returncode == 0
+    assert refused.returncode != 0
+    assert "INFINITY_BACKFILL_PARTITIONS_PER_RUN must be a whole number >= 1" in output
+    imported = subprocess.run([sys.executable, "-c", "import infinity_assets.definitions"], cwd=tmp_path,
+                              env=clean_env(INFINITY_BACKFILL_PARTITIONS_PER_RUN="ten"), timeout=120,
+                              check=False)
+    assert imported.returncode == 0
 
 
 def test_the_kubernetes_instance_config_is_valid_for_dagster_k8s(tmp_path):
@@ -187,7 +194,8 @@ def test_the_dockerfile_wheel_step_builds_the_package(tmp_path):
     assert "infinity_assets/definitions.py" in names and "infinity_assets/storage/formats/pdf.py" in names
     assert "infinity_assets/testing/fake_infinity.py" in names  # the fake users' tests may want
     assert not any(name.startswith(("infinity_assets_tests/", "infinity_assets_dev/")) for name in names)
-    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    entry_points_file = next(n for n in names if n.endswith("entry_points.txt"))
+    entry_points = zipfile.ZipFile(wheel).read(entry_points_file).decode()
     assert "infinity-assets = infinity_assets.cli:main" in entry_points
     # `dg list components` in a project that installs the wheel finds the corpus component.
     assert "[dagster_dg_cli.registry_modules]\ninfinity_assets = infinity_assets" in entry_points

@@ -26,17 +26,19 @@ GOOD_SET = [{"query": " ".join(text.split()[2:7]), "relevant": [f"doc-{i:02d}.tx
 
 
 def text_corpus(root: StoreRoot, url: str, model: str, hidden_dim: int) -> tuple[CorpusSpec, dg.Definitions]:
-    """A text corpus ``t`` over ``root`` embedded with ``model`` by the server at ``url``, and its definitions."""
+    """A text corpus ``t`` over ``root`` embedded with ``model`` by the server at ``url``; its definitions."""
     spec = root.corpus(text=ClientSettings(url=url, model_name=model, hidden_dim=hidden_dim))
     return spec, build_corpus_definitions(spec)
 
 
 def index_and_quality(defs: dg.Definitions) -> list:
     """The text index asset and its retrieval quality check."""
-    return [defs.get_assets_def(INDEX), defs.get_asset_checks_def(dg.AssetCheckKey(INDEX, "retrieval_quality"))]
+    return [defs.get_assets_def(INDEX),
+            defs.get_asset_checks_def(dg.AssetCheckKey(INDEX, "retrieval_quality"))]
 
 
-def embed_and_index(root: StoreRoot, infinity_server, model: str, hidden_dim: int) -> dg.ExecuteInProcessResult:
+def embed_and_index(root: StoreRoot, infinity_server, model: str,
+                    hidden_dim: int) -> dg.ExecuteInProcessResult:
     """Embed DOCUMENTS as one batch with ``model``, then materialize t/text_index and its quality check."""
     root.put_many({f"raw/text/all/doc-{i:02d}.txt": text for i, text in enumerate(DOCUMENTS)})
     root.put("eval/text.jsonl", "\n".join(json.dumps(item) for item in GOOD_SET))
@@ -68,7 +70,8 @@ def test_quality_check_passes_on_a_good_labelled_set(tmp_path, infinity_server):
 
 def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against_exact(tmp_path, infinity_server):
     result = embed_and_index(StoreRoot(str(tmp_path / "store")), infinity_server, "minilm-colbert", 384)
-    metadata = {k: v.value for k, v in result.asset_materializations_for_node("t__text_index")[0].metadata.items()}
+    [materialization] = result.asset_materializations_for_node("t__text_index")
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
     by_column = metadata["bytes_per_page_by_column"]
     assert by_column["fde"] == 1280 and 0 < by_column["bits"] < by_column["embedding"], by_column  # 20 x 32 x 16 bits
     assert metadata["bytes_per_page"] >= metadata["bytes_per_page_stages_1_2"] > 0
@@ -190,14 +193,17 @@ def test_index_never_built_is_synced_once_for_embeddings_made_before_the_automat
 
 def test_an_index_follows_only_its_own_corpus(tmp_path):
     """Embeddings of another corpus in the same Definitions do not request a sync of this corpus's index."""
-    other = CorpusSpec(name="u", store=StoreRoot(str(tmp_path / "u")).settings(), text=ClientSettings(model_name="m"))
+    other = CorpusSpec(name="u", store=StoreRoot(str(tmp_path / "u")).settings(),
+                       text=ClientSettings(model_name="m"))
     defs = dg.Definitions.merge(automation_defs(tmp_path / "t"), build_corpus_definitions(other))
     selection = dg.AssetSelection.assets(INDEX, dg.AssetKey(["u", "text_index"]))
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("u_text_batches", ["b"])
-        instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["u", "text_embeddings"]), partition="b"))
+        instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["u", "text_embeddings"]),
+                                                                    partition="b"))
         result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection)
-    assert result.get_num_requested(INDEX) == 0 and result.get_num_requested(dg.AssetKey(["u", "text_index"])) == 1
+    assert result.get_num_requested(INDEX) == 0
+    assert result.get_num_requested(dg.AssetKey(["u", "text_index"])) == 1
 
 
 def test_quality_check_on_an_empty_index_passes_and_says_nothing_was_measured(tmp_path, infinity_server):

@@ -51,7 +51,8 @@ def put_texts(store_root, partition: str, count: int, prefix: str = "document") 
         store_root.put(f"raw/text/{partition}/{prefix}-{i:03d}.txt", f"{prefix} number {i} about topic {i % 7}")
 
 
-def materialize_text(spec: CorpusSpec, partition: str, instance, **options: object) -> dg.ExecuteInProcessResult:
+def materialize_text(spec: CorpusSpec, partition: str, instance,
+                     **options: object) -> dg.ExecuteInProcessResult:
     """Materialize one text batch of the corpus with the embedding asset's checks, as its job does."""
     defs = build_corpus_definitions(spec)
     key = dg.AssetKey([spec.name, "text_embeddings"])
@@ -327,10 +328,10 @@ def test_secrets_never_appear_in_logs_metadata_artifacts_or_errors(start_infinit
     definitions = build_corpus_definitions(spec)
     definitions_text = [str(v) for a in definitions.assets if isinstance(a, dg.AssetsDefinition)
                         for v in (*a.descriptions_by_key.values(), *a.metadata_by_key.values())]
-    everything = "\n".join([caplog.text, str(result.all_events), stored_events, repr(spec), *definitions_text, *errors,
-                            artifact_bytes.decode("latin-1")])
+    everything = "\n".join([caplog.text, str(result.all_events), stored_events, repr(spec), *definitions_text,
+                            *errors, artifact_bytes.decode("latin-1")])
     assert len(errors) == 3 and "denied" in errors[2]
-    assert not result.success and "a.txt" in str(result.all_events)  # it ran: the bad document failed the check
+    assert not result.success and "a.txt" in str(result.all_events)  # it ran; the bad document failed it
     for secret in (api_key, seaweedfs.secret_key):
         assert secret not in everything
 

@@ -35,7 +35,8 @@ def report_materialization(instance, store, partition: str, model: str, hidden_d
     )
 
 
-def evaluate(spec: CorpusSpec, instance, kind: str = "text", when: datetime = TICK) -> dg.ScheduleExecutionData:
+def evaluate(spec: CorpusSpec, instance, kind: str = "text",
+             when: datetime = TICK) -> dg.ScheduleExecutionData:
     """One tick of the corpus's incremental schedule of ``kind``, as the daemon evaluates it."""
     defs = build_corpus_definitions(spec)
     schedule = defs.resolve_schedule_def(spec.modality(kind).schedule_name)
@@ -109,7 +110,8 @@ def test_a_new_vector_encoding_makes_every_batch_stale(four_batches):
 def test_a_batch_with_a_run_in_progress_is_not_requested_again(four_batches):
     _, instance, corpus = four_batches
     job = build_corpus_definitions(corpus()).resolve_job_def("t_embed_text_job")
-    instance.create_run_for_job(job, tags={"dagster/partition": "never-run"}, status=dg.DagsterRunStatus.STARTED)
+    instance.create_run_for_job(job, tags={"dagster/partition": "never-run"},
+                                status=dg.DagsterRunStatus.STARTED)
     result = evaluate(corpus(), instance)
     assert not result.run_requests and result.skip_message
 
@@ -131,7 +133,8 @@ def test_a_run_of_another_corpus_does_not_hold_a_batch_back(four_batches):
     _, instance, corpus = four_batches
     other = CorpusSpec(name="u", store=corpus().store, text=ClientSettings(model_name="m"))
     job = build_corpus_definitions(other).resolve_job_def("u_embed_text_job")
-    instance.create_run_for_job(job, tags={"dagster/partition": "never-run"}, status=dg.DagsterRunStatus.STARTED)
+    instance.create_run_for_job(job, tags={"dagster/partition": "never-run"},
+                                status=dg.DagsterRunStatus.STARTED)
     assert requested(evaluate(corpus(), instance)) == ["never-run"]
 
 
@@ -180,9 +183,11 @@ def test_a_batch_just_materialized_by_the_asset_is_not_stale(infinity_server, st
     name, data = ("page.png", png()) if kind == "images" else ("doc.txt", b"hello world")
     store_root.put(f"raw/{kind}/b/{name}", data)
     store_root.put(f"raw/{kind}/b/notes.csv", "an unsupported file: skipped by both")
-    spec = store_root.corpus(**{kind: ClientSettings(url=infinity_server.url, model_name=model, hidden_dim=128)})
+    client = ClientSettings(url=infinity_server.url, model_name=model, hidden_dim=128)
+    spec = store_root.corpus(**{kind: client})
     modality = spec.modality(kind)
-    asset = build_corpus_definitions(spec).get_assets_def(dg.AssetKey(["t", modality.asset_name("embeddings")]))
+    key = dg.AssetKey(["t", modality.asset_name("embeddings")])
+    asset = build_corpus_definitions(spec).get_assets_def(key)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(modality.partitions_name, ["b"])
         assert requested(evaluate(spec, instance, kind)) == ["b"]
@@ -191,7 +196,8 @@ def test_a_batch_just_materialized_by_the_asset_is_not_stale(infinity_server, st
     assert not result.run_requests, "the schedule's data version differs from the one the asset reported"
 
 
-def test_the_schedule_and_the_schema_check_judge_a_batch_with_the_corpus_vector_encoding(infinity_server, store_root):
+def test_the_schedule_and_the_schema_check_judge_a_batch_with_the_corpus_vector_encoding(infinity_server,
+                                                                                         store_root):
     """One setting for the asset, the schedule and the checks: a float16 corpus's batch is neither stale nor a
     schema failure for it, and both for a float32 corpus over the same root (no re-embedding loop)."""
     store_root.put("raw/text/b/doc.txt", b"hello world")
@@ -203,14 +209,15 @@ def test_the_schedule_and_the_schema_check_judge_a_batch_with_the_corpus_vector_
         checks = [c for c in defs.asset_checks if {k.asset_key for k in c.check_keys} == {EMBEDDINGS}]
         result = dg.materialize([defs.get_assets_def(EMBEDDINGS), *checks], tags={"dagster/partition": "b"},
                                 instance=instance, raise_on_error=False,
-                                selection=dg.AssetSelection.checks(dg.AssetCheckKey(EMBEDDINGS, "artifact_schema")))
+                                selection=dg.AssetSelection.checks(
+                                    dg.AssetCheckKey(EMBEDDINGS, "artifact_schema")))
         [evaluation] = result.get_asset_check_evaluations()
         return evaluation
 
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("t_text_batches", ["b"])
-        result = dg.materialize([build_corpus_definitions(half).get_assets_def(EMBEDDINGS)], partition_key="b",
-                                instance=instance)
+        asset = build_corpus_definitions(half).get_assets_def(EMBEDDINGS)
+        result = dg.materialize([asset], partition_key="b", instance=instance)
         assert result.asset_materializations_for_node("t__text_embeddings")[0].metadata[
             "vector_encoding"].value == "float16"
         assert not evaluate(half, instance).run_requests

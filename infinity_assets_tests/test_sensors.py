@@ -31,7 +31,7 @@ TEXT, IMAGES = dg.AssetKey(["t", "text_embeddings"]), dg.AssetKey(["t", "image_e
 
 
 def corpus(store_root, name: str = "t", **limits: object) -> CorpusSpec:
-    """A corpus with both modalities over ``store_root`` (no server is contacted), sensor ``limits`` applied."""
+    """A corpus with both modalities over ``store_root`` (no server is contacted), with sensor ``limits``."""
     return store_root.corpus(name, text=ClientSettings(model_name="m"), images=ClientSettings(model_name="m"),
                              sensor=SensorSettings(**limits))  # type: ignore[arg-type]
 
@@ -42,7 +42,7 @@ def sensor_of(spec: CorpusSpec) -> dg.SensorDefinition:
 
 
 def tick(spec: CorpusSpec, instance, cursor=None, repository=None) -> dg.SensorResult:
-    """Evaluate one tick of the corpus's sensor and apply its partition requests, as the sensor daemon does."""
+    """One tick of the corpus's sensor, its partition requests applied as the sensor daemon does."""
     context = dg.build_sensor_context(instance=instance, cursor=cursor, repository_def=repository)
     result = sensor_of(spec)(context)
     for request in result.dynamic_partitions_requests or []:
@@ -179,7 +179,8 @@ def test_sensor_backfill_api_exists(store_root):
     store_root.put_many({f"raw/text/b{i}/doc.txt": f"document {i}" for i in range(3)})
     spec = corpus(store_root, backfill_over=2)
     with dg.instance_for_test() as instance:
-        [request] = tick(spec, instance, repository=build_corpus_definitions(spec).get_repository_def()).run_requests
+        repository = build_corpus_definitions(spec).get_repository_def()
+        [request] = tick(spec, instance, repository=repository).run_requests
     assert request.requires_backfill_daemon() and request.partition_key is None
     subset = request.asset_graph_subset
     assert subset.asset_keys == {TEXT} and not subset.non_partitioned_asset_keys
@@ -187,7 +188,8 @@ def test_sensor_backfill_api_exists(store_root):
     # The same through the builder alone, for one batch: no other batch, no other asset.
     direct = backfill_request(spec.modality("images"), [PlannedRun("p", "digest")])
     assert direct.requires_backfill_daemon() and direct.tags == {BACKFILL_TAG: "t/images"}
-    assert list(direct.asset_graph_subset.partitions_subsets_by_asset_key[IMAGES].get_partition_keys()) == ["p"]
+    direct_subset = direct.asset_graph_subset.partitions_subsets_by_asset_key[IMAGES]
+    assert list(direct_subset.get_partition_keys()) == ["p"]
 
 
 def test_ten_thousand_objects_within_the_tick_budget(seaweedfs, s3_bucket):
@@ -299,8 +301,8 @@ def test_planning_with_a_cap_keeps_unrequested_batches_of_the_same_second():
 # --- two corpora in one Definitions: nothing shared, each sensor launches only its own corpus's runs
 def test_two_corpora_in_one_definitions_share_no_name_and_request_only_their_own_runs(store_root, tmp_path):
     a = corpus(store_root, "a")
-    b = CorpusSpec(name="b", store=StoreSettings(root=str(tmp_path / "b")), text=ClientSettings(model_name="m2"),
-                   images=ClientSettings(model_name="m2"))
+    b = CorpusSpec(name="b", store=StoreSettings(root=str(tmp_path / "b")),
+                   text=ClientSettings(model_name="m2"), images=ClientSettings(model_name="m2"))
     defs_a, defs_b = build_corpus_definitions(a), build_corpus_definitions(b)
     merged = dg.Definitions.merge(defs_a, defs_b)
     dg.Definitions.validate_loadable(merged)
@@ -321,7 +323,8 @@ def test_two_corpora_in_one_definitions_share_no_name_and_request_only_their_own
         assert of_a[kind] and of_b[kind], kind
         assert not of_a[kind] & of_b[kind], f"{kind} shared by two corpora: {of_a[kind] & of_b[kind]}"
         assert of_both[kind] == of_a[kind] | of_b[kind], kind
-    assert all(key.path[0] == "a" for key in of_a["assets"]) and all(key.path[0] == "b" for key in of_b["assets"])
+    assert {key.path[0] for key in of_a["assets"]} == {"a"}
+    assert {key.path[0] for key in of_b["assets"]} == {"b"}
     assert of_a["partitions"] == {"a_text_batches", "a_image_batches"}
     assert of_a["jobs"] == {"a_embed_text_job", "a_embed_images_job"}
     assert of_a["sensors"] == {"a_new_documents_sensor", "a_index_automation_sensor"}

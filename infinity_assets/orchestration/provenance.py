@@ -23,7 +23,10 @@ INITIAL_DATA_VERSION, NULL_EVENT_POINTER = "INITIAL", "NULL"
 def materialization_tags(instance: dg.DagsterInstance, upstream: dg.AssetKey, partition: str, data_version: str,
                          code_version: str) -> dict[str, str]:
     """The tags of a materialization with ``data_version`` made from the latest observation of ``upstream``'s
-    ``partition`` (its data version and event pointer), as Dagster writes them for an output."""
+    ``partition`` (its data version and event pointer): the tags Dagster writes for an output. One value
+    differs on purpose: Dagster records, for a partitioned upstream, a hash of the upstream partitions'
+    *materialization* versions (the same constant for a source that is only observed), this the batch's
+    observed digest."""
     record = instance.get_latest_data_version_record(upstream, partition_key=partition)
     observed = ((record.event_log_entry.tags or {}).get(DATA_VERSION_TAG) if record else None) or INITIAL_DATA_VERSION
     name = upstream.to_user_string()

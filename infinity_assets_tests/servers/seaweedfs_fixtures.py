@@ -51,10 +51,10 @@ class StoreRoot:
 
     def settings(self, **extra: object) -> StoreSettings:
         """A corpus's store settings over this root (``extra``: other fields, e.g. ``jsonl_text_field``)."""
-        return StoreSettings(
-            root=self.url, endpoint_url=self.options.get("endpoint_url"),  # type: ignore[arg-type]
-            access_key_id=self.options.get("key"), secret_access_key=self.options.get("secret"),  # type: ignore[arg-type]
-            **extra)  # type: ignore[arg-type]
+        options: dict = {"endpoint_url": self.options.get("endpoint_url"),
+                         "access_key_id": self.options.get("key"),
+                         "secret_access_key": self.options.get("secret")}
+        return StoreSettings(root=self.url, **options, **extra)
 
     def corpus(self, name: str = "t", **settings: object) -> CorpusSpec:
         """A corpus named ``name`` over this root (``settings``: the other :class:`CorpusSpec` fields, e.g.
