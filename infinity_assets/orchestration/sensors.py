@@ -41,9 +41,13 @@ import dagster as dg
 
 # The one private Dagster import of the package: a sensor can request a backfill (a burst of changed batches
 # as one backfill, run by the asset's backfill policy) only through RunRequest.for_asset_graph_subset, whose
-# argument has no public constructor in Dagster 1.13. Guarded by test_sensor_backfill_api_exists (an upgrade
-# that moves it fails a test, not a tick).
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+# argument has no public constructor in Dagster 1.13. Version-guarded here (a Dagster that moved it fails to
+# load with this reason, not in a tick) and by test_sensor_backfill_api_exists.
+try:
+    from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+except ImportError as exc:  # pragma: no cover - only with a Dagster other than the pinned 1.13
+    raise ImportError(f"infinity_assets needs Dagster 1.13 (pyproject pins it); Dagster {dg.__version__} moved "
+                      "AssetGraphSubset, which a sensor's backfill request is built from") from exc
 
 from infinity_assets.artifacts import fingerprint_digest
 from infinity_assets.corpus import CorpusModality, CorpusSpec
