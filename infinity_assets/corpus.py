@@ -27,12 +27,10 @@ from infinity_assets.client.embeddings import DEFAULT_MODEL, DEFAULT_URL, Infini
 from infinity_assets.index.schema import EncodingSettings
 from infinity_assets.index.two_stage import SearchSettings
 from infinity_assets.storage.documents import DocumentStore, PdfSettings
+from infinity_assets.storage.modality import Modality
 
 #: What a corpus name must look like: it prefixes asset keys and names jobs, sensors and partitions.
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
-ModalityKind = Literal["text", "images"]
-#: The prefix of every asset of a modality (``text_embeddings``, ``image_index``, ``raw_image_documents``).
-ASSET_STEM: dict[str, str] = {"text": "text", "images": "image"}
 
 
 class CorpusSettingsError(ValueError):
@@ -174,18 +172,18 @@ class IndexSettings:
 class CorpusModality:
     """One modality of one corpus: its model and every name it has (folders, table, Dagster names).
 
-    ``kind`` is ``"text"`` or ``"images"``: the folder under ``raw/`` and ``embeddings/``, the index table and
-    the formats that read it.
+    ``kind`` (:class:`~infinity_assets.storage.modality.Modality`, a ``str``) knows the folder under ``raw/`` and
+    ``embeddings/``, the wire modality and the index table.
     """
 
     corpus: str
-    kind: ModalityKind
+    kind: Modality
     client: ClientSettings
 
     @property
     def stem(self) -> str:
         """``text`` or ``image``: how asset names of this modality start."""
-        return ASSET_STEM[self.kind]
+        return self.kind.stem
 
     def asset_name(self, what: Literal["embeddings", "index", "raw"]) -> str:
         """The asset's name within the corpus: ``text_embeddings``, ``image_index``, ``raw_text_documents``."""
@@ -257,8 +255,8 @@ class CorpusSpec:
     @property
     def modalities(self) -> list[CorpusModality]:
         """The configured modalities, text first."""
-        return [CorpusModality(self.name, kind, client) for kind, client in (("text", self.text),
-                                                                             ("images", self.images)) if client]
+        return [CorpusModality(self.name, kind, client) for kind, client in ((Modality.TEXT, self.text),
+                                                                             (Modality.IMAGES, self.images)) if client]
 
     def modality(self, kind: str) -> CorpusModality:
         """The modality ``kind`` (``text`` or ``images``); ``KeyError`` naming the configured ones if absent."""

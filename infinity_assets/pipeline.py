@@ -22,10 +22,10 @@ from infinity_assets.client.embeddings import InfinityEmbeddings
 from infinity_assets.client.errors import InfinityError
 from infinity_assets.storage import documents
 from infinity_assets.storage.failures import FailureKind
+from infinity_assets.storage.modality import Modality
 
 logger = logging.getLogger(__name__)
 
-WIRE_MODALITY = {"text": "text", "images": "image"}
 #: Default memory budget of one partition materialization, in bytes (see :func:`embed_partition`).
 DEFAULT_MEMORY_BUDGET = 192 << 20
 
@@ -245,7 +245,7 @@ def _embedded_rows(client: InfinityEmbeddings, modality: str, inputs: Iterator[s
                    max_buffered_bytes: int) -> Iterator[tuple]:
     """A writer row for each newly embedded document, in input order; failed documents go to ``failures``."""
     now = datetime.now(timezone.utc)
-    for result in client.iter_embeddings(inputs, modality=WIRE_MODALITY[modality],
+    for result in client.iter_embeddings(inputs, modality=Modality.of(modality).wire,
                                          max_buffered_bytes=max_buffered_bytes):
         document = pending.popleft()
         if isinstance(result, InfinityError):

@@ -34,7 +34,8 @@ from infinity_assets.corpus import ClientSettings
 from infinity_assets.index import Hit, IndexReader, SearchIndexError, search_text
 from infinity_assets.service import pages, similarity
 from infinity_assets.service.config import ServiceSettings, redact, secrets
-from infinity_assets.service.corpora import MODALITIES, ServedCorpus, UnknownCorpus, corpora_from_env
+from infinity_assets.service.corpora import ServedCorpus, UnknownCorpus, corpora_from_env
+from infinity_assets.storage.modality import MODALITIES
 from infinity_assets.service.guard import (
     ApiKeyMiddleware,
     Invalid,

@@ -21,8 +21,8 @@ from infinity_assets import settings
 from infinity_assets.corpus import NAME_PATTERN, CorpusSettingsError
 from infinity_assets.service.pages import OpenReaders
 from infinity_assets.storage.documents import DocumentStore, DocumentStoreError, PdfSettings
+from infinity_assets.storage.modality import MODALITIES
 
-MODALITIES = ("text", "images")
 #: The name of the corpus served when no ``--corpus`` is given.
 DEFAULT_CORPUS = "default"
 

@@ -32,10 +32,10 @@ from infinity_assets.service.config import redact
 from infinity_assets.service.corpora import UnknownCorpus
 from infinity_assets.service.pages import DocumentConflict, DocumentNotFound, DocumentTooLarge
 from infinity_assets.storage.documents import DocumentStoreError
+from infinity_assets.storage.modality import MODALITIES
 
 logger = logging.getLogger("infinity_assets.service")
 PUBLIC_PATHS = frozenset({"/health"})
-MODALITIES = ("text", "images")
 #: The answers about a corpus's data, whose message starts with the corpus's name (and which carry it).
 CORPUS_ERRORS = frozenset({404, 409, 413, 503})
 

@@ -49,17 +49,16 @@ from infinity_assets.storage.backend import (
 from infinity_assets.storage.failures import FailureKind, ReadFailure
 from infinity_assets.storage.keys import folder_for_partition, partition_key_for_folder
 from infinity_assets.storage.local import LocalBackend
+from infinity_assets.storage.modality import MODALITIES, Modality
 from infinity_assets.storage.s3 import READ_RETRY_DELAYS, S3Backend, is_auth_failure, s3_code
 
 __all__ = [
-    "MODALITIES", "READ_RETRY_DELAYS", "DocumentStoreError", "FailureKind", "Listing", "ObjectStore",
+    "MODALITIES", "READ_RETRY_DELAYS", "DocumentStoreError", "FailureKind", "Listing", "Modality", "ObjectStore",
     "ReadFailure", "ScannedObject", "SourceObject", "is_auth_failure", "is_safe_segment", "is_storage_failure",
     "modality_folder",
 ]
 
 logger = logging.getLogger(__name__)
-
-MODALITIES = ("text", "images")
 
 
 # --- records
@@ -284,11 +283,7 @@ def is_storage_failure(exc: BaseException) -> bool:
 # --- helpers
 def modality_folder(modality: str) -> str:
     """``"text"`` or ``"images"`` (``"image"`` accepted): the folder of a modality under ``raw/``."""
-    if modality in ("image", "images"):
-        return "images"
-    if modality == "text":
-        return "text"
-    raise ValueError(f"modality must be 'text' or 'images', got {modality!r}")
+    return Modality.of(modality).folder
 
 
 def _folder(partition_key: str) -> str:
