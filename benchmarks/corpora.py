@@ -36,6 +36,7 @@ import hashlib
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +65,27 @@ class KnownItem:
     vectors: np.ndarray
 
 
+@dataclass(frozen=True)
+class TokenMix:
+    """How a synthetic page is made: the share of background tokens and how many shared background vectors
+    there are, how tight a topic's words are, the context noise and the rare tokens per page."""
+
+    name: str
+    background_share: float = 0.36
+    backgrounds: int = 32
+    background_noise: float = 0.03
+    word_spread: float = 0.09
+    context_noise: float = 0.03
+    rare: int = 16
+
+
+#: (A) few near-duplicate background patches, tight topics: the tokens pool well (the first benchmark's data).
+TIGHT = TokenMix("tight")
+#: (B) many distinct background patches with more noise, loose topics, fewer rare tokens: tokens pool badly.
+LOOSE = TokenMix("loose", background_share=0.55, backgrounds=512, background_noise=0.08, word_spread=0.15,
+                 context_noise=0.06, rare=8)
+
+
 class SyntheticPages:
     """Structured ColPali-sized pages (see the module docstring); ``page(i)`` is the same on every call.
 
@@ -73,14 +95,17 @@ class SyntheticPages:
         vectors = corpus.page(12345)          # (1031, 128) float32, unit rows
     """
 
-    TOPICS, WORDS, BACKGROUNDS, RARE = 4096, 64, 32, 16
+    TOPICS, WORDS = 4096, 64
 
-    def __init__(self, seed: int = 20) -> None:
-        self.seed = seed
+    def __init__(self, seed: int = 20, mix: TokenMix = TIGHT) -> None:
+        self.seed, self.mix = seed, mix
+        self.BACKGROUNDS, self.RARE = mix.backgrounds, mix.rare
+        self.name = f"synthetic-{seed}" if mix == TIGHT else f"synthetic-{seed}-{mix.name}"
         rng = np.random.default_rng([seed, 0])
         self.topics = _unit(rng.standard_normal((self.TOPICS, DIM)))
-        # word = topic + noise of std 0.09 per coordinate: cosine ~0.66 to the topic centre
-        self.words = _unit(self.topics[:, None, :] + 0.09 * rng.standard_normal((self.TOPICS, self.WORDS, DIM)))
+        # word = topic + noise of std word_spread per coordinate (0.09: cosine ~0.66 to the topic centre)
+        self.words = _unit(self.topics[:, None, :]
+                           + mix.word_spread * rng.standard_normal((self.TOPICS, self.WORDS, DIM)))
         self.backgrounds = _unit(rng.standard_normal((self.BACKGROUNDS, DIM)))
         popularity = 1.0 / np.arange(1, self.TOPICS + 1) ** 0.8
         self.topic_p = rng.permutation(popularity / popularity.sum())
@@ -89,17 +114,21 @@ class SyntheticPages:
 
     def _parts(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(topic-word tokens, background tokens, rare tokens) of page ``i``, before context noise."""
+        mix = self.mix
         rng = np.random.default_rng([self.seed, 1, i])
         k = int(rng.integers(3, 9))
         topics = rng.choice(self.TOPICS, size=k, replace=False, p=self.topic_p)
-        n_background = int(0.36 * PAGE_VECTORS)
+        n_background = int(mix.background_share * PAGE_VECTORS)
         n_topic = PAGE_VECTORS - n_background - self.RARE
         topic_of = topics[rng.choice(k, size=n_topic, p=rng.dirichlet(np.ones(k)))]
         word_of = np.minimum(np.searchsorted(self.word_cdf, rng.random(n_topic)), self.WORDS - 1)
         topic_tokens = self.words[topic_of, word_of]
         background = self.backgrounds[rng.integers(self.BACKGROUNDS, size=n_background)]
         rare = _unit(rng.standard_normal((self.RARE, DIM)))
-        noise = 0.03 * rng.standard_normal((PAGE_VECTORS, DIM)).astype(np.float32)  # context: cosine ~0.94
+        noise = rng.standard_normal((PAGE_VECTORS, DIM)).astype(np.float32)  # context: cosine ~0.94 at 0.03
+        noise[:n_topic] *= mix.context_noise
+        noise[n_topic:n_topic + n_background] *= mix.background_noise
+        noise[n_topic + n_background:] *= mix.context_noise
         return (_unit(topic_tokens + noise[:n_topic]), _unit(background + noise[n_topic:n_topic + n_background]),
                 _unit(rare + noise[n_topic + n_background:]))
 
@@ -120,6 +149,39 @@ class SyntheticPages:
         picked = np.concatenate([topic[rng.choice(len(topic), QUERY_VECTORS - 2, replace=False)],
                                  rare[rng.choice(len(rare), 2, replace=False)]])
         return _unit(picked + 0.03 * rng.standard_normal(picked.shape).astype(np.float32))
+
+
+def page_cache(corpus: SyntheticPages, n_pages: int, workers: int = 2) -> np.memmap:
+    """Pages ``0..n_pages-1`` of ``corpus`` as a read-only ``(n_pages, 1031, 128)`` float16 memory map under
+    ``.cache/bench/pages/``, generated once (``workers`` processes, each filling its own range)."""
+    folder = CACHE / "pages"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{corpus.name}-{n_pages}.f16"
+    done = path.with_suffix(".done")
+    shape = (n_pages, PAGE_VECTORS, DIM)
+    if not done.exists():
+        started = time.monotonic()
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape).flush()
+        step = -(-n_pages // workers)
+        children = [subprocess.Popen([sys.executable, "-m", "benchmarks.corpora", "fill", str(path), str(corpus.seed),
+                                      corpus.mix.name, str(a), str(min(n_pages, a + step))], cwd=REPO)
+                    for a in range(0, n_pages, step)]
+        if any(child.wait() != 0 for child in children):
+            raise RuntimeError(f"generating {path} failed")
+        done.write_text(json.dumps({"seconds": time.monotonic() - started, "workers": workers}))
+    return np.load(path, mmap_mode="r")
+
+
+MIXES = {TIGHT.name: TIGHT, LOOSE.name: LOOSE}
+
+
+def _fill(path: str, seed: int, mix: str, start: int, stop: int) -> None:
+    corpus = SyntheticPages(seed, MIXES[mix])
+    out = np.load(path, mmap_mode="r+")
+    for block in range(start, stop, 100):
+        end = min(stop, block + 100)
+        out[block:end] = corpus.pages(block, end).astype(np.float16)
+    out.flush()
 
 
 def doc_id(page: int) -> str:
@@ -194,12 +256,16 @@ class PageSource:
 
 
 class SyntheticSource(PageSource):
-    """A :class:`SyntheticPages` as a :class:`PageSource`."""
+    """A :class:`SyntheticPages` as a :class:`PageSource`; with ``cached`` pages, read from :func:`page_cache`
+    (float16, as the index keeps them) instead of generated."""
 
-    def __init__(self, corpus: SyntheticPages) -> None:
-        self.corpus, self.name = corpus, f"synthetic-{corpus.seed}"
+    def __init__(self, corpus: SyntheticPages, cached: int = 0) -> None:
+        self.corpus, self.name = corpus, corpus.name + (f"-f16" if cached else "")
+        self.cache = page_cache(corpus, cached) if cached else None
 
     def pages(self, start: int, stop: int) -> np.ndarray:
+        if self.cache is not None and stop <= len(self.cache):
+            return np.asarray(self.cache[start:stop], np.float32)
         return self.corpus.pages(start, stop)
 
 
@@ -409,3 +475,8 @@ def iter_rows(source: PageSource, n_pages: int, ids: list[str] | None = None,
         block = source.pages(start, min(n_pages, start + chunk))
         for offset, vectors in enumerate(block):
             yield (ids[start + offset] if ids else doc_id(start + offset)), vectors
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "fill":
+        _fill(sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))

@@ -38,7 +38,8 @@ def source_of(spec: dict[str, Any]) -> tuple[corpora.PageSource, list[str]]:
     if spec.get("ids_only"):
         return None, ids_of(spec)  # type: ignore[return-value]
     if kind == "synthetic":
-        return corpora.SyntheticSource(corpora.SyntheticPages()), [corpora.doc_id(i) for i in range(n)]
+        corpus = corpora.SyntheticPages(mix=corpora.MIXES[spec.get("mix", "tight")])
+        return corpora.SyntheticSource(corpus, spec.get("cached", 0)), [corpora.doc_id(i) for i in range(n)]
     if kind == "needle":
         source = corpora.NeedlePages(n_pages=n, needles=spec["needles"])
         return source, [corpora.doc_id(i) for i in range(n)]
@@ -146,16 +147,9 @@ class TwoStage:
             self.info = _replicate(store, spec)
         elif not marker.exists():
             first, last = spec.get("page_range", (0, spec["pages"]))
-
-            def batches():
-                for start in range(first, last, 500):
-                    block = list(source.pages(start, min(last, start + 500)))
-                    yield ids[start:start + len(block)], block
-
             started = time.perf_counter()
-            index.write_index(store, "images", batches(), model=f"bench-{spec['corpus']}", hidden_dim=corpora.DIM,
-                              encoding=index.EncodingSettings(**spec.get("encoding", {})), partition="bench")
-            self.info = {"build_seconds": time.perf_counter() - started}
+            build_parallel(store, spec, ids, first, last, index.EncodingSettings(**spec.get("encoding", {})))
+            self.info = {"build_seconds": time.perf_counter() - started, "workers": spec.get("workers", 2)}
         if not marker.exists():
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(self.info))
@@ -175,6 +169,52 @@ class TwoStage:
         self.info["stages_ms_p50"] = {
             stage: float(np.median([t[stage] for t in self.stage_seconds[WARMUP:]]) * 1000)
             for stage in (self.stage_seconds[0] if self.stage_seconds else {})}
+
+
+def _encode_block(job: tuple[dict[str, Any], list[str], int, int, dict[str, Any]]) -> bytes:
+    """Encoded index rows of pages ``start..stop-1`` of a spec's corpus, as Arrow IPC bytes (a worker process)."""
+    import pyarrow as pa
+
+    from infinity_assets import index
+    from infinity_assets.index.rows import encode_rows, vectors_table
+
+    spec, ids, start, stop, encoding_fields = job
+    source, _ = source_of({**spec, "ids_only": False})
+    encoding = index.EncodingSettings(**encoding_fields)
+    schema = index.index_schema(corpora.DIM, f"bench-{spec['corpus']}", "images", encoding)
+    rows = encode_rows(vectors_table(ids, list(source.pages(start, stop))), "bench", schema, encoding)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rows.schema) as writer:
+        writer.write_table(rows)
+    return sink.getvalue().to_pybytes()
+
+
+def build_parallel(store: Any, spec: dict[str, Any], ids: list[str], first: int, last: int, encoding: Any,
+                   block: int = 250) -> None:
+    """The index of pages ``first..last-1`` written as :func:`infinity_assets.index.write_index` writes it (the
+    same row encoding, one commit, then the first stage's IVF), the rows encoded by ``spec["workers"]``
+    processes (default 2) while this one writes."""
+    import multiprocessing
+    from dataclasses import asdict
+
+    import pyarrow as pa
+
+    from infinity_assets import index
+
+    schema = index.index_schema(corpora.DIM, f"bench-{spec['corpus']}", "images", encoding)
+    jobs = [({k: v for k, v in spec.items() if k in ("corpus", "pages", "mix", "cached", "needles")},
+             ids[a:min(last, a + block)], a, min(last, a + block), asdict(encoding)) for a in range(first, last, block)]
+
+    def batches():
+        with multiprocessing.get_context("spawn").Pool(spec.get("workers", 2)) as pool:
+            for done, payload in enumerate(pool.imap(_encode_block, jobs)):
+                yield from pa.ipc.open_stream(payload).read_all().to_batches()
+                if done % 40 == 0:
+                    print(f"    built {min(last, first + (done + 1) * block) - first:,}/{last - first:,} pages",
+                          flush=True)
+
+    index.connect(store).create_table("images", data=pa.RecordBatchReader.from_batches(schema, batches()),
+                                      schema=schema, mode="overwrite")
 
 
 def assemble(target: str, parts: list[str]) -> None:

@@ -49,17 +49,13 @@ FAST_PLAID = ("does not install with torch pinned to 2.13.0: fast-plaid 1.7.0 re
               "1.1.0 the resolver falls back to crashes (SIGSEGV) in create() against torch 2.13")
 
 
-#: The modules that decide what an index row holds: a cached build is reused only by the code that wrote it
-#: (a change of the search code alone does not rebuild).
-ENCODING_MODULES = ("schema.py", "rows.py", "fde.py", "binary.py", "pooling.py", "bulk.py")
-
-
 def _engine_version() -> str:
-    """A digest of the two-stage index's encoding source (:data:`ENCODING_MODULES`)."""
-    digest = hashlib.sha256()
-    for name in ENCODING_MODULES:
-        path = corpora.REPO / "infinity_assets" / "index" / name
-        digest.update(path.read_bytes() if path.exists() else b"")
+    """The row format and default encoding of the two-stage index: a cached build is reused by any code that
+    writes the same rows (a change of the search code, or of the first-stage sidecar, does not rebuild)."""
+    from infinity_assets.index.rows import ROW_FORMAT
+    from infinity_assets.index.schema import EncodingSettings
+
+    digest = hashlib.sha256(f"{ROW_FORMAT}:{EncodingSettings().rows_json()}".encode())
     return digest.hexdigest()[:12]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from infinity_assets.index import ivf
 from infinity_assets.index.lock import WriterLock
 from infinity_assets.index.rows import encode_rows, vectors_table
 from infinity_assets.index.schema import (
@@ -60,7 +61,7 @@ def write_index(store: DocumentStore, modality: str,
         reader = pa.RecordBatchReader.from_batches(schema, rows())
         table = open_table(store, modality) if append else None
         if table is not None:
-            if table_settings(table) != (model, hidden_dim) or table_encoding(table) != encoding:
+            if table_settings(table) != (model, hidden_dim) or not encoding.same_rows(table_encoding(table)):
                 raise ValueError(f"write_index(append=True): the {modality} index was built with other settings "
                                  f"({table_settings(table)}, {table_encoding(table)})")
             lock.check()
@@ -71,6 +72,8 @@ def write_index(store: DocumentStore, modality: str,
         report.inserted = counted[0]
         report.rows = table.count_rows()
         report.version = table.version
+        lock.check()
+        report.first_stage = ivf.update(store, modality, table, encoding)
     report.lock_held = lock.held
     report.seconds = time.monotonic() - started
     return report

@@ -68,7 +68,7 @@ class IndexReader:
             raise SearchIndexError(f"the {modality} index at {self.where} was built by an older version without "
                                    "the compact search columns: materialize the index asset to rebuild it")
         self.encoding = found
-        if encoding is not None and encoding != found:
+        if encoding is not None and not encoding.same_rows(found):
             raise SearchIndexError(f"the {modality} index at {self.where} was built with encoding {found} but "
                                    f"the search expects {encoding}: set the INFINITY_ASSETS_INDEX_* settings to "
                                    "the index's, or materialize the index asset to rebuild it with yours")
@@ -77,7 +77,8 @@ class IndexReader:
     def _open(self) -> None:
         self.dataset = self.table.to_lance()
         self.version = self.dataset.version
-        self.staged = StagedSearch(self.dataset, self.hidden_dim, self.encoding)
+        self.staged = StagedSearch(self.dataset, self.hidden_dim, self.encoding, store=self.store,
+                                   modality=self.modality)
         self.rows = self.staged.rows
         if self.rows == 0:
             raise SearchIndexError(f"the {self.modality} index at {self.where} is empty: no artifact has been "
@@ -88,7 +89,7 @@ class IndexReader:
         self.table.checkout_latest()
         if self.table.version == self.version:
             return False
-        if table_settings(self.table) != (self.model, self.hidden_dim) or table_encoding(self.table) != self.encoding:
+        if table_settings(self.table) != (self.model, self.hidden_dim) or not self.encoding.same_rows(table_encoding(self.table)):
             raise SearchIndexError(f"the {self.modality} index at {self.where} was rebuilt with other settings: "
                                    "open a new IndexReader")
         self._open()

@@ -18,6 +18,8 @@ from infinity_assets.index.pooling import pool_tokens
 from infinity_assets.index.schema import EncodingSettings
 
 ENCODED_COLUMNS = ("fde", "bits", "embedding")
+#: Raised when the code below writes other rows for the same settings (benchmarks key their cached builds on it).
+ROW_FORMAT = 3
 
 
 def unit_vectors(embedding: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,8 @@ PAGE_COLUMNS = ["page", "page_text"]
 #: The columns a hit is made of (no vectors).
 HIT_COLUMNS = ["doc_id", "partition", "source_uri", "page", "page_text"]
 ORIGINALS = {"float16": pa.float16(), "float32": pa.float32()}
+#: Encoding fields that shape only the first stage's IVF beside the table, not its rows.
+IVF_FIELDS = ("fde_lists",)
 
 
 class SearchIndexError(Exception):
@@ -54,7 +56,10 @@ class EncodingSettings:
     ``fde_*``: the MUVERA code of stage 1 (:mod:`infinity_assets.index.fde`); ``bits_pool_threshold``: the
     cosine above which a document's tokens are pooled into one 1-bit code for stage 2
     (:mod:`infinity_assets.index.pooling`; 1.0: every token keeps its own); ``originals``: the dtype of the
-    unit token vectors kept for the final rerank and exact search (``float16`` or ``float32``).
+    unit token vectors kept for the final rerank and exact search (``float16`` or ``float32``);
+    ``fde_lists``: the inverted lists of the first stage's IVF over the FDE codes
+    (:mod:`infinity_assets.index.ivf`; 0: chosen from the number of rows). ``fde_lists`` shapes only the IVF
+    beside the table: changing it rebuilds the IVF, not the rows.
     """
 
     fde_repetitions: int = 20
@@ -63,6 +68,7 @@ class EncodingSettings:
     fde_seed: int = 0
     bits_pool_threshold: float = 0.85
     originals: str = "float16"
+    fde_lists: int = 0
 
     ENV_PREFIX = "INFINITY_ASSETS_INDEX_"
 
@@ -74,6 +80,8 @@ class EncodingSettings:
                 raise ValueError(f"index encoding {name}={getattr(self, name)}: must be at least 1")
         if not 0.0 < self.bits_pool_threshold <= 1.0:
             raise ValueError(f"index encoding bits_pool_threshold={self.bits_pool_threshold}: a cosine in (0, 1]")
+        if self.fde_lists < 0 or self.fde_lists > 65_536:
+            raise ValueError(f"index encoding fde_lists={self.fde_lists}: 0 (automatic) or 1-65,536 lists")
         if self.fde_simhash_bits > 12:
             raise ValueError(f"index encoding fde_simhash_bits={self.fde_simhash_bits}: at most 12 (4,096 buckets)")
 
@@ -92,9 +100,19 @@ class EncodingSettings:
         """The form recorded in the table metadata."""
         return json.dumps(asdict(self), sort_keys=True)
 
+    def rows_json(self) -> str:
+        """The settings that decide what a row holds (all but the IVF's): a table whose rows were written with
+        other ones is rebuilt."""
+        return json.dumps({k: v for k, v in asdict(self).items() if k not in IVF_FIELDS}, sort_keys=True)
+
+    def same_rows(self, other: EncodingSettings | None) -> bool:
+        """True if rows written with ``other`` are what these settings write."""
+        return other is not None and self.rows_json() == other.rows_json()
+
     @classmethod
     def from_json(cls, text: str) -> EncodingSettings:
-        """Parse :meth:`to_json`'s output (a table written before token pooling pooled nothing: 1.0)."""
+        """Parse :meth:`to_json`'s output (a table written before token pooling pooled nothing: 1.0; one written
+        before the IVF had the default ``fde_lists``)."""
         return cls(**{"bits_pool_threshold": 1.0, **json.loads(text)})
 
 

@@ -13,8 +13,10 @@ commit streaming every row. Artifacts made with another model or hidden_dim than
 :class:`~infinity_assets.index.lock.WriterLock` of the index: one writer at a time, by construction.
 
 Maintenance after a sync that wrote: ``optimize()`` compacts small fragments and removes versions older than
-``cleanup_older_than``. No vector index is needed: the first search stage scans the small FDE codes
-(:mod:`infinity_assets.index.two_stage`).
+``cleanup_older_than``. Then the first stage's IVF beside the table (:mod:`infinity_assets.index.ivf`) is
+brought to the committed version: unchanged rows keep their list, new and changed rows are assigned, deleted
+rows leave (a sync killed before this leaves a version without an IVF, which searches by a flat scan; the
+next sync writes it).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infinity_assets import artifacts
+from infinity_assets.index import ivf
 from infinity_assets.index.lock import WriterLock
 from infinity_assets.index.rows import encode_rows
 from infinity_assets.index.schema import (
@@ -71,6 +74,7 @@ class SyncReport:
     version: int = 0
     encoding: EncodingSettings = field(default_factory=EncodingSettings)
     optimized: bool = False
+    first_stage: dict[str, Any] = field(default_factory=dict)  # what the IVF update did (ivf.update)
     lock_wait_seconds: float = 0.0
     lock_held: tuple[float, float] = (0.0, 0.0)  # wall-clock interval the writer lock was held
     seconds: float = 0.0
@@ -134,7 +138,7 @@ def sync_index(
             report.seconds = time.monotonic() - started
             return report  # nothing to index yet: no table (search says so)
         rebuild = (table is None or table_settings(table) != (model, hidden_dim)
-                   or table_encoding(table) != encoding)
+                   or not encoding.same_rows(table_encoding(table)))
         schema = index_schema(hidden_dim, model, modality, encoding)
         lock.check()
         if rebuild:
@@ -167,6 +171,8 @@ def sync_index(
             table.optimize(cleanup_older_than=cleanup_older_than)
             report.optimized = True
         report.version = table.version
+        lock.check()
+        report.first_stage = ivf.update(store, modality, table, encoding)
     report.lock_held = lock.held
     report.seconds = time.monotonic() - started
     return report

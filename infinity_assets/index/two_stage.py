@@ -1,16 +1,22 @@
 """The staged search over one version of an index table: FDE candidates, hamming MaxSim, float MaxSim rerank.
 
-1. **FDE** (:mod:`~infinity_assets.index.fde`): the query's MUVERA code against every document's 1-bit
-   code, by masked hamming distance; the codes (``fde_bits / 8`` bytes per document) are the only column held
-   in memory, read once per table version. Bits on which nearly every document agrees with the query
-   (``fde_agreement``) are left out: shared by near-duplicate pages, they would drown the bits of a rare
-   token. Keeps ``fde_candidates``.
+1. **FDE** (:mod:`~infinity_assets.index.fde`): the query's MUVERA code against documents' 1-bit codes, by
+   masked hamming distance; the codes (``fde_bits / 8`` bytes per document) are the only column held in
+   memory, read once per table version. With an IVF for the version (:mod:`~infinity_assets.index.ivf`),
+   only the codes of the ``fde_probes`` lists nearest the query are compared (more lists are taken until
+   they hold ``fde_candidates``); without one, every code. Bits on which nearly every document agrees with
+   the query (``fde_agreement``) are left out: shared by near-duplicate pages, they would drown the bits of
+   a rare token. Keeps ``fde_candidates``.
 2. **Hamming MaxSim** (:mod:`~infinity_assets.index.binary`) on the 1-bit codes of those candidates' pooled
    tokens (:mod:`~infinity_assets.index.pooling`; read by row position, ``take``). Keeps ``hamming_candidates``.
 3. **Float MaxSim** (cosine) on the unit ``embedding`` vectors of those few: the final order and scores,
-   the same as an exact search gives for the documents returned.
+   the same as an exact search gives for the documents returned. The kernel reads float16 vectors in place
+   with the query rounded to float16 (:mod:`~infinity_assets.index.kernels`); every document that could be
+   in the top ``k`` within the rounding's bound is rescored in float32, so order and scores are exact.
 
-``exact=True`` skips the stages: a streaming scan of every document's ``embedding`` (the ground truth). A
+All three stages run on compiled kernels (:mod:`~infinity_assets.index.kernels`), one call per batch.
+``exact=True`` skips the stages: a streaming scan of every document's ``embedding`` (the ground truth), on
+the same kernels and the same float32 rescoring of the near-ties. A
 table that holds no more documents than a stage keeps loses nothing at that stage, so small indexes answer
 exactly. Candidates tied with a stage's last are kept too, so the answer does not depend on the order of the
 rows. Row positions are those of the pinned dataset version: a concurrent sync commits a new version and
@@ -26,9 +32,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from infinity_assets.index.binary import hamming_distances, hamming_maxsim, pack_signs
+from infinity_assets.index import ivf, kernels
+from infinity_assets.index.binary import pack_signs
 from infinity_assets.index.fde import query_code
-from infinity_assets.index.maxsim import maxsim_scores, normalized
+from infinity_assets.index.maxsim import normalized
 from infinity_assets.index.schema import EncodingSettings, _from_env
 
 #: Rows per batch of the exact scan (bounded memory: ~64 MB of float16 ColPali pages).
@@ -39,8 +46,9 @@ EXACT_BATCH_ROWS = 256
 class SearchSettings:
     """How many candidates each stage keeps (query time; no rebuild needed to change them).
 
-    Filled by :meth:`from_env` from ``INFINITY_ASSETS_SEARCH_FDE_CANDIDATES`` and
-    ``INFINITY_ASSETS_SEARCH_HAMMING_CANDIDATES``. ``hamming_candidates`` is raised to ``k`` when smaller.
+    Filled by :meth:`from_env` from ``INFINITY_ASSETS_SEARCH_<FIELD>`` variables (``FDE_CANDIDATES``,
+    ``HAMMING_CANDIDATES``, ``FDE_AGREEMENT``, ``FDE_PROBES``). ``hamming_candidates`` is raised to ``k`` when
+    smaller.
     """
 
     fde_candidates: int = 1000
@@ -48,12 +56,18 @@ class SearchSettings:
     fde_agreement: float = 0.9
     """FDE bits on which more than this share of the documents agree with the query are not compared
     (1.0: every bit the query occupies)."""
+    fde_probes: int = 32
+    """IVF lists whose codes the first stage compares (the nearest to the query; more lists are taken until
+    they hold ``fde_candidates`` documents). No effect on a table without an IVF."""
 
     ENV_PREFIX = "INFINITY_ASSETS_SEARCH_"
 
     def __post_init__(self) -> None:
-        if self.fde_candidates < 1 or self.hamming_candidates < 1:
-            raise ValueError(f"search settings {self}: every stage must keep at least one candidate")
+        for name in ("fde_candidates", "hamming_candidates", "fde_probes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"search settings {name}={getattr(self, name)}: must be at least 1")
+        if not 0.0 < self.fde_agreement <= 1.0:
+            raise ValueError(f"search settings fde_agreement={self.fde_agreement}: a share in (0, 1]")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> SearchSettings:
@@ -74,25 +88,33 @@ class Ranking:
 
 
 class StagedSearch:
-    """The stages over one pinned LanceDB dataset version (``table.to_lance()``)."""
+    """The stages over one pinned LanceDB dataset version (``table.to_lance()``); ``store`` and ``modality``
+    locate the version's IVF (None: the first stage scans every code)."""
 
-    def __init__(self, dataset: Any, hidden_dim: int, encoding: EncodingSettings) -> None:
+    def __init__(self, dataset: Any, hidden_dim: int, encoding: EncodingSettings, *, store: Any = None,
+                 modality: str = "") -> None:
         self.dataset, self.hidden_dim, self.encoding = dataset, hidden_dim, encoding
+        self.store, self.modality = store, modality
         self.fde = encoding.fde(hidden_dim)
         self.rows = dataset.count_rows()
         self._codes: np.ndarray | None = None
         self._ones = np.zeros(0, np.float32)
+        self.lists: ivf.Lists | None = None
+        self._members: tuple[np.ndarray, np.ndarray] | None = None
         self._loading = threading.Lock()
 
     @property
     def codes(self) -> np.ndarray:
         """Every document's FDE code, ``(rows, fde_bits / 8)`` uint8, read on first use (once, whatever the
-        number of threads searching)."""
+        number of threads searching), with the version's IVF if it has one."""
         with self._loading:
             if self._codes is None:
                 column = self.dataset.to_table(columns=["fde"]).column("fde").combine_chunks()
                 codes = column.flatten().to_numpy().reshape(-1, column.type.list_size)
                 self._ones = _bit_means(codes)
+                if self.store is not None:
+                    self.lists = ivf.load(self.store, self.modality, self.dataset, self.encoding)
+                    self._members = self.lists.members() if self.lists is not None else None
                 self._codes = codes
         return self._codes
 
@@ -104,52 +126,89 @@ class StagedSearch:
         agree = np.where(query_bits, self._ones, 1.0 - self._ones)
         return mask & np.packbits(agree <= agreement)
 
+    def probed(self, signs: np.ndarray, mask: np.ndarray, settings: SearchSettings) -> np.ndarray | None:
+        """Row positions in the IVF lists nearest the query (sorted), or None without an IVF: lists ranked by
+        the members' expected masked hamming distance to the query (linear in the lists' bit means)."""
+        if self.lists is None or self._members is None:
+            return None
+        order, starts = self._members
+        weights = np.unpackbits(mask).astype(np.float32) * (1.0 - 2.0 * np.unpackbits(signs))
+        ranked = np.argsort(self.lists.means @ weights, kind="stable")
+        sizes = np.diff(starts)[ranked]
+        enough = int(np.searchsorted(np.cumsum(sizes), settings.fde_candidates)) + 1
+        chosen = ranked[:max(settings.fde_probes, enough)]
+        members, _ = _ranges(starts[chosen], np.diff(starts)[chosen])
+        return np.sort(order[members])
+
     def search(self, query: np.ndarray, k: int, settings: SearchSettings) -> Ranking:
         """The ``k`` best rows for a unit ``(q, hidden_dim)`` float32 query, through the three stages."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         positions = np.arange(self.rows)
+        scanned = self.rows
         if self.rows > settings.fde_candidates:
             signs, mask = query_code(self.fde, query)
             codes = self.codes
             if settings.fde_agreement < 1.0:
                 mask = self.informative(signs, mask, settings.fde_agreement)
-            distances = hamming_distances(codes, signs, mask)
-            positions = _within(distances, settings.fde_candidates)
+            probed = self.probed(signs, mask, settings)
+            if probed is None:
+                distances = kernels.masked_hamming(codes, signs, mask)
+            else:
+                positions, scanned = probed, len(probed)
+                distances = kernels.masked_hamming(codes[probed], signs, mask)
+            positions = positions[_within(distances, settings.fde_candidates)]
         timings["fde"] = _lap(started)
         kept_fde = int(len(positions))
         keep = max(settings.hamming_candidates, k)
         if len(positions) > keep:
             started = time.perf_counter()
             positions = np.sort(positions)
-            codes, offsets = _vectors(self._take(positions, "bits"), np.uint8)
-            scores = hamming_maxsim(pack_signs(query), codes, offsets, self.hidden_dim)
+            codes, offsets = _vectors(self._take(positions, "bits"))
+            scores = kernels.hamming_maxsim(pack_signs(query), codes, offsets, self.hidden_dim)
             positions = positions[_within(-scores, keep)]
             timings["hamming"] = _lap(started)
         else:
             timings["hamming"] = 0.0
         started = time.perf_counter()
         positions = np.sort(positions)
-        vectors, offsets = _vectors(self._take(positions, "embedding"), np.float32)
-        scores = maxsim_scores(query, vectors, offsets)
-        best = _largest(scores, k)
+        vectors, offsets = _vectors(self._take(positions, "embedding"))
+        best, scores = _exact_top(query, vectors, offsets, k)
         timings["rerank"] = _lap(started)
-        return Ranking(positions[best], scores[best], timings,
-                       {"fde": kept_fde, "hamming": int(len(positions))})
+        return Ranking(positions[best], scores, timings,
+                       {"fde_scanned": int(scanned), "fde": kept_fde, "hamming": int(len(positions))})
 
     def exact(self, query: np.ndarray, k: int) -> Ranking:
-        """The exact ``k`` best rows: cosine MaxSim against every row's ``embedding`` (streamed in batches)."""
+        """The exact ``k`` best rows: cosine MaxSim against every row's ``embedding`` (streamed in batches),
+        near-ties of the float16 kernel rescored in float32."""
         started = time.perf_counter()
         scores = []
         for batch in self.dataset.to_batches(columns=["embedding"], batch_size=EXACT_BATCH_ROWS):
-            vectors, offsets = _vectors(batch.column(0), np.float32)
-            scores.append(maxsim_scores(query, vectors, offsets))
+            vectors, offsets = _vectors(batch.column(0))
+            scores.append(kernels.float_maxsim(query, vectors, offsets))
         every = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-        best = _largest(every, k)
-        return Ranking(best, every[best], {"exact": _lap(started)}, {"exact": self.rows})
+        margin = kernels.float16_margin(len(query)) if self.encoding.originals == "float16" else 0.0
+        near = np.sort(kernels.exact_order(every, margin, k))
+        vectors, offsets = _vectors(self._take(near, "embedding"))
+        best, exact_scores = _exact_top(query, vectors, offsets, k)
+        return Ranking(near[best], exact_scores, {"exact": _lap(started)}, {"exact": self.rows})
 
     def _take(self, positions: np.ndarray, column: str) -> pa.Array:
         return self.dataset.take(positions.tolist(), columns=[column]).column(column).combine_chunks()
+
+
+def _exact_top(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, scores)`` of the exact ``k`` best documents (float32 MaxSim), best first: the kernel's
+    scores pick the documents within its error bound of the ``k``-th, which are rescored in float32."""
+    approximate = kernels.float_maxsim(query, vectors, offsets)
+    if vectors.dtype == np.float32:
+        best = _largest(approximate, k)
+        return best, approximate[best]
+    near = np.sort(kernels.exact_order(approximate, kernels.float16_margin(len(query)), k))
+    rows, sub_offsets = _ranges(offsets[near], np.diff(offsets)[near])
+    exact = kernels.exact_maxsim(query, vectors[rows], sub_offsets)
+    best = _largest(exact, k)
+    return near[best], exact[best]
 
 
 def query_vectors(query: np.ndarray, hidden_dim: int) -> np.ndarray:
@@ -160,12 +219,22 @@ def query_vectors(query: np.ndarray, hidden_dim: int) -> np.ndarray:
     return normalized(query)
 
 
-def _vectors(column: pa.Array, dtype: type) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, offsets)`` of a ``list<fixed_size_list<T, d>>`` array (float values upcast to float32)."""
+def _vectors(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, offsets)`` of a ``list<fixed_size_list<T, d>>`` array, the rows in the column's own dtype
+    (a view of the Arrow buffer, no copy)."""
     offsets = column.offsets.to_numpy().astype(np.int64)
     width = column.type.value_type.list_size
     values = column.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-    return values.astype(dtype, copy=False), offsets - offsets[0]
+    return values, offsets - offsets[0]
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, offsets)``: the ranges ``starts[i]:starts[i] + lengths[i]`` concatenated, and where each
+    begins in the result."""
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    indices = np.repeat(np.asarray(starts, np.int64) - offsets[:-1], lengths) + np.arange(offsets[-1])
+    return indices, offsets
 
 
 def _largest(scores: np.ndarray, k: int) -> np.ndarray:
