@@ -206,17 +206,18 @@ def _queries_key(queries: list[KnownItem]) -> str:
 GT_CHUNK = 1000
 
 
-def exact_scores(page_source: "PageSource", queries: list[KnownItem], n_pages: int,
-                 log: bool = True) -> tuple[np.ndarray, float]:
+def exact_scores(page_source: "PageSource", queries: list[KnownItem], n_pages: int, log: bool = True,
+                 start_chunk: int = 0, stop_chunk: int | None = None) -> tuple[np.ndarray, float]:
     """Exact float32 MaxSim of every query against pages ``0..n_pages-1``: ``(n_queries, n_pages)``, and the
-    CPU seconds this call spent on chunks not yet cached (cached per 1,000 pages under ``.cache/bench``)."""
+    CPU seconds this call spent on chunks not yet cached (cached per 1,000 pages under ``.cache/bench``).
+    ``start_chunk`` / ``stop_chunk``: only those chunks (several processes fill one cache at once)."""
     folder = CACHE / "ground-truth" / f"{page_source.name}-{_queries_key(queries)}"
     folder.mkdir(parents=True, exist_ok=True)
     stacked = np.concatenate([q.vectors for q in queries])  # (Q*20, 128)
     lengths = [len(q.vectors) for q in queries]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     chunks, spent = [], 0.0
-    for start in range(0, n_pages, GT_CHUNK):
+    for start in list(range(0, n_pages, GT_CHUNK))[start_chunk:stop_chunk]:
         stop = min(n_pages, start + GT_CHUNK)
         path = folder / f"{start:07d}-{stop:07d}.npy"
         if not path.exists():
@@ -229,7 +230,9 @@ def exact_scores(page_source: "PageSource", queries: list[KnownItem], n_pages: i
                 sims = stacked @ np.concatenate(docs).T  # (Q*20, vectors of these pages)
                 best = np.maximum.reduceat(sims, bounds, axis=1)  # (Q*20, n)
                 scores[:, sub - start:end - start] = np.add.reduceat(best, starts, axis=0)
-            np.save(path, scores)
+            temporary = path.with_suffix(".tmp.npy")
+            np.save(temporary, scores)
+            temporary.rename(path)
             path.with_suffix(".cpu").write_text(f"{time.process_time() - began:.1f}")
             spent += time.process_time() - began
             if log:

@@ -134,10 +134,13 @@ class LanceMulti:
 
 
 class TwoStage:
-    """The project's index (:func:`infinity_assets.index.write_index`, ``IndexReader.search_staged``)."""
+    """The project's index (:func:`infinity_assets.index.write_index`, ``IndexReader.search_staged``);
+    ``spec["mode"]``: ``staged`` (default), ``exact`` (``exact=True``: the compiled exact scan) or
+    ``last-round`` (:func:`last_round_search`: the previous release's numpy stages over the same table)."""
 
     def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
         from infinity_assets import index
+        from infinity_assets.index import ivf
         from infinity_assets.storage.documents import DocumentStore
 
         store = DocumentStore(spec["root"], **spec.get("store_options", {}))
@@ -154,21 +157,179 @@ class TwoStage:
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(self.info))
         self.info = json.loads(marker.read_text())
+        if not spec.get("store_options"):  # as a sync does after its commit (a no-op when it is up to date)
+            first_stage = ivf.update(store, "images", index.open_table(store, "images"),
+                                     index.EncodingSettings(**spec.get("encoding", {})))
+            if first_stage.get("trained") or first_stage.get("assigned"):
+                self.info["ivf_build"] = first_stage
+                marker.write_text(json.dumps(self.info))
+            self.info.setdefault("ivf_build", first_stage)
         self.reader = index.IndexReader(store, "images")
         self.settings = index.SearchSettings(**spec.get("search", {}))
+        self.mode = spec.get("mode", "staged")
         self.page_of = {doc: i for i, doc in enumerate(ids)}
         self.stage_seconds: list[dict[str, float]] = []
+        self.candidates: dict[str, int] = {}
 
     def search(self, query: np.ndarray, k: int) -> list[int]:
-        result = self.reader.search_staged(query, k=k, settings=self.settings)
+        if self.mode == "last-round":
+            positions, timings = last_round_search(self.reader.staged, query, k, self.settings)
+            rows = self.reader.dataset.take(positions.tolist(), columns=["doc_id"]).column("doc_id").to_pylist()
+            self.stage_seconds.append(timings)
+            return [self.page_of[d] for d in rows]
+        result = self.reader.search_staged(query, k=k, settings=self.settings, exact=self.mode == "exact")
         self.stage_seconds.append(dict(result.timings))
+        self.candidates = dict(result.candidates)
         return [self.page_of[h.doc_id] for h in result.hits]
 
     def finish(self) -> None:
         self.info["bytes_per_page"] = self.reader.bytes_per_page()
+        self.info["candidates_last_query"] = self.candidates
+        lists = self.reader.staged.lists
+        self.info["ivf_lists"] = lists.count if lists is not None else 0
         self.info["stages_ms_p50"] = {
             stage: float(np.median([t[stage] for t in self.stage_seconds[WARMUP:]]) * 1000)
             for stage in (self.stage_seconds[0] if self.stage_seconds else {})}
+
+
+def last_round_search(staged: Any, query: np.ndarray, k: int, settings: Any) -> tuple[np.ndarray, dict[str, float]]:
+    """The previous release's stages in numpy over the same table (the baseline the kernels replace): a flat
+    masked-hamming scan of every FDE code, hamming MaxSim by numpy popcounts, float16 -> float32 copies and a
+    matrix product for the rerank. Returns row positions, best first, and seconds per stage."""
+    from infinity_assets.index.binary import hamming_distances, hamming_maxsim, pack_signs
+    from infinity_assets.index.fde import query_code
+    from infinity_assets.index.maxsim import maxsim_scores
+    from infinity_assets.index.two_stage import _largest, _within, query_vectors
+
+    def vectors(column: Any) -> tuple[np.ndarray, np.ndarray]:
+        offsets = column.offsets.to_numpy().astype(np.int64)
+        values = column.flatten().flatten().to_numpy(zero_copy_only=False)
+        return values.reshape(-1, column.type.value_type.list_size).astype(np.float32), offsets - offsets[0]
+
+    def take(positions: np.ndarray, column: str) -> Any:
+        return staged.dataset.take(positions.tolist(), columns=[column]).column(column).combine_chunks()
+
+    unit = query_vectors(query, staged.hidden_dim)
+    timings, started = {}, time.perf_counter()
+    signs, mask = query_code(staged.fde, unit)
+    mask = staged.informative(signs, mask, settings.fde_agreement)
+    positions = _within(hamming_distances(staged.codes, signs, mask), settings.fde_candidates)
+    timings["fde"], started = time.perf_counter() - started, time.perf_counter()
+    codes, offsets = vectors(take(positions, "bits"))
+    codes = codes.astype(np.uint8)
+    scores = hamming_maxsim(pack_signs(unit), codes, offsets, staged.hidden_dim)
+    positions = positions[_within(-scores, max(settings.hamming_candidates, k))]
+    timings["hamming"], started = time.perf_counter() - started, time.perf_counter()
+    positions = np.sort(positions)
+    floats, offsets = vectors(take(positions, "embedding"))
+    scores = maxsim_scores(unit, floats, offsets)
+    best = _largest(scores, k)
+    timings["rerank"] = time.perf_counter() - started
+    return positions[best], timings
+
+
+class QdrantEdge:
+    """Qdrant Edge (``qdrant-edge-py``, Qdrant's in-process engine): one multi-vector (MaxSim) named vector
+    per page with binary quantization kept in RAM, searched with oversampling and rescoring from the original
+    vectors (Qdrant's recipe for ColPali); ``spec["quantization"]`` False searches the float vectors."""
+
+    def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
+        import qdrant_edge as q
+
+        self.q, self.spec = q, spec
+        root = Path(spec["root"])
+        done = root / "built.json"
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            (root / "shard").mkdir(parents=True)
+            config = q.EdgeConfig(vectors={"v": q.EdgeVectorParams(
+                size=corpora.DIM, distance=q.Distance.Cosine,
+                multivector_config=q.MultiVectorConfig(q.MultiVectorComparator.MaxSim),
+                quantization_config=q.BinaryQuantizationConfig(always_ram=True))})
+            shard = q.EdgeShard.create(str(root / "shard"), config)
+            started = time.perf_counter()
+            for start, block in _blocks(source, spec["pages"], 100):
+                points = [q.Point(start + i, {"v": v.astype(np.float32).tolist()}) for i, v in enumerate(block)]
+                shard.update(q.UpdateOperation.upsert_points(points))
+            shard.optimize()
+            shard.flush()
+            shard.close()
+            done.write_text(json.dumps({"build_seconds": time.perf_counter() - started}))
+        self.info = json.loads(done.read_text())
+        self.info["index_bytes"] = _dir_bytes(root)
+        self.shard = q.EdgeShard.load(str(root / "shard"))
+        quantized = spec.get("quantization", True)
+        self.params = q.SearchParams(quantization=q.QuantizationSearchParams(
+            ignore=not quantized, rescore=True, oversampling=spec.get("oversampling", 4.0)))
+
+    def search(self, query: np.ndarray, k: int) -> list[int]:
+        q = self.q
+        points = self.shard.query(q.QueryRequest(limit=k, query=q.Query.Nearest(query.tolist(), using="v"),
+                                                 params=self.params))
+        return [int(p.id) for p in points]
+
+
+class FirstStageMillion:
+    """The first stage alone over ``spec["pages"]`` FDE codes (1,000,000): the 100,000-page table's codes
+    (``spec["from"]``) and copies of them with ``spec["flip"]`` of their bits flipped at random (distinct
+    codes with the same cluster structure), an IVF trained and assigned as :func:`ivf.update` does, then per
+    query: the FDE query code, the informative-bit mask, the probed lists, the masked hamming scan. ``top``
+    holds the kept candidates' code numbers; ``info["flat_overlap"]`` the share of the flat scan's candidates
+    the IVF kept (measured on the first queries)."""
+
+    def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
+        from infinity_assets import index
+        from infinity_assets.index import ivf
+        from infinity_assets.index.two_stage import bit_shares
+        from infinity_assets.storage.documents import DocumentStore
+
+        reader = index.IndexReader(DocumentStore(spec["from"]), "images")
+        base = reader.staged.codes
+        self.encoding, self.fde = reader.encoding, reader.staged.fde
+        del reader
+        rng = np.random.default_rng(5)
+        codes = np.empty((spec["pages"], base.shape[1]), np.uint8)
+        codes[:len(base)] = base
+        for start in range(len(base), spec["pages"], len(base)):
+            stop = min(spec["pages"], start + len(base))
+            flips = rng.random((stop - start, base.shape[1] * 8)) < spec.get("flip", 0.03)
+            codes[start:stop] = base[:stop - start] ^ np.packbits(flips, axis=1)
+        started = time.perf_counter()
+        count = ivf.lists_for(len(codes), self.encoding)
+        bytes_per_rep = ivf.rep_bytes(self.encoding)
+        centroids = ivf.train(codes, count, bytes_per_rep, self.encoding.fde_seed)
+        trained = time.perf_counter() - started
+        lists = ivf.assign(codes, centroids, bytes_per_rep)
+        assigned = time.perf_counter() - started - trained
+        self.lists = ivf.Lists(lists, ivf.bit_means(codes, lists, count), centroids, 0)
+        self.ones, self.codes = bit_shares(codes), codes
+        self.settings = index.SearchSettings(**spec.get("search", {}))
+        self.info = {"lists": count, "train_seconds": trained, "assign_seconds": assigned,
+                     "means_seconds": time.perf_counter() - started - trained - assigned,
+                     "code_bytes_per_page": base.shape[1], "overlaps": []}
+
+    def search(self, query: np.ndarray, k: int) -> list[int]:
+        from infinity_assets.index import kernels
+        from infinity_assets.index.fde import query_code
+        from infinity_assets.index.two_stage import _within, informative_bits, query_vectors
+
+        signs, mask = query_code(self.fde, query_vectors(query, self.fde.hidden_dim))
+        mask = informative_bits(signs, mask, self.ones, self.settings.fde_agreement)
+        probed = self.lists.probe(signs, mask, self.settings.fde_probes, self.settings.fde_candidates)
+        kept = probed[_within(kernels.masked_hamming(self.codes[probed], signs, mask), self.settings.fde_candidates)]
+        if len(self.info["overlaps"]) < 30:  # compared with the flat scan after the timed queries
+            self.info["overlaps"].append((signs, mask, kept))
+        return kept[:k].tolist()
+
+    def finish(self) -> None:
+        from infinity_assets.index import kernels
+        from infinity_assets.index.two_stage import _within
+
+        shares = []
+        for signs, mask, kept in self.info.pop("overlaps"):
+            flat = _within(kernels.masked_hamming(self.codes, signs, mask), self.settings.fde_candidates)
+            shares.append(len(np.intersect1d(kept, flat)) / len(flat))
+        self.info["flat_overlap"] = float(np.mean(shares)) if shares else None
 
 
 def _encode_block(job: tuple[dict[str, Any], list[str], int, int, dict[str, Any]]) -> bytes:
@@ -206,6 +367,8 @@ def build_parallel(store: Any, spec: dict[str, Any], ids: list[str], first: int,
              ids[a:min(last, a + block)], a, min(last, a + block), asdict(encoding)) for a in range(first, last, block)]
 
     def batches():
+        # one BLAS thread per worker: the workers are the parallelism (two BLAS threads each spin on 2 cores)
+        os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
         with multiprocessing.get_context("spawn").Pool(spec.get("workers", 2)) as pool:
             for done, payload in enumerate(pool.imap(_encode_block, jobs)):
                 yield from pa.ipc.open_stream(payload).read_all().to_batches()
@@ -337,11 +500,12 @@ class Muvera:
 
 
 #: What each engine imports, loaded before the "before opening" RSS is taken.
-MODULES = {"numpy": ("infinity_assets.index.maxsim",), "lancedb": ("lancedb", "pyarrow"),
-           "two-stage": ("infinity_assets.index", "infinity_assets.storage.documents", "lancedb", "lance"),
-           "fast-plaid": ("torch", "fast_plaid.search"), "muvera": ("muvera",)}
+MODULES = {"numpy": ("infinity_assets.index.maxsim",), "fde-1m": ("infinity_assets.index", "faiss", "numkong"), "lancedb": ("lancedb", "pyarrow"),
+           "two-stage": ("infinity_assets.index", "infinity_assets.storage.documents", "lancedb", "lance",
+                         "faiss", "numkong"),
+           "fast-plaid": ("torch", "fast_plaid.search"), "muvera": ("muvera",), "qdrant-edge": ("qdrant_edge",)}
 ENGINES = {"numpy": Numpy, "lancedb": LanceMulti, "two-stage": TwoStage, "fast-plaid": FastPlaid,
-           "muvera": Muvera}
+           "muvera": Muvera, "qdrant-edge": QdrantEdge, "fde-1m": FirstStageMillion}
 
 
 def work(spec: dict[str, Any]) -> dict[str, Any]:
@@ -376,13 +540,13 @@ def run_engine(spec: dict[str, Any], queries: list[np.ndarray], scratch: Path, t
     """Run one engine in a fresh process (the plaid venv's Python for fast-plaid/muvera); its JSON result, or
     ``{"error": ...}`` naming why it did not run."""
     scratch.mkdir(parents=True, exist_ok=True)
-    python = str(PLAID_PYTHON) if spec["engine"] in ("fast-plaid", "muvera") else sys.executable
+    python = str(PLAID_PYTHON) if spec["engine"] == "fast-plaid" else sys.executable
     if not Path(python).exists():
         return {"error": f"{python} missing: python3 -m venv {PLAID_PYTHON.parents[1]} && "
                          f"{PLAID_PYTHON.parent}/pip install torch==2.13.0 fast-plaid muvera-python pyarrow psutil"}
     scratch.mkdir(parents=True, exist_ok=True)
     marker = Path(spec.get("marker") or Path(spec.get("root", "")) / "built.json")
-    if spec["engine"] != "numpy" and not marker.exists():  # build in its own process: RSS is the query's alone
+    if spec["engine"] not in ("numpy", "fde-1m") and not marker.exists():  # build in its own process: RSS is the query's alone
         built = _subprocess(python, {**spec, "build_only": True}, scratch, timeout)
         if "error" in built or spec.get("build_only"):
             return built
@@ -390,7 +554,8 @@ def run_engine(spec: dict[str, Any], queries: list[np.ndarray], scratch: Path, t
     array = np.empty(len(queries), dtype=object)
     array[:] = [np.asarray(q, np.float32) for q in queries]
     np.save(queries_path, array, allow_pickle=True)
-    return _subprocess(python, {**spec, "queries": str(queries_path), "ids_only": spec["engine"] == "two-stage"},
+    return _subprocess(python, {**spec, "queries": str(queries_path),
+                                "ids_only": spec["engine"] in ("two-stage", "fde-1m")},
                        scratch, timeout)
 
 

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,11 +49,14 @@ META = b"infinity_assets.ivf"
 
 @dataclass
 class Lists:
-    """One table version's IVF: each row's list, and the lists' bit means (``(lists, bits)`` float32)."""
+    """One table version's IVF: each row's list, the lists' bit means (``(lists, bits)`` float32, to rank
+    lists for a query) and the k-means centroids over the training bits (to assign new rows)."""
 
     lists: np.ndarray
     means: np.ndarray
+    centroids: np.ndarray
     version: int
+    _members: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def count(self) -> int:
@@ -62,10 +65,29 @@ class Lists:
 
     def members(self) -> tuple[np.ndarray, np.ndarray]:
         """``(order, starts)``: row positions grouped by list; list ``l`` owns ``order[starts[l]:starts[l+1]]``."""
-        order = np.argsort(self.lists, kind="stable")
-        starts = np.zeros(self.count + 1, np.int64)
-        np.cumsum(np.bincount(self.lists, minlength=self.count), out=starts[1:])
-        return order, starts
+        if self._members is None:
+            order = np.argsort(self.lists, kind="stable")
+            starts = np.zeros(self.count + 1, np.int64)
+            np.cumsum(np.bincount(self.lists, minlength=self.count), out=starts[1:])
+            self._members = (order, starts)
+        return self._members
+
+    def probe(self, signs: np.ndarray, mask: np.ndarray, probes: int, candidates: int) -> np.ndarray:
+        """Row positions (sorted) of the ``probes`` lists nearest a query code (``signs``, ``mask``: packed
+        bits), more lists taken until they hold ``candidates`` rows. Lists are ranked by their members'
+        expected masked hamming distance to the query, ``sum over masked bits of |query bit - bit mean|``,
+        i.e. (up to a constant) ``means @ (mask * (1 - 2 * query bits))``."""
+        order, starts = self.members()
+        weights = np.unpackbits(mask).astype(np.float32) * (1.0 - 2.0 * np.unpackbits(signs))
+        ranked = np.argsort(self.means @ weights, kind="stable")
+        sizes = np.diff(starts)[ranked]
+        enough = int(np.searchsorted(np.cumsum(sizes), candidates)) + 1
+        chosen = ranked[:max(probes, enough)]
+        lengths = np.diff(starts)[chosen]
+        offsets = np.zeros(len(chosen) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        members = np.repeat(starts[chosen] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return np.sort(order[members])
 
 
 def lists_for(rows: int, encoding: EncodingSettings) -> int:
@@ -75,6 +97,11 @@ def lists_for(rows: int, encoding: EncodingSettings) -> int:
     if rows < MIN_ROWS:
         return 0
     return int(2 ** round(np.log2(np.sqrt(rows))))
+
+
+def rep_bytes(encoding: EncodingSettings) -> int:
+    """Bytes of one FDE repetition in a code."""
+    return (1 << encoding.fde_simhash_bits) * encoding.fde_projection_dim // 8
 
 
 def folder(store: Any, modality: str) -> str:
@@ -151,7 +178,7 @@ def update(store: Any, modality: str, table: Any, encoding: EncodingSettings) ->
         _prune(fs, base, keep=None)
         report["seconds"] = time.perf_counter() - started
         return report
-    bytes_per_rep = (1 << encoding.fde_simhash_bits) * encoding.fde_projection_dim // 8
+    bytes_per_rep = rep_bytes(encoding)
     lists = np.full(rows, -1, np.int32)
     centroids_name, trained_rows = None, 0
     if previous is not None and previous["meta"]["lists"] == count and rows < GROWTH * previous["meta"]["trained_rows"]:
@@ -198,8 +225,9 @@ def load(store: Any, modality: str, dataset: Any, encoding: EncodingSettings) ->
             table.num_rows != dataset.count_rows():
         logger.warning("IVF %s was written for other rows; the first stage scans every code", path)
         return None
-    means = _load_npz(fs, f"{base}/{meta['centroids']}")["means"].astype(np.float32)
-    return Lists(table.column("list").to_numpy(), means, dataset.version)
+    arrays = _load_npz(fs, f"{base}/{meta['centroids']}")
+    return Lists(table.column("list").to_numpy(), arrays["means"].astype(np.float32), arrays["centroids"],
+                 dataset.version)
 
 
 def _latest(fs: Any, base: str, encoding: EncodingSettings, below: int) -> dict[str, Any] | None:

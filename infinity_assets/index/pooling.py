@@ -35,9 +35,9 @@ def pool_document(vectors: np.ndarray, threshold: float) -> np.ndarray:
         group[members] = groups
         group[leader] = groups
         groups += 1
-    sums = np.zeros((groups, vectors.shape[1]), np.float32)
-    np.add.at(sums, group, vectors)
-    return sums
+    order = np.argsort(group, kind="stable")  # each group's members in row order: the sums np.add.at gives
+    owner = group[order]
+    return np.add.reduceat(vectors[order], np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]), axis=0)
 
 
 def pool_tokens(vectors: np.ndarray, offsets: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:

@@ -100,7 +100,6 @@ class StagedSearch:
         self._codes: np.ndarray | None = None
         self._ones = np.zeros(0, np.float32)
         self.lists: ivf.Lists | None = None
-        self._members: tuple[np.ndarray, np.ndarray] | None = None
         self._loading = threading.Lock()
 
     @property
@@ -111,34 +110,25 @@ class StagedSearch:
             if self._codes is None:
                 column = self.dataset.to_table(columns=["fde"]).column("fde").combine_chunks()
                 codes = column.flatten().to_numpy().reshape(-1, column.type.list_size)
-                self._ones = _bit_means(codes)
+                self._ones = bit_shares(codes)
                 if self.store is not None:
                     self.lists = ivf.load(self.store, self.modality, self.dataset, self.encoding)
-                    self._members = self.lists.members() if self.lists is not None else None
+                    if self.lists is not None:
+                        self.lists.members()
                 self._codes = codes
         return self._codes
 
     def informative(self, signs: np.ndarray, mask: np.ndarray, agreement: float) -> np.ndarray:
-        """``mask`` without the bits on which more than ``agreement`` of all documents agree with the query:
-        bits every page shares (the common tokens of near-duplicate pages) say nothing about which page to
-        pick and would drown the few bits of a rare token."""
-        query_bits = np.unpackbits(signs).astype(bool)
-        agree = np.where(query_bits, self._ones, 1.0 - self._ones)
-        return mask & np.packbits(agree <= agreement)
+        """``mask`` without the bits on which more than ``agreement`` of all documents agree with the query
+        (:func:`informative_bits`)."""
+        return informative_bits(signs, mask, self._ones, agreement)
 
     def probed(self, signs: np.ndarray, mask: np.ndarray, settings: SearchSettings) -> np.ndarray | None:
-        """Row positions in the IVF lists nearest the query (sorted), or None without an IVF: lists ranked by
-        the members' expected masked hamming distance to the query (linear in the lists' bit means)."""
-        if self.lists is None or self._members is None:
+        """Row positions in the IVF lists nearest the query (sorted; :meth:`ivf.Lists.probe`), or None
+        without an IVF."""
+        if self.lists is None:
             return None
-        order, starts = self._members
-        weights = np.unpackbits(mask).astype(np.float32) * (1.0 - 2.0 * np.unpackbits(signs))
-        ranked = np.argsort(self.lists.means @ weights, kind="stable")
-        sizes = np.diff(starts)[ranked]
-        enough = int(np.searchsorted(np.cumsum(sizes), settings.fde_candidates)) + 1
-        chosen = ranked[:max(settings.fde_probes, enough)]
-        members, _ = _ranges(starts[chosen], np.diff(starts)[chosen])
-        return np.sort(order[members])
+        return self.lists.probe(signs, mask, settings.fde_probes, settings.fde_candidates)
 
     def search(self, query: np.ndarray, k: int, settings: SearchSettings) -> Ranking:
         """The ``k`` best rows for a unit ``(q, hidden_dim)`` float32 query, through the three stages."""
@@ -211,6 +201,15 @@ def _exact_top(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, k: i
     return near[best], exact[best]
 
 
+def informative_bits(signs: np.ndarray, mask: np.ndarray, ones: np.ndarray, agreement: float) -> np.ndarray:
+    """``mask`` without the bits on which more than ``agreement`` of all documents agree with the query
+    (``ones``: each bit's share of documents with it set): bits every page shares (the common tokens of
+    near-duplicate pages) say nothing about which page to pick and would drown the few bits of a rare token."""
+    query_bits = np.unpackbits(signs).astype(bool)
+    agree = np.where(query_bits, ones, 1.0 - ones)
+    return mask & np.packbits(agree <= agreement)
+
+
 def query_vectors(query: np.ndarray, hidden_dim: int) -> np.ndarray:
     """A query as unit float32 rows; ValueError unless it is a non-empty ``(q, hidden_dim)`` matrix."""
     query = np.ascontiguousarray(query, dtype=np.float32)
@@ -255,7 +254,7 @@ def _within(distances: np.ndarray, k: int) -> np.ndarray:
     return np.flatnonzero(distances <= kth)
 
 
-def _bit_means(codes: np.ndarray) -> np.ndarray:
+def bit_shares(codes: np.ndarray) -> np.ndarray:
     """The share of documents with each bit of the codes set, ``(bits,)`` float32 (in blocks of rows)."""
     ones = np.zeros(codes.shape[1] * 8, np.float64)
     for start in range(0, len(codes), 8192):

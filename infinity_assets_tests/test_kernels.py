@@ -1,0 +1,92 @@
+"""The compiled kernels of the search stages against their numpy definitions, and on NumKong's portable path
+(a CPU without AVX2 gets the same answers)."""
+from __future__ import annotations
+
+import numkong as nk
+import numpy as np
+
+from infinity_assets import index
+from infinity_assets.index import kernels
+from infinity_assets.index.binary import hamming_distances, hamming_maxsim, pack_signs
+from infinity_assets.index.maxsim import maxsim_scores, normalized, stack
+from infinity_assets.storage.documents import DocumentStore
+
+
+def documents(rng: np.random.Generator, count: int, dim: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` documents of 1-300 unit token vectors, stacked."""
+    return stack([normalized(rng.standard_normal((int(n), dim)).astype(np.float32))
+                  for n in rng.integers(1, 300, count)])
+
+
+def test_float16_maxsim_is_within_its_stated_bound_of_exact_float32():
+    rng = np.random.default_rng(1)
+    vectors, offsets = documents(rng, 60)
+    query = normalized(rng.standard_normal((20, 128)).astype(np.float32))
+    halves = vectors.astype(np.float16)
+    exact = maxsim_scores(query, halves.astype(np.float32), offsets)  # float32 over the stored float16 values
+    got = kernels.float_maxsim(query, halves, offsets)
+    error = np.abs(got - exact).max()
+    assert 0 < error <= kernels.float16_margin(len(query)), error
+    np.testing.assert_allclose(kernels.exact_maxsim(query, halves, offsets), exact, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernels.float_maxsim(query, vectors, offsets), maxsim_scores(query, vectors, offsets),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_exact_order_keeps_every_document_that_can_be_in_the_exact_top_k():
+    rng = np.random.default_rng(2)
+    exact = rng.random(500).astype(np.float32)
+    margin = 0.01
+    approximate = exact + rng.uniform(-margin, margin, 500).astype(np.float32)
+    kept = set(kernels.exact_order(approximate, margin, 10).tolist())
+    assert set(np.argsort(-exact)[:10].tolist()) <= kept
+    assert len(kept) < 100  # near-ties only, not everything
+
+
+def test_hamming_maxsim_kernel_equals_the_numpy_definition():
+    rng = np.random.default_rng(3)
+    vectors, offsets = documents(rng, 80)
+    query = rng.standard_normal((20, 128)).astype(np.float32)
+    codes = pack_signs(vectors)
+    np.testing.assert_array_equal(kernels.hamming_maxsim(pack_signs(query), codes, offsets, 128),
+                                  hamming_maxsim(pack_signs(query), codes, offsets, 128))
+
+
+def test_masked_hamming_kernel_equals_the_numpy_definition():
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 256, (1000, 1280), dtype=np.uint8)
+    query = rng.integers(0, 256, 1280, dtype=np.uint8)
+    mask = np.where(rng.random(1280) < 0.4, rng.integers(0, 256, 1280), 0).astype(np.uint8)
+    np.testing.assert_array_equal(kernels.masked_hamming(codes, query, mask), hamming_distances(codes, query, mask))
+    assert not kernels.masked_hamming(codes, query, np.zeros(1280, np.uint8)).any()
+
+
+def test_a_cpu_without_simd_gets_the_same_answers(tmp_path):
+    """NumKong's portable C kernels (every SIMD family disabled) give the same scores and hits."""
+    rng = np.random.default_rng(5)
+    vectors, offsets = documents(rng, 40)
+    query = normalized(rng.standard_normal((20, 128)).astype(np.float32))
+    codes, signs = pack_signs(vectors), pack_signs(query)
+    store = DocumentStore(str(tmp_path / "store"))
+    pages = [vectors[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    index.write_index(store, "images", [([f"d{i}" for i in range(len(pages))], pages)], model="m", hidden_dim=128)
+    settings = index.SearchSettings(fde_candidates=20, hamming_candidates=8)
+
+    def answers() -> tuple:
+        reader = index.IndexReader(store, "images")
+        staged = reader.search(query, k=5, settings=settings)
+        exact = reader.search(query, k=5, exact=True)
+        return (kernels.float_maxsim(query, vectors.astype(np.float16), offsets),
+                kernels.hamming_maxsim(signs, codes, offsets, 128),
+                kernels.masked_hamming(codes, signs[0], signs[1]),
+                [(h.doc_id, h.score) for h in staged], [(h.doc_id, h.score) for h in exact])
+
+    fast = answers()
+    assert any(on for name, on in nk.get_capabilities().items() if name != "serial"), "no SIMD to turn off here"
+    with kernels.portable_kernels():
+        assert not any(on for name, on in nk.get_capabilities().items() if name != "serial")
+        portable = answers()
+    for got, want in zip(portable[:3], fast[:3]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert [d for d, _ in portable[3]] == [d for d, _ in fast[3]]
+    assert portable[4] == fast[4]  # exact search: float32 rescoring, the same scores bit for bit
+    np.testing.assert_allclose([s for _, s in portable[3]], [s for _, s in fast[3]], rtol=1e-6)
