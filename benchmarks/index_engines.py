@@ -179,7 +179,7 @@ class TwoStage:
             return [self.page_of[d] for d in rows]
         result = self.reader.search_staged(query, k=k, settings=self.settings, exact=self.mode == "exact")
         self.stage_seconds.append(dict(result.timings))
-        self.candidates = dict(result.candidates)
+        self.candidates = {**result.candidates, "fde_scanned": result.scanned}
         return [self.page_of[h.doc_id] for h in result.hits]
 
     def finish(self) -> None:

@@ -71,7 +71,7 @@ def test_the_ivf_follows_every_upsert_and_delete(tmp_path):
         for partition, doc_id in rows[::10]:
             query = batches[partition][doc_id][:3]
             result = reader.search_staged(query, k=5, settings=PROBING)
-            assert result.candidates["fde_scanned"] < reader.rows, (name, result.candidates)
+            assert result.scanned < reader.rows, (name, result.scanned)
             found += (partition, doc_id) == keys(result.hits)[0]  # the document the query is cut from
             exact = {(h.partition, h.doc_id): h.score for h in reader.search(query, k=reader.rows, exact=True)}
             for hit in result.hits:  # the scores returned are exact MaxSim
@@ -96,7 +96,7 @@ def test_probing_every_list_answers_as_the_full_scan_of_a_fresh_build(tmp_path):
         query = batches[doc_id[0]][doc_id][:4]
         got = with_ivf.search_staged(query, k=5, settings=every)
         want = without.search_staged(query, k=5, settings=every)
-        assert got.candidates["fde_scanned"] == want.candidates["fde_scanned"] == 240
+        assert got.scanned == want.scanned == 240
         assert [(h.doc_id, h.score) for h in got.hits] == [(h.doc_id, h.score) for h in want.hits]
 
 
@@ -119,7 +119,7 @@ def test_an_ivf_written_for_the_previous_encoding_is_rebuilt_by_the_next_sync_no
     store.fs.pipe_file(f"{ivf.folder(store, 'text')}/v{dataset.version:012d}.parquet", stale)
     assert ivf.load(store, "text", dataset, other) is None
     reader = index.IndexReader(store, "text")
-    scanned = reader.search_staged(np.ones((2, DIM), np.float32), k=3, settings=PROBING).candidates["fde_scanned"]
+    scanned = reader.search_staged(np.ones((2, DIM), np.float32), k=3, settings=PROBING).scanned
     assert scanned == 150  # the full scan
     again = index.sync_index(store, "text", encoding=other)
     assert not again.wrote and again.first_stage["trained"]
@@ -150,9 +150,9 @@ def test_a_version_whose_ivf_was_never_written_answers_by_a_full_scan_until_the_
     query = batches["b"]["b-9"][:4]
     reader = index.IndexReader(store, "text")
     flat = reader.search_staged(query, k=5, settings=PROBING)
-    assert flat.candidates["fde_scanned"] == 200 and keys(flat.hits)[0] == ("b", "b-9")
+    assert flat.scanned == 200 and keys(flat.hits)[0] == ("b", "b-9")
     report = index.sync_index(store, "text", encoding=LISTS)
     assert not report.wrote and not report.first_stage["trained"] and report.first_stage["assigned"] == 100
     assert_every_row_is_in_its_nearest_list(store, LISTS)
     probed = index.IndexReader(store, "text").search_staged(query, k=5, settings=PROBING)
-    assert probed.candidates["fde_scanned"] < 200 and keys(probed.hits)[0] == ("b", "b-9")
+    assert probed.scanned < 200 and keys(probed.hits)[0] == ("b", "b-9")

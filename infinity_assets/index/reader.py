@@ -33,12 +33,14 @@ from infinity_assets.storage.documents import DocumentStore
 @dataclass
 class SearchResult:
     """Hits, best first, and how the search got them: seconds per stage (``fde``, ``hamming``, ``rerank``,
-    or ``exact``; ``total`` includes reading the hits' columns), candidates kept per stage, bytes read."""
+    or ``exact``; ``total`` includes reading the hits' columns), candidates kept per stage, bytes read, and
+    ``scanned``: the FDE codes the first stage compared (fewer than the rows with an IVF)."""
 
     hits: list[Hit]
     timings: dict[str, float] = field(default_factory=dict)
     candidates: dict[str, int] = field(default_factory=dict)
     bytes_read: int | None = None
+    scanned: int = 0
 
 
 class IndexReader:
@@ -127,7 +129,7 @@ class IndexReader:
         hits = [Hit(float(score), row["doc_id"], row["partition"], row["source_uri"], row["page"], row["page_text"])
                 for score, row in zip(ranking.scores, rows)]
         timings = {**ranking.timings, "total": time.perf_counter() - started}
-        return SearchResult(hits, timings, ranking.candidates, _io_bytes(self.dataset))
+        return SearchResult(hits, timings, ranking.candidates, _io_bytes(self.dataset), ranking.scanned)
 
     def bytes_per_page(self) -> dict[str, float]:
         """Bytes on disk per indexed document, by column, plus ``stages_1_2`` (what the first two stages read:

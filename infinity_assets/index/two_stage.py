@@ -79,12 +79,13 @@ class SearchSettings:
 @dataclass
 class Ranking:
     """Row positions (in the pinned table version) and cosine MaxSim scores, best first, with what the
-    stages kept and how long each took (seconds)."""
+    stages kept, how long each took (seconds) and how many FDE codes the first stage compared."""
 
     positions: np.ndarray
     scores: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     candidates: dict[str, int] = field(default_factory=dict)
+    scanned: int = 0
 
 
 class StagedSearch:
@@ -165,8 +166,8 @@ class StagedSearch:
         vectors, offsets = _vectors(self._take(positions, "embedding"))
         best, scores = _exact_top(query, vectors, offsets, k)
         timings["rerank"] = _lap(started)
-        return Ranking(positions[best], scores, timings,
-                       {"fde_scanned": int(scanned), "fde": kept_fde, "hamming": int(len(positions))})
+        return Ranking(positions[best], scores, timings, {"fde": kept_fde, "hamming": int(len(positions))},
+                       int(scanned))
 
     def exact(self, query: np.ndarray, k: int) -> Ranking:
         """The exact ``k`` best rows: cosine MaxSim against every row's ``embedding`` (streamed in batches),
@@ -181,7 +182,7 @@ class StagedSearch:
         near = np.sort(kernels.exact_order(every, margin, k))
         vectors, offsets = _vectors(self._take(near, "embedding"))
         best, exact_scores = _exact_top(query, vectors, offsets, k)
-        return Ranking(near[best], exact_scores, {"exact": _lap(started)}, {"exact": self.rows})
+        return Ranking(near[best], exact_scores, {"exact": _lap(started)}, {"exact": self.rows}, self.rows)
 
     def _take(self, positions: np.ndarray, column: str) -> pa.Array:
         return self.dataset.take(positions.tolist(), columns=[column]).column(column).combine_chunks()
