@@ -211,9 +211,10 @@ def last_round_search(staged: Any, query: np.ndarray, k: int, settings: Any) -> 
 
     unit = query_vectors(query, staged.hidden_dim)
     timings, started = {}, time.perf_counter()
+    codes = staged.codes  # read once per version, as the reader does
     signs, mask = query_code(staged.fde, unit)
     mask = staged.informative(signs, mask, settings.fde_agreement)
-    positions = _within(hamming_distances(staged.codes, signs, mask), settings.fde_candidates)
+    positions = _within(hamming_distances(codes, signs, mask), settings.fde_candidates)
     timings["fde"], started = time.perf_counter() - started, time.perf_counter()
     codes, offsets = vectors(take(positions, "bits"))
     codes = codes.astype(np.uint8)
@@ -230,8 +231,9 @@ def last_round_search(staged: Any, query: np.ndarray, k: int, settings: Any) -> 
 
 class QdrantEdge:
     """Qdrant Edge (``qdrant-edge-py``, Qdrant's in-process engine): one multi-vector (MaxSim) named vector
-    per page with binary quantization kept in RAM, searched with oversampling and rescoring from the original
-    vectors (Qdrant's recipe for ColPali); ``spec["quantization"]`` False searches the float vectors."""
+    per page with binary quantization kept in RAM and no HNSW graph, searched with oversampling and rescoring
+    from the original vectors (Qdrant's recipe for ColPali); ``spec["quantization"]`` False searches the float
+    vectors."""
 
     def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
         import qdrant_edge as q
@@ -242,10 +244,13 @@ class QdrantEdge:
         if not done.exists():
             shutil.rmtree(root, ignore_errors=True)
             (root / "shard").mkdir(parents=True)
+            # no HNSW graph (m=0): a graph over every token vector of every page is what makes multi-vector
+            # indexing slow; the search scans the binary-quantized multi-vectors, then rescores
             config = q.EdgeConfig(vectors={"v": q.EdgeVectorParams(
                 size=corpora.DIM, distance=q.Distance.Cosine,
                 multivector_config=q.MultiVectorConfig(q.MultiVectorComparator.MaxSim),
-                quantization_config=q.BinaryQuantizationConfig(always_ram=True))})
+                quantization_config=q.BinaryQuantizationConfig(always_ram=True),
+                hnsw_config=q.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10))})
             shard = q.EdgeShard.create(str(root / "shard"), config)
             started = time.perf_counter()
             for start, block in _blocks(source, spec["pages"], 100):

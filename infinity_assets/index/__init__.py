@@ -3,9 +3,11 @@
 Plain Python (no Dagster). One table per modality at ``<store root>/index`` (:mod:`.schema`), made equal to
 the artifacts by :func:`sync_index` (:mod:`.sync`, one commit per sync, one writer under
 :mod:`.lock`), searched by :class:`IndexReader` / :func:`search_text` (:mod:`.reader`): MUVERA codes
-(:mod:`.fde`) pick candidates, hamming MaxSim on 1-bit token vectors (:mod:`.binary`) narrows them, float
-MaxSim on the few orders them (:mod:`.two_stage`); ``exact=True`` scans everything. :mod:`.bulk` writes an
-index straight from vectors (benchmarks); :mod:`.reference` holds the exact references tests compare with.
+(:mod:`.fde`) of the pages in the nearest lists of an IVF kept beside the table (:mod:`.ivf`) pick
+candidates, hamming MaxSim on 1-bit token vectors (:mod:`.binary`) narrows them, float MaxSim on the few
+orders them (:mod:`.two_stage`), all on compiled kernels (:mod:`.kernels`); ``exact=True`` scans everything.
+:mod:`.bulk` writes an index straight from vectors (benchmarks); :mod:`.reference` holds the exact
+references tests compare with.
 """
 from infinity_assets.index.bulk import write_index
 from infinity_assets.index.hits import Hit, add_snippets

@@ -6,7 +6,9 @@ codes tracks the angle between the vectors (SimHash with the coordinate axes as 
 ``hamming MaxSim = sum over query tokens of (bits - min hamming distance to any document token)`` ranks
 documents close to float MaxSim, good enough to pick the few candidates the float rerank then orders exactly.
 
-Popcounts use ``np.bitwise_count`` (numpy >= 2), else a 256-entry lookup table.
+The search runs these comparisons on compiled kernels (:mod:`infinity_assets.index.kernels`); the numpy
+versions here are their definitions (tests compare the kernels with them). Popcounts use
+``np.bitwise_count`` (numpy >= 2), else a 256-entry lookup table.
 """
 from __future__ import annotations
 

@@ -38,6 +38,8 @@ from infinity_assets.index.fde import query_code
 from infinity_assets.index.maxsim import normalized
 from infinity_assets.index.schema import EncodingSettings, _from_env
 
+#: How often a reader whose table version has no IVF (yet) looks for it again.
+IVF_RETRY_SECONDS = 5.0
 #: Rows per batch of the exact scan (bounded memory: ~64 MB of float16 ColPali pages).
 EXACT_BATCH_ROWS = 256
 
@@ -101,6 +103,7 @@ class StagedSearch:
         self._codes: np.ndarray | None = None
         self._ones = np.zeros(0, np.float32)
         self.lists: ivf.Lists | None = None
+        self._ivf_retry_at = 0.0
         self._loading = threading.Lock()
 
     @property
@@ -112,11 +115,14 @@ class StagedSearch:
                 column = self.dataset.to_table(columns=["fde"]).column("fde").combine_chunks()
                 codes = column.flatten().to_numpy().reshape(-1, column.type.list_size)
                 self._ones = bit_shares(codes)
-                if self.store is not None:
-                    self.lists = ivf.load(self.store, self.modality, self.dataset, self.encoding)
-                    if self.lists is not None:
-                        self.lists.members()
                 self._codes = codes
+            if self.lists is None and self.store is not None and time.monotonic() >= self._ivf_retry_at:
+                # a sync writes the IVF of a version just after committing it: a reader that opened the
+                # version in between scans every code until the file is there, looked for every few seconds
+                self._ivf_retry_at = time.monotonic() + IVF_RETRY_SECONDS
+                self.lists = ivf.load(self.store, self.modality, self.dataset, self.encoding)
+                if self.lists is not None:
+                    self.lists.members()
         return self._codes
 
     def informative(self, signs: np.ndarray, mask: np.ndarray, agreement: float) -> np.ndarray:
