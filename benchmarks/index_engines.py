@@ -276,7 +276,7 @@ class QdrantEdge:
 
 class FirstStageMillion:
     """The first stage alone over ``spec["pages"]`` FDE codes (1,000,000): the 100,000-page table's codes
-    (``spec["from"]``) and copies of them with ``spec["flip"]`` of their bits flipped at random (distinct
+    (``spec["from"]``) and copies of them with 1/32 of their bits flipped at random (distinct
     codes with the same cluster structure), an IVF trained and assigned as :func:`ivf.update` does, then per
     query: the FDE query code, the informative-bit mask, the probed lists, the masked hamming scan. ``top``
     holds the kept candidates' code numbers; ``info["flat_overlap"]`` the share of the flat scan's candidates
@@ -297,8 +297,10 @@ class FirstStageMillion:
         codes[:len(base)] = base
         for start in range(len(base), spec["pages"], len(base)):
             stop = min(spec["pages"], start + len(base))
-            flips = rng.random((stop - start, base.shape[1] * 8)) < spec.get("flip", 0.03)
-            codes[start:stop] = base[:stop - start] ^ np.packbits(flips, axis=1)
+            flips = np.full((stop - start, base.shape[1]), 255, np.uint8)
+            for _ in range(5):  # the AND of 5 random bytes: each bit set with probability 1/32 (3.1 %)
+                flips &= rng.integers(0, 256, flips.shape, dtype=np.uint8)
+            codes[start:stop] = base[:stop - start] ^ flips
         started = time.perf_counter()
         count = ivf.lists_for(len(codes), self.encoding)
         bytes_per_rep = ivf.rep_bytes(self.encoding)
@@ -476,6 +478,7 @@ class Muvera:
         self.encoder = muvera.Muvera(num_repetitions=20, num_simhash_projections=5, dimension=corpora.DIM,
                                      projection_type="ams_sketch", projection_dimension=16)
         self.rerank = spec.get("rerank", 100)
+        cache = getattr(source, "cache", None)  # the float16 page cache: read in place, not copied
         if not (root / "built.json").exists():
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
@@ -483,17 +486,21 @@ class Muvera:
             codes, halves, lengths = [], [], []
             for _, block in _blocks(source, spec["pages"]):
                 codes.append(np.asarray(self.encoder.encode_documents(block), np.float32))
-                halves += [v.astype(np.float16) for v in block]
+                if cache is None:
+                    halves += [v.astype(np.float16) for v in block]
                 lengths += [len(v) for v in block]
             np.save(root / "fde.npy", np.concatenate(codes))
             np.save(root / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
-            np.save(root / "vectors.npy", np.concatenate(halves))
+            if cache is None:
+                np.save(root / "vectors.npy", np.concatenate(halves))
             (root / "built.json").write_text(json.dumps({"build_seconds": time.perf_counter() - started}))
         self.info = json.loads((root / "built.json").read_text())
-        self.info["index_bytes"] = _dir_bytes(root)
+        self.info["index_bytes"] = _dir_bytes(root) + (spec["pages"] * corpora.PAGE_VECTORS * corpora.DIM * 2
+                                                       if cache is not None else 0)
         self.fde = np.load(root / "fde.npy", mmap_mode="r")
         self.offsets = np.load(root / "offsets.npy")
-        self.vectors = np.load(root / "vectors.npy", mmap_mode="r")
+        self.vectors = (cache.reshape(-1, corpora.DIM) if cache is not None
+                        else np.load(root / "vectors.npy", mmap_mode="r"))
 
     def search(self, query: np.ndarray, k: int) -> list[int]:
         code = np.asarray(self.encoder.encode_queries(query), np.float32).reshape(-1)

@@ -145,19 +145,19 @@ def assign(codes: np.ndarray, centroids: np.ndarray, bytes_per_rep: int, block: 
     return out
 
 
-def bit_means(codes: np.ndarray, lists: np.ndarray, count: int, block: int = 8192) -> np.ndarray:
-    """Each list's share of members with each bit of the code set: ``(count, bits)`` float32 (rows grouped
-    by list, unpacked and summed ``block`` rows at a time)."""
+def bit_means(codes: np.ndarray, lists: np.ndarray, count: int, block: int = 4096) -> np.ndarray:
+    """Each list's share of members with each bit of the code set: ``(count, bits)`` float32. Rows are taken
+    grouped by list, ``block`` at a time, and each block's few lists summed by one small matrix product."""
     order = np.argsort(lists, kind="stable")
-    sums = np.zeros((count, codes.shape[1] * 8), np.uint32)
+    sums = np.zeros((count, codes.shape[1] * 8), np.float32)
     for start in range(0, len(order), block):
         rows = order[start:start + block]
-        owner = lists[rows]
-        firsts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-        bits = np.unpackbits(codes[rows], axis=1)
-        sums[owner[firsts]] += np.add.reduceat(bits, firsts, axis=0, dtype=np.uint32)
+        present, owner = np.unique(lists[rows], return_inverse=True)
+        onehot = np.zeros((len(present), len(rows)), np.float32)
+        onehot[owner, np.arange(len(rows))] = 1.0
+        sums[present] += onehot @ np.unpackbits(codes[rows], axis=1).astype(np.float32)
     sizes = np.bincount(lists, minlength=count).astype(np.float32)
-    return sums.astype(np.float32) / np.maximum(sizes, 1.0)[:, None]
+    return sums / np.maximum(sizes, 1.0)[:, None]
 
 
 def update(store: Any, modality: str, table: Any, encoding: EncodingSettings) -> dict[str, Any]:
