@@ -301,19 +301,20 @@ class FirstStageMillion:
             for _ in range(5):  # the AND of 5 random bytes: each bit set with probability 1/32 (3.1 %)
                 flips &= rng.integers(0, 256, flips.shape, dtype=np.uint8)
             codes[start:stop] = base[:stop - start] ^ flips
-        started = time.perf_counter()
-        count = ivf.lists_for(len(codes), self.encoding)
-        bytes_per_rep = ivf.rep_bytes(self.encoding)
-        centroids = ivf.train(codes, count, bytes_per_rep, self.encoding.fde_seed)
-        trained = time.perf_counter() - started
-        lists = ivf.assign(codes, centroids, bytes_per_rep)
-        assigned = time.perf_counter() - started - trained
-        self.lists = ivf.Lists(lists, ivf.bit_means(codes, lists, count), centroids, 0)
-        self.ones, self.codes = bit_shares(codes), codes
         self.settings = index.SearchSettings(**spec.get("search", {}))
-        self.info = {"lists": count, "train_seconds": trained, "assign_seconds": assigned,
-                     "means_seconds": time.perf_counter() - started - trained - assigned,
-                     "code_bytes_per_page": base.shape[1], "overlaps": []}
+        self.ones, self.codes, self.lists = bit_shares(codes), codes, None
+        self.info = {"code_bytes_per_page": base.shape[1], "overlaps": []}
+        if self.settings.fde_probes:  # the IVF, trained and assigned as ivf.update does
+            started = time.perf_counter()
+            count = ivf.lists_for(len(codes), self.encoding)
+            bytes_per_rep = ivf.rep_bytes(self.encoding)
+            centroids = ivf.train(codes, count, bytes_per_rep, self.encoding.fde_seed)
+            trained = time.perf_counter() - started
+            lists = ivf.assign(codes, centroids, bytes_per_rep)
+            assigned = time.perf_counter() - started - trained
+            self.lists = ivf.Lists(lists, ivf.bit_means(codes, lists, count), centroids, 0)
+            self.info.update(lists=count, train_seconds=trained, assign_seconds=assigned,
+                             means_seconds=time.perf_counter() - started - trained - assigned)
 
     def search(self, query: np.ndarray, k: int) -> list[int]:
         from infinity_assets.index import kernels
@@ -322,8 +323,12 @@ class FirstStageMillion:
 
         signs, mask = query_code(self.fde, query_vectors(query, self.fde.hidden_dim))
         mask = informative_bits(signs, mask, self.ones, self.settings.fde_agreement)
-        probed = self.lists.probe(signs, mask, self.settings.fde_probes, self.settings.fde_candidates)
-        kept = probed[_within(kernels.masked_hamming(self.codes[probed], signs, mask), self.settings.fde_candidates)]
+        if self.lists is None:
+            kept = _within(kernels.masked_hamming(self.codes, signs, mask), self.settings.fde_candidates)
+        else:
+            probed = self.lists.probe(signs, mask, self.settings.fde_probes, self.settings.fde_candidates)
+            kept = probed[_within(kernels.masked_hamming(self.codes[probed], signs, mask),
+                                  self.settings.fde_candidates)]
         if len(self.info["overlaps"]) < 30:  # compared with the flat scan after the timed queries
             self.info["overlaps"].append((signs, mask, kept))
         return kept[:k].tolist()

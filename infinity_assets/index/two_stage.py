@@ -2,9 +2,9 @@
 
 1. **FDE** (:mod:`~infinity_assets.index.fde`): the query's MUVERA code against documents' 1-bit codes, by
    masked hamming distance; the codes (``fde_bits / 8`` bytes per document) are the only column held in
-   memory, read once per table version. With an IVF for the version (:mod:`~infinity_assets.index.ivf`),
-   only the codes of the ``fde_probes`` lists nearest the query are compared (more lists are taken until
-   they hold ``fde_candidates``); without one, every code. Bits on which nearly every document agrees with
+   memory, read once per table version. Every code is compared (one compiled scan), unless ``fde_probes``
+   asks for the IVF of the version (:mod:`~infinity_assets.index.ivf`): then only the codes of the
+   ``fde_probes`` lists nearest the query (more lists are taken until they hold ``fde_candidates``). Bits on which nearly every document agrees with
    the query (``fde_agreement``) are left out: shared by near-duplicate pages, they would drown the bits of
    a rare token. Keeps ``fde_candidates``.
 2. **Hamming MaxSim** (:mod:`~infinity_assets.index.binary`) on the 1-bit codes of those candidates' pooled
@@ -54,20 +54,23 @@ class SearchSettings:
     """
 
     fde_candidates: int = 1000
-    hamming_candidates: int = 50
+    hamming_candidates: int = 100
     fde_agreement: float = 0.9
     """FDE bits on which more than this share of the documents agree with the query are not compared
     (1.0: every bit the query occupies)."""
-    fde_probes: int = 32
+    fde_probes: int = 0
     """IVF lists whose codes the first stage compares (the nearest to the query; more lists are taken until
-    they hold ``fde_candidates`` documents). No effect on a table without an IVF."""
+    they hold ``fde_candidates`` documents); 0: every code (the flat scan, also what a table without an IVF
+    gets). Probing trades recall for time: see docs/search-at-scale.md."""
 
     ENV_PREFIX = "INFINITY_ASSETS_SEARCH_"
 
     def __post_init__(self) -> None:
-        for name in ("fde_candidates", "hamming_candidates", "fde_probes"):
+        for name in ("fde_candidates", "hamming_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"search settings {name}={getattr(self, name)}: must be at least 1")
+        if self.fde_probes < 0:
+            raise ValueError(f"search settings fde_probes={self.fde_probes}: 0 (every code) or a number of lists")
         if not 0.0 < self.fde_agreement <= 1.0:
             raise ValueError(f"search settings fde_agreement={self.fde_agreement}: a share in (0, 1]")
 
@@ -133,7 +136,7 @@ class StagedSearch:
     def probed(self, signs: np.ndarray, mask: np.ndarray, settings: SearchSettings) -> np.ndarray | None:
         """Row positions in the IVF lists nearest the query (sorted; :meth:`ivf.Lists.probe`), or None
         without an IVF."""
-        if self.lists is None:
+        if self.lists is None or settings.fde_probes == 0 or settings.fde_probes >= self.lists.count:
             return None
         return self.lists.probe(signs, mask, settings.fde_probes, settings.fde_candidates)
 
