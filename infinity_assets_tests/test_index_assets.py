@@ -37,10 +37,12 @@ def index_and_quality(defs: dg.Definitions) -> list:
             defs.get_asset_checks_def(dg.AssetCheckKey(INDEX, "retrieval_quality"))]
 
 
-def embed_and_index(root: StoreRoot, infinity_server, model: str,
-                    hidden_dim: int) -> dg.ExecuteInProcessResult:
-    """Embed DOCUMENTS as one batch with ``model``, then materialize t/text_index and its quality check."""
+def embed_and_index(root: StoreRoot, infinity_server, model: str, hidden_dim: int,
+                    extra: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
+    """Embed DOCUMENTS (and ``extra`` documents, by file name) as one batch with ``model``, then materialize
+    t/text_index and its quality check."""
     root.put_many({f"raw/text/all/doc-{i:02d}.txt": text for i, text in enumerate(DOCUMENTS)})
+    root.put_many({f"raw/text/all/{name}": text for name, text in (extra or {}).items()})
     root.put("eval/text.jsonl", "\n".join(json.dumps(item) for item in GOOD_SET))
     _, defs = text_corpus(root, infinity_server.url, model, hidden_dim)
     with dg.instance_for_test() as instance:
@@ -68,17 +70,26 @@ def test_quality_check_passes_on_a_good_labelled_set(tmp_path, infinity_server):
     assert lineage["bits"][0].column_name == "embedding"
 
 
+#: 1,100 more documents, so the index holds more than the first stage keeps (1,000) and the drift measurement
+#: goes through every stage: sentences of the retrieval set's own words, 12 to a document.
+WORDS = sorted({w.strip(".,;:") for text in DOCUMENTS for w in text.split() if len(w) > 3})
+FILLER = {f"filler-{i:04d}.txt": " ".join(WORDS[(i * 37 + j * 101) % len(WORDS)] for j in range(12)) + "."
+          for i in range(1_100)}
+
+
 def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against_exact(tmp_path, infinity_server):
-    result = embed_and_index(StoreRoot(str(tmp_path / "store")), infinity_server, "minilm-colbert", 384)
+    result = embed_and_index(StoreRoot(str(tmp_path / "store")), infinity_server, "minilm-colbert", 384, FILLER)
     [materialization] = result.asset_materializations_for_node("t__text_index")
     metadata = {k: v.value for k, v in materialization.metadata.items()}
     by_column = metadata["bytes_per_page_by_column"]
     assert by_column["fde"] == 1280 and 0 < by_column["bits"] < by_column["embedding"], by_column  # 20 x 32 x 16 bits
     assert metadata["bytes_per_page"] >= metadata["bytes_per_page_stages_1_2"] > 0
     assert metadata["encoding"]["fde_repetitions"] == 20 and metadata["encoding"]["originals"] == "float16"
-    assert metadata["search_settings"] == {"fde_candidates": 1000, "hamming_candidates": 50, "fde_agreement": 0.9}
-    assert metadata["drift_queries"] == len(DOCUMENTS) and metadata["drift_exact_queries"] == len(DOCUMENTS)
-    assert metadata["drift_recall_at_10"] == 1.0  # 30 documents: every stage keeps them all
+    assert metadata["search_settings"] == {"fde_candidates": 1000, "hamming_candidates": 100, "fde_agreement": 0.9,
+                                           "fde_probes": 0}
+    assert metadata["dagster/row_count"] == len(DOCUMENTS) + len(FILLER) > 1000  # more than any stage keeps
+    assert metadata["drift_queries"] == 32 and metadata["drift_exact_queries"] >= 8
+    assert metadata["drift_recall_at_10"] >= 0.9  # the stages prune: 1,000 then 100 of 1,130 documents
     assert metadata["drift_known_item_at_10"] >= 0.9
 
 
