@@ -206,7 +206,7 @@ def _queries_key(queries: list[KnownItem]) -> str:
 GT_CHUNK = 1000
 
 
-def exact_scores(page_source: "PageSource", queries: list[KnownItem], n_pages: int, log: bool = True,
+def exact_scores(page_source: PageSource, queries: list[KnownItem], n_pages: int, log: bool = True,
                  start_chunk: int = 0, stop_chunk: int | None = None) -> tuple[np.ndarray, float]:
     """Exact float32 MaxSim of every query against pages ``0..n_pages-1``: ``(n_queries, n_pages)``, and the
     CPU seconds this call spent on chunks not yet cached (cached per 1,000 pages under ``.cache/bench``).
@@ -263,7 +263,7 @@ class SyntheticSource(PageSource):
     (float16, as the index keeps them) instead of generated."""
 
     def __init__(self, corpus: SyntheticPages, cached: int = 0) -> None:
-        self.corpus, self.name = corpus, corpus.name + (f"-f16" if cached else "")
+        self.corpus, self.name = corpus, corpus.name + ("-f16" if cached else "")
         self.cache = page_cache(corpus, cached) if cached else None
 
     def pages(self, start: int, stop: int) -> np.ndarray:

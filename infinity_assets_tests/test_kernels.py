@@ -2,6 +2,8 @@
 (a CPU without AVX2 gets the same answers)."""
 from __future__ import annotations
 
+import itertools
+
 import numkong as nk
 import numpy as np
 
@@ -67,7 +69,7 @@ def test_a_cpu_without_simd_gets_the_same_answers(tmp_path):
     query = normalized(rng.standard_normal((20, 128)).astype(np.float32))
     codes, signs = pack_signs(vectors), pack_signs(query)
     store = DocumentStore(str(tmp_path / "store"))
-    pages = [vectors[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    pages = [vectors[a:b] for a, b in itertools.pairwise(offsets)]
     index.write_index(store, "images", [([f"d{i}" for i in range(len(pages))], pages)], model="m", hidden_dim=128)
     settings = index.SearchSettings(fde_candidates=20, hamming_candidates=8)
 

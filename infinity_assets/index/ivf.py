@@ -196,7 +196,7 @@ def update(store: Any, modality: str, table: Any, encoding: EncodingSettings) ->
     elif len(todo):
         centroids = _load_npz(fs, f"{base}/{centroids_name}")["centroids"]
         lists[todo] = assign(_codes(dataset, todo), centroids, bytes_per_rep)
-        report["assigned"] = int(len(todo))
+        report["assigned"] = len(todo)
     meta = {"format": FORMAT, "rows_encoding": encoding.rows_json(), "lists": count, "centroids": centroids_name,
             "trained_rows": trained_rows, "version": dataset.version}
     out = keys.append_column("list", pa.array(lists, pa.int32()))

@@ -159,7 +159,7 @@ class StagedSearch:
                 distances = kernels.masked_hamming(codes[probed], signs, mask)
             positions = positions[_within(distances, settings.fde_candidates)]
         timings["fde"] = _lap(started)
-        kept_fde = int(len(positions))
+        kept_fde = len(positions)
         keep = max(settings.hamming_candidates, k)
         if len(positions) > keep:
             started = time.perf_counter()
@@ -175,7 +175,7 @@ class StagedSearch:
         vectors, offsets = _vectors(self._take(positions, "embedding"))
         best, scores = _exact_top(query, vectors, offsets, k)
         timings["rerank"] = _lap(started)
-        return Ranking(positions[best], scores, timings, {"fde": kept_fde, "hamming": int(len(positions))},
+        return Ranking(positions[best], scores, timings, {"fde": kept_fde, "hamming": len(positions)},
                        int(scanned))
 
     def exact(self, query: np.ndarray, k: int) -> Ranking:
