@@ -69,7 +69,7 @@ def _define_asset(spec: CorpusSpec, modality: CorpusModality) -> dg.AssetsDefini
         kinds={"parquet", "python"},
         check_specs=[dg.AssetCheckSpec(FAILURE_CHECK, asset=key, blocking=True,
                                        description="The share of failed documents is within max_failure_ratio.")],
-        metadata={"dagster/column_schema": _column_schema(), "modality": modality.kind, "corpus": spec.name,
+        metadata={"dagster/column_schema": _column_schema(), "modality": modality.kind.value, "corpus": spec.name,
                   "model": modality.client.model_name, "vector_encoding": spec.vector_encoding},
         # A backfill run of a range of batches reports one materialization per batch itself, not one output.
         output_required=False,
