@@ -123,7 +123,8 @@ def test_an_expired_s3_lease_is_taken_over(seaweedfs, s3_bucket):
 
 def test_search_errors_say_what_to_do(tmp_path):
     store = store_root_local(tmp_path)
-    with pytest.raises(index.SearchIndexError, match="no text index .* materialize the text_index"):
+    with pytest.raises(index.SearchIndexError,
+                       match="no text index .* materialize the corpus's <corpus>/text_index asset"):
         index.IndexReader(store, "text")
     write_artifact(store, "b", ["a"])
     index.sync_index(store, "text")

@@ -488,7 +488,8 @@ def test_a_missing_index_is_503_saying_what_to_do(corpus, seaweedfs, served):
     empty = DocumentStore(f"s3://{seaweedfs.create_bucket()}", **seaweedfs.storage_options())
     app = served(store=empty)
     answer = app.get("/search", params={"q": "cat"})
-    assert answer.status_code == 503 and "materialize the text_index asset" in answer.json()["error"]
+    assert answer.status_code == 503
+    assert "materialize the corpus's <corpus>/text_index asset" in answer.json()["error"]
     assert app.get("/pages/images/photo.png").status_code == 503
 
 

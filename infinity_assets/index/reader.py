@@ -28,6 +28,7 @@ from infinity_assets.index.schema import (
 )
 from infinity_assets.index.two_stage import SearchSettings, StagedSearch, query_vectors
 from infinity_assets.storage.documents import DocumentStore
+from infinity_assets.storage.modality import Modality
 
 
 @dataclass
@@ -61,9 +62,9 @@ class IndexReader:
         self.where = f"{index_uri(store)} (table {TABLES[modality]!r})"
         self.table = open_table(store, modality)
         if self.table is None:
-            asset = "text_index" if modality == "text" else "image_index"
-            raise SearchIndexError(f"there is no {modality} index at {self.where} yet: materialize the {asset} "
-                                   "asset (it follows the embedding artifacts)")
+            raise SearchIndexError(f"there is no {modality} index at {self.where} yet: materialize the corpus's "
+                                   f"<corpus>/{Modality.of(modality).stem}_index asset (it follows the embedding "
+                                   "artifacts)")
         self.model, self.hidden_dim = table_settings(self.table)
         found = table_encoding(self.table)
         if found is None:

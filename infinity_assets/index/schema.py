@@ -28,9 +28,11 @@ import pyarrow as pa
 from infinity_assets import __version__
 from infinity_assets.index.fde import FdeParams
 from infinity_assets.storage.documents import DocumentStore
+from infinity_assets.storage.modality import MODALITIES
 
 INDEX_DIR = "index"
-TABLES = {"text": "text", "images": "images"}
+#: The table of each modality (``TABLES["images"] == "images"``).
+TABLES: dict[str, str] = {modality.value: modality.table for modality in MODALITIES}
 META_MODEL = b"infinity_assets.model"
 META_HIDDEN_DIM = b"infinity_assets.hidden_dim"
 META_ENCODING = b"infinity_assets.encoding"
