@@ -228,6 +228,16 @@ def graphql(port: int, query: str) -> dict:
         return json.load(answer)
 
 
+def location_error(port: int) -> str:
+    """What the UI says of the code location (its load error, e.g. definitions that cannot be serialized)."""
+    try:
+        answer = graphql(port, "{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError "
+                               "{ __typename ... on PythonError { message } } } } } }")
+        return json.dumps(answer["data"]["workspaceOrError"])[:2000]
+    except (OSError, KeyError, TypeError) as exc:
+        return f"(not answered: {exc})"
+
+
 @pytest.mark.slow
 def test_the_readmes_add_it_to_your_project_commands_run_as_written(tmp_path):
     """``pip install``, ``dg scaffold defs``, the README's defs.yaml, ``dg check defs`` and ``dg dev``, in a new
@@ -272,7 +282,7 @@ def test_the_readmes_add_it_to_your_project_commands_run_as_written(tmp_path):
     server = subprocess.Popen([str(bin_dir / "dg"), "dev", "-p", str(port)], cwd=project, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline, keys = time.monotonic() + 180, None
+        deadline, keys = time.monotonic() + 120, None
         while time.monotonic() < deadline and server.poll() is None:
             try:
                 nodes = graphql(port, "{ assetNodes { assetKey { path } } }")["data"]["assetNodes"]
@@ -283,7 +293,8 @@ def test_the_readmes_add_it_to_your_project_commands_run_as_written(tmp_path):
                 pass
             time.sleep(1)
         assert keys == {f"manuals/{name}" for name in ("raw_text_documents", "raw_image_documents", "text_embeddings",
-                                                       "image_embeddings", "text_index", "image_index")}
+                                                       "image_embeddings", "text_index", "image_index")}, \
+            f"the UI serves {keys}; its code location: {location_error(port)}"
         server.send_signal(signal.SIGINT)  # Ctrl-C
         server.wait(timeout=60)
         assert not group_alive(server.pid, seconds=30), "dg dev left processes running after Ctrl-C"
