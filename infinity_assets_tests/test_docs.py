@@ -24,6 +24,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
+from .test_component_project import make_project as make_user_project
+
 REPO = Path(__file__).resolve().parents[1]
 #: A Markdown link or image target: ``[text](target)`` / ``![alt](target)``, up to a space or ``)``.
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -187,20 +189,6 @@ def test_the_component_pages_post_processing_example_applies(monkeypatch):
 def readme_section(title: str) -> str:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     return readme.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
-
-
-def make_user_project(path: Path) -> Path:
-    """A minimal dg project, ``acme``, as ``create-dagster project`` lays one out: ``src/acme/defs/``."""
-    (path / "src" / "acme" / "defs").mkdir(parents=True)
-    (path / "pyproject.toml").write_text(
-        '[project]\nname = "acme"\nversion = "0.1.0"\n\n[tool.dg]\ndirectory_type = "project"\n\n'
-        '[tool.dg.project]\nroot_module = "acme"\n')
-    (path / "src" / "acme" / "__init__.py").write_text("")
-    (path / "src" / "acme" / "defs" / "__init__.py").write_text("")
-    (path / "src" / "acme" / "definitions.py").write_text(
-        "from pathlib import Path\n\nimport dagster as dg\n\n\n@dg.definitions\ndef defs():\n"
-        "    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)\n")
-    return path
 
 
 def group_alive(pgid: int, seconds: float) -> bool:
