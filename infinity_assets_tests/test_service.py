@@ -345,7 +345,8 @@ def test_a_stored_image_is_served_as_stored(corpus, served):
     assert picture.headers["content-type"] == "image/png"
 
 
-def test_a_file_changed_since_it_was_indexed_is_409_not_another_picture(corpus, tmp_path, served):
+def indexed_photo(corpus, tmp_path, served):
+    """A local corpus with one embedded and indexed photo: its file and the app serving it."""
     from infinity_assets.index import sync_index
     from infinity_assets.pipeline import embed_partition
     from infinity_assets_tests.servers.service_fixtures import photo_png
@@ -357,31 +358,26 @@ def test_a_file_changed_since_it_was_indexed_is_409_not_another_picture(corpus, 
     with corpus.clients()["images"] as client:
         embed_partition(store, client, "images", "b")
     sync_index(store, "images")
-    app = served(store=store)
+    return folder / "photo.png", served(store=store)
+
+
+def test_a_file_changed_since_it_was_indexed_is_409_not_another_picture(corpus, tmp_path, served):
+    from infinity_assets_tests.servers.service_fixtures import photo_png
+
+    photo, app = indexed_photo(corpus, tmp_path, served)
     assert app.get("/pages/images/photo.png").content == photo_png()
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (0, 255, 0)).save(buffer, format="PNG")
-    (folder / "photo.png").write_bytes(buffer.getvalue())  # not re-embedded, not re-indexed
+    photo.write_bytes(buffer.getvalue())  # not re-embedded, not re-indexed
     for path in ("/pages/images/photo.png?size=100", "/sources/images/photo.png"):
         answer = app.get(path)
         assert answer.status_code == 409 and "changed since it was indexed" in answer.json()["error"], answer.text
 
 
 def test_a_file_deleted_since_it_was_indexed_is_404(corpus, tmp_path, served):
-    from infinity_assets.index import sync_index
-    from infinity_assets.pipeline import embed_partition
-    from infinity_assets_tests.servers.service_fixtures import photo_png
-
-    folder = tmp_path / "raw" / "images" / "b"
-    folder.mkdir(parents=True)
-    (folder / "photo.png").write_bytes(photo_png())
-    store = DocumentStore(str(tmp_path))
-    with corpus.clients()["images"] as client:
-        embed_partition(store, client, "images", "b")
-    sync_index(store, "images")
-    app = served(store=store)
+    photo, app = indexed_photo(corpus, tmp_path, served)
     assert app.get("/sources/images/photo.png").status_code == 200
-    (folder / "photo.png").unlink()  # not re-embedded, not re-indexed
+    photo.unlink()  # not re-embedded, not re-indexed
     for path in ("/pages/images/photo.png", "/sources/images/photo.png"):
         answer = app.get(path)
         assert answer.status_code == 404, answer.text
