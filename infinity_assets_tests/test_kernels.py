@@ -9,7 +9,7 @@ import numpy as np
 
 from infinity_assets import index
 from infinity_assets.index import kernels
-from infinity_assets.index.binary import hamming_distances, hamming_maxsim, pack_signs
+from infinity_assets.index.binary import hamming_distances, pack_signs
 from infinity_assets.index.maxsim import maxsim_scores, normalized, stack
 from infinity_assets.storage.documents import DocumentStore
 
@@ -44,13 +44,30 @@ def test_exact_order_keeps_every_document_that_can_be_in_the_exact_top_k():
     assert len(kept) < 100  # near-ties only, not everything
 
 
-def test_hamming_maxsim_kernel_equals_the_numpy_definition():
+def sign_maxsim_definition(query: np.ndarray, codes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sign MaxSim in float64 numpy: each query token's best dot product with a token's +-1 sign vector,
+    over sqrt(d), summed over the query's tokens."""
+    signs = np.unpackbits(codes, axis=1).astype(np.float64) * 2 - 1
+    dots = signs @ query.astype(np.float64).T / np.sqrt(signs.shape[1])
+    return np.maximum.reduceat(dots, offsets[:-1], axis=0).sum(axis=1)
+
+
+def test_sign_maxsim_kernel_equals_its_definition(monkeypatch):
+    """Exactly for a query int8 represents exactly; within the stated rounding bound for a unit query; the
+    same whatever the block size (documents longer than a block included)."""
     rng = np.random.default_rng(3)
     vectors, offsets = documents(rng, 80)
-    query = rng.standard_normal((20, 128)).astype(np.float32)
     codes = pack_signs(vectors)
-    np.testing.assert_array_equal(kernels.hamming_maxsim(pack_signs(query), codes, offsets, 128),
-                                  hamming_maxsim(pack_signs(query), codes, offsets, 128))
+    integer = rng.integers(-127, 128, (20, 128)).astype(np.float32)
+    integer[:, 0] = 127  # every token's max |value| is 127: int8 holds it as it is
+    np.testing.assert_allclose(kernels.sign_maxsim(integer, codes, offsets),
+                               sign_maxsim_definition(integer, codes, offsets), rtol=1e-6)
+    unit = normalized(rng.standard_normal((20, 128)).astype(np.float32))
+    bound = 0.045 * np.abs(unit).max(axis=1).sum()
+    got = kernels.sign_maxsim(unit, codes, offsets)
+    assert np.abs(got - sign_maxsim_definition(unit, codes, offsets)).max() <= bound
+    monkeypatch.setattr(kernels, "SIGN_BLOCK_TOKENS", 100)  # most documents hold more tokens than that
+    np.testing.assert_allclose(kernels.sign_maxsim(unit, codes, offsets), got, rtol=1e-6)
 
 
 def test_masked_hamming_kernel_equals_the_numpy_definition():
@@ -78,7 +95,7 @@ def test_a_cpu_without_simd_gets_the_same_answers(tmp_path):
         staged = reader.search(query, k=5, settings=settings)
         exact = reader.search(query, k=5, exact=True)
         return (kernels.float_maxsim(query, vectors.astype(np.float16), offsets),
-                kernels.hamming_maxsim(signs, codes, offsets, 128),
+                kernels.sign_maxsim(query, codes, offsets),
                 kernels.masked_hamming(codes, signs[0], signs[1]),
                 [(h.doc_id, h.score) for h in staged], [(h.doc_id, h.score) for h in exact])
 

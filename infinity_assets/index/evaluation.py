@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from infinity_assets.index.take import take_rows
 from infinity_assets.storage.documents import DocumentStore
 
 
@@ -134,7 +135,7 @@ def self_recall(reader: Any, queries: int = 32, k: int = 10, *, settings: Any = 
     started = time.monotonic()
     rng = np.random.default_rng(seed)
     positions = np.sort(rng.choice(reader.rows, min(queries, reader.rows), replace=False))
-    sample = reader.dataset.take(positions.tolist(), columns=["doc_id", "partition", "embedding"])
+    sample = take_rows(reader.dataset, positions, ["doc_id", "partition", "embedding"])
     found = overlap = exact_done = 0
     for row in sample.to_pylist():
         vectors = np.asarray(row["embedding"], dtype=np.float32)

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infinity_assets.index.schema import INDEX_DIR, KEY_COLUMNS, TABLES, VERSION_COLUMNS, EncodingSettings
+from infinity_assets.index.take import take_rows
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def _codes(dataset: Any, positions: np.ndarray | None) -> np.ndarray:
     if positions is None:
         column = dataset.to_table(columns=["fde"]).column("fde").combine_chunks()
     else:
-        column = dataset.take(positions.tolist(), columns=["fde"]).column("fde").combine_chunks()
+        column = take_rows(dataset, positions, ["fde"]).column("fde").combine_chunks()
     return column.flatten().to_numpy().reshape(-1, column.type.list_size)
 
 

@@ -81,14 +81,14 @@ class IndexReader:
         self.dataset = self.table.to_lance()
         self.version = self.dataset.version
         self.staged = StagedSearch(self.dataset, self.hidden_dim, self.encoding, store=self.store,
-                                   modality=self.modality)
+                                   modality=self.modality, carry=tuple(HIT_COLUMNS))
         self.rows = self.staged.rows
         if self.rows == 0:
             raise SearchIndexError(f"the {self.modality} index at {self.where} is empty: no artifact has been "
                                    "embedded with its model yet; embed some documents, then materialize the index")
 
     def refresh(self) -> bool:
-        """Move to the table's latest committed version; True if it changed (the FDE codes are then re-read)."""
+        """Move to the table's latest committed version; True if it changed (what stages 1-2 hold is then re-read)."""
         self.table.checkout_latest()
         if self.table.version == self.version:
             return False
@@ -126,7 +126,7 @@ class IndexReader:
             ranking = self.staged.exact(unit, k)
         else:
             ranking = self.staged.search(unit, k, settings or SearchSettings.from_env())
-        rows = self.dataset.take(ranking.positions.tolist(), columns=HIT_COLUMNS).to_pylist()
+        rows = ranking.rows.to_pylist()
         hits = [Hit(float(score), row["doc_id"], row["partition"], row["source_uri"], row["page"], row["page_text"])
                 for score, row in zip(ranking.scores, rows)]
         timings = {**ranking.timings, "total": time.perf_counter() - started}

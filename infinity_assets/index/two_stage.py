@@ -1,14 +1,18 @@
-"""The staged search over one version of an index table: FDE candidates, hamming MaxSim, float MaxSim rerank.
+"""The staged search over one version of an index table: FDE candidates, sign MaxSim, float MaxSim rerank.
+
+What the first two stages read is held in memory (:class:`Resident`: the ``fde`` and ``bits`` columns, read
+once per table version in one scan, ~5 KB per page with the default encoding); per query only the rerank's
+rows are read from the table (:mod:`~infinity_assets.index.take`).
 
 1. **FDE** (:mod:`~infinity_assets.index.fde`): the query's MUVERA code against documents' 1-bit codes, by
-   masked hamming distance; the codes (``fde_bits / 8`` bytes per document) are the only column held in
-   memory, read once per table version. Every code is compared (one compiled scan), unless ``fde_probes``
-   asks for the IVF of the version (:mod:`~infinity_assets.index.ivf`): then only the codes of the
-   ``fde_probes`` lists nearest the query (more lists are taken until they hold ``fde_candidates``). Bits on which nearly every document agrees with
-   the query (``fde_agreement``) are left out: shared by near-duplicate pages, they would drown the bits of
-   a rare token. Keeps ``fde_candidates``.
-2. **Hamming MaxSim** (:mod:`~infinity_assets.index.binary`) on the 1-bit codes of those candidates' pooled
-   tokens (:mod:`~infinity_assets.index.pooling`; read by row position, ``take``). Keeps ``hamming_candidates``.
+   masked hamming distance. Every code is compared (one compiled scan), unless ``fde_probes`` asks for the
+   IVF of the version (:mod:`~infinity_assets.index.ivf`): then only the codes of the ``fde_probes`` lists
+   nearest the query (more lists are taken until they hold ``fde_candidates``). Bits on which nearly every
+   document agrees with the query (``fde_agreement``) are left out: shared by near-duplicate pages, they
+   would drown the bits of a rare token. Keeps ``fde_candidates``.
+2. **Sign MaxSim** (:func:`~infinity_assets.index.kernels.sign_maxsim`): the float query against the 1-bit
+   codes of those candidates' pooled tokens (:mod:`~infinity_assets.index.pooling`). Keeps
+   ``hamming_candidates`` (the setting keeps the name of the symmetric hamming MaxSim it replaced).
 3. **Float MaxSim** (cosine) on the unit ``embedding`` vectors of those few: the final order and scores,
    the same as an exact search gives for the documents returned. The kernel reads float16 vectors in place
    with the query rounded to float16 (:mod:`~infinity_assets.index.kernels`); every document that could be
@@ -33,10 +37,10 @@ import numpy as np
 import pyarrow as pa
 
 from infinity_assets.index import ivf, kernels
-from infinity_assets.index.binary import pack_signs
 from infinity_assets.index.fde import query_code
 from infinity_assets.index.maxsim import normalized
 from infinity_assets.index.schema import EncodingSettings, _from_env
+from infinity_assets.index.take import RowTaker
 
 #: How often a reader whose table version has no IVF (yet) looks for it again.
 IVF_RETRY_SECONDS = 5.0
@@ -83,11 +87,13 @@ class SearchSettings:
 
 @dataclass
 class Ranking:
-    """Row positions (in the pinned table version) and cosine MaxSim scores, best first, with what the
-    stages kept, how long each took (seconds) and how many FDE codes the first stage compared."""
+    """Row positions (in the pinned table version) and cosine MaxSim scores, best first, with the ``carry``
+    columns of those rows (read with the rerank's), what the stages kept, how long each took (seconds) and
+    how many FDE codes the first stage compared."""
 
     positions: np.ndarray
     scores: np.ndarray
+    rows: pa.Table
     timings: dict[str, float] = field(default_factory=dict)
     candidates: dict[str, int] = field(default_factory=dict)
     scanned: int = 0
@@ -95,30 +101,29 @@ class Ranking:
 
 class StagedSearch:
     """The stages over one pinned LanceDB dataset version (``table.to_lance()``); ``store`` and ``modality``
-    locate the version's IVF (None: the first stage scans every code)."""
+    locate the version's IVF (None: the first stage scans every code); ``carry``: columns returned with the
+    ranked rows, read in the rerank's own ``take`` (no second round trip)."""
 
     def __init__(self, dataset: Any, hidden_dim: int, encoding: EncodingSettings, *, store: Any = None,
-                 modality: str = "") -> None:
+                 modality: str = "", carry: tuple[str, ...] = ()) -> None:
         self.dataset, self.hidden_dim, self.encoding = dataset, hidden_dim, encoding
+        self.carry = carry
         self.store, self.modality = store, modality
         self.fde = encoding.fde(hidden_dim)
         self.rows = dataset.count_rows()
-        self._codes: np.ndarray | None = None
-        self._ones = np.zeros(0, np.float32)
+        self.taker = RowTaker(dataset)
+        self._resident: Resident | None = None
         self.lists: ivf.Lists | None = None
         self._ivf_retry_at = 0.0
         self._loading = threading.Lock()
 
     @property
-    def codes(self) -> np.ndarray:
-        """Every document's FDE code, ``(rows, fde_bits / 8)`` uint8, read on first use (once, whatever the
-        number of threads searching), with the version's IVF if it has one."""
+    def resident(self) -> Resident:
+        """What stages 1-2 read, held in memory: read on first use (once, whatever the number of threads
+        searching, in one scan of two columns), with the version's IVF if it has one."""
         with self._loading:
-            if self._codes is None:
-                column = self.dataset.to_table(columns=["fde"]).column("fde").combine_chunks()
-                codes = column.flatten().to_numpy().reshape(-1, column.type.list_size)
-                self._ones = bit_shares(codes)
-                self._codes = codes
+            if self._resident is None:
+                self._resident = Resident.read(self.dataset)
             if self.lists is None and self.store is not None and time.monotonic() >= self._ivf_retry_at:
                 # a sync writes the IVF of a version just after committing it: a reader that opened the
                 # version in between scans every code until the file is there, looked for every few seconds
@@ -126,12 +131,17 @@ class StagedSearch:
                 self.lists = ivf.load(self.store, self.modality, self.dataset, self.encoding)
                 if self.lists is not None:
                     self.lists.members()
-        return self._codes
+        return self._resident
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Every document's FDE code, ``(rows, fde_bits / 8)`` uint8 (:attr:`resident`)."""
+        return self.resident.codes
 
     def informative(self, signs: np.ndarray, mask: np.ndarray, agreement: float) -> np.ndarray:
         """``mask`` without the bits on which more than ``agreement`` of all documents agree with the query
         (:func:`informative_bits`)."""
-        return informative_bits(signs, mask, self._ones, agreement)
+        return informative_bits(signs, mask, self.resident.ones, agreement)
 
     def probed(self, signs: np.ndarray, mask: np.ndarray, settings: SearchSettings) -> np.ndarray | None:
         """Row positions in the IVF lists nearest the query (sorted; :meth:`ivf.Lists.probe`), or None
@@ -164,19 +174,20 @@ class StagedSearch:
         if len(positions) > keep:
             started = time.perf_counter()
             positions = np.sort(positions)
-            codes, offsets = _vectors(self._take(positions, "bits"))
-            scores = kernels.hamming_maxsim(pack_signs(query), codes, offsets, self.hidden_dim)
+            codes, offsets = self.resident.token_codes(positions)
+            scores = kernels.sign_maxsim(query, codes, offsets)
             positions = positions[_within(-scores, keep)]
             timings["hamming"] = _lap(started)
         else:
             timings["hamming"] = 0.0
         started = time.perf_counter()
         positions = np.sort(positions)
-        vectors, offsets = _vectors(self._take(positions, "embedding"))
+        rows = self.taker.take(positions, ["embedding", *self.carry])
+        vectors, offsets = _vectors(rows.column("embedding").combine_chunks())
         best, scores = _exact_top(query, vectors, offsets, k)
         timings["rerank"] = _lap(started)
-        return Ranking(positions[best], scores, timings, {"fde": kept_fde, "hamming": len(positions)},
-                       int(scanned))
+        return Ranking(positions[best], scores, rows.select(self.carry).take(best), timings,
+                       {"fde": kept_fde, "hamming": len(positions)}, int(scanned))
 
     def exact(self, query: np.ndarray, k: int) -> Ranking:
         """The exact ``k`` best rows: cosine MaxSim against every row's ``embedding`` (streamed in batches),
@@ -189,12 +200,47 @@ class StagedSearch:
         every = np.concatenate(scores) if scores else np.zeros(0, np.float32)
         margin = kernels.float16_margin(len(query)) if self.encoding.originals == "float16" else 0.0
         near = np.sort(kernels.exact_order(every, margin, k))
-        vectors, offsets = _vectors(self._take(near, "embedding"))
+        rows = self.taker.take(near, ["embedding", *self.carry])
+        vectors, offsets = _vectors(rows.column("embedding").combine_chunks())
         best, exact_scores = _exact_top(query, vectors, offsets, k)
-        return Ranking(near[best], exact_scores, {"exact": _lap(started)}, {"exact": self.rows}, self.rows)
+        return Ranking(near[best], exact_scores, rows.select(self.carry).take(best), {"exact": _lap(started)},
+                       {"exact": self.rows}, self.rows)
 
-    def _take(self, positions: np.ndarray, column: str) -> pa.Array:
-        return self.dataset.take(positions.tolist(), columns=[column]).column(column).combine_chunks()
+@dataclass(frozen=True)
+class Resident:
+    """What stages 1-2 of one table version read, in memory: every document's FDE code, each FDE bit's
+    share of documents with it set, and the 1-bit codes of every document's pooled tokens, stacked."""
+
+    codes: np.ndarray
+    """``(rows, fde_bits / 8)`` uint8."""
+    ones: np.ndarray
+    """``(fde_bits,)`` float32 (:func:`bit_shares`)."""
+    token_bits: np.ndarray
+    """``(pooled tokens, hidden_dim / 8)`` uint8; document ``i`` owns ``offsets[i]:offsets[i + 1]``."""
+    offsets: np.ndarray
+
+    @classmethod
+    def read(cls, dataset: Any) -> Resident:
+        """Read the ``fde`` and ``bits`` columns of a pinned dataset version (one scan)."""
+        table = dataset.to_table(columns=["fde", "bits"])
+        column = table.column("fde").combine_chunks()
+        codes = column.flatten().to_numpy().reshape(-1, column.type.list_size)
+        token_bits, offsets = _vectors(table.column("bits").combine_chunks())
+        return cls(codes, bit_shares(codes), np.ascontiguousarray(token_bits), offsets)
+
+    def token_codes(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(codes, offsets)`` of the pooled tokens of the documents at ``positions``, stacked (a copy of
+        each document's contiguous rows)."""
+        starts, stops = self.offsets[positions], self.offsets[np.asarray(positions) + 1]
+        offsets = np.zeros(len(starts) + 1, np.int64)
+        np.cumsum(stops - starts, out=offsets[1:])
+        codes = np.concatenate([self.token_bits[a:b] for a, b in zip(starts.tolist(), stops.tolist())])
+        return codes, offsets
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return self.codes.nbytes + self.token_bits.nbytes + self.offsets.nbytes + self.ones.nbytes
 
 
 def _exact_top(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
