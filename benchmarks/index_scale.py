@@ -43,9 +43,10 @@ QUICK = {"sizes": (500, 1_000), "queries": 50, "query_pages": 500, "gt_pages": 1
          "lance_flat_queries": 5, "lance_ann_queries": 10, "public_pages": 500, "qdrant_pages": 200,
          "loose_pages": 1_000, "codes": 20_000, "needle": (500, 30), "sync": (2, 100),
          "table_sync_pages": 100, "texlive_lance_flat_queries": 5, "real_pages": 500}
-#: The search settings of the rows beside the default (the flat first stage): more FDE candidates, and the
-#: IVF probed (32 lists of sqrt(pages)).
-HIGH_RECALL = {"fde_candidates": 2000, "hamming_candidates": 100}
+#: The search settings of the rows beside the default (2,000 / 100, the flat first stage): twice the FDE
+#: candidates, half of both, and the IVF probed (32 lists of sqrt(pages)).
+HIGH_RECALL = {"fde_candidates": 4000, "hamming_candidates": 100}
+LOW_LATENCY = {"fde_candidates": 1000, "hamming_candidates": 50}
 IVF_PROBED = {"fde_probes": 32}
 DEFAULT_LABEL = "two-stage (local disk)"
 
@@ -196,7 +197,9 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
         add(_row(label, result, n, corpora.PAGE_VECTORS, corpora.top_k(scores[:, :n], 10)[:50], known_q[:50]))
     for size in sorted(cfg["sizes"], reverse=True):
         add(_row(DEFAULT_LABEL, two_stage(size), size, corpora.PAGE_VECTORS, exact.get(size), known))
-        add(_row("two-stage, fde 2,000 / hamming 100", two_stage(size, search=HIGH_RECALL), size,
+        add(_row("two-stage, fde 4,000 / hamming 100", two_stage(size, search=HIGH_RECALL), size,
+                 corpora.PAGE_VECTORS, exact.get(size), known))
+        add(_row("two-stage, fde 1,000 / hamming 50", two_stage(size, search=LOW_LATENCY), size,
                  corpora.PAGE_VECTORS, exact.get(size), known))
         add(_row("two-stage, IVF: 32 lists probed", two_stage(size, search=IVF_PROBED), size,
                  corpora.PAGE_VECTORS, exact.get(size), known))
@@ -233,7 +236,8 @@ def loose(cfg: dict[str, Any]) -> dict[str, Any]:
     exact = corpora.top_k(scores, 10)
     root = _build_root("two-stage", f"synthetic-loose-{n}", _engine_version())
     rows = []
-    for label, extra in ((DEFAULT_LABEL, {}), ("two-stage, fde 2,000 / hamming 100", {"search": HIGH_RECALL}),
+    for label, extra in ((DEFAULT_LABEL, {}), ("two-stage, fde 4,000 / hamming 100", {"search": HIGH_RECALL}),
+                         ("two-stage, fde 1,000 / hamming 50", {"search": LOW_LATENCY}),
                          ("last round's numpy stages (flat FDE, numpy popcounts, float32 copies)",
                           {"mode": "last-round"})):
         result = run_engine({"engine": "two-stage", "corpus": "synthetic", "mix": "loose", "cached": n, "pages": n,

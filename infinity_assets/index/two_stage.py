@@ -57,7 +57,7 @@ class SearchSettings:
     smaller.
     """
 
-    fde_candidates: int = 1000
+    fde_candidates: int = 2000
     hamming_candidates: int = 100
     fde_agreement: float = 0.9
     """FDE bits on which more than this share of the documents agree with the query are not compared
