@@ -194,8 +194,11 @@ class TwoStage:
 
 def last_round_search(staged: Any, query: np.ndarray, k: int, settings: Any) -> tuple[np.ndarray, dict[str, float]]:
     """The previous release's stages in numpy over the same table (the baseline the kernels replace): a flat
-    masked-hamming scan of every FDE code, hamming MaxSim by numpy popcounts, float16 -> float32 copies and a
-    matrix product for the rerank. Returns row positions, best first, and seconds per stage."""
+    masked-hamming scan of every FDE code, hamming MaxSim by numpy popcounts on the ``bits`` rows read per
+    query, float16 -> float32 copies and a matrix product for the rerank. Rows are read as the default reads
+    them (fragment by fragment, :mod:`infinity_assets.index.take`), so Lance's slow dataset-level ``take`` on
+    a fragment with deletions does not hide the difference. Returns row positions, best first, and seconds
+    per stage."""
     from infinity_assets.index.binary import hamming_distances, hamming_maxsim, pack_signs
     from infinity_assets.index.fde import query_code
     from infinity_assets.index.maxsim import maxsim_scores
@@ -206,8 +209,8 @@ def last_round_search(staged: Any, query: np.ndarray, k: int, settings: Any) -> 
         values = column.flatten().flatten().to_numpy(zero_copy_only=False)
         return values.reshape(-1, column.type.value_type.list_size).astype(np.float32), offsets - offsets[0]
 
-    def take(positions: np.ndarray, column: str) -> Any:
-        return staged.dataset.take(positions.tolist(), columns=[column]).column(column).combine_chunks()
+    def take(positions: np.ndarray, column: str) -> Any:  # rows read as the default reads them (index/take.py)
+        return staged.taker.take(positions, [column]).column(column).combine_chunks()
 
     unit = query_vectors(query, staged.hidden_dim)
     timings, started = {}, time.perf_counter()
@@ -554,8 +557,8 @@ def work(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_engine(spec: dict[str, Any], queries: list[np.ndarray], scratch: Path, timeout: float = 3600) -> dict[str, Any]:
-    """Run one engine in a fresh process (the plaid venv's Python for fast-plaid/muvera); its JSON result, or
-    ``{"error": ...}`` naming why it did not run."""
+    """Run one engine in a fresh process (the plaid venv's Python for fast-plaid/muvera), the page cache
+    emptied first (:func:`drop_page_cache`); its JSON result, or ``{"error": ...}`` naming why it did not run."""
     scratch.mkdir(parents=True, exist_ok=True)
     python = str(PLAID_PYTHON) if spec["engine"] == "fast-plaid" else sys.executable
     if not Path(python).exists():
@@ -571,9 +574,22 @@ def run_engine(spec: dict[str, Any], queries: list[np.ndarray], scratch: Path, t
     array = np.empty(len(queries), dtype=object)
     array[:] = [np.asarray(q, np.float32) for q in queries]
     np.save(queries_path, array, allow_pickle=True)
-    return _subprocess(python, {**spec, "queries": str(queries_path),
-                                "ids_only": spec["engine"] in ("two-stage", "fde-1m")},
-                       scratch, timeout)
+    cold = drop_page_cache()
+    result = _subprocess(python, {**spec, "queries": str(queries_path),
+                                  "ids_only": spec["engine"] in ("two-stage", "fde-1m")},
+                         scratch, timeout)
+    return {**result, "page_cache_dropped": cold}
+
+
+def drop_page_cache() -> bool:
+    """Empty the OS page cache (Linux, as root) so that every engine starts from a cold disk, whatever ran
+    before it; True if it was emptied."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError:
+        return False
+    return True
 
 
 def _subprocess(python: str, spec: dict[str, Any], scratch: Path, timeout: float) -> dict[str, Any]:

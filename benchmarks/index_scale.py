@@ -103,7 +103,7 @@ def _row(name: str, result: dict[str, Any], pages: int, vectors_per_page: float,
     row = {"engine": name, "pages": pages, "queries": len(result["seconds"]), **_percentiles(result["seconds"]),
            "cpu_p50_ms": statistics.median(result["cpu_seconds"]) * 1000,
            "rss_bytes_per_page": (result["rss_after"] - result["rss_before"]) / (measured_pages or pages),
-           "info": result.get("info", {}), "note": note}
+           "info": result.get("info", {}), "note": note, "page_cache_dropped": result.get("page_cache_dropped")}
     if measured_pages and measured_pages != pages:
         factor = pages / measured_pages
         row.update(p50_ms=row["p50_ms"] * factor, p95_ms=row["p95_ms"] * factor,
@@ -618,6 +618,14 @@ def markdown(results: dict[str, Any]) -> list[str]:
              "page. `x numpy` = p50 over the exact numpy MaxSim's p50 at the same size (<1 = faster). "
              f"Load average when the section started: {results.get('load_before', '?')}; when it ended: "
              f"{results.get('load_after', '?')}."]
+    dropped = {row.get("page_cache_dropped") for part in results.values() if isinstance(part, dict)
+               for row in part.get("rows", []) if isinstance(row, dict) and "page_cache_dropped" in row}
+    if dropped == {True}:
+        lines += ["", "The OS page cache was emptied before each engine ran: every engine starts from a cold disk "
+                  "(a table larger than memory stays mostly cold; a small one warms up during its queries)."]
+    elif dropped:
+        lines += ["", "The OS page cache could not be emptied before every engine (not root): an engine may "
+                  "find pages an earlier one read still in memory."]
     if results.get("parallel"):
         lines += ["", f"The parts ran in two processes at once ({', '.join('+'.join(g) for g in GROUPS)}; "
                   "`INFINITY_BENCH_INDEX_PARALLEL=1`): wall-clock figures include each other's load; `CPU ms` is "
@@ -632,8 +640,10 @@ def markdown(results: dict[str, Any]) -> list[str]:
         cache = syn.get("page_cache") or {}
         lines += ["", f"### (c) synthetic ColPali-sized pages (1,031 x 128, tight token mix), {syn['queries']} "
                   f"known-item queries of {syn['vectors_per_query']} vectors", "",
-                  f"Distinct pages, generated once into a float16 memory map ({_fmt(cache.get('seconds'), '{:.0f}')} s "
-                  f"with {cache.get('workers', '?')} processes). Exact float32 ground truth over {gt['pages']:,} pages: "
+                  (f"Distinct pages, generated once into a float16 memory map ({_fmt(cache.get('seconds'), '{:.0f}')} s "
+                   f"with {cache.get('workers', '?')} processes). " if cache else
+                   "Distinct pages, generated when read and rounded to float16 as the index keeps them. ") +
+                  f"Exact float32 ground truth over {gt['pages']:,} pages: "
                   f"{_fmt(gt.get('cpu_seconds_per_1000_pages'), '{:.0f}')} s CPU per 1,000 pages "
                   f"(cached; {gt['cpu_seconds_this_run']:.0f} s CPU in this run); recall@10 over the first "
                   f"{gt.get('queries', syn['queries'])} queries, latency and known-item hits over all.", ""]

@@ -3,9 +3,10 @@
 Plain Python (no Dagster). One table per modality at ``<store root>/index`` (:mod:`.schema`), made equal to
 the artifacts by :func:`sync_index` (:mod:`.sync`, one commit per sync, one writer under
 :mod:`.lock`), searched by :class:`IndexReader` / :func:`search_text` (:mod:`.reader`): MUVERA codes
-(:mod:`.fde`) of the pages in the nearest lists of an IVF kept beside the table (:mod:`.ivf`) pick
-candidates, hamming MaxSim on 1-bit token vectors (:mod:`.binary`) narrows them, float MaxSim on the few
-orders them (:mod:`.two_stage`), all on compiled kernels (:mod:`.kernels`); ``exact=True`` scans everything.
+(:mod:`.fde`, all of them, or those in the nearest lists of an IVF kept beside the table, :mod:`.ivf`) pick
+candidates, sign MaxSim on 1-bit token vectors (:mod:`.binary`) narrows them, float MaxSim on the few
+orders them (:mod:`.two_stage`), all on compiled kernels (:mod:`.kernels`), the rows read by position
+fragment by fragment (:mod:`.take`); ``exact=True`` scans everything.
 :mod:`.bulk` writes an index straight from vectors (benchmarks); :mod:`.reference` holds the exact
 references tests compare with.
 """

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-#: Concurrent ``take`` calls per read.
-PARALLEL = 8
+#: Concurrent ``take`` calls per read (on S3 each waits mostly on its requests).
+PARALLEL = 32
 #: Rows per call below which a read is not split further.
-MIN_ROWS_PER_CALL = 4
+MIN_ROWS_PER_CALL = 2
 _THREADS = ThreadPoolExecutor(PARALLEL, thread_name_prefix="index-take")
 
 

@@ -46,6 +46,8 @@ from infinity_assets.index.take import RowTaker
 IVF_RETRY_SECONDS = 5.0
 #: Rows per batch of the exact scan (bounded memory: ~64 MB of float16 ColPali pages).
 EXACT_BATCH_ROWS = 256
+#: Rows per batch of the scan that reads what stages 1-2 hold.
+RESIDENT_BATCH_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -221,12 +223,19 @@ class Resident:
 
     @classmethod
     def read(cls, dataset: Any) -> Resident:
-        """Read the ``fde`` and ``bits`` columns of a pinned dataset version (one scan)."""
-        table = dataset.to_table(columns=["fde", "bits"])
-        column = table.column("fde").combine_chunks()
-        codes = column.flatten().to_numpy().reshape(-1, column.type.list_size)
-        token_bits, offsets = _vectors(table.column("bits").combine_chunks())
-        return cls(codes, bit_shares(codes), np.ascontiguousarray(token_bits), offsets)
+        """Read the ``fde`` and ``bits`` columns of a pinned dataset version (one scan), copied batch by batch
+        into numpy arrays (no Arrow buffer outlives the scan)."""
+        codes, token_bits, lengths = [], [], []
+        for batch in dataset.to_batches(columns=["fde", "bits"], batch_size=RESIDENT_BATCH_ROWS):
+            column = batch.column("fde")
+            codes.append(column.flatten().to_numpy().reshape(-1, column.type.list_size).copy())
+            values, offsets = _vectors(batch.column("bits"))
+            token_bits.append(values[:offsets[-1]].copy())
+            lengths.append(np.diff(offsets))
+        all_codes = np.concatenate(codes)
+        offsets = np.zeros(len(all_codes) + 1, np.int64)
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+        return cls(all_codes, bit_shares(all_codes), np.concatenate(token_bits), offsets)
 
     def token_codes(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(codes, offsets)`` of the pooled tokens of the documents at ``positions``, stacked (a copy of
