@@ -16,6 +16,7 @@ portable C; :func:`portable_kernels` forces that fallback (to test a CPU without
 """
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -114,7 +115,7 @@ def _blocks(offsets: np.ndarray, tokens: int) -> list[tuple[int, int]]:
     longer document gets a block of its own)."""
     cuts = np.searchsorted(offsets, np.arange(offsets[0], offsets[-1], tokens), side="right") - 1
     bounds = sorted(set(cuts.tolist()) | {len(offsets) - 1})
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def masked_hamming(codes: np.ndarray, query: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -208,6 +208,7 @@ class StagedSearch:
         return Ranking(near[best], exact_scores, rows.select(self.carry).take(best), {"exact": _lap(started)},
                        {"exact": self.rows}, self.rows)
 
+
 @dataclass(frozen=True)
 class Resident:
     """What stages 1-2 of one table version read, in memory: every document's FDE code, each FDE bit's
@@ -245,11 +246,6 @@ class Resident:
         np.cumsum(stops - starts, out=offsets[1:])
         codes = np.concatenate([self.token_bits[a:b] for a, b in zip(starts.tolist(), stops.tolist())])
         return codes, offsets
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held."""
-        return self.codes.nbytes + self.token_bits.nbytes + self.offsets.nbytes + self.ones.nbytes
 
 
 def _exact_top(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
