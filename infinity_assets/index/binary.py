@@ -1,4 +1,4 @@
-"""1-bit token vectors and hamming MaxSim: the second search stage, 32x smaller than float32.
+"""1-bit token vectors, 32x smaller than float32, and hamming distances over them (numpy definitions).
 
 A token vector is kept as the signs of its dimensions, packed 8 to a byte (16 bytes for 128-d ColPali, 48
 for 384-d MiniLM), as Vespa's ColPali recipe does. For unit vectors, the hamming distance between two sign
@@ -6,9 +6,11 @@ codes tracks the angle between the vectors (SimHash with the coordinate axes as 
 ``hamming MaxSim = sum over query tokens of (bits - min hamming distance to any document token)`` ranks
 documents close to float MaxSim, good enough to pick the few candidates the float rerank then orders exactly.
 
-The search runs these comparisons on compiled kernels (:mod:`infinity_assets.index.kernels`); the numpy
-versions here are their definitions (tests compare the kernels with them). Popcounts use
-``np.bitwise_count`` (numpy >= 2), else a 256-entry lookup table.
+The search's second stage now scores the float query against these codes (sign MaxSim,
+:func:`infinity_assets.index.kernels.sign_maxsim`), which ranks better; hamming MaxSim here is last round's
+stage 2, kept as the benchmark's baseline, and :func:`hamming_distances` is the definition the compiled
+masked hamming of the FDE stage is tested against. Popcounts use ``np.bitwise_count`` (numpy >= 2), else a
+256-entry lookup table.
 """
 from __future__ import annotations
 
