@@ -112,8 +112,8 @@ class StagedSearch:
         self.carry = carry
         self.store, self.modality = store, modality
         self.fde = encoding.fde(hidden_dim)
-        self.rows = dataset.count_rows()
         self.taker = RowTaker(dataset)
+        self.rows = int(self.taker.starts[-1])  # the live rows, counted once per fragment
         self._resident: Resident | None = None
         self.lists: ivf.Lists | None = None
         self._ivf_retry_at = 0.0
@@ -160,9 +160,10 @@ class StagedSearch:
         scanned = self.rows
         if self.rows > settings.fde_candidates:
             signs, mask = query_code(self.fde, query)
-            codes = self.codes
+            resident = self.resident
+            codes = resident.codes
             if settings.fde_agreement < 1.0:
-                mask = self.informative(signs, mask, settings.fde_agreement)
+                mask = informative_bits(signs, mask, resident.ones, settings.fde_agreement)
             probed = self.probed(signs, mask, settings)
             if probed is None:
                 distances = kernels.masked_hamming(codes, signs, mask)
