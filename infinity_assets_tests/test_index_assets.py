@@ -83,13 +83,14 @@ def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against
     metadata = {k: v.value for k, v in materialization.metadata.items()}
     by_column = metadata["bytes_per_page_by_column"]
     assert by_column["fde"] == 1280 and 0 < by_column["bits"] < by_column["embedding"], by_column  # 20 x 32 x 16 bits
+    assert by_column["bits"] < by_column["pooled"] < by_column["embedding"], by_column  # int8 pooled tokens
     assert metadata["bytes_per_page"] >= metadata["bytes_per_page_stages_1_2"] > 0
     assert metadata["encoding"]["fde_repetitions"] == 20 and metadata["encoding"]["originals"] == "float16"
-    assert metadata["search_settings"] == {"fde_candidates": 2000, "hamming_candidates": 100, "fde_agreement": 0.9,
-                                           "fde_probes": 0}
+    assert metadata["search_settings"] == {"fde_candidates": 2000, "hamming_candidates": 100,
+                                           "pooled_candidates": 30, "fde_agreement": 0.9, "fde_probes": 0}
     assert metadata["dagster/row_count"] == len(DOCUMENTS) + len(FILLER) > 1000  # more than any stage keeps
     assert metadata["drift_queries"] == 32 and metadata["drift_exact_queries"] >= 8
-    assert metadata["drift_recall_at_10"] >= 0.9  # the stages prune: 1,000 then 100 of 1,130 documents
+    assert metadata["drift_recall_at_10"] >= 0.9  # the stages prune: 100 then 30 of 1,130 documents
     assert metadata["drift_known_item_at_10"] >= 0.9
 
 

@@ -70,6 +70,37 @@ def test_sign_maxsim_kernel_equals_its_definition(monkeypatch):
     np.testing.assert_allclose(kernels.sign_maxsim(unit, codes, offsets), got, rtol=1e-6)
 
 
+def int8_maxsim_definition(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Cosine MaxSim in float64 numpy against int8 token vectors (each taken as the direction it stores)."""
+    rows = tokens.astype(np.float64)
+    dots = rows / np.linalg.norm(rows, axis=1, keepdims=True) @ query.astype(np.float64).T
+    return np.maximum.reduceat(dots, offsets[:-1], axis=0).sum(axis=1)
+
+
+def test_int8_maxsim_kernel_equals_its_definition_and_stays_within_its_bound_of_float(monkeypatch):
+    """Against its definition: to float32 rounding for a query int8 represents exactly, within the query's
+    rounding bound for a unit query, the same whatever the block size; against the float vectors the int8
+    ones were quantized from: within the documents' rounding bound too."""
+    rng = np.random.default_rng(6)
+    vectors, offsets = documents(rng, 80)
+    tokens = kernels.quantize_int8(vectors)
+    integer = rng.integers(-127, 128, (20, 128)).astype(np.float32)
+    integer[:, 0] = 127
+    np.testing.assert_allclose(kernels.int8_maxsim(integer, tokens, offsets),
+                               int8_maxsim_definition(integer, tokens, offsets), rtol=1e-5)
+    unit = normalized(rng.standard_normal((20, 128)).astype(np.float32))
+    query_bound = 0.045 * np.abs(unit).max(axis=1).sum()
+    got = kernels.int8_maxsim(unit, tokens, offsets)
+    assert np.abs(got - int8_maxsim_definition(unit, tokens, offsets)).max() <= query_bound
+    # a token rounded to int8 at its own scale moves by at most sqrt(d) * max|v| / 127 in direction
+    document_bound = len(unit) * np.sqrt(128) * np.abs(vectors).max() / 127
+    exact = maxsim_scores(unit, vectors, offsets)
+    assert np.abs(got - exact).max() <= query_bound + document_bound
+    assert np.corrcoef(got, exact)[0, 1] > 0.999
+    monkeypatch.setattr(kernels, "SIGN_BLOCK_TOKENS", 100)
+    np.testing.assert_allclose(kernels.int8_maxsim(unit, tokens, offsets), got, rtol=1e-6)
+
+
 def test_masked_hamming_kernel_equals_the_numpy_definition():
     rng = np.random.default_rng(4)
     codes = rng.integers(0, 256, (1000, 1280), dtype=np.uint8)
@@ -88,7 +119,7 @@ def test_a_cpu_without_simd_gets_the_same_answers(tmp_path):
     store = DocumentStore(str(tmp_path / "store"))
     pages = [vectors[a:b] for a, b in itertools.pairwise(offsets)]
     index.write_index(store, "images", [([f"d{i}" for i in range(len(pages))], pages)], model="m", hidden_dim=128)
-    settings = index.SearchSettings(fde_candidates=20, hamming_candidates=8)
+    settings = index.SearchSettings(fde_candidates=20, hamming_candidates=8, pooled_candidates=6)
 
     def answers() -> tuple:
         reader = index.IndexReader(store, "images")
@@ -97,6 +128,7 @@ def test_a_cpu_without_simd_gets_the_same_answers(tmp_path):
         return (kernels.float_maxsim(query, vectors.astype(np.float16), offsets),
                 kernels.sign_maxsim(query, codes, offsets),
                 kernels.masked_hamming(codes, signs[0], signs[1]),
+                kernels.int8_maxsim(query, kernels.quantize_int8(vectors), offsets),
                 [(h.doc_id, h.score) for h in staged], [(h.doc_id, h.score) for h in exact])
 
     fast = answers()
@@ -104,8 +136,8 @@ def test_a_cpu_without_simd_gets_the_same_answers(tmp_path):
     with kernels.portable_kernels():
         assert not any(on for name, on in nk.get_capabilities().items() if name != "serial")
         portable = answers()
-    for got, want in zip(portable[:3], fast[:3]):
+    for got, want in zip(portable[:4], fast[:4]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert [d for d, _ in portable[3]] == [d for d, _ in fast[3]]
-    assert portable[4] == fast[4]  # exact search: float32 rescoring, the same scores bit for bit
-    np.testing.assert_allclose([s for _, s in portable[3]], [s for _, s in fast[3]], rtol=1e-6)
+    assert [d for d, _ in portable[4]] == [d for d, _ in fast[4]]
+    assert portable[5] == fast[5]  # exact search: float32 rescoring, the same scores bit for bit
+    np.testing.assert_allclose([s for _, s in portable[4]], [s for _, s in fast[4]], rtol=1e-6)

@@ -26,8 +26,8 @@ from .test_search import DOCUMENTS
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 32
-#: Settings that prune at every stage on the small sets of these tests (the defaults keep 500 and 50).
-PRUNING = SearchSettings(fde_candidates=12, hamming_candidates=6)
+#: Settings that prune at every stage on the small sets of these tests (the defaults keep 2,000, 100 and 30).
+PRUNING = SearchSettings(fde_candidates=12, hamming_candidates=8, pooled_candidates=6)
 
 
 def keys(hits: list[index.Hit]) -> list[tuple[str, str]]:
@@ -35,8 +35,9 @@ def keys(hits: list[index.Hit]) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------------------------- real MiniLM weights
-#: 24 of the 30 documents to the hamming stage, 15 of those to the rerank (the defaults would keep all 30).
-HALF = SearchSettings(fde_candidates=24, hamming_candidates=15)
+#: 24 of the 30 documents to the sign MaxSim, 15 of those to the pooled MaxSim, 8 of those to the rerank (the
+#: defaults would keep all 30).
+HALF = SearchSettings(fde_candidates=24, hamming_candidates=15, pooled_candidates=8)
 
 
 def test_staged_search_returns_the_exact_top_k_on_the_real_minilm_retrieval_set(tmp_path, infinity_server):
@@ -51,6 +52,7 @@ def test_staged_search_returns_the_exact_top_k_on_the_real_minilm_retrieval_set(
             query = client.embed_query(" ".join(document.split()[2:7]))
             result = reader.search_staged(query, k=3, settings=HALF)
             assert 24 <= result.candidates["fde"] < 30 and 15 <= result.candidates["hamming"] < 24, result.candidates
+            assert 8 <= result.candidates["pooled"] < 15, result.candidates
             want = index.exact_hits(store, "text", query, k=3)
             assert keys(result.hits) == keys(want)
             # float16 unit originals: scores within 1e-3 of float32 MaxSim over the artifacts
@@ -222,6 +224,42 @@ def test_a_new_encoding_rebuilds_the_table_in_one_commit(tmp_path):
     assert index.IndexReader(store, "text", encoding=other).rows == 10
     again = index.sync_index(store, "text", encoding=other)
     assert not again.wrote
+
+
+def test_a_table_from_before_the_pooled_column_answers_without_it_and_the_next_sync_adds_it(tmp_path):
+    rng = np.random.default_rng(4)
+    centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
+    store = DocumentStore(str(tmp_path / "store"))
+    publish(store, "b", {f"d{i}": topic_vectors(rng, centres, 9) for i in range(40)})
+    index.sync_index(store, "text")
+    fresh = index.IndexReader(store, "text")
+    queries = [topic_vectors(rng, centres, 3) for _ in range(8)]
+    want = [fresh.search(q, k=5, settings=PRUNING) for q in queries]
+    unpooled = SearchSettings(fde_candidates=12, hamming_candidates=8, pooled_candidates=8)  # stage 3 keeps all
+    want_unpooled = [keys(fresh.search(q, k=5, settings=unpooled)) for q in queries]
+    assert all(fresh.search_staged(q, k=5, settings=PRUNING).candidates["pooled"] == 6 for q in queries)
+    index.open_table(store, "text").to_lance().drop_columns(["pooled"])  # as a table written before it
+
+    old = index.IndexReader(store, "text")
+    assert not old.staged.pooled
+    for query, expected in zip(queries, want_unpooled):  # stage 3 skipped: the rerank reads all 8 candidates
+        result = old.search_staged(query, k=5, settings=PRUNING)
+        assert result.candidates["pooled"] == result.candidates["hamming"] == 8 and result.timings["pooled"] == 0
+        assert keys(result.hits) == expected
+    fingerprints = index.open_table(store, "text").to_lance().to_table(columns=["doc_id", "embedded_at"])
+
+    report = index.sync_index(store, "text")
+    assert report.added_columns == ["pooled"] and report.wrote
+    assert (report.inserted, report.updated, report.deleted, report.rebuilt) == (0, 0, 0, False)
+    table = index.open_table(store, "text")
+    assert table.to_lance().to_table(columns=["doc_id", "embedded_at"]).equals(fingerprints)
+    upgraded = index.IndexReader(store, "text")
+    assert upgraded.staged.pooled
+    for query, expected in zip(queries, want):
+        got = upgraded.search(query, k=5, settings=PRUNING)
+        assert keys(got) == keys(expected)
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in expected], rtol=1e-6)
+    assert not index.sync_index(store, "text").wrote
 
 
 def test_a_table_without_encoding_metadata_asks_for_a_rebuild(tmp_path):

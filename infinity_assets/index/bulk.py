@@ -28,7 +28,7 @@ from infinity_assets.index.schema import (
     table_encoding,
     table_settings,
 )
-from infinity_assets.index.sync import SyncReport
+from infinity_assets.index.sync import SyncReport, add_missing_columns
 from infinity_assets.storage.documents import DocumentStore
 
 
@@ -65,6 +65,7 @@ def write_index(store: DocumentStore, modality: str,
                 raise ValueError(f"write_index(append=True): the {modality} index was built with other settings "
                                  f"({table_settings(table)}, {table_encoding(table)})")
             lock.check()
+            report.added_columns = add_missing_columns(table, schema, encoding)
             table.add(reader)
         else:
             lock.check()

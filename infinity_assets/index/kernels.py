@@ -86,28 +86,60 @@ def sign_maxsim(query: np.ndarray, codes: np.ndarray, offsets: np.ndarray) -> np
     per token, at most ``0.045 * max|q|`` per token off): only the document side is 1-bit, which ranks better
     than comparing 1-bit codes on both sides. Runs in blocks of :data:`SIGN_BLOCK_TOKENS` document tokens, on
     up to 4 threads."""
+    dim = codes.shape[1] * 8
+
+    def dots(first: int, last: int, packed: object) -> np.ndarray:
+        bits = np.unpackbits(codes[first:last], axis=1).view(np.int8)
+        return 2.0 * np.asarray(nk.dots_packed(bits, packed), np.float32)  # the 0/1 dot, doubled
+
+    return _int8_query_maxsim(query, dots, offsets, shift=True) / np.float32(np.sqrt(dim))
+
+
+def int8_maxsim(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Cosine MaxSim of a float ``(q, d)`` query against documents' stacked int8 token vectors ``(n, d)``
+    (:func:`quantize_int8`; document ``i`` owns ``offsets[i]:offsets[i + 1]``, at least one each):
+    ``(n_docs,)`` float32. The query is rounded to int8 per token like :func:`sign_maxsim`'s; each document
+    token's dot product is divided by its int8 vector's norm, so a token's scale does not matter."""
+    def dots(first: int, last: int, packed: object) -> np.ndarray:
+        rows = tokens[first:last]
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.int32).astype(np.float32))
+        return np.asarray(nk.dots_packed(rows, packed), np.float32) / np.maximum(norms, 1e-12)[:, None]
+
+    return _int8_query_maxsim(query, dots, offsets, shift=False)
+
+
+def quantize_int8(vectors: np.ndarray) -> np.ndarray:
+    """Float ``(n, d)`` vectors as int8, each row scaled so that its largest component is +-127 (a zero row
+    stays zero): the direction survives to ~1/250 per component, which is what a cosine needs."""
+    largest = np.abs(vectors).max(axis=1, keepdims=True)
+    return np.round(vectors * (127.0 / np.where(largest > 0, largest, 1.0))).astype(np.int8)
+
+
+def _int8_query_maxsim(query: np.ndarray, dots, offsets: np.ndarray, *, shift: bool) -> np.ndarray:
+    """The query rounded to int8 per token (packed once), then per block of about :data:`SIGN_BLOCK_TOKENS`
+    document tokens ``dots(first_token, last_token, packed)`` -> ``(tokens, q)`` float32 scores in the
+    rounded query's units; each query token's best per document, back in the query's units, summed. With
+    ``shift`` the rounded query's sum is subtracted from each best (the ``2 b - 1`` of sign codes)."""
     offsets = np.asarray(offsets, np.int64)
     if len(offsets) < 2:
         return np.zeros(0, np.float32)
-    dim = codes.shape[1] * 8
     scale = 127.0 / np.maximum(np.abs(query).max(axis=1), 1e-12)
     rounded = np.round(query * scale[:, None]).astype(np.int8)
     packed = nk.dots_pack(rounded, dtype="int8")
-    shift = rounded.sum(axis=1, dtype=np.float32)
+    shifted = rounded.sum(axis=1, dtype=np.float32) if shift else np.float32(0.0)
     scores = np.empty(len(offsets) - 1, np.float32)
 
     def block(first: int, last: int) -> None:
-        bits = np.unpackbits(codes[offsets[first]:offsets[last]], axis=1).view(np.int8)
-        dots = np.asarray(nk.dots_packed(bits, packed))                       # (tokens, q) int32
-        best = np.maximum.reduceat(dots, offsets[first:last] - offsets[first], axis=0)
-        scores[first:last] = ((2.0 * best - shift) / scale).sum(axis=1, dtype=np.float32)
+        values = dots(int(offsets[first]), int(offsets[last]), packed)
+        best = np.maximum.reduceat(values, offsets[first:last] - offsets[first], axis=0)
+        scores[first:last] = ((best - shifted) / scale).sum(axis=1, dtype=np.float32)
 
     blocks = _blocks(offsets, SIGN_BLOCK_TOKENS)
     if len(blocks) == 1:
         block(*blocks[0])
     else:  # the kernels release the GIL: blocks run on every core
         list(_BLOCK_THREADS.map(lambda bounds: block(*bounds), blocks))
-    return scores / np.float32(np.sqrt(dim))
+    return scores
 
 
 def _blocks(offsets: np.ndarray, tokens: int) -> list[tuple[int, int]]:

@@ -1,13 +1,12 @@
-"""Token pooling for the second search stage: near-duplicate token vectors of a document merged into one.
+"""Token pooling for the second and third search stages: near-duplicate token vectors of a document merged.
 
 A page's token vectors repeat themselves: blank ColPali patches, margins, the same word many times in a
-text. The hamming stage costs one comparison per (query token, document token), and a copy of a token
-changes no maximum, so the index keeps the 1-bit codes of *pooled* tokens: within each document, tokens
-whose cosine similarity to a leader exceeds ``threshold`` join it, and the group is kept as the sign of its
-mean (greedy leader clustering, leaders taken densest first). On structured ColPali-sized pages at
-``threshold=0.85`` a page of 1,031 tokens keeps ~220 (4.7x fewer comparisons and bytes), and the hamming
-stage keeps as much of the exact top 10 as on every token (README, "Token pooling for stage 2"). Only stage 2 uses pooled tokens:
-the rerank and the exact search read every original vector.
+text. The sign MaxSim stage costs one comparison per (query token, document token), and a copy of a token
+changes no maximum, so the index keeps *pooled* tokens: within each document, tokens whose cosine
+similarity to a leader exceeds ``threshold`` join it, and the group is kept as its mean (greedy leader
+clustering, leaders taken densest first), as a 1-bit sign code (``bits``, stage 2) and as an int8 vector
+(``pooled``, stage 3). On structured ColPali-sized pages at ``threshold=0.85`` a page of 1,031 tokens keeps
+~220 (4.7x fewer comparisons and bytes). The rerank and the exact search read every original vector.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from infinity_assets.storage.modality import Modality
 
 @dataclass
 class SearchResult:
-    """Hits, best first, and how the search got them: seconds per stage (``fde``, ``hamming``, ``rerank``,
+    """Hits, best first, and how the search got them: seconds per stage (``fde``, ``hamming``, ``pooled``, ``rerank``,
     or ``exact``; ``total`` includes reading the hits' columns), candidates kept per stage, bytes read, and
     ``scanned``: the FDE codes the first stage compared (fewer than the rows with an IVF)."""
 

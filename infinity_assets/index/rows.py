@@ -14,12 +14,13 @@ import pyarrow as pa
 
 from infinity_assets.index.binary import pack_signs
 from infinity_assets.index.fde import document_codes
+from infinity_assets.index.kernels import quantize_int8
 from infinity_assets.index.pooling import pool_tokens
 from infinity_assets.index.schema import EncodingSettings
 
-ENCODED_COLUMNS = ("fde", "bits", "embedding")
+ENCODED_COLUMNS = ("fde", "bits", "embedding", "pooled")
 #: Raised when the code below writes other rows for the same settings (benchmarks key their cached builds on it).
-ROW_FORMAT = 3
+ROW_FORMAT = 4
 
 
 def unit_vectors(embedding: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,17 +37,27 @@ def unit_vectors(embedding: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.
 
 
 def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> dict[str, pa.Array]:
-    """The ``fde``, ``bits`` and ``embedding`` columns of documents given as unit ``vectors`` and ``offsets``."""
+    """The ``fde``, ``bits``, ``embedding`` and ``pooled`` columns of documents given as unit ``vectors`` and
+    ``offsets``."""
     hidden_dim = vectors.shape[1]
     codes = document_codes(encoding.fde(hidden_dim), vectors, offsets)
     pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)
-    signs = pack_signs(pooled)
     originals = vectors.astype(np.float16 if encoding.originals == "float16" else np.float32)
     return {
         "fde": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel()), codes.shape[1]),
-        "bits": _vector_lists(pooled_offsets, signs),
+        "bits": _vector_lists(pooled_offsets, pack_signs(pooled)),
         "embedding": _vector_lists(offsets, originals),
+        "pooled": _vector_lists(pooled_offsets, quantize_int8(pooled)),
     }
+
+
+def pooled_column(embedding: pa.Array | pa.ChunkedArray, encoding: EncodingSettings) -> pa.ListArray:
+    """The ``pooled`` column of rows that lack it, from their stored ``embedding`` (an index written before the
+    column existed gets it this way, without re-reading artifacts): the same pooling as
+    :func:`encoded_columns`, on the stored (float16 by default) originals."""
+    vectors, offsets = unit_vectors(embedding)
+    pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)
+    return _vector_lists(pooled_offsets, quantize_int8(pooled))
 
 
 def _vector_lists(offsets: np.ndarray, rows: np.ndarray) -> pa.ListArray:

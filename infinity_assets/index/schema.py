@@ -8,7 +8,8 @@ document of the current artifacts::
     page int32 (null unless the artifact has pages), page_text string (idem),
     fde        fixed_size_list<uint8, fde_bits / 8>          stage 1: the sign-binarized MUVERA code
     bits       list<fixed_size_list<uint8, hidden_dim / 8>>  stage 2: the signs of the pooled token vectors
-    embedding  list<fixed_size_list<float16, hidden_dim>>    stage 3 and exact search: unit token vectors
+    embedding  list<fixed_size_list<float16, hidden_dim>>    stage 4 and exact search: unit token vectors
+    pooled     list<fixed_size_list<int8, hidden_dim>>       stage 3: the pooled token vectors, int8 per token
 
 ``embedding`` holds the artifact's vectors L2-normalised (the index scores cosine MaxSim) in the
 ``originals`` dtype of the encoding (float16 by default: half the bytes of float32, scores within ~1e-3 of
@@ -154,6 +155,7 @@ def index_schema(hidden_dim: int, model: str, modality: str, encoding: EncodingS
         pa.field("fde", pa.list_(pa.uint8(), code_bytes), nullable=False),
         pa.field("bits", pa.list_(pa.list_(pa.uint8(), (hidden_dim + 7) // 8)), nullable=False),
         pa.field("embedding", pa.list_(pa.list_(ORIGINALS[encoding.originals], hidden_dim)), nullable=False),
+        pa.field("pooled", pa.list_(pa.list_(pa.int8(), hidden_dim)), nullable=False),
     ], metadata={META_MODEL: model, META_HIDDEN_DIM: str(hidden_dim), META_ENCODING: encoding.to_json(),
                  b"infinity_assets.modality": modality, b"infinity_assets.package_version": __version__})
 

@@ -8,7 +8,8 @@ one commit, so a search sees the index before or after a sync, never half of one
 touched; running it again writes nothing. The compact columns of the search stages are computed here, from
 the artifacts' vectors (:mod:`infinity_assets.index.rows`). The first build, and a rebuild for a new model,
 hidden_dim or :class:`~infinity_assets.index.schema.EncodingSettings`, is one ``create_table(mode="overwrite")``
-commit streaming every row. Artifacts made with another model or hidden_dim than the index's are not indexed
+commit streaming every row. A table written before a search column existed (``pooled``) gets it computed from
+its own ``embedding`` column (:func:`add_missing_columns`: one commit, no artifact read, no row rewritten). Artifacts made with another model or hidden_dim than the index's are not indexed
 (reported; their rows are removed) until they are re-embedded. Everything happens under the
 :class:`~infinity_assets.index.lock.WriterLock` of the index: one writer at a time, by construction.
 
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 from infinity_assets import artifacts
 from infinity_assets.index import ivf
 from infinity_assets.index.lock import WriterLock
-from infinity_assets.index.rows import encode_rows
+from infinity_assets.index.rows import encode_rows, pooled_column
 from infinity_assets.index.schema import (
     INDEX_DIR,
     KEY_COLUMNS,
@@ -71,6 +72,7 @@ class SyncReport:
     partitions_removed: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     rebuilt: bool = False
+    added_columns: list[str] = field(default_factory=list)  # computed for every row of an older table
     version: int = 0
     encoding: EncodingSettings = field(default_factory=EncodingSettings)
     optimized: bool = False
@@ -82,7 +84,7 @@ class SyncReport:
     @property
     def wrote(self) -> bool:
         """True if the sync changed the table."""
-        return bool(self.inserted or self.updated or self.deleted or self.rebuilt)
+        return bool(self.inserted or self.updated or self.deleted or self.rebuilt or self.added_columns)
 
 
 @dataclass
@@ -149,6 +151,7 @@ def sync_index(
             report.rebuilt = table_settings_before is not None
             report.inserted = sum(len(ids) for ids in plan.new.values())
         else:
+            report.added_columns = add_missing_columns(table, schema, encoding)
             indexed = _indexed_versions(table)
             kept = {p for p in set(indexed.column("partition").to_pylist())
                     if store.artifact_path(modality, p) in unreadable}
@@ -176,6 +179,31 @@ def sync_index(
     report.lock_held = lock.held
     report.seconds = time.monotonic() - started
     return report
+
+
+#: Rows per batch when a column is added to an existing table (~70 MB of float16 ColPali pages read at once).
+ADD_COLUMN_BATCH_ROWS = 256
+
+
+def add_missing_columns(table: Any, schema: pa.Schema, encoding: EncodingSettings) -> list[str]:
+    """Add to ``table`` the columns of ``schema`` it lacks (only ``pooled`` can be: the columns before it were
+    there from the start), computed from each row's ``embedding``, in one commit; the names added."""
+    missing = [f for f in schema if f.name not in table.schema.names]
+    if not missing:
+        return []
+    if [f.name for f in missing] != ["pooled"]:
+        raise ValueError(f"index table {table.name!r} lacks columns {[f.name for f in missing]}: rebuild it "
+                         "(delete the table; the next sync writes every row)")
+    import lance
+
+    @lance.batch_udf(output_schema=pa.schema(missing))
+    def pooled(batch: pa.RecordBatch) -> pa.RecordBatch:
+        column = pooled_column(batch.column("embedding"), encoding)
+        return pa.RecordBatch.from_arrays([column], schema=pa.schema(missing))
+
+    table.to_lance().add_columns(pooled, read_columns=["embedding"], batch_size=ADD_COLUMN_BATCH_ROWS)
+    table.checkout_latest()
+    return ["pooled"]
 
 
 def _fs_path(store: DocumentStore) -> str:

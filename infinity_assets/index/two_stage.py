@@ -1,8 +1,10 @@
-"""The staged search over one version of an index table: FDE candidates, sign MaxSim, float MaxSim rerank.
+"""The staged search over one version of an index table: FDE candidates, sign MaxSim, int8 MaxSim on pooled
+tokens, float MaxSim rerank.
 
 What the first two stages read is held in memory (:class:`Resident`: the ``fde`` and ``bits`` columns, read
-once per table version in one scan, ~5 KB per page with the default encoding); per query only the rerank's
-rows are read from the table (:mod:`~infinity_assets.index.take`).
+once per table version in one scan, ~5 KB per page with the default encoding); per query the last two read
+their candidates' rows from the table (:mod:`~infinity_assets.index.take`): a few KB of int8 pooled tokens
+for each of ``hamming_candidates``, then the full float16 pages of only ``pooled_candidates``.
 
 1. **FDE** (:mod:`~infinity_assets.index.fde`): the query's MUVERA code against documents' 1-bit codes, by
    masked hamming distance. Every code is compared (one compiled scan), unless ``fde_probes`` asks for the
@@ -13,12 +15,16 @@ rows are read from the table (:mod:`~infinity_assets.index.take`).
 2. **Sign MaxSim** (:func:`~infinity_assets.index.kernels.sign_maxsim`): the float query against the 1-bit
    codes of those candidates' pooled tokens (:mod:`~infinity_assets.index.pooling`). Keeps
    ``hamming_candidates`` (the setting keeps the name of the symmetric hamming MaxSim it replaced).
-3. **Float MaxSim** (cosine) on the unit ``embedding`` vectors of those few: the final order and scores,
+3. **Pooled MaxSim** (:func:`~infinity_assets.index.kernels.int8_maxsim`): cosine MaxSim against the same
+   pooled tokens, kept as int8 vectors (``pooled``, read per query): it ranks nearly as the pooled float
+   vectors do, so far fewer full pages need reading. Keeps ``pooled_candidates``. Skipped on a table
+   written before the column existed (the next sync adds it).
+4. **Float MaxSim** (cosine) on the unit ``embedding`` vectors of those few: the final order and scores,
    the same as an exact search gives for the documents returned. The kernel reads float16 vectors in place
    with the query rounded to float16 (:mod:`~infinity_assets.index.kernels`); every document that could be
    in the top ``k`` within the rounding's bound is rescored in float32, so order and scores are exact.
 
-All three stages run on compiled kernels (:mod:`~infinity_assets.index.kernels`), one call per batch.
+All four stages run on compiled kernels (:mod:`~infinity_assets.index.kernels`), one call per batch.
 ``exact=True`` skips the stages: a streaming scan of every document's ``embedding`` (the ground truth), on
 the same kernels and the same float32 rescoring of the near-ties. A
 table that holds no more documents than a stage keeps loses nothing at that stage, so small indexes answer
@@ -55,12 +61,14 @@ class SearchSettings:
     """How many candidates each stage keeps (query time; no rebuild needed to change them).
 
     Filled by :meth:`from_env` from ``INFINITY_ASSETS_SEARCH_<FIELD>`` variables (``FDE_CANDIDATES``,
-    ``HAMMING_CANDIDATES``, ``FDE_AGREEMENT``, ``FDE_PROBES``). ``hamming_candidates`` is raised to ``k`` when
-    smaller.
+    ``HAMMING_CANDIDATES``, ``POOLED_CANDIDATES``, ``FDE_AGREEMENT``, ``FDE_PROBES``). ``hamming_candidates``
+    and ``pooled_candidates`` are raised to ``k`` when smaller.
     """
 
     fde_candidates: int = 2000
     hamming_candidates: int = 100
+    pooled_candidates: int = 30
+    """Documents whose full pages the rerank reads (stage 3 keeps them; raised to ``k`` when smaller)."""
     fde_agreement: float = 0.9
     """FDE bits on which more than this share of the documents agree with the query are not compared
     (1.0: every bit the query occupies)."""
@@ -72,7 +80,7 @@ class SearchSettings:
     ENV_PREFIX = "INFINITY_ASSETS_SEARCH_"
 
     def __post_init__(self) -> None:
-        for name in ("fde_candidates", "hamming_candidates"):
+        for name in ("fde_candidates", "hamming_candidates", "pooled_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"search settings {name}={getattr(self, name)}: must be at least 1")
         if self.fde_probes < 0:
@@ -114,6 +122,7 @@ class StagedSearch:
         self.fde = encoding.fde(hidden_dim)
         self.taker = RowTaker(dataset)
         self.rows = int(self.taker.starts[-1])  # the live rows, counted once per fragment
+        self.pooled = "pooled" in dataset.schema.names  # False: a table from before the column (stage 3 skipped)
         self._resident: Resident | None = None
         self.lists: ivf.Lists | None = None
         self._ivf_retry_at = 0.0
@@ -183,6 +192,17 @@ class StagedSearch:
             timings["hamming"] = _lap(started)
         else:
             timings["hamming"] = 0.0
+        kept_hamming = len(positions)
+        keep = max(settings.pooled_candidates, k)
+        if self.pooled and len(positions) > keep:
+            started = time.perf_counter()
+            positions = np.sort(positions)
+            tokens, offsets = _vectors(self.taker.take(positions, ["pooled"]).column("pooled").combine_chunks())
+            scores = kernels.int8_maxsim(query, tokens, offsets)
+            positions = positions[_within(-scores, keep)]
+            timings["pooled"] = _lap(started)
+        else:
+            timings["pooled"] = 0.0
         started = time.perf_counter()
         positions = np.sort(positions)
         rows = self.taker.take(positions, ["embedding", *self.carry])
@@ -190,7 +210,7 @@ class StagedSearch:
         best, scores = _exact_top(query, vectors, offsets, k)
         timings["rerank"] = _lap(started)
         return Ranking(positions[best], scores, rows.select(self.carry).take(best), timings,
-                       {"fde": kept_fde, "hamming": len(positions)}, int(scanned))
+                       {"fde": kept_fde, "hamming": kept_hamming, "pooled": len(positions)}, int(scanned))
 
     def exact(self, query: np.ndarray, k: int) -> Ranking:
         """The exact ``k`` best rows: cosine MaxSim against every row's ``embedding`` (streamed in batches),

@@ -179,7 +179,7 @@ class IndexAttributes(dg.Model, dg.Resolvable):
         None, description="Index encoding (fde_repetitions, fde_simhash_bits, fde_projection_dim, fde_seed, "
                           "bits_pool_threshold, originals, ...); recorded in the table, a change rebuilds it.")
     search: dict[str, Any] | None = Field(
-        None, description="Search stage settings (fde_candidates, hamming_candidates, ...) of the drift measurement.")
+        None, description="Search stage settings (fde_candidates, hamming_candidates, pooled_candidates, ...) of the drift measurement.")
     drift_queries: int = Field(32, description="Known-item queries measured after each sync (0: off).")
     sync_interval_seconds: int = Field(30, description="Seconds between the index automation sensor's ticks.")
 
