@@ -43,10 +43,12 @@ QUICK = {"sizes": (500, 1_000), "queries": 50, "query_pages": 500, "gt_pages": 1
          "lance_flat_queries": 5, "lance_ann_queries": 10, "public_pages": 500, "qdrant_pages": 200,
          "loose_pages": 1_000, "codes": 20_000, "needle": (500, 30), "sync": (2, 100),
          "table_sync_pages": 100, "texlive_lance_flat_queries": 5, "real_pages": 500}
-#: The search settings of the rows beside the default (2,000 / 100, the flat first stage): twice the FDE
-#: candidates, half of both, and the IVF probed (32 lists of sqrt(pages)).
-HIGH_RECALL = {"fde_candidates": 4000, "hamming_candidates": 100}
-LOW_LATENCY = {"fde_candidates": 1000, "hamming_candidates": 50}
+#: The rows beside the default (2,000 / 100 / 30, the flat first stage), on both token mixes: twice the
+#: candidates of stages 1-3, half of each, and no stage 3 (last round's default: the rerank reads all 100).
+SIDE_ROWS = (("two-stage, 4,000 / 200 / 40", {"fde_candidates": 4000, "hamming_candidates": 200, "pooled_candidates": 40}),
+             ("two-stage, 1,000 / 50 / 20", {"fde_candidates": 1000, "hamming_candidates": 50, "pooled_candidates": 20}),
+             ("two-stage without stage 3 (last round's default, 2,000 / 100, rerank of 100)", {"pooled_candidates": 100}))
+#: The IVF probed (32 lists of sqrt(pages)).
 IVF_PROBED = {"fde_probes": 32}
 DEFAULT_LABEL = "two-stage (local disk)"
 
@@ -226,10 +228,8 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
         add(_row(label, result, n, corpora.PAGE_VECTORS, corpora.top_k(scores[:, :n], 10)[:50], known_q[:50]))
     for size in sorted(cfg["sizes"], reverse=True):
         add(_row(DEFAULT_LABEL, two_stage(size), size, corpora.PAGE_VECTORS, exact.get(size), known))
-        add(_row("two-stage, fde 4,000 / hamming 100", two_stage(size, search=HIGH_RECALL), size,
-                 corpora.PAGE_VECTORS, exact.get(size), known))
-        add(_row("two-stage, fde 1,000 / hamming 50", two_stage(size, search=LOW_LATENCY), size,
-                 corpora.PAGE_VECTORS, exact.get(size), known))
+        for label, search in SIDE_ROWS:
+            add(_row(label, two_stage(size, search=search), size, corpora.PAGE_VECTORS, exact.get(size), known))
         add(_row("two-stage, IVF: 32 lists probed", two_stage(size, search=IVF_PROBED), size,
                  corpora.PAGE_VECTORS, exact.get(size), known))
         add(_row("last round's numpy stages (flat FDE, numpy popcounts, float32 copies)",
@@ -265,8 +265,7 @@ def loose(cfg: dict[str, Any]) -> dict[str, Any]:
     exact = corpora.top_k(scores, 10)
     root = _build_root("two-stage", f"synthetic-loose-{n}", _engine_version())
     rows = []
-    for label, extra in ((DEFAULT_LABEL, {}), ("two-stage, fde 4,000 / hamming 100", {"search": HIGH_RECALL}),
-                         ("two-stage, fde 1,000 / hamming 50", {"search": LOW_LATENCY}),
+    for label, extra in ((DEFAULT_LABEL, {}), *((label, {"search": search}) for label, search in SIDE_ROWS),
                          ("last round's numpy stages (flat FDE, numpy popcounts, float32 copies)",
                           {"mode": "last-round"})):
         result = run_engine({"engine": "two-stage", "corpus": "synthetic", "mix": "loose", "cached": n, "pages": n,
@@ -417,6 +416,7 @@ def real(cfg: dict[str, Any]) -> dict[str, Any]:
              ("LanceDB multi-vector flat", {"engine": "lancedb", "ann": False, "build_ann": False},
               vectors[:cfg["texlive_lance_flat_queries"]]),
              ("two-stage (local disk)", {"engine": "two-stage"}, vectors),
+             ("two-stage, hamming 150", {"engine": "two-stage", "search": {"hamming_candidates": 150}}, vectors),
              (MUVERA, {"engine": "muvera"}, vectors)]
     for label, spec, subset in specs:
         engine = spec["engine"]

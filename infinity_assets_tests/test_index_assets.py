@@ -124,8 +124,9 @@ def test_cli_search_answers_from_the_index_on_seaweedfs(seaweedfs, s3_bucket, in
     assert "doc-07.txt" in found.stdout.splitlines()[0] and "astronomers detected a faint comet" in found.stdout
     verbose = cli(["search", "faint comet passing close to jupiter", "--k", "3", "--verbose"], env)
     assert verbose.returncode == 0 and verbose.stdout == found.stdout, verbose.stderr
-    assert re.search(r"search stages: fde [\d.]+ ms  hamming [\d.]+ ms  rerank [\d.]+ ms  total [\d.]+ ms  "
-                     r"embed [\d.]+ ms; candidates kept: fde 30, hamming 30", verbose.stderr), verbose.stderr
+    assert re.search(r"search stages: fde [\d.]+ ms  hamming [\d.]+ ms  pooled [\d.]+ ms  rerank [\d.]+ ms  "
+                     r"total [\d.]+ ms  embed [\d.]+ ms; candidates kept: fde 30, hamming 30, pooled 30",
+                     verbose.stderr), verbose.stderr
     exact = cli(["search", "faint comet passing close to jupiter", "--k", "3", "--exact", "--verbose"], env)
     assert exact.stdout.splitlines()[0] == found.stdout.splitlines()[0] and "exact " in exact.stderr
     lines = [json.loads(line) for line in cli(["search", "comet near jupiter", "--json"], env).stdout.splitlines()]

@@ -101,13 +101,17 @@ def test_int8_maxsim_kernel_equals_its_definition_and_stays_within_its_bound_of_
     np.testing.assert_allclose(kernels.int8_maxsim(unit, tokens, offsets), got, rtol=1e-6)
 
 
-def test_masked_hamming_kernel_equals_the_numpy_definition():
+def test_masked_hamming_kernel_equals_the_numpy_definition(monkeypatch):
     rng = np.random.default_rng(4)
     codes = rng.integers(0, 256, (1000, 1280), dtype=np.uint8)
     query = rng.integers(0, 256, 1280, dtype=np.uint8)
     mask = np.where(rng.random(1280) < 0.4, rng.integers(0, 256, 1280), 0).astype(np.uint8)
-    np.testing.assert_array_equal(kernels.masked_hamming(codes, query, mask), hamming_distances(codes, query, mask))
+    expected = hamming_distances(codes, query, mask)
+    np.testing.assert_array_equal(kernels.masked_hamming(codes, query, mask), expected)
     assert not kernels.masked_hamming(codes, query, np.zeros(1280, np.uint8)).any()
+    monkeypatch.setattr(kernels, "HAMMING_BLOCK_CODES", 300)  # split over the threads, in uneven parts
+    monkeypatch.setattr(kernels, "KERNEL_THREADS", 3)
+    np.testing.assert_array_equal(kernels.masked_hamming(codes, query, mask), expected)
 
 
 def test_a_cpu_without_simd_gets_the_same_answers(tmp_path):

@@ -53,12 +53,14 @@ def float16_margin(query_tokens: int) -> float:
 
 
 def exact_maxsim(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Exact float32 MaxSim (the reference): float16 ``vectors`` are upcast, here only for the few documents
-    :func:`exact_order` rescores."""
+    """Exact float32 MaxSim (the reference): float16 ``vectors`` are upcast (exactly, by NumKong: ~9x numpy's
+    cast), here only for the few documents :func:`exact_order` rescores."""
     offsets = np.asarray(offsets, np.int64)
     if len(offsets) < 2:
         return np.zeros(0, np.float32)
-    rows = np.ascontiguousarray(vectors[offsets[0]:offsets[-1]], np.float32)
+    rows = np.ascontiguousarray(vectors[offsets[0]:offsets[-1]])
+    if rows.dtype != np.float32:
+        rows = np.asarray(nk.astype(rows, "float32"))
     packed = nk.dots_pack(np.ascontiguousarray(query, np.float32), dtype="f32")
     similarities = np.asarray(nk.dots_packed(rows, packed))
     return np.maximum.reduceat(similarities, offsets[:-1] - offsets[0], axis=0).sum(axis=1, dtype=np.float32)
@@ -75,7 +77,11 @@ def exact_order(approximate: np.ndarray, margin: float, k: int) -> np.ndarray:
 
 #: Document tokens per :func:`sign_maxsim` kernel call: the (tokens, q) products stay in the CPU's cache.
 SIGN_BLOCK_TOKENS = 8192
-_BLOCK_THREADS = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="sign-maxsim")
+#: Threads the kernels split a call over (their compiled loops release the GIL).
+KERNEL_THREADS = min(4, os.cpu_count() or 1)
+_BLOCK_THREADS = ThreadPoolExecutor(KERNEL_THREADS, thread_name_prefix="index-kernels")
+#: FDE codes per :func:`masked_hamming` kernel call when there are more (a call runs on one core).
+HAMMING_BLOCK_CODES = 16384
 
 
 def sign_maxsim(query: np.ndarray, codes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -154,14 +160,27 @@ def masked_hamming(codes: np.ndarray, query: np.ndarray, mask: np.ndarray) -> np
     """Hamming distance of each ``(n, nbytes)`` code to the ``(nbytes,)`` query code over ``mask``'s bits:
     ``(n,)`` uint32, in one pass over the codes with no masked copy of them. Two plain hamming distances
     give it: against the query with the bits outside the mask cleared, ``d + c_out``, and with them set,
-    ``d + (outside - c_out)`` (``c_out``: the code's ones outside the mask), so ``d = (sum - outside) / 2``."""
+    ``d + (outside - c_out)`` (``c_out``: the code's ones outside the mask), so ``d = (sum - outside) / 2``.
+    More than :data:`HAMMING_BLOCK_CODES` codes are split in as many parts as the machine has cores (up to 4),
+    scanned at once: the kernel releases the GIL, and one core alone does not use the memory bandwidth."""
     codes = np.ascontiguousarray(codes, np.uint8)
     if not mask.any():
         return np.zeros(len(codes), np.uint32)
     packed = nk.hammings_pack(np.stack([query & mask, query | ~mask]))
-    both = np.asarray(nk.hammings_packed(codes, packed))                       # (n, 2) uint32
     outside = len(mask) * 8 - int(np.unpackbits(mask).sum())
-    return ((both[:, 0] + both[:, 1] - outside) // 2).astype(np.uint32)
+    distances = np.empty(len(codes), np.uint32)
+
+    def part(first: int, last: int) -> None:
+        both = np.asarray(nk.hammings_packed(codes[first:last], packed))        # (n, 2) uint32
+        distances[first:last] = (both[:, 0] + both[:, 1] - outside) // 2
+
+    parts = min(KERNEL_THREADS, max(1, len(codes) // HAMMING_BLOCK_CODES))
+    bounds = np.linspace(0, len(codes), parts + 1).astype(np.int64).tolist()
+    if parts == 1:
+        part(0, len(codes))
+    else:
+        list(_BLOCK_THREADS.map(lambda i: part(bounds[i], bounds[i + 1]), range(parts)))
+    return distances
 
 
 #: NumKong's SIMD kernel families (every one but ``serial``), disabled by :func:`portable_kernels`.
