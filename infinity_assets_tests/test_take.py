@@ -23,4 +23,5 @@ def test_rows_by_position_equal_the_dataset_take_across_fragments_with_deletions
                       np.array([dataset.count_rows() - 1, 0]), np.zeros(0, np.int64)):
         want = dataset.take(positions.tolist(), columns=["a", "b"])
         assert reader.take(positions, ["a", "b"]).to_pylist() == want.to_pylist()
+        assert reader.take(positions, ["a", "b"], row_bytes=16).to_pylist() == want.to_pylist()  # fewer calls
     assert take.take_rows(dataset, np.array([5]), ["b"]).column("b").to_pylist() == ["row 6"]

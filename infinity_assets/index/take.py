@@ -4,9 +4,10 @@ Lance's dataset-level ``take`` maps every position to its row through the fragme
 that grows with the position: on a 99,000-row fragment that holds one deletion file (any ``merge_insert``
 that changed a row leaves one), 50 rows take ~70 ms whatever their size, against ~0.5 ms by the fragment's
 own ``take`` (``LanceFragment.take``: positions among the fragment's live rows; pylance 14). So
-positions are split by fragment here, and each fragment's share is read in concurrent calls: up to
-:data:`PARALLEL_REMOTE` on object storage (every row range is a request, each waiting mostly on the network),
-:data:`PARALLEL_LOCAL` on a local disk (more calls only add their own overhead; see docs/search-at-scale.md).
+positions are split by fragment here, and each fragment's share is read in up to :data:`PARALLEL` concurrent
+calls (on object storage every row range is a request, waiting mostly on the network; on a local disk cold
+reads of large rows overlap), or :data:`PARALLEL_SMALL_ROWS` for rows the caller says are small on a local
+disk (there more calls only add their own cost; see docs/search-at-scale.md).
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-#: Concurrent ``take`` calls per read of a dataset on object storage (each waits mostly on its requests).
-PARALLEL_REMOTE = 32
-#: Concurrent ``take`` calls per read of a local dataset.
-PARALLEL_LOCAL = 4
+#: Concurrent ``take`` calls per read.
+PARALLEL = 32
+#: Concurrent ``take`` calls per read of rows under :data:`SMALL_ROW_BYTES` from a local disk.
+PARALLEL_SMALL_ROWS = 4
+SMALL_ROW_BYTES = 64 * 1024
 #: Rows per call below which a read is not split further.
 MIN_ROWS_PER_CALL = 2
-_THREADS = ThreadPoolExecutor(PARALLEL_REMOTE, thread_name_prefix="index-take")
+_THREADS = ThreadPoolExecutor(PARALLEL, thread_name_prefix="index-take")
 
 
 class RowTaker:
@@ -30,24 +32,26 @@ class RowTaker:
     the order a scan returns them)."""
 
     def __init__(self, dataset: Any) -> None:
-        remote = "://" in str(dataset.uri) and not str(dataset.uri).startswith("file://")
-        self.parallel = PARALLEL_REMOTE if remote else PARALLEL_LOCAL
+        self.remote = "://" in str(dataset.uri) and not str(dataset.uri).startswith("file://")
         self.fragments = dataset.get_fragments()
         counts = [fragment.count_rows() for fragment in self.fragments]
         self.starts = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=self.starts[1:])
 
-    def take(self, positions: np.ndarray, columns: list[str]) -> pa.Table:
-        """The rows at ``positions``, in that order, with ``columns``."""
+    def take(self, positions: np.ndarray, columns: list[str], row_bytes: float | None = None) -> pa.Table:
+        """The rows at ``positions``, in that order, with ``columns``; ``row_bytes``: about how many bytes a
+        row of them holds, if the caller knows (None: large)."""
         positions = np.asarray(positions, np.int64)
         order = np.argsort(positions, kind="stable")
         if np.any(order != np.arange(len(order))):
-            return self.take(positions[order], columns).take(np.argsort(order))
+            return self.take(positions[order], columns, row_bytes).take(np.argsort(order))
+        small = row_bytes is not None and row_bytes < SMALL_ROW_BYTES and not self.remote
+        parallel = PARALLEL_SMALL_ROWS if small else PARALLEL
         owner = np.searchsorted(self.starts, positions, side="right") - 1
         calls = []
         for number in np.unique(owner).tolist():
             local = positions[owner == number] - self.starts[number]
-            pieces = min(self.parallel, max(1, len(local) // MIN_ROWS_PER_CALL))
+            pieces = min(parallel, max(1, len(local) // MIN_ROWS_PER_CALL))
             calls += [(self.fragments[number], piece) for piece in np.array_split(local, pieces) if len(piece)]
         if not calls:
             return self.fragments[0].take([], columns=columns) if self.fragments else pa.table({})

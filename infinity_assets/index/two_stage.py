@@ -198,7 +198,9 @@ class StagedSearch:
         if self.pooled and len(positions) > keep:
             started = time.perf_counter()
             positions = np.sort(positions)
-            tokens, offsets = _vectors(self.taker.take(positions, ["pooled"]).column("pooled").combine_chunks())
+            row_bytes = self.resident.offsets[-1] / self.rows * self.hidden_dim  # pooled tokens of int8
+            tokens, offsets = _vectors(self.taker.take(positions, ["pooled"], row_bytes).column("pooled")
+                                       .combine_chunks())
             scores = kernels.int8_maxsim(query, tokens, offsets)
             positions = positions[_within(-scores, keep)]
             timings["pooled"] = _lap(started)
@@ -275,8 +277,7 @@ class Resident:
 
 def release_free_memory() -> None:
     """Give the C allocator's free memory back to the OS (glibc's public ``malloc_trim``; a no-op where there
-    is none): a scan leaves its freed read buffers in the allocator's arenas, about as much again as what
-    stages 1-2 keep (~600 MB at 100,000 pages, measured in docs/search-at-scale.md)."""
+    is none): a scan leaves its freed read buffers in the allocator's arenas (docs/search-at-scale.md)."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
