@@ -52,22 +52,30 @@ def sign_maxsim_definition(query: np.ndarray, codes: np.ndarray, offsets: np.nda
     return np.maximum.reduceat(dots, offsets[:-1], axis=0).sum(axis=1)
 
 
-def test_sign_maxsim_kernel_equals_its_definition(monkeypatch):
-    """Exactly for a query int8 represents exactly; within the stated rounding bound for a unit query; the
-    same whatever the block size (documents longer than a block included)."""
-    rng = np.random.default_rng(3)
-    vectors, offsets = documents(rng, 80)
-    codes = pack_signs(vectors)
+def check_int8_query_kernel(kernel, definition, rng: np.random.Generator, documents: np.ndarray,
+                            offsets: np.ndarray, monkeypatch, rtol: float) -> tuple[np.ndarray, np.ndarray]:
+    """A kernel that rounds the query to int8 per token, against its float64 ``definition``: within ``rtol``
+    (float32 rounding) for a query int8 holds exactly, within the query's rounding bound (0.045 x each token's largest
+    |value|) for a unit query, and the same whatever the block size (documents longer than a block included).
+    Returns the unit query and the kernel's scores for it."""
     integer = rng.integers(-127, 128, (20, 128)).astype(np.float32)
     integer[:, 0] = 127  # every token's max |value| is 127: int8 holds it as it is
-    np.testing.assert_allclose(kernels.sign_maxsim(integer, codes, offsets),
-                               sign_maxsim_definition(integer, codes, offsets), rtol=1e-6)
+    np.testing.assert_allclose(kernel(integer, documents, offsets), definition(integer, documents, offsets),
+                               rtol=rtol)
     unit = normalized(rng.standard_normal((20, 128)).astype(np.float32))
-    bound = 0.045 * np.abs(unit).max(axis=1).sum()
-    got = kernels.sign_maxsim(unit, codes, offsets)
-    assert np.abs(got - sign_maxsim_definition(unit, codes, offsets)).max() <= bound
-    monkeypatch.setattr(kernels, "SIGN_BLOCK_TOKENS", 100)  # most documents hold more tokens than that
-    np.testing.assert_allclose(kernels.sign_maxsim(unit, codes, offsets), got, rtol=1e-6)
+    got = kernel(unit, documents, offsets)
+    assert np.abs(got - definition(unit, documents, offsets)).max() <= 0.045 * np.abs(unit).max(axis=1).sum()
+    with monkeypatch.context() as patch:
+        patch.setattr(kernels, "SIGN_BLOCK_TOKENS", 100)  # most documents hold more tokens than that
+        np.testing.assert_allclose(kernel(unit, documents, offsets), got, rtol=1e-6)
+    return unit, got
+
+
+def test_sign_maxsim_kernel_equals_its_definition(monkeypatch):
+    rng = np.random.default_rng(3)
+    vectors, offsets = documents(rng, 80)
+    check_int8_query_kernel(kernels.sign_maxsim, sign_maxsim_definition, rng, pack_signs(vectors), offsets,
+                            monkeypatch, rtol=1e-6)
 
 
 def int8_maxsim_definition(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -78,27 +86,18 @@ def int8_maxsim_definition(query: np.ndarray, tokens: np.ndarray, offsets: np.nd
 
 
 def test_int8_maxsim_kernel_equals_its_definition_and_stays_within_its_bound_of_float(monkeypatch):
-    """Against its definition: to float32 rounding for a query int8 represents exactly, within the query's
-    rounding bound for a unit query, the same whatever the block size; against the float vectors the int8
-    ones were quantized from: within the documents' rounding bound too."""
+    """Against its definition as any int8-query kernel; against the float vectors the int8 ones were quantized
+    from: within the query's and the documents' rounding bounds."""
     rng = np.random.default_rng(6)
     vectors, offsets = documents(rng, 80)
-    tokens = kernels.quantize_int8(vectors)
-    integer = rng.integers(-127, 128, (20, 128)).astype(np.float32)
-    integer[:, 0] = 127
-    np.testing.assert_allclose(kernels.int8_maxsim(integer, tokens, offsets),
-                               int8_maxsim_definition(integer, tokens, offsets), rtol=1e-5)
-    unit = normalized(rng.standard_normal((20, 128)).astype(np.float32))
+    unit, got = check_int8_query_kernel(kernels.int8_maxsim, int8_maxsim_definition, rng,
+                                        kernels.quantize_int8(vectors), offsets, monkeypatch, rtol=1e-5)
     query_bound = 0.045 * np.abs(unit).max(axis=1).sum()
-    got = kernels.int8_maxsim(unit, tokens, offsets)
-    assert np.abs(got - int8_maxsim_definition(unit, tokens, offsets)).max() <= query_bound
     # a token rounded to int8 at its own scale moves by at most sqrt(d) * max|v| / 127 in direction
     document_bound = len(unit) * np.sqrt(128) * np.abs(vectors).max() / 127
     exact = maxsim_scores(unit, vectors, offsets)
     assert np.abs(got - exact).max() <= query_bound + document_bound
     assert np.corrcoef(got, exact)[0, 1] > 0.999
-    monkeypatch.setattr(kernels, "SIGN_BLOCK_TOKENS", 100)
-    np.testing.assert_allclose(kernels.int8_maxsim(unit, tokens, offsets), got, rtol=1e-6)
 
 
 def test_masked_hamming_kernel_equals_the_numpy_definition(monkeypatch):
