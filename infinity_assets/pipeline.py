@@ -143,6 +143,8 @@ def embed_partition(
     hidden_dim = client.hidden_dim or int(previous_metadata.get("hidden_dim", 0)) or client.detect_hidden_dim()
     metadata = {"model": client.model_name, "hidden_dim": hidden_dim, "modality": modality,
                 "encoding": client.encoding, "partition": partition, "package_version": __version__}
+    if modality == "images":  # how its PDF pages were drawn: the page viewer draws them the same way
+        metadata |= {"pdf_max_side": store.pdf.max_side, "pdf_dpi": store.pdf.dpi}
     store.ensure_artifact_dir(modality)
     try:
         with artifacts.ArtifactWriter(store.fs, path, hidden_dim=hidden_dim, metadata=metadata,
@@ -201,7 +203,8 @@ def _data_version(listing: documents.Listing, failures: list[artifacts.Failure],
 def _reusable_index(store: documents.DocumentStore, path: str, client: InfinityEmbeddings,
                     vector_encoding: str) -> tuple[dict[str, str], dict[str, str]]:
     """The previous artifact's metadata and ``{doc_id: fingerprint}``, if made with the same model, hidden_dim
-    and vector encoding."""
+    and vector encoding; without its PDF pages if they were drawn with other PDF settings (``max_side``,
+    ``dpi``), so a batch's pages are all drawn as its artifact records."""
     found = artifacts.read_index(store.fs, path)
     if found is None:
         return {}, {}
@@ -213,6 +216,11 @@ def _reusable_index(store: documents.DocumentStore, path: str, client: InfinityE
                     " re-embedding everything", path, metadata.get("model"), metadata.get("hidden_dim"),
                     metadata["vector_encoding"])
         return {}, {}
+    drawn = {"pdf_max_side": str(store.pdf.max_side), "pdf_dpi": str(store.pdf.dpi)}
+    if any(metadata.get(key, value) != value for key, value in drawn.items()):
+        logger.info("previous artifact %s drew its PDF pages with other settings (%s); re-embedding them", path,
+                    {key: metadata.get(key) for key in drawn})
+        index = {doc_id: fingerprint for doc_id, fingerprint in index.items() if not _PAGE_SUFFIX.search(doc_id)}
     return metadata, index
 
 

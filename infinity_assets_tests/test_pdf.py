@@ -40,13 +40,13 @@ def image_pdf(size_pixels: tuple[int, int], resolution: float) -> bytes:
     return buffer.getvalue()
 
 
-def rendered_pages(data: bytes) -> list[bytes]:
-    """Each page rendered as the format renders it (dpi 144, longest side <= 1024 px), as PNG bytes."""
+def rendered_pages(data: bytes, max_side: int = MAX_SIDE, dpi: float = DPI) -> list[bytes]:
+    """Each page rendered as the format renders it (by default dpi 144, longest side <= 1024 px), as PNG bytes."""
     document = pdfium.PdfDocument(data)
     pages = []
     for page in document:
         width, height = page.get_size()
-        image = page.render(scale=min(DPI / 72, MAX_SIDE / max(width, height))).to_pil().convert("RGB")
+        image = page.render(scale=min(dpi / 72, max_side / max(width, height))).to_pil().convert("RGB")
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         pages.append(buffer.getvalue())
@@ -152,6 +152,26 @@ def test_an_unchanged_pdf_is_reused_whole_and_a_changed_one_re_embedded_whole(in
     texts = dict(zip(artifact.doc_ids, artifact.table.column("page_text").to_pylist()))
     assert texts["a.pdf#page=3"] == "first page 3" and texts["b.pdf#page=4"] == "second, revised page 4"
     assert artifacts.check_schema(store.fs, store.artifact_path("images", "b"), 128).passed
+
+
+def test_pages_drawn_with_other_pdf_settings_are_embedded_again_and_the_artifact_records_the_new_ones(
+        infinity_server, tmp_path):
+    from infinity_assets.storage.documents import DocumentStore, PdfSettings
+
+    batch = tmp_path / "raw" / "images" / "b"
+    batch.mkdir(parents=True)
+    (batch / "a.pdf").write_bytes(text_pdf(2, "first"))
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(batch / "photo.png")
+    path = DocumentStore(str(tmp_path)).artifact_path("images", "b")
+    with InfinityEmbeddings(url=infinity_server.url, model_name="colpali-tiny", hidden_dim=128) as client:
+        small = embed_partition(DocumentStore(str(tmp_path), pdf=PdfSettings(max_side=400)), client, "images", "b")
+        recorded = artifacts.read_index(DocumentStore(str(tmp_path)).fs, path)[0]
+        assert (recorded["pdf_max_side"], recorded["pdf_dpi"]) == ("400", "144.0")
+        same = embed_partition(DocumentStore(str(tmp_path), pdf=PdfSettings(max_side=400)), client, "images", "b")
+        larger = embed_partition(DocumentStore(str(tmp_path)), client, "images", "b")
+    assert (small.embedded, small.reused) == (3, 0) and (same.embedded, same.reused) == (0, 3)
+    assert (larger.embedded, larger.reused) == (2, 1)  # the pages again, the photo kept
+    assert artifacts.read_index(DocumentStore(str(tmp_path)).fs, path)[0]["pdf_max_side"] == "1024"
 
 
 def _store(seaweedfs, bucket: str, **pdf: object):

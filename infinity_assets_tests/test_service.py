@@ -34,7 +34,7 @@ from infinity_assets.service.corpora import ServedCorpus, corpora_from_env
 from infinity_assets.service.pages import lookup
 from infinity_assets.service.similarity import page_vectors, patch_grid, similarity_grid
 from infinity_assets.settings import QuerySettings
-from infinity_assets.storage.documents import DocumentStore
+from infinity_assets.storage.documents import DocumentStore, PdfSettings
 from infinity_assets_dev.ports import free_port
 from infinity_assets_tests.servers.service_fixtures import IMAGE_MODEL, TEXT_MODEL, ServedApp, build_corpus
 from infinity_assets_tests.test_pdf import rendered_pages, text_pdf
@@ -324,6 +324,20 @@ def test_a_pdf_pages_picture_is_the_page_rendered_as_the_embedding_rendered_it(c
     expected = _pixels(rendered_pages(corpus.pdf)[1])
     assert np.array_equal(_pixels(picture.content), expected)
     assert not np.array_equal(expected, _pixels(rendered_pages(corpus.pdf)[0]))  # pages differ: the right one
+
+
+def test_a_pdf_page_is_drawn_with_the_settings_its_batch_was_embedded_with(infinity_server, seaweedfs, served):
+    """A corpus whose pages were drawn at 400 px (its ``images.pdf``), served by a process with the default
+    settings (1,024 px): the picture is the 400 px page the model saw, not a larger one."""
+    data = text_pdf(2, "small")
+    small = build_corpus(seaweedfs, infinity_server.url, data, pdf_settings=PdfSettings(max_side=400, dpi=100.0))
+    plain = DocumentStore(f"s3://{small.bucket}", **seaweedfs.storage_options())
+    assert plain.pdf.max_side == 1024
+    app = served(corpora=[ServedCorpus("default", plain, small.queries())])
+    picture = app.get(f"/pages/images/{quote('report.pdf#page=2', safe='')}")
+    assert picture.status_code == 200, picture.text
+    assert np.array_equal(_pixels(picture.content), _pixels(rendered_pages(data, max_side=400, dpi=100.0)[1]))
+    assert max(_pixels(picture.content).shape[:2]) == 400
 
 
 def test_a_thumbnail_is_the_page_scaled_to_the_size_asked(corpus, served):

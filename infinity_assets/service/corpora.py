@@ -75,7 +75,8 @@ def corpora_from_env(roots: Mapping[str, str] | None = None, *, url: str | None 
     S3 credentials (``AWS_*``), the Infinity server (``url``, else ``$INFINITY_API_URL`` /
     ``$INFINITY_IMAGE_API_URL``) and its API key come from the environment for every corpus. A named corpus's
     queries use the model its index records; the ``default`` corpus's may be pinned by ``$INFINITY_MODEL`` /
-    ``$INFINITY_IMAGE_MODEL``. PDF pages are drawn with ``INFINITY_PDF_*``. Raises ``ValueError`` naming the
+    ``$INFINITY_IMAGE_MODEL``. PDF pages are drawn as their artifacts record they were embedded
+    (``INFINITY_PDF_*`` for artifacts from before that was recorded). Raises ``ValueError`` naming the
     corpus and the setting that is wrong (a bad root, a variable that does not parse).
     """
     named = dict(roots or {})

@@ -6,14 +6,16 @@ the pipeline recorded, which must lie under ``raw/<modality>/`` of the store roo
 read is pinned to the indexed fingerprint (S3 ``If-Match``, local stat), so a file changed since it was
 indexed is refused rather than shown as the indexed page.
 
-A PDF page is rendered by the embedding's renderer with the store's :class:`PdfSettings` (the same
-``INFINITY_PDF_*``), so the picture is the one the model saw. PDFium is not thread-safe: pages are rendered one
+A PDF page is rendered by the embedding's renderer with the settings its artifact records
+(:func:`render_settings`: the corpus's ``images.pdf``, or ``INFINITY_PDF_*``, when it was embedded), so the
+picture is the one the model saw. PDFium is not thread-safe: pages are rendered one
 at a time under a lock, in this process, and only for files the pipeline already rendered once. Pictures are
 cached in memory (:class:`PictureCache`, bounded in bytes) and carry an ETag computed from the document's
 fingerprint and the rendering settings.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import posixpath
@@ -22,9 +24,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from infinity_assets import artifacts
 from infinity_assets.index import IndexReader
-from infinity_assets.storage.documents import DocumentStore, FailureKind, SourceObject
+from infinity_assets.storage.documents import DocumentStore, FailureKind, PdfSettings, SourceObject
 from infinity_assets.storage.formats import pdf_render
 
 _COLUMNS = ("doc_id", "partition", "source_uri", "fingerprint", "page", "n_vectors")
@@ -136,10 +140,23 @@ def source_key(document: IndexedDocument) -> str:
     return document.source_uri.rsplit("/", 1)[-1]
 
 
+def render_settings(store: DocumentStore, document: IndexedDocument) -> PdfSettings:
+    """How the document's PDF page was drawn when it was embedded: ``max_side`` and ``dpi`` recorded in its
+    batch's artifact; the store's settings (``INFINITY_PDF_*``) for an artifact written before they were
+    recorded, or one that cannot be read now."""
+    try:
+        with store.fs.open(store.artifact_path(document.modality, document.partition), "rb") as handle:
+            recorded = artifacts.artifact_metadata(pq.ParquetFile(handle))
+        return dataclasses.replace(store.pdf, max_side=int(recorded["pdf_max_side"]),
+                                   dpi=float(recorded["pdf_dpi"]))
+    except (OSError, KeyError, ValueError):
+        return store.pdf
+
+
 def etag(store: DocumentStore, document: IndexedDocument, size: int | None) -> str:
     """A strong ETag of the document's picture: its store, fingerprint, id and the rendering settings (the
     store too: a local fingerprint, ``<size>-<mtime_ns>``, can be the same for two files of two corpora)."""
-    pdf = store.pdf
+    pdf = render_settings(store, document) if document.page is not None else store.pdf
     material = "\0".join(map(str, (store.root_uri, document.fingerprint, document.partition, document.doc_id,
                                    size, pdf.max_side, pdf.dpi, "v2")))
     return '"' + hashlib.sha256(material.encode()).hexdigest()[:32] + '"'
@@ -150,15 +167,15 @@ def picture(store: DocumentStore, document: IndexedDocument, size: int | None) -
     it, or the stored image as it is; scaled to at most ``size`` pixels on its longest side (PNG) if given."""
     data = read_source(store, document)
     if document.page is not None and media_type(document) == "application/pdf":
-        png = render_pdf_page(data, document.page, store)
+        png = render_pdf_page(data, document.page, render_settings(store, document))
         return (png, "image/png") if size is None else (thumbnail(png, size), "image/png")
     if not media_type(document).startswith("image/"):
         raise DocumentNotFound(f"document {document.doc_id!r} is not a page image")
     return (data, media_type(document)) if size is None else (thumbnail(data, size), "image/png")
 
 
-def render_pdf_page(data: bytes, page: int, store: DocumentStore) -> bytes:
-    """PNG of page ``page`` (from 1) with the embedding's renderer and the store's PDF settings."""
+def render_pdf_page(data: bytes, page: int, settings: PdfSettings) -> bytes:
+    """PNG of page ``page`` (from 1) with the embedding's renderer and ``settings``."""
     import pypdfium2 as pdfium
 
     with _RENDER_LOCK:
@@ -167,7 +184,7 @@ def render_pdf_page(data: bytes, page: int, store: DocumentStore) -> bytes:
             if not 1 <= page <= len(document):
                 raise DocumentNotFound(f"the PDF has {len(document)} pages, not {page}")
             # The renderer of formats/pdf.py, one page: same scale rule, same PNG writer, same pixels.
-            png, _ = pdf_render.render_page(document, page - 1, store.pdf)
+            png, _ = pdf_render.render_page(document, page - 1, settings)
         finally:
             document.close()
     return png

@@ -22,7 +22,7 @@ from infinity_assets.index import sync_index
 from infinity_assets.pipeline import embed_partition
 from infinity_assets.service.corpora import ServedCorpus
 from infinity_assets.settings import QuerySettings
-from infinity_assets.storage.documents import DocumentStore
+from infinity_assets.storage.documents import DocumentStore, PdfSettings
 from infinity_assets_dev.ports import free_port
 
 TEXTS = {"cats.txt": "the cat sat on the warm mat in the afternoon sun",
@@ -71,15 +71,16 @@ def photo_png() -> bytes:
 
 def build_corpus(seaweedfs: Any, infinity_url: str, pdf: bytes, *, pdf_name: str = "report.pdf",
                  texts: dict[str, str] | None = None, text_model: str = TEXT_MODEL,
-                 image_model: str = IMAGE_MODEL) -> Corpus:
+                 image_model: str = IMAGE_MODEL, pdf_settings: PdfSettings | None = None) -> Corpus:
     """Put the files in a new bucket (the PDF as ``pdf_name``, a PNG, ``texts``: default :data:`TEXTS`), embed
-    both batches with the models given and sync both indexes."""
+    both batches with the models given (PDF pages drawn with ``pdf_settings``: default the defaults) and sync
+    both indexes."""
     bucket = seaweedfs.create_bucket()
     photo = photo_png()
     files = {f"{bucket}/raw/images/b1/{pdf_name}": pdf, f"{bucket}/raw/images/b1/photo.png": photo}
     files |= {f"{bucket}/raw/text/t1/{name}": text.encode() for name, text in (texts or TEXTS).items()}
     seaweedfs.filesystem().pipe(files)
-    store = DocumentStore(f"s3://{bucket}", **seaweedfs.storage_options())
+    store = DocumentStore(f"s3://{bucket}", pdf=pdf_settings, **seaweedfs.storage_options())
     corpus = Corpus(bucket, store, pdf, photo, infinity_url, {"text": text_model, "images": image_model})
     clients = corpus.clients()
     try:
