@@ -27,7 +27,14 @@ from collections.abc import Sequence
 
 from infinity_assets import settings
 from infinity_assets.client.errors import InfinityError
-from infinity_assets.index import Hit, IndexReader, SearchIndexError, SearchResult, search_text_timed
+from infinity_assets.index import (
+    Hit,
+    IndexReader,
+    SearchIndexError,
+    SearchResult,
+    SearchSettings,
+    search_text_timed,
+)
 from infinity_assets.storage.documents import DocumentStoreError, PdfSettings
 
 
@@ -89,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reader = IndexReader(store, args.modality)
         with queries.for_index(reader.model, reader.hidden_dim).build_client() as client:
             result = search_text_timed(store, client, args.query, args.modality, args.k, exact=args.exact,
-                                       reader=reader)
+                                       settings=SearchSettings.from_env(), reader=reader)
     except (SearchIndexError, InfinityError, DocumentStoreError, ValueError) as exc:
         print(f"infinity-assets: {exc}", file=sys.stderr)
         return 1

@@ -267,8 +267,10 @@ def test_the_readmes_add_it_to_your_project_commands_run_as_written(tmp_path):
     assert "All definitions loaded successfully" in dg("check", "defs").stdout
 
     port = free_port()
-    server = subprocess.Popen([str(bin_dir / "dg"), "dev", "-p", str(port)], cwd=project, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    output = tmp_path / "dg-dev.log"
+    with output.open("wb") as log:
+        server = subprocess.Popen([str(bin_dir / "dg"), "dev", "-p", str(port)], cwd=project, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline, keys = time.monotonic() + 120, None
         while time.monotonic() < deadline and server.poll() is None:
@@ -284,7 +286,11 @@ def test_the_readmes_add_it_to_your_project_commands_run_as_written(tmp_path):
                                                        "image_embeddings", "text_index", "image_index")}, \
             f"the UI serves {keys}; its code location: {location_error(port)}"
         server.send_signal(signal.SIGINT)  # Ctrl-C
-        server.wait(timeout=60)
+        # dagster dev gives the webserver, then the daemon, 60 s each to stop before it kills them
+        try:
+            server.wait(timeout=150)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"dg dev still running 150 s after Ctrl-C; its output:\n{output.read_text()[-4000:]}")
         assert not group_alive(server.pid, seconds=30), "dg dev left processes running after Ctrl-C"
     finally:
         try:

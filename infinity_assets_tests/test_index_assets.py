@@ -7,11 +7,13 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
 
-from infinity_assets.corpus import ClientSettings, CorpusSpec
+from infinity_assets.corpus import ClientSettings, CorpusSpec, IndexSettings
+from infinity_assets.index import SearchSettings
 from infinity_assets.orchestration import build_corpus_definitions
 from infinity_assets.orchestration.index_assets import QualityConfig, quality_result
 
@@ -25,9 +27,12 @@ GOOD_SET = [{"query": " ".join(text.split()[2:7]), "relevant": [f"doc-{i:02d}.tx
             for i, text in enumerate(DOCUMENTS)]
 
 
-def text_corpus(root: StoreRoot, url: str, model: str, hidden_dim: int) -> tuple[CorpusSpec, dg.Definitions]:
-    """A text corpus ``t`` over ``root`` embedded with ``model`` by the server at ``url``; its definitions."""
-    spec = root.corpus(text=ClientSettings(url=url, model_name=model, hidden_dim=hidden_dim))
+def text_corpus(root: StoreRoot, url: str, model: str, hidden_dim: int,
+                index: IndexSettings | None = None) -> tuple[CorpusSpec, dg.Definitions]:
+    """A text corpus ``t`` over ``root`` embedded with ``model`` by the server at ``url`` (``index``: its index
+    settings, default the defaults); its definitions."""
+    spec = root.corpus(text=ClientSettings(url=url, model_name=model, hidden_dim=hidden_dim),
+                       index=index or IndexSettings())
     return spec, build_corpus_definitions(spec)
 
 
@@ -38,13 +43,14 @@ def index_and_quality(defs: dg.Definitions) -> list:
 
 
 def embed_and_index(root: StoreRoot, infinity_server, model: str, hidden_dim: int,
-                    extra: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
+                    extra: dict[str, str] | None = None,
+                    index: IndexSettings | None = None) -> dg.ExecuteInProcessResult:
     """Embed DOCUMENTS (and ``extra`` documents, by file name) as one batch with ``model``, then materialize
-    t/text_index and its quality check."""
+    t/text_index and its quality check (``index``: the corpus's index settings)."""
     root.put_many({f"raw/text/all/doc-{i:02d}.txt": text for i, text in enumerate(DOCUMENTS)})
     root.put_many({f"raw/text/all/{name}": text for name, text in (extra or {}).items()})
     root.put("eval/text.jsonl", "\n".join(json.dumps(item) for item in GOOD_SET))
-    _, defs = text_corpus(root, infinity_server.url, model, hidden_dim)
+    _, defs = text_corpus(root, infinity_server.url, model, hidden_dim, index)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("t_text_batches", ["all"])
         dg.materialize([defs.get_assets_def(EMBEDDINGS)], partition_key="all", instance=instance)
@@ -68,6 +74,17 @@ def test_quality_check_passes_on_a_good_labelled_set(tmp_path, infinity_server):
     lineage = index_meta["dagster/column_lineage"].value.deps_by_column
     assert lineage["embedding"][0].asset_key == EMBEDDINGS
     assert lineage["bits"][0].column_name == "embedding"
+
+
+def test_quality_check_searches_with_the_corpus_search_settings_not_the_environment(tmp_path, infinity_server,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("INFINITY_ASSETS_SEARCH_FDE_CANDIDATES", "many")  # a check reading it would fail
+    search = SearchSettings(fde_candidates=500, hamming_candidates=40, pooled_candidates=20)
+    result = embed_and_index(StoreRoot(str(tmp_path / "store")), infinity_server, "minilm-colbert", 384,
+                             index=IndexSettings(search=search))
+    evaluation = quality_of(result)
+    assert evaluation.passed, evaluation.description
+    assert evaluation.metadata["search_settings"].value == asdict(search)
 
 
 #: 1,100 more documents, so the index holds more than the first stage keeps (1,000) and the drift measurement
@@ -100,7 +117,7 @@ def test_quality_check_fails_when_the_index_was_built_with_the_wrong_model(tmp_p
     root = StoreRoot(str(tmp_path / "store"))
     embed_and_index(root, infinity_server, "colpali-tiny", 128)
     query_model = ClientSettings(url=infinity_server.url, model_name="minilm-colbert-128", hidden_dim=128)
-    result = quality_result(root.store(), query_model, "text", QualityConfig())
+    result = quality_result(root.store(), query_model, "text", QualityConfig(), SearchSettings())
     assert not result.passed
     assert "below thresholds" in result.description and "built with model 'colpali-tiny'" in result.description
     assert result.metadata["mrr_at_10"].value < 0.5
@@ -127,6 +144,11 @@ def test_cli_search_answers_from_the_index_on_seaweedfs(seaweedfs, s3_bucket, in
     assert re.search(r"search stages: fde [\d.]+ ms  hamming [\d.]+ ms  pooled [\d.]+ ms  rerank [\d.]+ ms  "
                      r"total [\d.]+ ms  embed [\d.]+ ms; candidates kept: fde 30, hamming 30, pooled 30",
                      verbose.stderr), verbose.stderr
+    fewer = cli(["search", "faint comet passing close to jupiter", "--k", "3", "--verbose"],
+                {**env, "INFINITY_ASSETS_SEARCH_HAMMING_CANDIDATES": "5"})
+    assert "candidates kept: fde 30, hamming 5, pooled 5" in fewer.stderr, fewer.stderr
+    bad = cli(["search", "comet", "--verbose"], {**env, "INFINITY_ASSETS_SEARCH_HAMMING_CANDIDATES": "few"})
+    assert bad.returncode == 1 and "INFINITY_ASSETS_SEARCH_HAMMING_CANDIDATES='few'" in bad.stderr, bad.stderr
     exact = cli(["search", "faint comet passing close to jupiter", "--k", "3", "--exact", "--verbose"], env)
     assert exact.stdout.splitlines()[0] == found.stdout.splitlines()[0] and "exact " in exact.stderr
     lines = [json.loads(line) for line in cli(["search", "comet near jupiter", "--json"], env).stdout.splitlines()]

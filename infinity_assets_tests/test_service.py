@@ -304,6 +304,16 @@ def test_a_named_corpus_embeds_queries_with_its_indexs_model_whatever_the_enviro
                                                                         "http://infinity.example:7997")
 
 
+def test_the_search_settings_are_read_once_at_start_and_a_bad_one_stops_the_service_named(
+        tmp_path, monkeypatch, s3_env):
+    monkeypatch.setenv("INFINITY_ASSETS_SEARCH_POOLED_CANDIDATES", "12")
+    (docs,) = corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")
+    assert docs.search.pooled_candidates == 12 and docs.search.hamming_candidates == 100
+    monkeypatch.setenv("INFINITY_ASSETS_SEARCH_FDE_CANDIDATES", "many")
+    with pytest.raises(ValueError, match="INFINITY_ASSETS_SEARCH_FDE_CANDIDATES='many': expected int"):
+        corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")
+
+
 def test_the_openapi_description_names_the_corpora_and_their_listing(two):
     schema = two.get("/openapi.json").json()
     assert "/corpora" in schema["paths"]

@@ -40,10 +40,10 @@ def write_index(store: DocumentStore, modality: str,
     index rows of ``partition``, in one commit, under the index's writer lock.
 
     ``append=False`` replaces the table (``create_table(mode="overwrite")``); ``append=True`` adds the rows
-    to the existing table, which must have the same model, hidden_dim and encoding.
+    to the existing table, which must have the same model, hidden_dim and encoding (None: the defaults).
     """
     started = time.monotonic()
-    encoding = encoding or EncodingSettings.from_env()
+    encoding = encoding or EncodingSettings()
     schema = index_schema(hidden_dim, model, modality, encoding)
     report = SyncReport(modality=modality, uri=f"{index_uri(store)}/{TABLES[modality]}.lance", model=model,
                         hidden_dim=hidden_dim, encoding=encoding)

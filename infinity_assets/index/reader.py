@@ -114,7 +114,7 @@ class IndexReader:
 
     def search_staged(self, query: np.ndarray, k: int = 5, *, exact: bool = False,
                       settings: SearchSettings | None = None) -> SearchResult:
-        """:meth:`search` with the stages' timings and candidates (``settings`` None: from the environment)."""
+        """:meth:`search` with the stages' timings and candidates (``settings`` None: the defaults)."""
         started = time.perf_counter()
         try:
             unit = query_vectors(query, self.hidden_dim)
@@ -125,7 +125,7 @@ class IndexReader:
         if exact:
             ranking = self.staged.exact(unit, k)
         else:
-            ranking = self.staged.search(unit, k, settings or SearchSettings.from_env())
+            ranking = self.staged.search(unit, k, settings or SearchSettings())
         rows = ranking.rows.to_pylist()
         hits = [Hit(float(score), row["doc_id"], row["partition"], row["source_uri"], row["page"], row["page_text"])
                 for score, row in zip(ranking.scores, rows)]

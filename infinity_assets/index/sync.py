@@ -111,10 +111,11 @@ def sync_index(
     """Make the index table of ``modality`` equal to the current artifacts (see the module docstring).
 
     ``model`` / ``hidden_dim`` are the embedding settings the index is for (the Infinity resource's; None:
-    those of the existing table, else of the artifacts); ``encoding`` the compact columns' settings (None:
-    :meth:`EncodingSettings.from_env`). A table built for other settings is rebuilt.
+    those of the existing table, else of the artifacts); ``encoding`` the compact columns' settings (None: the
+    defaults; the environment's ``INFINITY_ASSETS_INDEX_*`` are read by :meth:`EncodingSettings.from_env`, at the
+    caller's edge). A table built for other settings is rebuilt.
     """
-    encoding = encoding or EncodingSettings.from_env()
+    encoding = encoding or EncodingSettings()
     started = time.monotonic()
     report = SyncReport(modality=modality, uri=f"{index_uri(store)}/{TABLES[modality]}.lance")
     with WriterLock(store.fs, _fs_path(store), is_s3=store.is_s3, timeout=lock_timeout) as lock:

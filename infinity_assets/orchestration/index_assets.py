@@ -106,7 +106,7 @@ def build_index_assets(spec: CorpusSpec, modality: CorpusModality) -> tuple[dg.A
                     description=f"recall@k, MRR@10 and nDCG@5 of the index on the labelled queries of "
                                 f"{eval_set_key(modality.kind)} in the store, against thresholds from config.")
     def _quality(context: dg.AssetCheckExecutionContext, config: QualityConfig) -> dg.AssetCheckResult:
-        return quality_result(spec.build_store(), modality.client, modality.kind, config)
+        return quality_result(spec.build_store(), modality.client, modality.kind, config, settings.search)
 
     return _index, _quality
 
@@ -122,9 +122,10 @@ def build_index_automation_sensor(spec: CorpusSpec) -> dg.AutomationConditionSen
                     "materialized.")
 
 
-def quality_result(store: DocumentStore, client_settings: ClientSettings, kind: str,
-                   config: QualityConfig) -> dg.AssetCheckResult:
-    """The retrieval quality check's result (no labelled set: passed, saying there is nothing to measure)."""
+def quality_result(store: DocumentStore, client_settings: ClientSettings, kind: str, config: QualityConfig,
+                   search: SearchSettings) -> dg.AssetCheckResult:
+    """The retrieval quality check's result, searching with ``search`` (the corpus's ``index.search``, what its
+    users search with); no labelled set: passed, saying there is nothing to measure."""
     where = store.uri_for(eval_set_key(kind))
     try:
         queries = load_eval_set(store, kind)
@@ -138,8 +139,8 @@ def quality_result(store: DocumentStore, client_settings: ClientSettings, kind: 
         with client_settings.build_client() as client:
             # Another model with the same hidden_dim can still be measured: the metrics show what it costs.
             reader.check_settings(reader.model, client.hidden_dim)
-            quality = evaluate(queries, lambda text, n: [h.doc_id for h in reader.search(client.embed_query(text), n)],
-                               config.k)
+            quality = evaluate(queries, lambda text, n: [
+                hit.doc_id for hit in reader.search(client.embed_query(text), n, settings=search)], config.k)
     except (EvalSetError, SearchIndexError) as exc:
         return dg.AssetCheckResult(passed=False, description=str(exc), severity=dg.AssetCheckSeverity.ERROR)
     below = [f"{name} {value:.3f} < {minimum}" for name, value, minimum in (
@@ -156,6 +157,7 @@ def quality_result(store: DocumentStore, client_settings: ClientSettings, kind: 
                   "mrr_at_10": dg.MetadataValue.float(quality.mrr_at_10),
                   "ndcg_at_5": dg.MetadataValue.float(quality.ndcg_at_5),
                   "queries": quality.queries, "eval_set": dg.MetadataValue.path(where),
+                  "search_settings": dg.MetadataValue.json(asdict(search)),
                   "model": reader.model})
 
 

@@ -104,7 +104,8 @@ class Service:
         """:func:`search_text` on the open reader of ``modality``, and the query model (blocking)."""
         reader = corpus.readers.get(modality)
         client = self.client(corpus, modality, reader)
-        hits = search_text(corpus.store, client, query, modality, k, exact=exact, reader=reader)
+        hits = search_text(corpus.store, client, query, modality, k, exact=exact, settings=corpus.search,
+                           reader=reader)
         return hits, client.model_name
 
     def catalog(self) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from infinity_assets import settings
 from infinity_assets.corpus import NAME_PATTERN, CorpusSettingsError
+from infinity_assets.index import SearchSettings
 from infinity_assets.service.pages import OpenReaders
 from infinity_assets.storage.documents import DocumentStore, DocumentStoreError, PdfSettings
 from infinity_assets.storage.modality import MODALITIES
@@ -39,11 +40,13 @@ class UnknownCorpus(LookupError):
 @dataclass
 class ServedCorpus:
     """One corpus of the service: its ``name``, its ``store`` (the root), how each modality's queries are
-    embedded (``queries``), and its index readers, kept open across requests."""
+    embedded (``queries``), the candidates its staged search keeps (``search``), and its index readers, kept
+    open across requests."""
 
     name: str
     store: DocumentStore
     queries: dict[str, settings.QuerySettings]
+    search: SearchSettings = field(default_factory=SearchSettings)
     readers: OpenReaders = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,8 +78,9 @@ def corpora_from_env(roots: Mapping[str, str] | None = None, *, url: str | None 
     S3 credentials (``AWS_*``), the Infinity server (``url``, else ``$INFINITY_API_URL`` /
     ``$INFINITY_IMAGE_API_URL``) and its API key come from the environment for every corpus. A named corpus's
     queries use the model its index records; the ``default`` corpus's may be pinned by ``$INFINITY_MODEL`` /
-    ``$INFINITY_IMAGE_MODEL``. PDF pages are drawn as their artifacts record they were embedded
-    (``INFINITY_PDF_*`` for artifacts from before that was recorded). Raises ``ValueError`` naming the
+    ``$INFINITY_IMAGE_MODEL``. The staged search keeps the candidates of ``INFINITY_ASSETS_SEARCH_*``. PDF
+    pages are drawn as their artifacts record they were embedded (``INFINITY_PDF_*`` for artifacts from before
+    that was recorded). Raises ``ValueError`` naming the
     corpus and the setting that is wrong (a bad root, a variable that does not parse).
     """
     named = dict(roots or {})
@@ -84,13 +88,14 @@ def corpora_from_env(roots: Mapping[str, str] | None = None, *, url: str | None 
     if env_corpus:
         named = {DEFAULT_CORPUS: settings.store_settings()["root"]}
     pdf = PdfSettings.from_env()
+    search = SearchSettings.from_env()
     corpora = []
     for name, root in named.items():
         try:
             store = settings.store_from_env(root=root).build_store(pdf)
             queries = {m: settings.query_settings_from_env(m, url=url, env_model=env_corpus)
                        for m in MODALITIES}
-            corpora.append(ServedCorpus(name, store, queries))
+            corpora.append(ServedCorpus(name, store, queries, search))
         except (ValueError, DocumentStoreError) as exc:
             where = "$INFINITY_ASSETS_ROOT" if env_corpus else f"--corpus {name}={root}"
             raise ValueError(f"corpus {name!r} ({where}): {exc}") from None
