@@ -202,7 +202,7 @@ def last_round_search(staged: Any, query: np.ndarray, k: int, settings: Any) -> 
     from infinity_assets.index.binary import hamming_distances, hamming_maxsim, pack_signs
     from infinity_assets.index.fde import query_code
     from infinity_assets.index.maxsim import maxsim_scores
-    from infinity_assets.index.two_stage import _largest, _within, query_vectors
+    from infinity_assets.index.staged import _largest, _within, query_vectors
 
     def vectors(column: Any) -> tuple[np.ndarray, np.ndarray]:
         offsets = column.offsets.to_numpy().astype(np.int64)
@@ -288,7 +288,7 @@ class FirstStageMillion:
     def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
         from infinity_assets import index
         from infinity_assets.index import ivf
-        from infinity_assets.index.two_stage import bit_shares
+        from infinity_assets.index.staged import bit_shares
         from infinity_assets.storage.documents import DocumentStore
 
         reader = index.IndexReader(DocumentStore(spec["from"]), "images")
@@ -322,7 +322,7 @@ class FirstStageMillion:
     def search(self, query: np.ndarray, k: int) -> list[int]:
         from infinity_assets.index import kernels
         from infinity_assets.index.fde import query_code
-        from infinity_assets.index.two_stage import _within, informative_bits, query_vectors
+        from infinity_assets.index.staged import _within, informative_bits, query_vectors
 
         signs, mask = query_code(self.fde, query_vectors(query, self.fde.hidden_dim))
         mask = informative_bits(signs, mask, self.ones, self.settings.fde_agreement)
@@ -338,7 +338,7 @@ class FirstStageMillion:
 
     def finish(self) -> None:
         from infinity_assets.index import kernels
-        from infinity_assets.index.two_stage import _within
+        from infinity_assets.index.staged import _within
 
         shares = []
         for signs, mask, kept in self.info.pop("overlaps"):

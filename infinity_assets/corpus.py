@@ -25,7 +25,7 @@ from typing import Literal
 from infinity_assets.artifacts.schema import VECTOR_ENCODINGS
 from infinity_assets.client.embeddings import DEFAULT_MODEL, DEFAULT_URL, InfinityEmbeddings
 from infinity_assets.index.schema import EncodingSettings
-from infinity_assets.index.two_stage import SearchSettings
+from infinity_assets.index.staged import SearchSettings
 from infinity_assets.storage.documents import DocumentStore, PdfSettings
 from infinity_assets.storage.modality import Modality
 

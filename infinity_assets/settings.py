@@ -29,7 +29,7 @@ from infinity_assets.artifacts.schema import vector_encoding
 from infinity_assets.client.embeddings import DEFAULT_MODEL, DEFAULT_URL, InfinityEmbeddings
 from infinity_assets.corpus import ClientSettings, CorpusSpec, IndexSettings, StoreSettings
 from infinity_assets.index.schema import EncodingSettings
-from infinity_assets.index.two_stage import SearchSettings
+from infinity_assets.index.staged import SearchSettings
 from infinity_assets.storage.documents import DocumentStore, PdfSettings
 
 #: The client option each environment variable sets (``<prefix>MODEL`` is read before ``INFINITY_MODEL``).

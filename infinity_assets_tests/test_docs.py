@@ -209,6 +209,13 @@ def group_alive(pgid: int, seconds: float) -> bool:
         time.sleep(0.5)
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """Run in a child before it starts: Ctrl-C (SIGINT) handled as a terminal's foreground job has it. A suite
+    started in the background by a non-interactive shell (``cmd &``, as CI may run it) inherits SIGINT
+    ignored, and a child that ignores it would never see the user's Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def graphql(port: int, query: str) -> dict:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -270,7 +277,8 @@ def test_the_readmes_add_it_to_your_project_commands_run_as_written(tmp_path):
     output = tmp_path / "dg-dev.log"
     with output.open("wb") as log:
         server = subprocess.Popen([str(bin_dir / "dg"), "dev", "-p", str(port)], cwd=project, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  preexec_fn=ctrl_c_as_in_a_terminal)
     try:
         deadline, keys = time.monotonic() + 120, None
         while time.monotonic() < deadline and server.poll() is None:
@@ -286,11 +294,10 @@ def test_the_readmes_add_it_to_your_project_commands_run_as_written(tmp_path):
                                                        "image_embeddings", "text_index", "image_index")}, \
             f"the UI serves {keys}; its code location: {location_error(port)}"
         server.send_signal(signal.SIGINT)  # Ctrl-C
-        # dagster dev gives the webserver, then the daemon, 60 s each to stop before it kills them
         try:
-            server.wait(timeout=150)
+            server.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"dg dev still running 150 s after Ctrl-C; its output:\n{output.read_text()[-4000:]}")
+            pytest.fail(f"dg dev still running 60 s after Ctrl-C; its output:\n{output.read_text()[-4000:]}")
         assert not group_alive(server.pid, seconds=30), "dg dev left processes running after Ctrl-C"
     finally:
         try:

@@ -161,7 +161,7 @@ def test_index_results_equal_exact_maxsim_over_the_artifacts(tmp_path, minilm):
     put_documents(root, "second", DOCUMENTS[15:])
     for partition in ("first", "second"):
         embed_partition(store, minilm, "text", partition)
-    # float32 originals: the scores of float32 MaxSim (float16 ones are within 1e-3: test_two_stage.py)
+    # float32 originals: the scores of float32 MaxSim (float16 ones are within 1e-3: test_staged.py)
     index.sync_index(store, "text", model="minilm-colbert", hidden_dim=384,
                      encoding=index.EncodingSettings(originals="float32"))
     reader = index.IndexReader(store, "text")

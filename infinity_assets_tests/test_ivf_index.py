@@ -9,7 +9,7 @@ from infinity_assets.index import EncodingSettings, SearchSettings, ivf
 from infinity_assets.index.maxsim import normalized
 from infinity_assets.storage.documents import DocumentStore
 
-from .test_two_stage import DIM, keys, publish, topic_vectors
+from .test_staged import DIM, keys, publish, topic_vectors
 
 #: Six lists on a few hundred documents (automatic lists start at 4,096 rows).
 LISTS = EncodingSettings(fde_lists=6)

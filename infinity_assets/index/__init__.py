@@ -5,7 +5,7 @@ the artifacts by :func:`sync_index` (:mod:`.sync`, one commit per sync, one writ
 :mod:`.lock`), searched by :class:`IndexReader` / :func:`search_text` (:mod:`.reader`): MUVERA codes
 (:mod:`.fde`, all of them, or those in the nearest lists of an IVF kept beside the table, :mod:`.ivf`) pick
 candidates, sign MaxSim on 1-bit token vectors (:mod:`.binary`) narrows them, float MaxSim on the few
-orders them (:mod:`.two_stage`), all on compiled kernels (:mod:`.kernels`), the rows read by position
+orders them (:mod:`.staged`), all on compiled kernels (:mod:`.kernels`), the rows read by position
 fragment by fragment (:mod:`.take`); ``exact=True`` scans everything.
 :mod:`.bulk` writes an index straight from vectors (benchmarks); :mod:`.reference` holds the exact
 references tests compare with.
@@ -28,7 +28,7 @@ from infinity_assets.index.schema import (
     table_settings,
 )
 from infinity_assets.index.sync import DEFAULT_CLEANUP_OLDER_THAN, SyncReport, sync_index
-from infinity_assets.index.two_stage import SearchSettings
+from infinity_assets.index.staged import SearchSettings
 
 __all__ = [
     "DEFAULT_CLEANUP_OLDER_THAN", "INDEX_DIR", "TABLES", "EncodingSettings", "Hit", "IndexReader",

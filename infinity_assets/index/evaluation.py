@@ -130,7 +130,7 @@ def self_recall(reader: Any, queries: int = 32, k: int = 10, *, settings: Any = 
                 seconds: float = 20.0, seed: int = 0) -> SelfRecall:
     """Known-item queries from the indexed documents themselves: ``tokens`` random token vectors of each of
     ``queries`` random rows of ``reader`` (an :class:`~infinity_assets.index.reader.IndexReader`), searched
-    staged (with ``settings``, a :class:`~infinity_assets.index.two_stage.SearchSettings`) and exactly; the
+    staged (with ``settings``, a :class:`~infinity_assets.index.staged.SearchSettings`) and exactly; the
     exact searches stop once ``seconds`` are spent (each scans the whole index)."""
     started = time.monotonic()
     rng = np.random.default_rng(seed)

@@ -1,6 +1,6 @@
 """The search API: :class:`IndexReader` over one index table, and :func:`search_text` (embed, then search).
 
-The default search is staged (:mod:`infinity_assets.index.two_stage`); ``exact=True`` scans every vector (the
+The default search is staged (:mod:`infinity_assets.index.staged`); ``exact=True`` scans every vector (the
 ground truth). Scores are cosine MaxSim, ``sum over query vectors of the max cosine similarity with any
 document vector``: for models whose vectors are L2-normalised (ColPali, ColQwen2, ColBERT) the dot MaxSim of
 :mod:`infinity_assets.index.maxsim`. A reader answers from the table version it opened (a sync commits a
@@ -26,7 +26,7 @@ from infinity_assets.index.schema import (
     table_encoding,
     table_settings,
 )
-from infinity_assets.index.two_stage import SearchSettings, StagedSearch, query_vectors
+from infinity_assets.index.staged import SearchSettings, StagedSearch, query_vectors
 from infinity_assets.storage.documents import DocumentStore
 from infinity_assets.storage.modality import Modality
 

@@ -40,7 +40,7 @@ from infinity_assets.corpus import (
     StoreSettings,
 )
 from infinity_assets.index.schema import EncodingSettings
-from infinity_assets.index.two_stage import SearchSettings
+from infinity_assets.index.staged import SearchSettings
 from infinity_assets.orchestration.build import build_corpus_definitions
 from infinity_assets.orchestration.scaffolder import InfinityCorpusScaffolder
 from infinity_assets.storage.documents import PdfSettings
