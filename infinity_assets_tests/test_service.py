@@ -27,7 +27,8 @@ from PIL import Image
 
 from infinity_assets import InfinityEmbeddings
 from infinity_assets.corpus import ClientSettings
-from infinity_assets.index import search_text
+from infinity_assets.index import search_text, sync_index
+from infinity_assets.pipeline import embed_partition
 from infinity_assets.service import create_app
 from infinity_assets.service.config import ServiceSettings
 from infinity_assets.service.corpora import ServedCorpus, corpora_from_env
@@ -123,9 +124,6 @@ def test_the_apis_hits_equal_the_python_search_apis(modality, query, corpus, ser
 
 
 def test_the_service_keeps_its_index_open_and_follows_each_sync(infinity_server, tmp_path, corpus, served):
-    from infinity_assets.index import sync_index
-    from infinity_assets.pipeline import embed_partition
-
     folder = tmp_path / "raw" / "text" / "b"
     folder.mkdir(parents=True)
     (folder / "one.txt").write_text("violins and cellos in the orchestra")
@@ -344,10 +342,19 @@ def test_a_pdf_page_is_drawn_with_the_settings_its_batch_was_embedded_with(infin
     plain = DocumentStore(f"s3://{small.bucket}", **seaweedfs.storage_options())
     assert plain.pdf.max_side == 1024
     app = served(corpora=[ServedCorpus("default", plain, small.queries())])
-    picture = app.get(f"/pages/images/{quote('report.pdf#page=2', safe='')}")
+    page = f"/pages/images/{quote('report.pdf#page=2', safe='')}"
+    picture = app.get(page)
     assert picture.status_code == 200, picture.text
     assert np.array_equal(_pixels(picture.content), _pixels(rendered_pages(data, max_side=400, dpi=100.0)[1]))
     assert max(_pixels(picture.content).shape[:2]) == 400
+    # Embedded again with the default settings and synced: the viewer follows (what it remembered was the
+    # earlier embedding's).
+    with InfinityEmbeddings(url=infinity_server.url, model_name=IMAGE_MODEL) as client:
+        assert embed_partition(plain, client, "images", "b1").embedded == 2
+    sync_index(plain, "images")
+    again = app.get(page)
+    assert again.status_code == 200 and again.headers["etag"] != picture.headers["etag"]
+    assert np.array_equal(_pixels(again.content), _pixels(rendered_pages(data)[1]))
 
 
 def test_a_thumbnail_is_the_page_scaled_to_the_size_asked(corpus, served):

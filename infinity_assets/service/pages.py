@@ -31,13 +31,18 @@ from infinity_assets.index import IndexReader
 from infinity_assets.storage.documents import DocumentStore, FailureKind, PdfSettings, SourceObject
 from infinity_assets.storage.formats import pdf_render
 
-_COLUMNS = ("doc_id", "partition", "source_uri", "fingerprint", "page", "n_vectors")
+_COLUMNS = ("doc_id", "partition", "source_uri", "fingerprint", "page", "n_vectors", "embedded_at")
 #: The media type of a stored file by extension (anything else is served as bytes to download).
 MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff",
                ".pdf": "application/pdf", ".txt": "text/plain; charset=utf-8",
                ".md": "text/plain; charset=utf-8", ".jsonl": "text/plain; charset=utf-8"}
 _RENDER_LOCK = threading.Lock()
+#: How each embedding of a PDF page was drawn, by ``(root, modality, partition, doc_id, embedded_at)``: fixed
+#: once recorded (a page drawn otherwise is embedded again, at another time), so read once per embedding.
+_RECORDED: OrderedDict[tuple[str, ...], PdfSettings] = OrderedDict()
+_RECORDED_LOCK = threading.Lock()
+_RECORDED_MAX = 4096
 
 
 class DocumentNotFound(LookupError):
@@ -64,6 +69,8 @@ class IndexedDocument:
     page: int | None
     n_vectors: int
     model: str
+    embedded_at: str = ""
+    """When it was embedded (ISO 8601; empty for an index without the column)."""
 
 
 def lookup(store: DocumentStore, modality: str, doc_id: str, partition: str | None = None,
@@ -84,8 +91,10 @@ def lookup(store: DocumentStore, modality: str, doc_id: str, partition: str | No
         batches = ", ".join(sorted(r["partition"] for r in rows))
         raise DocumentConflict(f"document {doc_id!r} is in several batches ({batches}); add ?partition=<batch>")
     row = rows[0]
+    embedded_at = row.get("embedded_at")
     return IndexedDocument(modality, row["doc_id"], row["partition"], row["source_uri"], row["fingerprint"],
-                           row.get("page"), int(row.get("n_vectors") or 0), reader.model)
+                           row.get("page"), int(row.get("n_vectors") or 0), reader.model,
+                           embedded_at.isoformat() if embedded_at is not None else "")
 
 
 def _sql(value: str) -> str:
@@ -142,15 +151,26 @@ def source_key(document: IndexedDocument) -> str:
 
 def render_settings(store: DocumentStore, document: IndexedDocument) -> PdfSettings:
     """How the document's PDF page was drawn when it was embedded: ``max_side`` and ``dpi`` recorded in its
-    batch's artifact; the store's settings (``INFINITY_PDF_*``) for an artifact written before they were
-    recorded, or one that cannot be read now."""
+    batch's artifact (read once per embedding of the page); the store's settings (``INFINITY_PDF_*``) for an
+    artifact written before they were recorded, or one that cannot be read now."""
+    key = (store.root_uri, document.modality, document.partition, document.doc_id, document.embedded_at)
+    with _RECORDED_LOCK:
+        if key in _RECORDED:
+            _RECORDED.move_to_end(key)
+            return _RECORDED[key]
     try:
         with store.fs.open(store.artifact_path(document.modality, document.partition), "rb") as handle:
             recorded = artifacts.artifact_metadata(pq.ParquetFile(handle))
-        return dataclasses.replace(store.pdf, max_side=int(recorded["pdf_max_side"]),
-                                   dpi=float(recorded["pdf_dpi"]))
+        settings = dataclasses.replace(store.pdf, max_side=int(recorded["pdf_max_side"]),
+                                       dpi=float(recorded["pdf_dpi"]))
     except (OSError, KeyError, ValueError):
-        return store.pdf
+        return store.pdf  # not remembered: a later artifact may record them
+    if document.embedded_at:
+        with _RECORDED_LOCK:
+            _RECORDED[key] = settings
+            while len(_RECORDED) > _RECORDED_MAX:
+                _RECORDED.popitem(last=False)
+    return settings
 
 
 def etag(store: DocumentStore, document: IndexedDocument, size: int | None) -> str:
