@@ -216,8 +216,8 @@ def _reusable_index(store: documents.DocumentStore, path: str, client: InfinityE
                     " re-embedding everything", path, metadata.get("model"), metadata.get("hidden_dim"),
                     metadata["vector_encoding"])
         return {}, {}
-    drawn = {"pdf_max_side": str(store.pdf.max_side), "pdf_dpi": str(store.pdf.dpi)}
-    if any(metadata.get(key, value) != value for key, value in drawn.items()):
+    drawn = {"pdf_max_side": store.pdf.max_side, "pdf_dpi": store.pdf.dpi}
+    if any(key in metadata and float(metadata[key]) != value for key, value in drawn.items()):
         logger.info("previous artifact %s drew its PDF pages with other settings (%s); re-embedding them", path,
                     {key: metadata.get(key) for key in drawn})
         index = {doc_id: fingerprint for doc_id, fingerprint in index.items() if not _PAGE_SUFFIX.search(doc_id)}

@@ -167,7 +167,8 @@ def test_pages_drawn_with_other_pdf_settings_are_embedded_again_and_the_artifact
         small = embed_partition(DocumentStore(str(tmp_path), pdf=PdfSettings(max_side=400)), client, "images", "b")
         recorded = artifacts.read_index(DocumentStore(str(tmp_path)).fs, path)[0]
         assert (recorded["pdf_max_side"], recorded["pdf_dpi"]) == ("400", "144.0")
-        same = embed_partition(DocumentStore(str(tmp_path), pdf=PdfSettings(max_side=400)), client, "images", "b")
+        same = embed_partition(DocumentStore(str(tmp_path), pdf=PdfSettings(max_side=400, dpi=144)), client,
+                               "images", "b")  # the same settings, the dpi written as an int
         larger = embed_partition(DocumentStore(str(tmp_path)), client, "images", "b")
     assert (small.embedded, small.reused) == (3, 0) and (same.embedded, same.reused) == (0, 3)
     assert (larger.embedded, larger.reused) == (2, 1)  # the pages again, the photo kept
