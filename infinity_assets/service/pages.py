@@ -16,6 +16,7 @@ fingerprint and the rendering settings.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import posixpath
@@ -38,11 +39,6 @@ MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                ".pdf": "application/pdf", ".txt": "text/plain; charset=utf-8",
                ".md": "text/plain; charset=utf-8", ".jsonl": "text/plain; charset=utf-8"}
 _RENDER_LOCK = threading.Lock()
-#: How each embedding of a PDF page was drawn, by ``(root, modality, partition, doc_id, embedded_at)``: fixed
-#: once recorded (a page drawn otherwise is embedded again, at another time), so read once per embedding.
-_RECORDED: OrderedDict[tuple[str, ...], PdfSettings] = OrderedDict()
-_RECORDED_LOCK = threading.Lock()
-_RECORDED_MAX = 4096
 
 
 class DocumentNotFound(LookupError):
@@ -153,24 +149,22 @@ def render_settings(store: DocumentStore, document: IndexedDocument) -> PdfSetti
     """How the document's PDF page was drawn when it was embedded: ``max_side`` and ``dpi`` recorded in its
     batch's artifact (read once per embedding of the page); the store's settings (``INFINITY_PDF_*``) for an
     artifact written before they were recorded, or one that cannot be read now."""
-    key = (store.root_uri, document.modality, document.partition, document.doc_id, document.embedded_at)
-    with _RECORDED_LOCK:
-        if key in _RECORDED:
-            _RECORDED.move_to_end(key)
-            return _RECORDED[key]
     try:
-        with store.fs.open(store.artifact_path(document.modality, document.partition), "rb") as handle:
-            recorded = artifacts.artifact_metadata(pq.ParquetFile(handle))
-        settings = dataclasses.replace(store.pdf, max_side=int(recorded["pdf_max_side"]),
-                                       dpi=float(recorded["pdf_dpi"]))
+        max_side, dpi = _recorded_settings(store, document.modality, document.partition, document.doc_id,
+                                           document.embedded_at)
     except (OSError, KeyError, ValueError):
-        return store.pdf  # not remembered: a later artifact may record them
-    if document.embedded_at:
-        with _RECORDED_LOCK:
-            _RECORDED[key] = settings
-            while len(_RECORDED) > _RECORDED_MAX:
-                _RECORDED.popitem(last=False)
-    return settings
+        return store.pdf
+    return dataclasses.replace(store.pdf, max_side=max_side, dpi=dpi)
+
+
+@functools.lru_cache(maxsize=4096)
+def _recorded_settings(store: DocumentStore, modality: str, partition: str, doc_id: str,
+                       embedded_at: str) -> tuple[int, float]:
+    """``(max_side, dpi)`` recorded by the artifact that holds this embedding of the page: fixed once recorded
+    (a page drawn otherwise is embedded again, at another ``embedded_at``), so cached; a failure is not."""
+    with store.fs.open(store.artifact_path(modality, partition), "rb") as handle:
+        recorded = artifacts.artifact_metadata(pq.ParquetFile(handle))
+    return int(recorded["pdf_max_side"]), float(recorded["pdf_dpi"])
 
 
 def etag(store: DocumentStore, document: IndexedDocument, size: int | None) -> str:
