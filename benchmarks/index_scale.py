@@ -43,11 +43,25 @@ QUICK = {"sizes": (500, 1_000), "queries": 50, "query_pages": 500, "gt_pages": 1
          "lance_flat_queries": 5, "lance_ann_queries": 10, "public_pages": 500, "qdrant_pages": 200,
          "loose_pages": 1_000, "codes": 20_000, "needle": (500, 30), "sync": (2, 100),
          "table_sync_pages": 100, "texlive_lance_flat_queries": 5, "real_pages": 500}
+#: Sections that need the largest table of :data:`FULL` (skipped by a run at fewer pages).
+AT_FULL_SIZE = ("million", "table_sync")
+
+
+def at_pages(pages: int) -> dict[str, Any]:
+    """:data:`FULL` with ``pages`` as its largest synthetic table (10,000 and ``pages``, or ``pages`` alone;
+    ground truth at ``pages``): the whole section less its full-size builds (~30 minutes of builds at 10,000
+    against ~2 hours), for a change of the search measured on a machine without the 100,000-page cache."""
+    sizes = tuple(sorted({min(10_000, pages), pages}))
+    return {**FULL, "sizes": sizes, "gt_pages": pages, "query_pages": min(FULL["query_pages"], pages),
+            "numpy_pages": min(FULL["numpy_pages"], pages), "public_pages": min(FULL["public_pages"], pages),
+            "full_size_sections": False}
 #: The rows beside the default (2,000 / 100 / 30, the flat first stage), on both token mixes: twice the
 #: candidates of stages 1-3, half of each, and no stage 3 (last round's default: the rerank reads all 100).
 SIDE_ROWS = (("two-stage, 4,000 / 200 / 40", {"fde_candidates": 4000, "hamming_candidates": 200, "pooled_candidates": 40}),
              ("two-stage, 1,000 / 50 / 20", {"fde_candidates": 1000, "hamming_candidates": 50, "pooled_candidates": 20}),
              ("two-stage without stage 3 (last round's default, 2,000 / 100, rerank of 100)", {"pooled_candidates": 100}))
+#: Stage 3 reading the table per query instead of the reader's local copy of its column.
+NO_COPY = ("two-stage, stage 3 read from the table (no local copy)", {"local_copy": False})
 #: The IVF probed (32 lists of sqrt(pages)).
 IVF_PROBED = {"fde_probes": 32}
 DEFAULT_LABEL = "two-stage (local disk)"
@@ -230,6 +244,7 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
         add(_row(DEFAULT_LABEL, two_stage(size), size, corpora.PAGE_VECTORS, exact.get(size), known))
         for label, search in SIDE_ROWS:
             add(_row(label, two_stage(size, search=search), size, corpora.PAGE_VECTORS, exact.get(size), known))
+        add(_row(NO_COPY[0], two_stage(size, **NO_COPY[1]), size, corpora.PAGE_VECTORS, exact.get(size), known))
         add(_row("two-stage, IVF: 32 lists probed", two_stage(size, search=IVF_PROBED), size,
                  corpora.PAGE_VECTORS, exact.get(size), known))
         add(_row("last round's numpy stages (flat FDE, numpy popcounts, float32 copies)",
@@ -237,7 +252,9 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
     small = min(cfg["sizes"])
     free = shutil.disk_usage(corpora.CACHE).free
     if free > 3 * _dir_size(builds[small]):
-        add(s3_two_stage(small, builds[small], vectors, exact.get(small), known))
+        for label, extra in (("two-stage (S3: SeaweedFS)", {}), (f"two-stage (S3: SeaweedFS), {NO_COPY[0][11:]}",
+                                                                 NO_COPY[1])):
+            add(s3_two_stage(small, builds[small], vectors, exact.get(small), known, label, extra))
     else:  # SeaweedFS would hold a copy of the index
         add({"engine": "two-stage (S3: SeaweedFS)", "pages": small,
              "error": f"{free / 1e9:.1f} GB free on the disk, less than 3 copies of the index: not uploaded"})
@@ -353,8 +370,9 @@ def _gt_cost(name: str, queries: list[corpora.KnownItem]) -> float | None:
 
 
 def s3_two_stage(pages: int, local_root: str, vectors: list[np.ndarray], exact: np.ndarray | None,
-                 known: list[int]) -> dict[str, Any]:
-    """The local two-stage index of ``pages`` uploaded as it is to SeaweedFS (S3) and searched there."""
+                 known: list[int], label: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The local two-stage index of ``pages`` uploaded as it is to SeaweedFS (S3) and searched there
+    (``extra``: more of the engine's spec)."""
     from infinity_assets.storage.documents import DocumentStore
     from infinity_assets_dev.seaweedfs import SeaweedFS
 
@@ -368,10 +386,12 @@ def s3_two_stage(pages: int, local_root: str, vectors: list[np.ndarray], exact: 
         marker = SCRATCH / f"s3-{bucket}.json"
         marker.write_text(json.dumps({"build_seconds": None, "upload_seconds": time.perf_counter() - started}))
         spec = {"engine": "two-stage", "corpus": "synthetic", "pages": pages, "root": f"s3://{bucket}/bench",
-                "store_options": options, "marker": str(marker)}
+                "store_options": options, "marker": str(marker), "local_copy": str(SCRATCH / "seaweedfs-copies"),
+                **extra}
         result = run_engine(spec, vectors, SCRATCH)
-    shutil.rmtree(SCRATCH / "seaweedfs", ignore_errors=True)
-    return _row("two-stage (S3: SeaweedFS)", result, pages, corpora.PAGE_VECTORS, exact, known)
+    for folder in ("seaweedfs", "seaweedfs-copies"):
+        shutil.rmtree(SCRATCH / folder, ignore_errors=True)
+    return _row(label, result, pages, corpora.PAGE_VECTORS, exact, known)
 
 
 def needles(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -495,27 +515,31 @@ SECTIONS = {"synthetic": synthetic, "loose": loose, "million": million, "needles
 GROUPS = (("synthetic", "table_sync"), ("loose", "million", "needles", "real", "sync"))
 
 
-def run(quick: bool = False, parallel: bool | None = None) -> dict[str, Any]:
-    """The whole section (``quick``: small sizes). ``parallel`` (default: ``$INFINITY_BENCH_INDEX_PARALLEL``
-    set) runs the :data:`GROUPS` in two processes at once: their wall-clock latencies then include each
-    other's load (the CPU ms column does not)."""
+def run(quick: bool = False, parallel: bool | None = None, pages: int | None = None) -> dict[str, Any]:
+    """The whole section (``quick``: small sizes; ``pages``: :func:`at_pages`). ``parallel`` (default:
+    ``$INFINITY_BENCH_INDEX_PARALLEL`` set) runs the :data:`GROUPS` in two processes at once: their wall-clock
+    latencies then include each other's load (the CPU ms column does not)."""
     import subprocess
     import sys
 
-    cfg = QUICK if quick else FULL
+    cfg = QUICK if quick else at_pages(pages) if pages else FULL
     started = time.monotonic()
     results: dict[str, Any] = {"quick": quick, "load_before": [round(x, 2) for x in os.getloadavg()]}
     if parallel is None:
         parallel = bool(os.environ.get("INFINITY_BENCH_INDEX_PARALLEL"))
     if not parallel:
         for name, section in SECTIONS.items():
+            if name in AT_FULL_SIZE and not cfg.get("full_size_sections", True):
+                results[name] = {"error": f"not run: a run at {max(cfg['sizes']):,} pages (--index-pages)"}
+                continue
             print(f"  index/{name}", flush=True)
             results[name] = section(cfg)
     else:
         SCRATCH.mkdir(parents=True, exist_ok=True)
         children = [(group, subprocess.Popen([sys.executable, "-m", "benchmarks.index_scale", ",".join(group),
-                                              str(quick), str(SCRATCH / f"part-{group[0]}.json")], cwd=corpora.REPO))
-                    for group in GROUPS]
+                                              str(quick), str(SCRATCH / f"part-{group[0]}.json"), str(pages or 0)],
+                                             cwd=corpora.REPO))
+                    for group in GROUPS if cfg.get("full_size_sections", True) or set(group) - set(AT_FULL_SIZE)]
         for group, child in children:
             if child.wait() != 0:
                 raise RuntimeError(f"index/{','.join(group)} failed (exit {child.returncode})")
@@ -529,11 +553,14 @@ def run(quick: bool = False, parallel: bool | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     import sys
 
-    parts, quick_run, out = sys.argv[1].split(","), sys.argv[2] == "True", sys.argv[3]
+    parts, quick_run, out, pages_arg = sys.argv[1].split(","), sys.argv[2] == "True", sys.argv[3], int(sys.argv[4])
+    part_cfg = QUICK if quick_run else at_pages(pages_arg) if pages_arg else FULL
     done = {}
     for part in parts:
+        if part in AT_FULL_SIZE and not part_cfg.get("full_size_sections", True):
+            continue
         print(f"  index/{part}", flush=True)
-        done[part] = SECTIONS[part](QUICK if quick_run else FULL)
+        done[part] = SECTIONS[part](part_cfg)
         Path(out).write_text(json.dumps(done, default=float))
 
 

@@ -101,6 +101,9 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller inputs, one repetition (a smoke run)")
+    parser.add_argument("--index-pages", type=int, default=None,
+                        help="the index section's largest synthetic table (default 100,000); results go to "
+                             "benchmarks/results/index-<pages>/, not over the full run's")
     args = parser.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
@@ -114,6 +117,8 @@ def main() -> int:
                                           f"Python {platform.python_version()}"}
     # a smoke run's figures are not results: they go beside them, not over them
     directory = report.RESULTS / "quick" if args.quick else report.RESULTS
+    if args.index_pages and not args.quick:
+        directory = report.RESULTS / f"index-{args.index_pages}"
     started = time.monotonic()
     for section in chosen:
         print(f"[{time.monotonic() - started:5.0f}s] {section}", flush=True)
@@ -140,7 +145,7 @@ def main() -> int:
         elif section == "sensor":
             results["sensor"] = sensor_tick.run()
         elif section == "index":
-            results["index"] = index_scale.run(quick=args.quick)
+            results["index"] = index_scale.run(quick=args.quick, pages=args.index_pages)
         elif section == "dagster":
             results["dagster"] = dagster_scale.run()
         elif section == "backfill":

@@ -59,12 +59,14 @@ def second(infinity_server, seaweedfs):
 
 
 @pytest.fixture
-def s3_env(seaweedfs, monkeypatch):
-    """The environment of an operator: the S3 credentials set, no Infinity setting, no root."""
+def s3_env(seaweedfs, monkeypatch, tmp_path):
+    """The environment of an operator: the S3 credentials set, no Infinity setting, no root; the readers'
+    local copies in the test's folder."""
     for name in list(os.environ):
         if name.startswith(("INFINITY_API", "INFINITY_MODEL", "INFINITY_IMAGE_", "INFINITY_HIDDEN", "AWS_",
                             "INFINITY_ASSETS_ROOT")):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("INFINITY_ASSETS_INDEX_LOCAL_COPY", str(tmp_path / "copies"))
     monkeypatch.setenv("AWS_ENDPOINT_URL", seaweedfs.endpoint_url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
@@ -310,6 +312,23 @@ def test_the_search_settings_are_read_once_at_start_and_a_bad_one_stops_the_serv
     monkeypatch.setenv("INFINITY_ASSETS_SEARCH_FDE_CANDIDATES", "many")
     with pytest.raises(ValueError, match="INFINITY_ASSETS_SEARCH_FDE_CANDIDATES='many': expected int"):
         corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")
+
+
+def test_the_readers_keep_their_local_copy_where_the_environment_says(tmp_path, monkeypatch, s3_env, two):
+    (docs,) = corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")
+    assert docs.local_copy == str(tmp_path / "copies") and docs.readers.local_copy == docs.local_copy
+    monkeypatch.setenv("INFINITY_ASSETS_INDEX_LOCAL_COPY", "off")
+    assert corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")[0].local_copy is None
+    monkeypatch.delenv("INFINITY_ASSETS_INDEX_LOCAL_COPY")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    default = corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")[0].local_copy
+    assert default == str(tmp_path / "home" / ".cache" / "infinity-assets" / "index")
+    # the service over two S3 corpora (s3_env's copies): its readers answer with stage 3 read from the copies
+    assert two.get("/search", params={"q": "quarterly revenue"}).status_code == 200
+    deadline = time.monotonic() + 60  # the reader makes its copy in the background
+    while not list((tmp_path / "copies").glob("*/*/tokens.i8")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list((tmp_path / "copies").glob("*/*/tokens.i8"))
 
 
 def test_the_openapi_description_names_the_corpora_and_their_listing(two):

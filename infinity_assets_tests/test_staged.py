@@ -131,16 +131,62 @@ def test_an_index_synced_through_any_sequence_of_materializations_answers_as_a_f
         fresh = fresh_build(store, tmp_path, step)
         assert index.index_rows(store, "text").equals(index.index_rows(fresh, "text")), name
         synced, rebuilt = index.IndexReader(store, "text"), index.IndexReader(fresh, "text")
+        copied = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))  # stage 3 from its copy
+        assert copied.staged.local_copy.ready(timeout=60), copied.staged.local_copy.error
         for partition, doc_id in [(p, d) for p in sorted(batches) for d in sorted(batches[p])][::7]:
             own = batches[partition][doc_id][:3]
             query = own + 0.1 / np.sqrt(DIM) * rng.standard_normal(own.shape).astype(np.float32)
             pruned = synced.search(query, k=5, settings=PRUNING)
             assert keys(pruned) == keys(rebuilt.search(query, k=5, settings=PRUNING)), name
             assert [h.score for h in pruned] == [h.score for h in rebuilt.search(query, k=5, settings=PRUNING)]
+            from_copy = copied.search(query, k=5, settings=PRUNING)
+            assert keys(from_copy) == keys(pruned) and [h.score for h in from_copy] == [h.score for h in pruned], name
             got = synced.search(query, k=5, settings=SearchSettings())
             exact = index.exact_hits(store, "text", query, k=5)
             assert keys(got) == keys(exact), f"{name}: staged {keys(got)} != exact {keys(exact)}"
             np.testing.assert_allclose([h.score for h in got], [h.score for h in exact], rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------ stage 3's local copy
+def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_path, seaweedfs, s3_bucket):
+    """On S3 a reader with a local copy reads only the rerank's rows per query, answering as one without; the
+    next version (rows deleted, no fragment rewritten) copies nothing again; a copy that cannot be made leaves
+    the reader answering from the table."""
+    rng = np.random.default_rng(8)
+    centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
+    store = DocumentStore(f"s3://{s3_bucket}/copy", **seaweedfs.storage_options())
+    publish(store, "b", {f"d{i:02d}": topic_vectors(rng, centres, 9) for i in range(60)})
+    index.sync_index(store, "text")
+    queries = [topic_vectors(rng, centres, 3) for _ in range(6)]
+    copies = tmp_path / "copies"
+
+    def answers(reader: index.IndexReader) -> tuple[list, int]:
+        results = [reader.search_staged(q, k=5, settings=PRUNING) for q in queries]
+        assert all(r.candidates["pooled"] == 6 and r.timings["pooled"] > 0 for r in results)
+        return [[(h.doc_id, h.score) for h in r.hits] for r in results], sum(r.bytes_read for r in results)
+
+    plain = index.IndexReader(store, "text")
+    copied = index.IndexReader(store, "text", local_copy=str(copies))
+    assert copied.staged.local_copy.ready(timeout=60), copied.staged.local_copy.error
+    (folder,) = [f for f in copies.glob("*/*") if f.is_dir()]
+    (want, table_bytes), (got, copy_bytes) = answers(plain), answers(copied)
+    assert got == want
+    pooled_bytes = sum(f.stat().st_size for f in folder.iterdir())
+    assert copy_bytes < table_bytes, (copy_bytes, table_bytes)  # the pooled rows no longer cross the network
+
+    table = index.open_table(store, "text")
+    table.delete("doc_id IN ('d03', 'd17', 'd42')")  # a deletion file; the fragment's data stays
+    written = {f: f.stat().st_mtime_ns for f in folder.iterdir()}
+    later = index.IndexReader(store, "text", local_copy=str(copies))
+    assert later.version != copied.version and later.staged.local_copy.ready(timeout=60)
+    assert [f for f in copies.glob("*/*") if f.is_dir()] == [folder]
+    assert {f: f.stat().st_mtime_ns for f in folder.iterdir()} == written and pooled_bytes > 0
+    assert answers(later)[0] == answers(index.IndexReader(store, "text"))[0]
+
+    (tmp_path / "not-a-directory").write_text("")
+    broken = index.IndexReader(store, "text", local_copy=str(tmp_path / "not-a-directory"))
+    assert not broken.staged.local_copy.ready(timeout=60) and isinstance(broken.staged.local_copy.error, OSError)
+    assert answers(broken)[0] == answers(later)[0]
 
 
 # ---------------------------------------------------------------------------------- needle in a haystack

@@ -46,7 +46,9 @@ class SearchResult:
 
 class IndexReader:
     """Searches one index table; raises :class:`SearchIndexError` if it is missing, empty or was built with
-    other settings than ``encoding`` (when given).
+    other settings than ``encoding`` (when given). ``local_copy``: a directory where a long-lived reader keeps
+    a copy of what stage 3 reads (:mod:`~infinity_assets.index.local_copy`; made in the background for each
+    version it opens, reusing what an earlier version copied); None: every stage reads the table.
 
     Example::
 
@@ -57,8 +59,9 @@ class IndexReader:
         print(result.timings)
     """
 
-    def __init__(self, store: DocumentStore, modality: str, *, encoding: EncodingSettings | None = None) -> None:
-        self.store, self.modality = store, modality
+    def __init__(self, store: DocumentStore, modality: str, *, encoding: EncodingSettings | None = None,
+                 local_copy: str | None = None) -> None:
+        self.store, self.modality, self.local_copy = store, modality, local_copy
         self.where = f"{index_uri(store)} (table {TABLES[modality]!r})"
         self.table = open_table(store, modality)
         if self.table is None:
@@ -81,7 +84,7 @@ class IndexReader:
         self.dataset = self.table.to_lance()
         self.version = self.dataset.version
         self.staged = StagedSearch(self.dataset, self.hidden_dim, self.encoding, store=self.store,
-                                   modality=self.modality, carry=tuple(HIT_COLUMNS))
+                                   modality=self.modality, carry=tuple(HIT_COLUMNS), local_copy=self.local_copy)
         self.rows = self.staged.rows
         if self.rows == 0:
             raise SearchIndexError(f"the {self.modality} index at {self.where} is empty: no artifact has been "

@@ -16,9 +16,10 @@ for each of ``hamming_candidates``, then the full float16 pages of only ``pooled
    codes of those candidates' pooled tokens (:mod:`~infinity_assets.index.pooling`). Keeps
    ``hamming_candidates`` (the setting keeps the name of the symmetric hamming MaxSim it replaced).
 3. **Pooled MaxSim** (:func:`~infinity_assets.index.kernels.int8_maxsim`): cosine MaxSim against the same
-   pooled tokens, kept as int8 vectors (``pooled``, read per query): it ranks nearly as the pooled float
-   vectors do, so far fewer full pages need reading. Keeps ``pooled_candidates``. Skipped on a table
-   written before the column existed (the next sync adds it).
+   pooled tokens, kept as int8 vectors (``pooled``, read per query: from the reader's local copy of the
+   column when it has one, :mod:`~infinity_assets.index.local_copy`, else from the table): it ranks nearly
+   as the pooled float vectors do, so far fewer full pages need reading. Keeps ``pooled_candidates``.
+   Skipped on a table written before the column existed (the next sync adds it).
 4. **Float MaxSim** (cosine) on the unit ``embedding`` vectors of those few: the final order and scores,
    the same as an exact search gives for the documents returned. The kernel reads float16 vectors in place
    with the query rounded to float16 (:mod:`~infinity_assets.index.kernels`); every document that could be
@@ -45,6 +46,7 @@ import pyarrow as pa
 
 from infinity_assets.index import ivf, kernels
 from infinity_assets.index.fde import query_code
+from infinity_assets.index.local_copy import PooledCopy
 from infinity_assets.index.maxsim import normalized
 from infinity_assets.index.schema import EncodingSettings, _from_env
 from infinity_assets.index.take import RowTaker
@@ -113,10 +115,12 @@ class Ranking:
 class StagedSearch:
     """The stages over one pinned LanceDB dataset version (``table.to_lance()``); ``store`` and ``modality``
     locate the version's IVF (None: the first stage scans every code); ``carry``: columns returned with the
-    ranked rows, read in the rerank's own ``take`` (no second round trip)."""
+    ranked rows, read in the rerank's own ``take`` (no second round trip); ``local_copy``: a directory where
+    the ``pooled`` column is copied for stage 3 (:class:`~infinity_assets.index.local_copy.PooledCopy`, made in
+    the background; stage 3 reads the table until it is ready), None: stage 3 reads the table."""
 
     def __init__(self, dataset: Any, hidden_dim: int, encoding: EncodingSettings, *, store: Any = None,
-                 modality: str = "", carry: tuple[str, ...] = ()) -> None:
+                 modality: str = "", carry: tuple[str, ...] = (), local_copy: str | None = None) -> None:
         self.dataset, self.hidden_dim, self.encoding = dataset, hidden_dim, encoding
         self.carry = carry
         self.store, self.modality = store, modality
@@ -124,6 +128,7 @@ class StagedSearch:
         self.taker = RowTaker(dataset)
         self.rows = int(self.taker.starts[-1])  # the live rows, counted once per fragment
         self.pooled = "pooled" in dataset.schema.names  # False: a table from before the column (stage 3 skipped)
+        self.local_copy = PooledCopy(dataset, hidden_dim, local_copy) if local_copy and self.pooled else None
         self._resident: Resident | None = None
         self.lists: ivf.Lists | None = None
         self._ivf_retry_at = 0.0
@@ -198,9 +203,12 @@ class StagedSearch:
         if self.pooled and len(positions) > keep:
             started = time.perf_counter()
             positions = np.sort(positions)
-            row_bytes = self.resident.offsets[-1] / self.rows * self.hidden_dim  # pooled tokens of int8
-            tokens, offsets = _vectors(self.taker.take(positions, ["pooled"], row_bytes).column("pooled")
-                                       .combine_chunks())
+            if self.local_copy is not None and self.local_copy.ready():
+                tokens, offsets = self.local_copy.tokens(self.taker.by_fragment(positions))
+            else:
+                row_bytes = self.resident.offsets[-1] / self.rows * self.hidden_dim  # pooled tokens of int8
+                tokens, offsets = _vectors(self.taker.take(positions, ["pooled"], row_bytes).column("pooled")
+                                           .combine_chunks())
             scores = kernels.int8_maxsim(query, tokens, offsets)
             positions = positions[_within(-scores, keep)]
             timings["pooled"] = _lap(started)

@@ -47,10 +47,8 @@ class RowTaker:
             return self.take(positions[order], columns, row_bytes).take(np.argsort(order))
         small = row_bytes is not None and row_bytes < SMALL_ROW_BYTES and not self.remote
         parallel = PARALLEL_SMALL_ROWS if small else PARALLEL
-        owner = np.searchsorted(self.starts, positions, side="right") - 1
         calls = []
-        for number in np.unique(owner).tolist():
-            local = positions[owner == number] - self.starts[number]
+        for number, local in self.by_fragment(positions):
             pieces = min(parallel, max(1, len(local) // MIN_ROWS_PER_CALL))
             calls += [(self.fragments[number], piece) for piece in np.array_split(local, pieces) if len(piece)]
         if not calls:
@@ -63,6 +61,14 @@ class RowTaker:
         if len(calls) == 1:
             return call(calls[0])
         return pa.concat_tables(list(_THREADS.map(call, calls)))
+
+
+    def by_fragment(self, positions: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Sorted ``positions`` as ``(fragment number, positions among that fragment's live rows)`` pairs, in
+        order."""
+        positions = np.asarray(positions, np.int64)
+        owner = np.searchsorted(self.starts, positions, side="right") - 1
+        return [(number, positions[owner == number] - self.starts[number]) for number in np.unique(owner).tolist()]
 
 
 def take_rows(dataset: Any, positions: np.ndarray, columns: list[str]) -> pa.Table:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from infinity_assets import settings
 from infinity_assets.corpus import NAME_PATTERN, CorpusSettingsError
 from infinity_assets.index import SearchSettings
+from infinity_assets.index.local_copy import directory_from_env
 from infinity_assets.service.pages import OpenReaders
 from infinity_assets.storage.documents import DocumentStore, DocumentStoreError, PdfSettings
 from infinity_assets.storage.modality import MODALITIES
@@ -40,13 +41,15 @@ class UnknownCorpus(LookupError):
 @dataclass
 class ServedCorpus:
     """One corpus of the service: its ``name``, its ``store`` (the root), how each modality's queries are
-    embedded (``queries``), the candidates its staged search keeps (``search``), and its index readers, kept
-    open across requests."""
+    embedded (``queries``), the candidates its staged search keeps (``search``), where its readers keep their
+    local copy of stage 3's column (``local_copy``, None: none; :mod:`infinity_assets.index.local_copy`), and
+    its index readers, kept open across requests."""
 
     name: str
     store: DocumentStore
     queries: dict[str, settings.QuerySettings]
     search: SearchSettings = field(default_factory=SearchSettings)
+    local_copy: str | None = None
     readers: OpenReaders = field(init=False)
 
     def __post_init__(self) -> None:
@@ -56,7 +59,7 @@ class ServedCorpus:
         missing = [m for m in MODALITIES if m not in self.queries]
         if missing:
             raise CorpusSettingsError(f"corpus {self.name!r} has no query settings for {', '.join(missing)}")
-        self.readers = OpenReaders(self.store)
+        self.readers = OpenReaders(self.store, self.local_copy)
 
 
 def parse_corpus_option(value: str) -> tuple[str, str]:
@@ -78,7 +81,8 @@ def corpora_from_env(roots: Mapping[str, str] | None = None, *, url: str | None 
     S3 credentials (``AWS_*``), the Infinity server (``url``, else ``$INFINITY_API_URL`` /
     ``$INFINITY_IMAGE_API_URL``) and its API key come from the environment for every corpus. A named corpus's
     queries use the model its index records; the ``default`` corpus's may be pinned by ``$INFINITY_MODEL`` /
-    ``$INFINITY_IMAGE_MODEL``. The staged search keeps the candidates of ``INFINITY_ASSETS_SEARCH_*``. PDF
+    ``$INFINITY_IMAGE_MODEL``. The staged search keeps the candidates of ``INFINITY_ASSETS_SEARCH_*``, its
+    readers their local copies under ``$INFINITY_ASSETS_INDEX_LOCAL_COPY``. PDF
     pages are drawn as their artifacts record they were embedded (``INFINITY_PDF_*`` for artifacts from before
     that was recorded). Raises ``ValueError`` naming the
     corpus and the setting that is wrong (a bad root, a variable that does not parse).
@@ -89,13 +93,14 @@ def corpora_from_env(roots: Mapping[str, str] | None = None, *, url: str | None 
         named = {DEFAULT_CORPUS: settings.store_settings()["root"]}
     pdf = PdfSettings.from_env()
     search = SearchSettings.from_env()
+    local_copy = directory_from_env()
     corpora = []
     for name, root in named.items():
         try:
             store = settings.store_from_env(root=root).build_store(pdf)
             queries = {m: settings.query_settings_from_env(m, url=url, env_model=env_corpus)
                        for m in MODALITIES}
-            corpora.append(ServedCorpus(name, store, queries, search))
+            corpora.append(ServedCorpus(name, store, queries, search, local_copy))
         except (ValueError, DocumentStoreError) as exc:
             where = "$INFINITY_ASSETS_ROOT" if env_corpus else f"--corpus {name}={root}"
             raise ValueError(f"corpus {name!r} ({where}): {exc}") from None

@@ -1,0 +1,177 @@
+"""A local copy of the ``pooled`` column (stage 3's int8 tokens) of one pinned table version, read per query
+by position from flat files (``os.preadv``), so stage 3 does not go through the table: on object storage
+only the rerank's rows cross the network per query, and on a local disk a read skips Lance's per-call cost.
+
+The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``tokens.i8`` (every copied row's
+pooled tokens, ``(tokens, hidden_dim)`` int8), ``addresses.npy`` (their row addresses, ascending) and
+``offsets.npy`` (row ``j`` owns tokens ``offsets[j]:offsets[j + 1]``). A fragment's data files never change
+and its rows are only ever deleted, so a copy named after the fragment's data files serves every later version
+of the table: a sync that appends a fragment or deletes rows copies only the new fragments. Each
+version maps its live rows to the copied ones through their row addresses (read with the version, no
+column data). Copies are written to a temporary folder and renamed (a concurrent reader of the same table
+keeps whichever lands first); fragments no version being copied uses any more are removed (a reader that
+still has their files open keeps reading them).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Where a long-lived reader (the search service) keeps its copies: a directory, or ``off``.
+ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY"
+DEFAULT_DIRECTORY = "~/.cache/infinity-assets/index"
+#: Concurrent ``preadv`` calls per read (a cold local disk serves several reads at once).
+PARALLEL_READS = 8
+#: Rows per batch of the scan that writes a fragment's copy.
+COPY_BATCH_ROWS = 2048
+_THREADS = ThreadPoolExecutor(PARALLEL_READS, thread_name_prefix="index-copy")
+
+
+def directory_from_env() -> str | None:
+    """``$INFINITY_ASSETS_INDEX_LOCAL_COPY`` (read now): the copies' directory, None for ``off``; unset:
+    :data:`DEFAULT_DIRECTORY`."""
+    value = os.environ.get(ENV, "").strip()
+    if value.lower() == "off":
+        return None
+    return str(Path(value or DEFAULT_DIRECTORY).expanduser())
+
+
+class PooledCopy:
+    """The ``pooled`` tokens of one pinned dataset version (``table.to_lance()``) under ``directory``, copied
+    in a background thread when made (:meth:`ready` says when reads can start; until then a caller reads the
+    table)."""
+
+    def __init__(self, dataset: Any, hidden_dim: int, directory: str | Path) -> None:
+        self.dataset, self.hidden_dim = dataset, hidden_dim
+        self.root = Path(directory) / hashlib.sha256(str(dataset.uri).encode()).hexdigest()[:16]
+        self.error: Exception | None = None
+        self.seconds = 0.0
+        self._done = threading.Event()
+        self._fragments: list[_FragmentCopy] = []
+        threading.Thread(target=self._copy, name="index-copy", daemon=True).start()
+
+    def ready(self, timeout: float | None = 0) -> bool:
+        """True once the copy can be read (waiting up to ``timeout`` seconds; None: until it is); False while
+        it is being made or if making it failed (:attr:`error`)."""
+        return self._done.wait(timeout) and self.error is None
+
+    def _copy(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._fragments = [_FragmentCopy.open(self.root, fragment, self.hidden_dim)
+                               for fragment in self.dataset.get_fragments()]
+            kept = {copy.folder.name for copy in self._fragments}
+            for stale in self.root.iterdir():
+                if stale.name not in kept and not stale.name.startswith("."):
+                    shutil.rmtree(stale, ignore_errors=True)
+        except Exception as error:  # noqa: BLE001 -- kept on .error; the search reads the table instead
+            self.error = error
+        self.seconds = time.perf_counter() - started
+        self._done.set()
+
+    def tokens(self, fragment_rows: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """``(tokens, offsets)`` of the rows given as ``(fragment number, positions among its live rows)``
+        pairs, in that order: ``(n_tokens, hidden_dim)`` int8 stacked, document ``i`` owning
+        ``offsets[i]:offsets[i + 1]``."""
+        ranges = [self._fragments[number].ranges(local) for number, local in fragment_rows]
+        starts = np.concatenate([r[0] for r in ranges]) if ranges else np.zeros(0, np.int64)
+        counts = np.concatenate([r[1] for r in ranges]) if ranges else np.zeros(0, np.int64)
+        owners = np.concatenate([np.full(len(r[0]), i) for i, r in enumerate(ranges)]) if ranges else []
+        offsets = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        out = np.empty((int(offsets[-1]), self.hidden_dim), np.int8)
+        view = memoryview(out.reshape(-1))
+        row_bytes = self.hidden_dim
+        jobs = [(self._fragments[fragment_rows[o][0]].fd, view[offsets[i] * row_bytes:offsets[i + 1] * row_bytes],
+                 int(starts[i]) * row_bytes) for i, o in enumerate(owners) if counts[i]]
+
+        def read(batch: list[tuple[int, memoryview, int]]) -> None:
+            for fd, target, at in batch:
+                while len(target):
+                    done = os.preadv(fd, [target], at)
+                    if done <= 0:
+                        raise OSError(f"short read of the local copy of the pooled column (fd {fd} at {at})")
+                    target, at = target[done:], at + done
+
+        batches = [jobs[i::PARALLEL_READS] for i in range(min(PARALLEL_READS, len(jobs)))]
+        if len(batches) > 1:
+            list(_THREADS.map(read, batches))
+        elif batches:
+            read(batches[0])
+        return out, offsets
+
+
+class _FragmentCopy:
+    """One fragment's copy (its files, open) and this version's map from the fragment's live rows to it."""
+
+    def __init__(self, folder: Path, live_rows: np.ndarray) -> None:
+        self.folder = folder
+        self.offsets = np.load(folder / "offsets.npy")
+        self.fd = os.open(folder / "tokens.i8", os.O_RDONLY)
+        self.rows = live_rows  # position among the fragment's live rows -> row of the copy
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except (AttributeError, OSError):
+            pass
+
+    @classmethod
+    def open(cls, root: Path, fragment: Any, hidden_dim: int) -> _FragmentCopy:
+        """The fragment's copy under ``root``, written first if there is none (or it lacks a live row)."""
+        files = sorted(str(getattr(f, "path", f)) for f in fragment.data_files())
+        name = hashlib.sha256(f"{fragment.fragment_id}:{files}".encode()).hexdigest()[:16]
+        live = np.concatenate([batch.column("_rowaddr").to_numpy() for batch in
+                               fragment.to_batches(columns=[], with_row_address=True)] or [np.zeros(0, np.uint64)])
+        folder = root / name
+        for _ in range(2):
+            if (folder / "offsets.npy").exists():
+                addresses = np.load(folder / "addresses.npy")
+                rows = np.searchsorted(addresses, live)
+                if np.all(rows < len(addresses)) and np.array_equal(addresses[np.minimum(rows, len(addresses) - 1)], live):
+                    return cls(folder, rows)
+                shutil.rmtree(folder, ignore_errors=True)  # rows the copy lacks (should not happen): copy again
+            _write(root, folder, fragment, hidden_dim)
+        raise RuntimeError(f"the local copy of fragment {fragment.fragment_id} does not hold its live rows")
+
+    def ranges(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(first token, token count)`` in ``tokens.i8`` of the rows at these live positions."""
+        rows = self.rows[np.asarray(local, np.int64)]
+        return self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
+
+
+def _write(root: Path, folder: Path, fragment: Any, hidden_dim: int) -> None:
+    """Copy the fragment's live rows' ``pooled`` tokens into ``folder`` (via a temporary folder, renamed)."""
+    temporary = Path(tempfile.mkdtemp(prefix=".copy-", dir=root))
+    try:
+        addresses, lengths = [], []
+        with open(temporary / "tokens.i8", "wb") as out:
+            for batch in fragment.to_batches(columns=["pooled"], with_row_address=True, batch_size=COPY_BATCH_ROWS):
+                column = batch.column("pooled")
+                offsets = column.offsets.to_numpy()
+                values = column.flatten().flatten().to_numpy(zero_copy_only=False)
+                out.write(values[offsets[0] * hidden_dim:offsets[-1] * hidden_dim].tobytes())
+                lengths.append(np.diff(offsets))
+                addresses.append(batch.column("_rowaddr").to_numpy())
+        counts = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        token_offsets = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=token_offsets[1:])
+        np.save(temporary / "addresses.npy", np.concatenate(addresses) if addresses else np.zeros(0, np.uint64))
+        np.save(temporary / "offsets.npy", token_offsets)
+        try:
+            temporary.rename(folder)
+        except OSError:  # another reader's copy landed first
+            if not (folder / "offsets.npy").exists():
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
