@@ -326,9 +326,9 @@ def test_the_readers_keep_their_local_copy_where_the_environment_says(tmp_path, 
     # the service over two S3 corpora (s3_env's copies): its readers answer with stage 3 read from the copies
     assert two.get("/search", params={"q": "quarterly revenue"}).status_code == 200
     deadline = time.monotonic() + 60  # the reader makes its copy in the background
-    while not list((tmp_path / "copies").glob("*/*/tokens.i8")) and time.monotonic() < deadline:
+    while not list((tmp_path / "copies").glob("*/*/pooled.i8")) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert list((tmp_path / "copies").glob("*/*/tokens.i8"))
+    assert list((tmp_path / "copies").glob("*/*/pooled.i8"))
 
 
 def test_the_openapi_description_names_the_corpora_and_their_listing(two):

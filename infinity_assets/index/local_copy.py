@@ -1,10 +1,13 @@
-"""A local copy of the ``pooled`` column (stage 3's int8 tokens) of one pinned table version, read per query
-by position from flat files (``os.preadv``), so stage 3 does not go through the table: on object storage
-only the rerank's rows cross the network per query, and on a local disk a read skips Lance's per-call cost.
+"""A local copy of the columns stages 2 and 3 read per candidate (``bits``: the pooled tokens' 1-bit codes;
+``pooled``: the same tokens in int8) of one pinned table version, read per query by position from flat
+files (``os.preadv``). Stage 2's codes then stay in the OS page cache instead of the reader's memory (the
+reader holds only the FDE codes), and stage 3 does not go through the table: on object storage only the
+rerank's rows cross the network per query, and on a local disk a read skips Lance's per-call cost.
 
-The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``tokens.i8`` (every copied row's
-pooled tokens, ``(tokens, hidden_dim)`` int8), ``addresses.npy`` (their row addresses, ascending) and
-``offsets.npy`` (row ``j`` owns tokens ``offsets[j]:offsets[j + 1]``). A fragment's data files never change
+The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
+copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8),
+``addresses.npy`` (their row addresses, ascending) and ``offsets.npy`` (row ``j`` owns tokens
+``offsets[j]:offsets[j + 1]`` of both). A fragment's data files never change
 and its rows are only ever deleted, so a copy named after the fragment's data files serves every later version
 of the table: a sync that appends a fragment or deletes rows copies only the new fragments. Each
 version maps its live rows to the copied ones through their row addresses (read with the version, no
@@ -29,6 +32,8 @@ import numpy as np
 #: Where a long-lived reader (the search service) keeps its copies: a directory, or ``off``.
 ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY"
 DEFAULT_DIRECTORY = "~/.cache/infinity-assets/index"
+#: The copied columns: file name and bytes per token as a multiple of ``hidden_dim`` (numerator, denominator).
+COLUMNS = {"bits": ("bits.u1", 1, 8), "pooled": ("pooled.i8", 1, 1)}
 #: Concurrent ``preadv`` calls per read (a cold local disk serves several reads at once).
 PARALLEL_READS = 8
 #: Rows per batch of the scan that writes a fragment's copy.
@@ -45,8 +50,8 @@ def directory_from_env() -> str | None:
     return str(Path(value or DEFAULT_DIRECTORY).expanduser())
 
 
-class PooledCopy:
-    """The ``pooled`` tokens of one pinned dataset version (``table.to_lance()``) under ``directory``, copied
+class LocalCopy:
+    """The :data:`COLUMNS` of one pinned dataset version (``table.to_lance()``) under ``directory``, copied
     in a background thread when made (:meth:`ready` says when reads can start; until then a caller reads the
     table)."""
 
@@ -68,7 +73,7 @@ class PooledCopy:
         started = time.perf_counter()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._fragments = [_FragmentCopy.open(self.root, fragment, self.hidden_dim)
+            self._fragments = [_FragmentCopy.open(self.root, fragment)
                                for fragment in self.dataset.get_fragments()]
             kept = {copy.folder.name for copy in self._fragments}
             for stale in self.root.iterdir():
@@ -79,28 +84,30 @@ class PooledCopy:
         self.seconds = time.perf_counter() - started
         self._done.set()
 
-    def tokens(self, fragment_rows: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-        """``(tokens, offsets)`` of the rows given as ``(fragment number, positions among its live rows)``
-        pairs, in that order: ``(n_tokens, hidden_dim)`` int8 stacked, document ``i`` owning
-        ``offsets[i]:offsets[i + 1]``."""
+    def rows(self, fragment_rows: list[tuple[int, np.ndarray]], column: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(tokens, offsets)`` of ``column`` for the rows given as ``(fragment number, positions among its
+        live rows)`` pairs, in that order: the tokens stacked (``bits``: ``(n, hidden_dim / 8)`` uint8;
+        ``pooled``: ``(n, hidden_dim)`` int8), document ``i`` owning ``offsets[i]:offsets[i + 1]``."""
+        name, numerator, denominator = COLUMNS[column]
+        width = self.hidden_dim * numerator // denominator
         ranges = [self._fragments[number].ranges(local) for number, local in fragment_rows]
         starts = np.concatenate([r[0] for r in ranges]) if ranges else np.zeros(0, np.int64)
         counts = np.concatenate([r[1] for r in ranges]) if ranges else np.zeros(0, np.int64)
+        files = [self._fragments[number].files[name] for number, _ in fragment_rows]
         owners = np.concatenate([np.full(len(r[0]), i) for i, r in enumerate(ranges)]) if ranges else []
         offsets = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
-        out = np.empty((int(offsets[-1]), self.hidden_dim), np.int8)
-        view = memoryview(out.reshape(-1))
-        row_bytes = self.hidden_dim
-        jobs = [(self._fragments[fragment_rows[o][0]].fd, view[offsets[i] * row_bytes:offsets[i + 1] * row_bytes],
-                 int(starts[i]) * row_bytes) for i, o in enumerate(owners) if counts[i]]
+        out = np.empty((int(offsets[-1]), width), np.uint8 if column == "bits" else np.int8)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        jobs = [(files[o], view[offsets[i] * width:offsets[i + 1] * width], int(starts[i]) * width)
+                for i, o in enumerate(owners.tolist() if len(owners) else []) if counts[i]]
 
         def read(batch: list[tuple[int, memoryview, int]]) -> None:
             for fd, target, at in batch:
                 while len(target):
                     done = os.preadv(fd, [target], at)
                     if done <= 0:
-                        raise OSError(f"short read of the local copy of the pooled column (fd {fd} at {at})")
+                        raise OSError(f"short read of the local copy of the {column} column (fd {fd} at {at})")
                     target, at = target[done:], at + done
 
         batches = [jobs[i::PARALLEL_READS] for i in range(min(PARALLEL_READS, len(jobs)))]
@@ -117,17 +124,18 @@ class _FragmentCopy:
     def __init__(self, folder: Path, live_rows: np.ndarray) -> None:
         self.folder = folder
         self.offsets = np.load(folder / "offsets.npy")
-        self.fd = os.open(folder / "tokens.i8", os.O_RDONLY)
+        self.files = {name: os.open(folder / name, os.O_RDONLY) for name, _, _ in COLUMNS.values()}
         self.rows = live_rows  # position among the fragment's live rows -> row of the copy
 
     def __del__(self) -> None:
-        try:
-            os.close(self.fd)
-        except (AttributeError, OSError):
-            pass
+        for fd in getattr(self, "files", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     @classmethod
-    def open(cls, root: Path, fragment: Any, hidden_dim: int) -> _FragmentCopy:
+    def open(cls, root: Path, fragment: Any) -> _FragmentCopy:
         """The fragment's copy under ``root``, written first if there is none (or it lacks a live row)."""
         files = sorted(str(getattr(f, "path", f)) for f in fragment.data_files())
         name = hashlib.sha256(f"{fragment.fragment_id}:{files}".encode()).hexdigest()[:16]
@@ -141,28 +149,35 @@ class _FragmentCopy:
                 if np.all(rows < len(addresses)) and np.array_equal(addresses[np.minimum(rows, len(addresses) - 1)], live):
                     return cls(folder, rows)
                 shutil.rmtree(folder, ignore_errors=True)  # rows the copy lacks (should not happen): copy again
-            _write(root, folder, fragment, hidden_dim)
+            _write(root, folder, fragment)
         raise RuntimeError(f"the local copy of fragment {fragment.fragment_id} does not hold its live rows")
 
     def ranges(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(first token, token count)`` in ``tokens.i8`` of the rows at these live positions."""
+        """``(first token, token count)`` in the column files of the rows at these live positions."""
         rows = self.rows[np.asarray(local, np.int64)]
         return self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
 
 
-def _write(root: Path, folder: Path, fragment: Any, hidden_dim: int) -> None:
-    """Copy the fragment's live rows' ``pooled`` tokens into ``folder`` (via a temporary folder, renamed)."""
+def _write(root: Path, folder: Path, fragment: Any) -> None:
+    """Copy the :data:`COLUMNS` of the fragment's live rows into ``folder`` (via a temporary folder, renamed)."""
     temporary = Path(tempfile.mkdtemp(prefix=".copy-", dir=root))
     try:
         addresses, lengths = [], []
-        with open(temporary / "tokens.i8", "wb") as out:
-            for batch in fragment.to_batches(columns=["pooled"], with_row_address=True, batch_size=COPY_BATCH_ROWS):
-                column = batch.column("pooled")
-                offsets = column.offsets.to_numpy()
-                values = column.flatten().flatten().to_numpy(zero_copy_only=False)
-                out.write(values[offsets[0] * hidden_dim:offsets[-1] * hidden_dim].tobytes())
-                lengths.append(np.diff(offsets))
+        outputs = {column: open(temporary / name, "wb") for column, (name, _, _) in COLUMNS.items()}
+        try:
+            for batch in fragment.to_batches(columns=list(COLUMNS), with_row_address=True,
+                                             batch_size=COPY_BATCH_ROWS):
+                for column, out in outputs.items():
+                    values, offsets = _tokens(batch.column(column))
+                    if column == "pooled" and not np.array_equal(np.diff(offsets), lengths[-1]):
+                        raise ValueError("the bits and pooled columns hold different token counts")
+                    out.write(values.tobytes())
+                    if column == "bits":
+                        lengths.append(np.diff(offsets))
                 addresses.append(batch.column("_rowaddr").to_numpy())
+        finally:
+            for out in outputs.values():
+                out.close()
         counts = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         token_offsets = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=token_offsets[1:])
@@ -175,3 +190,12 @@ def _write(root: Path, folder: Path, fragment: Any, hidden_dim: int) -> None:
                 raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _tokens(column: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, offsets)`` of a ``list<fixed_size_list<T, w>>`` batch column: its rows' tokens as one flat
+    array and the offsets of its rows (from 0)."""
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    width = column.type.value_type.list_size
+    values = column.flatten().flatten().to_numpy(zero_copy_only=False)
+    return values[offsets[0] * width:offsets[-1] * width], offsets - offsets[0]

@@ -4,7 +4,9 @@ tokens, float MaxSim rerank.
 What the first two stages read is held in memory (:class:`Resident`: the ``fde`` and ``bits`` columns, read
 once per table version in one scan, ~5 KB per page with the default encoding); per query the last two read
 their candidates' rows from the table (:mod:`~infinity_assets.index.take`): a few KB of int8 pooled tokens
-for each of ``hamming_candidates``, then the full float16 pages of only ``pooled_candidates``.
+for each of ``hamming_candidates``, then the full float16 pages of only ``pooled_candidates``. A reader
+with a local copy (:mod:`~infinity_assets.index.local_copy`) holds only the ``fde`` column (~1.3 KB per
+page) and reads stage 2's ``bits`` and stage 3's ``pooled`` rows from the copy's files.
 
 1. **FDE** (:mod:`~infinity_assets.index.fde`): the query's MUVERA code against documents' 1-bit codes, by
    masked hamming distance. Every code is compared (one compiled scan), unless ``fde_probes`` asks for the
@@ -16,8 +18,7 @@ for each of ``hamming_candidates``, then the full float16 pages of only ``pooled
    codes of those candidates' pooled tokens (:mod:`~infinity_assets.index.pooling`). Keeps
    ``hamming_candidates`` (the setting keeps the name of the symmetric hamming MaxSim it replaced).
 3. **Pooled MaxSim** (:func:`~infinity_assets.index.kernels.int8_maxsim`): cosine MaxSim against the same
-   pooled tokens, kept as int8 vectors (``pooled``, read per query: from the reader's local copy of the
-   column when it has one, :mod:`~infinity_assets.index.local_copy`, else from the table): it ranks nearly
+   pooled tokens, kept as int8 vectors (``pooled``, read per query): it ranks nearly
    as the pooled float vectors do, so far fewer full pages need reading. Keeps ``pooled_candidates``.
    Skipped on a table written before the column existed (the next sync adds it).
 4. **Float MaxSim** (cosine) on the unit ``embedding`` vectors of those few: the final order and scores,
@@ -46,7 +47,7 @@ import pyarrow as pa
 
 from infinity_assets.index import ivf, kernels
 from infinity_assets.index.fde import query_code
-from infinity_assets.index.local_copy import PooledCopy
+from infinity_assets.index.local_copy import LocalCopy
 from infinity_assets.index.maxsim import normalized
 from infinity_assets.index.schema import EncodingSettings, _from_env
 from infinity_assets.index.take import RowTaker
@@ -116,8 +117,9 @@ class StagedSearch:
     """The stages over one pinned LanceDB dataset version (``table.to_lance()``); ``store`` and ``modality``
     locate the version's IVF (None: the first stage scans every code); ``carry``: columns returned with the
     ranked rows, read in the rerank's own ``take`` (no second round trip); ``local_copy``: a directory where
-    the ``pooled`` column is copied for stage 3 (:class:`~infinity_assets.index.local_copy.PooledCopy`, made in
-    the background; stage 3 reads the table until it is ready), None: stage 3 reads the table."""
+    the ``bits`` and ``pooled`` columns are copied for stages 2 and 3
+    (:class:`~infinity_assets.index.local_copy.LocalCopy`, made in the background; until it is ready they read
+    the table, and if it cannot be made stage 2's codes are held in memory as without one), None: no copy."""
 
     def __init__(self, dataset: Any, hidden_dim: int, encoding: EncodingSettings, *, store: Any = None,
                  modality: str = "", carry: tuple[str, ...] = (), local_copy: str | None = None) -> None:
@@ -128,7 +130,7 @@ class StagedSearch:
         self.taker = RowTaker(dataset)
         self.rows = int(self.taker.starts[-1])  # the live rows, counted once per fragment
         self.pooled = "pooled" in dataset.schema.names  # False: a table from before the column (stage 3 skipped)
-        self.local_copy = PooledCopy(dataset, hidden_dim, local_copy) if local_copy and self.pooled else None
+        self.local_copy = LocalCopy(dataset, hidden_dim, local_copy) if local_copy and self.pooled else None
         self._resident: Resident | None = None
         self.lists: ivf.Lists | None = None
         self._ivf_retry_at = 0.0
@@ -137,10 +139,12 @@ class StagedSearch:
     @property
     def resident(self) -> Resident:
         """What stages 1-2 read, held in memory: read on first use (once, whatever the number of threads
-        searching, in one scan of two columns), with the version's IVF if it has one."""
+        searching, in one scan), with the version's IVF if it has one. With a local copy only the FDE codes
+        (stage 2 reads its codes from the copy); if the copy fails, the codes of stage 2 too."""
         with self._loading:
-            if self._resident is None:
-                self._resident = Resident.read(self.dataset)
+            copy_failed = self.local_copy is not None and self.local_copy.error is not None
+            if self._resident is None or (copy_failed and self._resident.token_bits is None):
+                self._resident = Resident.read(self.dataset, bits=self.local_copy is None or copy_failed)
             if self.lists is None and self.store is not None and time.monotonic() >= self._ivf_retry_at:
                 # a sync writes the IVF of a version just after committing it: a reader that opened the
                 # version in between scans every code until the file is there, looked for every few seconds
@@ -192,7 +196,7 @@ class StagedSearch:
         if len(positions) > keep:
             started = time.perf_counter()
             positions = np.sort(positions)
-            codes, offsets = self.resident.token_codes(positions)
+            codes, offsets = self._token_rows(positions, "bits")
             scores = kernels.sign_maxsim(query, codes, offsets)
             positions = positions[_within(-scores, keep)]
             timings["hamming"] = _lap(started)
@@ -203,12 +207,7 @@ class StagedSearch:
         if self.pooled and len(positions) > keep:
             started = time.perf_counter()
             positions = np.sort(positions)
-            if self.local_copy is not None and self.local_copy.ready():
-                tokens, offsets = self.local_copy.tokens(self.taker.by_fragment(positions))
-            else:
-                row_bytes = self.resident.offsets[-1] / self.rows * self.hidden_dim  # pooled tokens of int8
-                tokens, offsets = _vectors(self.taker.take(positions, ["pooled"], row_bytes).column("pooled")
-                                           .combine_chunks())
+            tokens, offsets = self._token_rows(positions, "pooled")
             scores = kernels.int8_maxsim(query, tokens, offsets)
             positions = positions[_within(-scores, keep)]
             timings["pooled"] = _lap(started)
@@ -222,6 +221,19 @@ class StagedSearch:
         timings["rerank"] = _lap(started)
         return Ranking(positions[best], scores, rows.select(self.carry).take(best), timings,
                        {"fde": kept_fde, "hamming": kept_hamming, "pooled": len(positions)}, int(scanned))
+
+    def _token_rows(self, positions: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(tokens, offsets)`` of the pooled tokens of the documents at sorted ``positions`` in ``column``
+        (``bits`` or ``pooled``): from the local copy when it is ready, ``bits`` from memory when held, else
+        read from the table."""
+        if self.local_copy is not None and self.local_copy.ready():
+            return self.local_copy.rows(self.taker.by_fragment(positions), column)
+        resident = self.resident
+        if column == "bits" and resident.token_bits is not None:
+            return resident.token_codes(positions)
+        # rows of a few KB (int8 pooled tokens: ~the bits' count x hidden_dim bytes) when that is known
+        row_bytes = resident.offsets[-1] / self.rows * self.hidden_dim if resident.token_bits is not None else None
+        return _vectors(self.taker.take(positions, [column], row_bytes).column(column).combine_chunks())
 
     def exact(self, query: np.ndarray, k: int) -> Ranking:
         """The exact ``k`` best rows: cosine MaxSim against every row's ``embedding`` (streamed in batches),
@@ -244,31 +256,36 @@ class StagedSearch:
 @dataclass(frozen=True)
 class Resident:
     """What stages 1-2 of one table version read, in memory: every document's FDE code, each FDE bit's
-    share of documents with it set, and the 1-bit codes of every document's pooled tokens, stacked."""
+    share of documents with it set, and (unless a local copy serves them) the 1-bit codes of every document's
+    pooled tokens, stacked."""
 
     codes: np.ndarray
     """``(rows, fde_bits / 8)`` uint8."""
     ones: np.ndarray
     """``(fde_bits,)`` float32 (:func:`bit_shares`)."""
-    token_bits: np.ndarray
-    """``(pooled tokens, hidden_dim / 8)`` uint8; document ``i`` owns ``offsets[i]:offsets[i + 1]``."""
-    offsets: np.ndarray
+    token_bits: np.ndarray | None
+    """``(pooled tokens, hidden_dim / 8)`` uint8; document ``i`` owns ``offsets[i]:offsets[i + 1]`` (None:
+    not held)."""
+    offsets: np.ndarray | None
 
     @classmethod
-    def read(cls, dataset: Any) -> Resident:
-        """Read the ``fde`` and ``bits`` columns of a pinned dataset version (one scan), copied batch by batch
-        into numpy arrays (no Arrow buffer outlives the scan)."""
+    def read(cls, dataset: Any, bits: bool = True) -> Resident:
+        """Read the ``fde`` column (and ``bits``) of a pinned dataset version (one scan), copied batch by
+        batch into numpy arrays (no Arrow buffer outlives the scan)."""
         codes, token_bits, lengths = [], [], []
-        for batch in dataset.to_batches(columns=["fde", "bits"], batch_size=RESIDENT_BATCH_ROWS):
+        for batch in dataset.to_batches(columns=["fde", "bits"] if bits else ["fde"], batch_size=RESIDENT_BATCH_ROWS):
             column = batch.column("fde")
             codes.append(column.flatten().to_numpy().reshape(-1, column.type.list_size).copy())
-            values, offsets = _vectors(batch.column("bits"))
-            token_bits.append(values[:offsets[-1]].copy())
-            lengths.append(np.diff(offsets))
+            if bits:
+                values, offsets = _vectors(batch.column("bits"))
+                token_bits.append(values[:offsets[-1]].copy())
+                lengths.append(np.diff(offsets))
         all_codes = np.concatenate(codes)
-        offsets = np.zeros(len(all_codes) + 1, np.int64)
-        np.cumsum(np.concatenate(lengths), out=offsets[1:])
-        resident = cls(all_codes, bit_shares(all_codes), np.concatenate(token_bits), offsets)
+        offsets = None
+        if bits:
+            offsets = np.zeros(len(all_codes) + 1, np.int64)
+            np.cumsum(np.concatenate(lengths), out=offsets[1:])
+        resident = cls(all_codes, bit_shares(all_codes), np.concatenate(token_bits) if bits else None, offsets)
         del codes, token_bits
         release_free_memory()
         return resident
