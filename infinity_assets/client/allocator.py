@@ -56,3 +56,12 @@ def tune() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, THRESHOLD_BYTES))
+
+
+def release_free_memory() -> None:
+    """Give the C allocator's free memory back to the OS (glibc's public ``malloc_trim``; a no-op where there
+    is none): a scan leaves its freed read buffers in the allocator's arenas (docs/search-at-scale.md)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

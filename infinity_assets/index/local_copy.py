@@ -24,10 +24,13 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from infinity_assets.client.allocator import release_free_memory
 
 #: Where a long-lived reader (the search service) keeps its copies: a directory, or ``off``.
 ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY"
@@ -81,6 +84,7 @@ class LocalCopy:
                     shutil.rmtree(stale, ignore_errors=True)
         except Exception as error:  # noqa: BLE001 -- kept on .error; the search reads the table instead
             self.error = error
+        release_free_memory()  # the scan's freed read buffers
         self.seconds = time.perf_counter() - started
         self._done.set()
 
@@ -163,8 +167,9 @@ def _write(root: Path, folder: Path, fragment: Any) -> None:
     temporary = Path(tempfile.mkdtemp(prefix=".copy-", dir=root))
     try:
         addresses, lengths = [], []
-        outputs = {column: open(temporary / name, "wb") for column, (name, _, _) in COLUMNS.items()}
-        try:
+        with ExitStack() as files:
+            outputs = {column: files.enter_context(open(temporary / name, "wb"))
+                       for column, (name, _, _) in COLUMNS.items()}
             for batch in fragment.to_batches(columns=list(COLUMNS), with_row_address=True,
                                              batch_size=COPY_BATCH_ROWS):
                 for column, out in outputs.items():
@@ -175,9 +180,6 @@ def _write(root: Path, folder: Path, fragment: Any) -> None:
                     if column == "bits":
                         lengths.append(np.diff(offsets))
                 addresses.append(batch.column("_rowaddr").to_numpy())
-        finally:
-            for out in outputs.values():
-                out.close()
         counts = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         token_offsets = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=token_offsets[1:])

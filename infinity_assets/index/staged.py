@@ -36,7 +36,6 @@ does not move them.
 """
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from infinity_assets.client.allocator import release_free_memory
 from infinity_assets.index import ivf, kernels
 from infinity_assets.index.fde import query_code
 from infinity_assets.index.local_copy import LocalCopy
@@ -298,15 +298,6 @@ class Resident:
         np.cumsum(stops - starts, out=offsets[1:])
         codes = np.concatenate([self.token_bits[a:b] for a, b in zip(starts.tolist(), stops.tolist())])
         return codes, offsets
-
-
-def release_free_memory() -> None:
-    """Give the C allocator's free memory back to the OS (glibc's public ``malloc_trim``; a no-op where there
-    is none): a scan leaves its freed read buffers in the allocator's arenas (docs/search-at-scale.md)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _exact_top(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
