@@ -62,6 +62,8 @@ SIDE_ROWS = (("two-stage, 4,000 / 200 / 40", {"fde_candidates": 4000, "hamming_c
              ("two-stage without stage 3 (last round's default, 2,000 / 100, rerank of 100)", {"pooled_candidates": 100}))
 #: Stage 3 reading the table per query instead of the reader's local copy of its column.
 NO_COPY = ("two-stage, stage 3 read from the table (no local copy)", {"local_copy": False})
+#: Stage 2's codes read per query from the local copy instead of held in memory.
+UNHELD = ("two-stage, stage 2's codes read from the local copy (not held in memory)", {"hold_bits": False})
 #: The IVF probed (32 lists of sqrt(pages)).
 IVF_PROBED = {"fde_probes": 32}
 DEFAULT_LABEL = "two-stage (local disk)"
@@ -244,7 +246,8 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
         add(_row(DEFAULT_LABEL, two_stage(size), size, corpora.PAGE_VECTORS, exact.get(size), known))
         for label, search in SIDE_ROWS:
             add(_row(label, two_stage(size, search=search), size, corpora.PAGE_VECTORS, exact.get(size), known))
-        add(_row(NO_COPY[0], two_stage(size, **NO_COPY[1]), size, corpora.PAGE_VECTORS, exact.get(size), known))
+        for label, extra in (NO_COPY, UNHELD):
+            add(_row(label, two_stage(size, **extra), size, corpora.PAGE_VECTORS, exact.get(size), known))
         add(_row("two-stage, IVF: 32 lists probed", two_stage(size, search=IVF_PROBED), size,
                  corpora.PAGE_VECTORS, exact.get(size), known))
         add(_row("last round's numpy stages (flat FDE, numpy popcounts, float32 copies)",

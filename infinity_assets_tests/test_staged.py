@@ -149,9 +149,9 @@ def test_an_index_synced_through_any_sequence_of_materializations_answers_as_a_f
 
 # ------------------------------------------------------------------------------ stage 3's local copy
 def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_path, seaweedfs, s3_bucket):
-    """On S3 a reader with a local copy holds only the FDE codes and reads only the rerank's rows from the
-    table per query, answering as one without; the next version (rows deleted, no fragment rewritten) copies
-    nothing again; a copy that cannot be made leaves the reader answering as one without."""
+    """On S3 a reader with a local copy reads only the rerank's rows from the table per query (and without
+    holding stage 2's codes, if asked), answering as one without; the next version (rows deleted, no fragment
+    rewritten) copies nothing again; a copy that cannot be made leaves the reader answering as one without."""
     rng = np.random.default_rng(8)
     centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
     store = DocumentStore(f"s3://{s3_bucket}/copy", **seaweedfs.storage_options())
@@ -171,7 +171,9 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     (folder,) = [f for f in copies.glob("*/*") if f.is_dir()]
     (want, table_bytes), (got, copy_bytes) = answers(plain), answers(copied)
     assert got == want
-    assert copied.staged.resident.token_bits is None  # stage 2's codes are read from the copy, not held
+    unheld = index.IndexReader(store, "text", local_copy=str(copies), hold_bits=False)
+    assert unheld.staged.local_copy.ready(timeout=60) and answers(unheld)[0] == want
+    assert unheld.staged.resident.token_bits is None  # stage 2's codes were read from the copy, not held
     pooled_bytes = sum(f.stat().st_size for f in folder.iterdir())
     assert copy_bytes < table_bytes, (copy_bytes, table_bytes)  # the pooled rows no longer cross the network
 
@@ -185,7 +187,7 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     assert answers(later)[0] == answers(index.IndexReader(store, "text"))[0]
 
     (tmp_path / "not-a-directory").write_text("")
-    broken = index.IndexReader(store, "text", local_copy=str(tmp_path / "not-a-directory"))
+    broken = index.IndexReader(store, "text", local_copy=str(tmp_path / "not-a-directory"), hold_bits=False)
     assert not broken.staged.local_copy.ready(timeout=60) and isinstance(broken.staged.local_copy.error, OSError)
     assert answers(broken)[0] == answers(later)[0]
     assert broken.staged.resident.token_bits is not None  # held in memory, as without a copy

@@ -47,8 +47,9 @@ class SearchResult:
 class IndexReader:
     """Searches one index table; raises :class:`SearchIndexError` if it is missing, empty or was built with
     other settings than ``encoding`` (when given). ``local_copy``: a directory where a long-lived reader keeps
-    a copy of what stage 3 reads (:mod:`~infinity_assets.index.local_copy`; made in the background for each
-    version it opens, reusing what an earlier version copied); None: every stage reads the table.
+    a copy of what stages 2-3 read per candidate (:mod:`~infinity_assets.index.local_copy`; made in the
+    background for each version it opens, reusing what an earlier version copied); None: stage 3 reads the
+    table. ``hold_bits=False`` (with a copy): stage 2's codes are read from the copy, not held in memory.
 
     Example::
 
@@ -60,8 +61,8 @@ class IndexReader:
     """
 
     def __init__(self, store: DocumentStore, modality: str, *, encoding: EncodingSettings | None = None,
-                 local_copy: str | None = None) -> None:
-        self.store, self.modality, self.local_copy = store, modality, local_copy
+                 local_copy: str | None = None, hold_bits: bool = True) -> None:
+        self.store, self.modality, self.local_copy, self.hold_bits = store, modality, local_copy, hold_bits
         self.where = f"{index_uri(store)} (table {TABLES[modality]!r})"
         self.table = open_table(store, modality)
         if self.table is None:
@@ -84,7 +85,8 @@ class IndexReader:
         self.dataset = self.table.to_lance()
         self.version = self.dataset.version
         self.staged = StagedSearch(self.dataset, self.hidden_dim, self.encoding, store=self.store,
-                                   modality=self.modality, carry=tuple(HIT_COLUMNS), local_copy=self.local_copy)
+                                   modality=self.modality, carry=tuple(HIT_COLUMNS), local_copy=self.local_copy,
+                                   hold_bits=self.hold_bits)
         self.rows = self.staged.rows
         if self.rows == 0:
             raise SearchIndexError(f"the {self.modality} index at {self.where} is empty: no artifact has been "

@@ -5,8 +5,9 @@ What the first two stages read is held in memory (:class:`Resident`: the ``fde``
 once per table version in one scan, ~5 KB per page with the default encoding); per query the last two read
 their candidates' rows from the table (:mod:`~infinity_assets.index.take`): a few KB of int8 pooled tokens
 for each of ``hamming_candidates``, then the full float16 pages of only ``pooled_candidates``. A reader
-with a local copy (:mod:`~infinity_assets.index.local_copy`) holds only the ``fde`` column (~1.3 KB per
-page) and reads stage 2's ``bits`` and stage 3's ``pooled`` rows from the copy's files.
+with a local copy (:mod:`~infinity_assets.index.local_copy`) reads stage 3's ``pooled`` rows from the copy's
+files; with ``hold_bits=False`` it holds only the ``fde`` column (~1.3 KB per page) and reads stage 2's
+``bits`` rows from the copy too (from the OS page cache when warm, else from the disk: slower).
 
 1. **FDE** (:mod:`~infinity_assets.index.fde`): the query's MUVERA code against documents' 1-bit codes, by
    masked hamming distance. Every code is compared (one compiled scan), unless ``fde_probes`` asks for the
@@ -118,12 +119,15 @@ class StagedSearch:
     locate the version's IVF (None: the first stage scans every code); ``carry``: columns returned with the
     ranked rows, read in the rerank's own ``take`` (no second round trip); ``local_copy``: a directory where
     the ``bits`` and ``pooled`` columns are copied for stages 2 and 3
-    (:class:`~infinity_assets.index.local_copy.LocalCopy`, made in the background; until it is ready they read
-    the table, and if it cannot be made stage 2's codes are held in memory as without one), None: no copy."""
+    (:class:`~infinity_assets.index.local_copy.LocalCopy`, made in the background; until it is ready stage 3
+    reads the table), None: no copy; ``hold_bits``: stage 2's codes held in memory (True) or, with a copy,
+    read from it per query (False; until it is ready from the table, and held if it cannot be made)."""
 
     def __init__(self, dataset: Any, hidden_dim: int, encoding: EncodingSettings, *, store: Any = None,
-                 modality: str = "", carry: tuple[str, ...] = (), local_copy: str | None = None) -> None:
+                 modality: str = "", carry: tuple[str, ...] = (), local_copy: str | None = None,
+                 hold_bits: bool = True) -> None:
         self.dataset, self.hidden_dim, self.encoding = dataset, hidden_dim, encoding
+        self.hold_bits = hold_bits
         self.carry = carry
         self.store, self.modality = store, modality
         self.fde = encoding.fde(hidden_dim)
@@ -139,12 +143,13 @@ class StagedSearch:
     @property
     def resident(self) -> Resident:
         """What stages 1-2 read, held in memory: read on first use (once, whatever the number of threads
-        searching, in one scan), with the version's IVF if it has one. With a local copy only the FDE codes
-        (stage 2 reads its codes from the copy); if the copy fails, the codes of stage 2 too."""
+        searching, in one scan), with the version's IVF if it has one. Without ``hold_bits`` and with a local
+        copy only the FDE codes (stage 2 reads its codes from the copy); if the copy fails, stage 2's too."""
         with self._loading:
             copy_failed = self.local_copy is not None and self.local_copy.error is not None
-            if self._resident is None or (copy_failed and self._resident.token_bits is None):
-                self._resident = Resident.read(self.dataset, bits=self.local_copy is None or copy_failed)
+            bits = self.hold_bits or self.local_copy is None or copy_failed
+            if self._resident is None or (bits and self._resident.token_bits is None):
+                self._resident = Resident.read(self.dataset, bits=bits)
             if self.lists is None and self.store is not None and time.monotonic() >= self._ivf_retry_at:
                 # a sync writes the IVF of a version just after committing it: a reader that opened the
                 # version in between scans every code until the file is there, looked for every few seconds
@@ -224,13 +229,13 @@ class StagedSearch:
 
     def _token_rows(self, positions: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens, offsets)`` of the pooled tokens of the documents at sorted ``positions`` in ``column``
-        (``bits`` or ``pooled``): from the local copy when it is ready, ``bits`` from memory when held, else
-        read from the table."""
-        if self.local_copy is not None and self.local_copy.ready():
-            return self.local_copy.rows(self.taker.by_fragment(positions), column)
+        (``bits`` or ``pooled``): ``bits`` from memory when held, else from the local copy when it is ready,
+        else read from the table."""
         resident = self.resident
         if column == "bits" and resident.token_bits is not None:
             return resident.token_codes(positions)
+        if self.local_copy is not None and self.local_copy.ready():
+            return self.local_copy.rows(self.taker.by_fragment(positions), column)
         # rows of a few KB (int8 pooled tokens: ~the bits' count x hidden_dim bytes) when that is known
         row_bytes = resident.offsets[-1] / self.rows * self.hidden_dim if resident.token_bits is not None else None
         return _vectors(self.taker.take(positions, [column], row_bytes).column(column).combine_chunks())
