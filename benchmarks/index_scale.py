@@ -55,11 +55,15 @@ def at_pages(pages: int) -> dict[str, Any]:
     return {**FULL, "sizes": sizes, "gt_pages": pages, "query_pages": min(FULL["query_pages"], pages),
             "numpy_pages": min(FULL["numpy_pages"], pages), "public_pages": min(FULL["public_pages"], pages),
             "full_size_sections": False}
-#: The rows beside the default (2,000 / 100 / 30, the flat first stage), on both token mixes: twice the
-#: candidates of stages 1-3, half of each, and no stage 3 (last round's default: the rerank reads all 100).
-SIDE_ROWS = (("two-stage, 4,000 / 200 / 40", {"fde_candidates": 4000, "hamming_candidates": 200, "pooled_candidates": 40}),
+#: The rows beside the default (2,000 / 150 / 30, the flat first stage), on both token mixes: more and fewer
+#: candidates at every stage, the previous default, and no stage 3 (last round's default: the rerank reads
+#: all 100).
+SIDE_ROWS = (("two-stage, 2,000 / 100 / 30 (the previous default)", {"hamming_candidates": 100}),
+             ("two-stage, 4,000 / 200 / 40", {"fde_candidates": 4000, "hamming_candidates": 200, "pooled_candidates": 40}),
              ("two-stage, 1,000 / 50 / 20", {"fde_candidates": 1000, "hamming_candidates": 50, "pooled_candidates": 20}),
-             ("two-stage without stage 3 (last round's default, 2,000 / 100, rerank of 100)", {"pooled_candidates": 100}))
+             ("two-stage without stage 3 (last round's default, 2,000 / 100, rerank of 100)", {"hamming_candidates": 100, "pooled_candidates": 100}))
+#: The previous release's numpy stages, with the candidates they had (2,000 / 100).
+LAST_ROUND = {"mode": "last-round", "search": {"hamming_candidates": 100}}
 #: Stage 3 reading the table per query instead of the reader's local copy of its column.
 NO_COPY = ("two-stage, stage 3 read from the table (no local copy)", {"local_copy": False})
 #: Stage 2's codes read per query from the local copy instead of held in memory.
@@ -251,7 +255,7 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
         add(_row("two-stage, IVF: 32 lists probed", two_stage(size, search=IVF_PROBED), size,
                  corpora.PAGE_VECTORS, exact.get(size), known))
         add(_row("last round's numpy stages (flat FDE, numpy popcounts, float32 copies)",
-                 two_stage(size, mode="last-round"), size, corpora.PAGE_VECTORS, exact.get(size), known))
+                 two_stage(size, **LAST_ROUND), size, corpora.PAGE_VECTORS, exact.get(size), known))
     small = min(cfg["sizes"])
     free = shutil.disk_usage(corpora.CACHE).free
     if free > 3 * _dir_size(builds[small]):
@@ -287,7 +291,7 @@ def loose(cfg: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for label, extra in ((DEFAULT_LABEL, {}), *((label, {"search": search}) for label, search in SIDE_ROWS),
                          ("last round's numpy stages (flat FDE, numpy popcounts, float32 copies)",
-                          {"mode": "last-round"})):
+                          LAST_ROUND)):
         result = run_engine({"engine": "two-stage", "corpus": "synthetic", "mix": "loose", "cached": n, "pages": n,
                              "root": root, "marker": root + "/built.json", **extra}, vectors, SCRATCH)
         rows.append(_row(label, result, n, corpora.PAGE_VECTORS, exact, known))
@@ -439,7 +443,7 @@ def real(cfg: dict[str, Any]) -> dict[str, Any]:
              ("LanceDB multi-vector flat", {"engine": "lancedb", "ann": False, "build_ann": False},
               vectors[:cfg["texlive_lance_flat_queries"]]),
              ("two-stage (local disk)", {"engine": "two-stage"}, vectors),
-             ("two-stage, hamming 150", {"engine": "two-stage", "search": {"hamming_candidates": 150}}, vectors),
+             ("two-stage, hamming 100 (the previous default)", {"engine": "two-stage", "search": {"hamming_candidates": 100}}, vectors),
              (MUVERA, {"engine": "muvera"}, vectors)]
     for label, spec, subset in specs:
         engine = spec["engine"]

@@ -103,11 +103,11 @@ def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against
     assert by_column["bits"] < by_column["pooled"] < by_column["embedding"], by_column  # int8 pooled tokens
     assert metadata["bytes_per_page"] >= metadata["bytes_per_page_stages_1_2"] > 0
     assert metadata["encoding"]["fde_repetitions"] == 20 and metadata["encoding"]["originals"] == "float16"
-    assert metadata["search_settings"] == {"fde_candidates": 2000, "hamming_candidates": 100,
+    assert metadata["search_settings"] == {"fde_candidates": 2000, "hamming_candidates": 150,
                                            "pooled_candidates": 30, "fde_agreement": 0.9, "fde_probes": 0}
     assert metadata["dagster/row_count"] == len(DOCUMENTS) + len(FILLER) > 1000  # more than any stage keeps
     assert metadata["drift_queries"] == 32 and metadata["drift_exact_queries"] >= 8
-    assert metadata["drift_recall_at_10"] >= 0.9  # the stages prune: 100 then 30 of 1,130 documents
+    assert metadata["drift_recall_at_10"] >= 0.9  # the stages prune: 150 then 30 of 1,130 documents
     assert metadata["drift_known_item_at_10"] >= 0.9
 
 

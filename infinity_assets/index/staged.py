@@ -71,7 +71,7 @@ class SearchSettings:
     """
 
     fde_candidates: int = 2000
-    hamming_candidates: int = 100
+    hamming_candidates: int = 150
     pooled_candidates: int = 30
     """Documents whose full pages the rerank reads (stage 3 keeps them; raised to ``k`` when smaller)."""
     fde_agreement: float = 0.9
