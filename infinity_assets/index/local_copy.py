@@ -1,8 +1,9 @@
 """A local copy of the columns stages 2 and 3 read per candidate (``bits``: the pooled tokens' 1-bit codes;
 ``pooled``: the same tokens in int8) of one pinned table version, read per query by position from flat
-files (``os.preadv``). Stage 2's codes then stay in the OS page cache instead of the reader's memory (the
-reader holds only the FDE codes), and stage 3 does not go through the table: on object storage only the
-rerank's rows cross the network per query, and on a local disk a read skips Lance's per-call cost.
+files (``os.preadv``). Stage 3 then does not go through the table: on object storage only the rerank's rows
+cross the network per query, and on a local disk a read skips Lance's per-call cost. A reader that does not
+hold stage 2's codes (``hold_bits=False``) reads them from here too: they stay in the OS page cache instead
+of the reader's memory.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8),
