@@ -326,13 +326,15 @@ def million(cfg: dict[str, Any]) -> dict[str, Any]:
 def table_sync(cfg: dict[str, Any]) -> dict[str, Any]:
     """An incremental sync of ``table_sync_pages`` changed pages in the 100,000-page table itself: the rows
     re-encoded from their vectors and upserted in one ``merge_insert`` (what ``sync_index`` writes for
-    re-embedded pages; the same vectors, so the table keeps its content), and the IVF update (no compaction:
-    see the comment below)."""
+    re-embedded pages; the same vectors, so the table keeps its content), its maintenance
+    (:func:`~infinity_assets.index.compaction.compact`) and the IVF update."""
     import pyarrow as pa
 
     from infinity_assets import index
     from infinity_assets.index import ivf
+    from infinity_assets.index.compaction import compact
     from infinity_assets.index.rows import encode_rows, vectors_table
+    from infinity_assets.index.sync import DEFAULT_CLEANUP_OLDER_THAN
     from infinity_assets.storage.documents import DocumentStore
 
     top, changed = max(cfg["sizes"]), cfg["table_sync_pages"]
@@ -353,14 +355,15 @@ def table_sync(cfg: dict[str, Any]) -> dict[str, Any]:
     result = table.merge_insert(["partition", "doc_id"]).when_matched_update_all().when_not_matched_insert_all() \
         .execute(pa.RecordBatchReader.from_batches(schema, rows.to_batches()))
     timings["merge_insert"] = time.perf_counter() - started
-    # no optimize(): its compaction would rewrite this table's one 100,000-row fragment (under the 1,000,000
-    # rows a fragment targets) with the new one, 26 GB; what a sync's maintenance costs is in the note
+    started = time.perf_counter()
+    maintenance = compact(table, DEFAULT_CLEANUP_OLDER_THAN)  # what sync_index runs after its commit
+    timings["compaction"] = time.perf_counter() - started
     started = time.perf_counter()
     first_stage = ivf.update(store, "images", table, encoding)
     timings["ivf_update"] = time.perf_counter() - started
     out = {"pages": top, "changed_pages": changed, "updated_rows": result.num_updated_rows,
            "seconds": timings, "seconds_per_1000_changed": {k: v / changed * 1000 for k, v in timings.items()},
-           "ivf": first_stage}
+           "compaction": maintenance, "ivf": first_stage}
     print(f"    sync of {changed:,} changed pages in the {top:,}-page table: {out}", flush=True)
     return out
 
@@ -777,7 +780,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
         per = table["seconds_per_1000_changed"]
         lines.append(f"- {table['changed_pages']:,} changed pages synced into the {table['pages']:,}-page table: "
                      + ", ".join(f"{k} {v:.1f} s" for k, v in per.items()) + " per 1,000 changed pages "
-                     f"({table['updated_rows']} rows updated; IVF: {table['ivf']})")
+                     f"({table['updated_rows']} rows updated; compaction: {table.get('compaction')}; IVF: {table['ivf']})")
     sync = results.get("sync", {})
     if "error" in sync:
         lines.append(f"- incremental sync: not run ({sync['error']})")

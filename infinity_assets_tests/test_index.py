@@ -14,6 +14,7 @@ import pytest
 
 from infinity_assets import InfinityEmbeddings, index
 from infinity_assets.artifacts import ArtifactWriter
+from infinity_assets.index import compaction
 from infinity_assets.index.lock import IndexLockError, WriterLock
 from infinity_assets.pipeline import embed_partition
 
@@ -206,16 +207,37 @@ def test_eight_concurrent_embedding_runs_then_index_equals_the_artifacts(seaweed
     assert len(set(zip(rows.column("partition").to_pylist(), rows.column("doc_id").to_pylist()))) == 48
 
 
-def test_maintenance_compacts_fragments_and_removes_old_versions(tmp_path):
+def test_maintenance_merges_small_fragments_rewrites_a_large_one_only_for_its_deletions(tmp_path):
+    """LanceDB's optimize() would rewrite the whole table after a sync of a few documents; here the large
+    fragment stays as it is until a tenth of it is deleted, the small fragments syncs add are merged once
+    there are enough of them, and old versions are removed."""
     store = store_root_local(tmp_path)
-    write_artifact(store, "b1", [f"d{i}" for i in range(150)])
+    kept, dropped = compaction.MIN_SMALL_ROWS + 500, compaction.MIN_SMALL_ROWS // 8 + 100
+    write_artifact(store, "kept", [f"k{i}" for i in range(kept)])
+    write_artifact(store, "dropped", [f"d{i}" for i in range(dropped)])
     index.sync_index(store, "text")
-    write_artifact(store, "b2", [f"e{i}" for i in range(100)])
-    index.sync_index(store, "text", cleanup_older_than=timedelta(0))
-    write_artifact(store, "b3", [f"f{i}" for i in range(20)])
-    later = index.sync_index(store, "text", cleanup_older_than=timedelta(0))
+
+    def data_files() -> set[str]:
+        fragments = index.open_table(store, "text").to_lance().get_fragments()
+        return {file.path for fragment in fragments for file in fragment.data_files()}
+
+    large = data_files()
+    assert len(large) == 1
+    for number in range(compaction.SMALL_FRAGMENTS):
+        write_artifact(store, f"s{number}", [f"s{number}-{i}" for i in range(10)])
+        report = index.sync_index(store, "text", cleanup_older_than=timedelta(0))
+        assert large <= data_files(), f"sync {number} rewrote the large fragment"
+        assert report.compaction["fragments"] == number + 2
+    assert report.compaction["fragments_removed"] == compaction.SMALL_FRAGMENTS, report.compaction
+    assert len(data_files()) == 2, "the small fragments were not merged"
+    assert_index_equals_artifacts(store)
+
+    store.fs.rm(store.artifact_path("text", "dropped"))  # over a tenth of the large fragment's rows
+    report = index.sync_index(store, "text", cleanup_older_than=timedelta(0))
+    assert report.deleted == dropped and report.compaction["with_deletions"] == 1, report.compaction
+    assert not large & data_files(), "the large fragment kept its deleted rows"
     table = index.open_table(store, "text")
-    assert later.optimized and len(table.to_lance().get_fragments()) == 1, "small fragments were not compacted"
+    assert all(fragment.num_deletions == 0 for fragment in table.to_lance().get_fragments())
     assert len(table.list_versions()) <= 2, "old versions were not cleaned up"
     assert_index_equals_artifacts(store)
 

@@ -13,8 +13,10 @@ its own ``embedding`` column (:func:`add_missing_columns`: one commit, no artifa
 (reported; their rows are removed) until they are re-embedded. Everything happens under the
 :class:`~infinity_assets.index.lock.WriterLock` of the index: one writer at a time, by construction.
 
-Maintenance after a sync that wrote: ``optimize()`` compacts small fragments and removes versions older than
-``cleanup_older_than``. Then the first stage's IVF beside the table (:mod:`infinity_assets.index.ivf`) is
+Maintenance after a sync that wrote (:func:`~infinity_assets.index.compaction.compact`): the small fragments
+syncs leave are merged once there are enough of them, a fragment is rewritten without its deleted rows once
+they are a tenth of it (a large one is never rewritten for its size alone), and versions older than
+``cleanup_older_than`` are removed. Then the first stage's IVF beside the table (:mod:`infinity_assets.index.ivf`) is
 brought to the committed version: unchanged rows keep their list, new and changed rows are assigned, deleted
 rows leave (a sync killed before this leaves a version without an IVF, which searches by a flat scan; the
 next sync writes it).
@@ -33,6 +35,7 @@ import pyarrow.parquet as pq
 
 from infinity_assets import artifacts
 from infinity_assets.index import ivf
+from infinity_assets.index.compaction import compact
 from infinity_assets.index.lock import WriterLock
 from infinity_assets.index.rows import encode_rows, pooled_column
 from infinity_assets.index.schema import (
@@ -75,7 +78,7 @@ class SyncReport:
     added_columns: list[str] = field(default_factory=list)  # computed for every row of an older table
     version: int = 0
     encoding: EncodingSettings = field(default_factory=EncodingSettings)
-    optimized: bool = False
+    compaction: dict[str, int] = field(default_factory=dict)  # what maintenance did (compaction.compact)
     first_stage: dict[str, Any] = field(default_factory=dict)  # what the IVF update did (ivf.update)
     lock_wait_seconds: float = 0.0
     lock_held: tuple[float, float] = (0.0, 0.0)  # wall-clock interval the writer lock was held
@@ -172,8 +175,7 @@ def sync_index(
         report.rows = table.count_rows()
         if report.wrote:
             lock.check()
-            table.optimize(cleanup_older_than=cleanup_older_than)
-            report.optimized = True
+            report.compaction = compact(table, cleanup_older_than)
         report.version = table.version
         lock.check()
         report.first_stage = ivf.update(store, modality, table, encoding)
