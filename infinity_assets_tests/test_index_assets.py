@@ -103,7 +103,7 @@ def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against
     assert by_column["bits"] < by_column["pooled"] < by_column["embedding"], by_column  # int8 pooled tokens
     assert metadata["bytes_per_page"] >= metadata["bytes_per_page_stages_1_2"] > 0
     assert metadata["encoding"]["fde_repetitions"] == 20 and metadata["encoding"]["originals"] == "float16"
-    assert metadata["search_settings"] == {"fde_candidates": 2000, "hamming_candidates": 150,
+    assert metadata["search_settings"] == {"fde_shortlist": 4000, "fde_candidates": 2000, "hamming_candidates": 150,
                                            "pooled_candidates": 30, "fde_agreement": 0.9, "fde_probes": 0}
     assert metadata["dagster/row_count"] == len(DOCUMENTS) + len(FILLER) > 1000  # more than any stage keeps
     assert metadata["drift_queries"] == 32 and metadata["drift_exact_queries"] >= 8
@@ -142,11 +142,11 @@ def test_cli_search_answers_from_the_index_on_seaweedfs(seaweedfs, s3_bucket, in
     verbose = cli(["search", "faint comet passing close to jupiter", "--k", "3", "--verbose"], env)
     assert verbose.returncode == 0 and verbose.stdout == found.stdout, verbose.stderr
     assert re.search(r"search stages: fde [\d.]+ ms  hamming [\d.]+ ms  pooled [\d.]+ ms  rerank [\d.]+ ms  "
-                     r"total [\d.]+ ms  embed [\d.]+ ms; candidates kept: fde 30, hamming 30, pooled 30",
+                     r"total [\d.]+ ms  embed [\d.]+ ms; candidates kept: shortlist 30, fde 30, hamming 30, pooled 30",
                      verbose.stderr), verbose.stderr
     fewer = cli(["search", "faint comet passing close to jupiter", "--k", "3", "--verbose"],
                 {**env, "INFINITY_ASSETS_SEARCH_HAMMING_CANDIDATES": "5"})
-    assert "candidates kept: fde 30, hamming 5, pooled 5" in fewer.stderr, fewer.stderr
+    assert "candidates kept: shortlist 30, fde 30, hamming 5, pooled 5" in fewer.stderr, fewer.stderr
     bad = cli(["search", "comet", "--verbose"], {**env, "INFINITY_ASSETS_SEARCH_HAMMING_CANDIDATES": "few"})
     assert bad.returncode == 1 and "INFINITY_ASSETS_SEARCH_HAMMING_CANDIDATES='few'" in bad.stderr, bad.stderr
     exact = cli(["search", "faint comet passing close to jupiter", "--k", "3", "--exact", "--verbose"], env)

@@ -10,6 +10,7 @@ import numpy as np
 from infinity_assets import index
 from infinity_assets.index import kernels
 from infinity_assets.index.binary import hamming_distances, pack_signs
+from infinity_assets.index.fde import magnitude_planes
 from infinity_assets.index.maxsim import maxsim_scores, normalized, stack
 from infinity_assets.storage.documents import DocumentStore
 
@@ -113,6 +114,27 @@ def test_masked_hamming_kernel_equals_the_numpy_definition(monkeypatch):
     np.testing.assert_array_equal(kernels.masked_hamming(codes, query, mask), expected)
 
 
+def test_weighted_hamming_is_the_asymmetric_inner_product_of_the_query_fde_with_the_1_bit_codes():
+    """Weighting each differing bit by the query FDE's rounded magnitude (magnitude_planes) ranks as the
+    inner product of the rounded query FDE with the documents' signs ``2 b - 1`` over the mask."""
+    rng = np.random.default_rng(6)
+    sums = rng.standard_normal(10240).astype(np.float32)
+    codes = rng.integers(0, 256, (500, 1280), dtype=np.uint8)
+    signs = pack_signs(sums[None])[0]
+    mask = np.where(rng.random(1280) < 0.5, rng.integers(0, 256, 1280), 0).astype(np.uint8)
+    planes, weights = magnitude_planes(sums, mask)
+    levels = sum(int(w) * np.unpackbits(plane).astype(np.int64) for plane, w in zip(planes, weights))
+    inside = np.unpackbits(mask).astype(bool)
+    np.testing.assert_array_equal(levels[~inside], 0)
+    assert levels.max() == 7 and np.corrcoef(levels[inside], np.abs(sums[inside]))[0, 1] > 0.95
+    rounded = np.where(sums > 0, 1, -1) * levels
+    inner = (np.unpackbits(codes, axis=1).astype(np.int64) * 2 - 1) @ rounded
+    got = kernels.weighted_hamming(codes, signs, planes, weights)
+    np.testing.assert_array_equal(got.astype(np.int64), (levels.sum() - inner) // 2)
+    expected = sum(int(w) * hamming_distances(codes, signs, plane).astype(np.int64) for plane, w in zip(planes, weights))
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_a_cpu_without_simd_gets_the_same_answers(tmp_path):
     """NumKong's portable C kernels (every SIMD family disabled) give the same scores and hits."""
     rng = np.random.default_rng(5)
@@ -131,6 +153,7 @@ def test_a_cpu_without_simd_gets_the_same_answers(tmp_path):
         return (kernels.float_maxsim(query, vectors.astype(np.float16), offsets),
                 kernels.sign_maxsim(query, codes, offsets),
                 kernels.masked_hamming(codes, signs[0], signs[1]),
+                kernels.weighted_hamming(codes, signs[0], signs[:3], np.array([1, 2, 4], np.uint32)),
                 kernels.int8_maxsim(query, kernels.quantize_int8(vectors), offsets),
                 [(h.doc_id, h.score) for h in staged], [(h.doc_id, h.score) for h in exact])
 
@@ -139,8 +162,8 @@ def test_a_cpu_without_simd_gets_the_same_answers(tmp_path):
     with kernels.portable_kernels():
         assert not any(on for name, on in nk.get_capabilities().items() if name != "serial")
         portable = answers()
-    for got, want in zip(portable[:4], fast[:4]):
+    for got, want in zip(portable[:5], fast[:5]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert [d for d, _ in portable[4]] == [d for d, _ in fast[4]]
-    assert portable[5] == fast[5]  # exact search: float32 rescoring, the same scores bit for bit
-    np.testing.assert_allclose([s for _, s in portable[4]], [s for _, s in fast[4]], rtol=1e-6)
+    assert [d for d, _ in portable[5]] == [d for d, _ in fast[5]]
+    assert portable[6] == fast[6]  # exact search: float32 rescoring, the same scores bit for bit
+    np.testing.assert_allclose([s for _, s in portable[5]], [s for _, s in fast[5]], rtol=1e-6)

@@ -3,6 +3,7 @@ indexes synced through many materializations, a needle among near-duplicate page
 a sync killed mid-write."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -26,8 +27,9 @@ from .test_search import DOCUMENTS
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 32
-#: Settings that prune at every stage on the small sets of these tests (the defaults keep 2,000, 100 and 30).
-PRUNING = SearchSettings(fde_candidates=12, hamming_candidates=8, pooled_candidates=6)
+#: Settings that prune at every stage on the small sets of these tests (the defaults keep 4,000, 2,000, 150
+#: and 30).
+PRUNING = SearchSettings(fde_shortlist=20, fde_candidates=12, hamming_candidates=8, pooled_candidates=6)
 
 
 def keys(hits: list[index.Hit]) -> list[tuple[str, str]]:
@@ -35,9 +37,9 @@ def keys(hits: list[index.Hit]) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------------------------- real MiniLM weights
-#: 24 of the 30 documents to the sign MaxSim, 15 of those to the pooled MaxSim, 8 of those to the rerank (the
-#: defaults would keep all 30).
-HALF = SearchSettings(fde_candidates=24, hamming_candidates=15, pooled_candidates=8)
+#: 27 of the 30 documents to the weighted FDE scan, 24 of those to the sign MaxSim, 15 of those to the pooled
+#: MaxSim, 8 of those to the rerank (the defaults would keep all 30).
+HALF = SearchSettings(fde_shortlist=27, fde_candidates=24, hamming_candidates=15, pooled_candidates=8)
 
 
 def test_staged_search_returns_the_exact_top_k_on_the_real_minilm_retrieval_set(tmp_path, infinity_server):
@@ -51,7 +53,8 @@ def test_staged_search_returns_the_exact_top_k_on_the_real_minilm_retrieval_set(
         for document in DOCUMENTS:
             query = client.embed_query(" ".join(document.split()[2:7]))
             result = reader.search_staged(query, k=3, settings=HALF)
-            assert 24 <= result.candidates["fde"] < 30 and 15 <= result.candidates["hamming"] < 24, result.candidates
+            assert 27 <= result.candidates["shortlist"] < 30 and 24 <= result.candidates["fde"] < 27, result.candidates
+            assert 15 <= result.candidates["hamming"] < 24, result.candidates
             assert 8 <= result.candidates["pooled"] < 15, result.candidates
             want = index.exact_hits(store, "text", query, k=3)
             assert keys(result.hits) == keys(want)
@@ -285,7 +288,7 @@ def test_a_table_from_before_the_pooled_column_answers_without_it_and_the_next_s
     fresh = index.IndexReader(store, "text")
     queries = [topic_vectors(rng, centres, 3) for _ in range(8)]
     want = [fresh.search(q, k=5, settings=PRUNING) for q in queries]
-    unpooled = SearchSettings(fde_candidates=12, hamming_candidates=8, pooled_candidates=8)  # stage 3 keeps all
+    unpooled = dataclasses.replace(PRUNING, pooled_candidates=8)  # stage 3 keeps all
     want_unpooled = [keys(fresh.search(q, k=5, settings=unpooled)) for q in queries]
     assert all(fresh.search_staged(q, k=5, settings=PRUNING).candidates["pooled"] == 6 for q in queries)
     index.open_table(store, "text").to_lance().drop_columns(["pooled"])  # as a table written before it

@@ -106,9 +106,9 @@ def _fill_empty(params: FdeParams, sums: np.ndarray, counts: np.ndarray, buckets
         sums[rep, empty] = projected[nearest, rep]
 
 
-def query_code(params: FdeParams, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(signs, mask)`` of a query's FDE, both ``(dimension // 8,)`` uint8: the sign bits of the summed
-    buckets, and 1 bits over the buckets the query occupies (the others are zero in the inner product)."""
+def query_fde(params: FdeParams, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sums, occupied)`` of a query's FDE, both ``(dimension,)``: the summed projected buckets (float32)
+    and which of them the query occupies (bool; the others are zero in the inner product)."""
     buckets = params.buckets_of(query)
     projected = params.projected(query)
     sums = np.zeros((params.repetitions, params.buckets, params.projection_dim), np.float32)
@@ -116,4 +116,26 @@ def query_code(params: FdeParams, query: np.ndarray) -> tuple[np.ndarray, np.nda
     reps = np.broadcast_to(np.arange(params.repetitions), buckets.shape)
     np.add.at(sums, (reps.ravel(), buckets.ravel()), projected.reshape(-1, params.projection_dim))
     occupied[reps.ravel(), buckets.ravel()] = True
-    return pack_signs(sums.reshape(1, -1))[0], np.packbits(occupied.reshape(-1))
+    return sums.reshape(-1), occupied.reshape(-1)
+
+
+def query_code(params: FdeParams, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(signs, mask)`` of a query's FDE, both ``(dimension // 8,)`` uint8: the sign bits of the summed
+    buckets, and 1 bits over the buckets the query occupies (the others are zero in the inner product)."""
+    sums, occupied = query_fde(params, query)
+    return pack_signs(sums.reshape(1, -1))[0], np.packbits(occupied)
+
+
+def magnitude_planes(sums: np.ndarray, mask: np.ndarray, bits: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The query FDE's magnitudes over ``mask``'s bits rounded to ``bits``-bit integers, as bit planes:
+    ``(masks, weights)``, ``(bits, dimension // 8)`` uint8 and ``(bits,)`` uint32 (``2 ** p``), so that
+    ``sum_p weights[p] * [bit j in masks[p]]`` is the rounded magnitude of dimension ``j`` (0 outside
+    ``mask``). Weighting each differing bit by it, the hamming distance of a document's sign code to the
+    query's signs becomes ``(sum of |q_j| over the mask - <q, 2 b - 1>) / 2`` in rounded units: the query
+    side keeps its magnitudes, the asymmetric inner product of MUVERA's query FDE with the 1-bit code."""
+    magnitudes = np.abs(sums) * np.unpackbits(mask)[:len(sums)]
+    largest = magnitudes.max()
+    levels = np.round(magnitudes * ((2 ** bits - 1) / largest)).astype(np.uint32) if largest > 0 else \
+        np.zeros(len(sums), np.uint32)
+    planes = np.stack([np.packbits((levels >> plane) & 1) for plane in range(bits)])
+    return planes, (1 << np.arange(bits)).astype(np.uint32)

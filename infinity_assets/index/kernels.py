@@ -1,4 +1,5 @@
-"""The search's hot loops on compiled kernels (NumKong): float16 MaxSim, sign MaxSim, masked hamming.
+"""The search's hot loops on compiled kernels (NumKong): float16 MaxSim, sign MaxSim, masked and weighted
+hamming.
 
 Each function takes whole batches (every candidate's token rows stacked, ``offsets`` marking documents) and
 makes one kernel call (:func:`sign_maxsim`: one per block of a few thousand tokens), so no Python loop runs
@@ -80,7 +81,7 @@ SIGN_BLOCK_TOKENS = 8192
 #: Threads the kernels split a call over (their compiled loops release the GIL).
 KERNEL_THREADS = min(4, os.cpu_count() or 1)
 _THREADS = ThreadPoolExecutor(KERNEL_THREADS, thread_name_prefix="index-kernels")
-#: FDE codes per :func:`masked_hamming` kernel call when there are more (a call runs on one core).
+#: FDE codes per :func:`weighted_hamming` kernel call when there are more (a call runs on one core).
 HAMMING_BLOCK_CODES = 16384
 
 
@@ -159,21 +160,30 @@ def _blocks(offsets: np.ndarray, tokens: int) -> list[tuple[int, int]]:
 
 def masked_hamming(codes: np.ndarray, query: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Hamming distance of each ``(n, nbytes)`` code to the ``(nbytes,)`` query code over ``mask``'s bits:
-    ``(n,)`` uint32, in one pass over the codes with no masked copy of them. Two plain hamming distances
-    give it: against the query with the bits outside the mask cleared, ``d + c_out``, and with them set,
-    ``d + (outside - c_out)`` (``c_out``: the code's ones outside the mask), so ``d = (sum - outside) / 2``.
-    More than :data:`HAMMING_BLOCK_CODES` codes are split in as many parts as the machine has cores (up to 4),
-    scanned at once: the kernel releases the GIL, and one core alone does not use the memory bandwidth."""
+    ``(n,)`` uint32 (:func:`weighted_hamming` with one mask of weight 1)."""
+    return weighted_hamming(codes, query, mask[None], np.ones(1, np.uint32))
+
+
+def weighted_hamming(codes: np.ndarray, query: np.ndarray, masks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``sum_p weights[p] * (hamming distance of each code to the query over masks[p]'s bits)`` for ``(n,
+    nbytes)`` codes, an ``(nbytes,)`` query and ``(planes, nbytes)`` masks: ``(n,)`` uint32, in one pass over
+    the codes with no masked copy of them. Two plain hamming distances give each masked one: against the
+    query with the bits outside the mask cleared, ``d + c_out``, and with them set, ``d + (outside - c_out)``
+    (``c_out``: the code's ones outside the mask), so ``d = (sum - outside) / 2``; every mask's pair is one
+    row of the kernel's packed query. More than :data:`HAMMING_BLOCK_CODES` codes are split in as many parts
+    as the machine has cores (up to 4), scanned at once: the kernel releases the GIL, and one core alone does
+    not use the memory bandwidth."""
     codes = np.ascontiguousarray(codes, np.uint8)
-    if not mask.any():
+    weights = np.asarray(weights, np.uint32)
+    if not masks.any():
         return np.zeros(len(codes), np.uint32)
-    packed = nk.hammings_pack(np.stack([query & mask, query | ~mask]))
-    outside = len(mask) * 8 - int(np.unpackbits(mask).sum())
+    packed = nk.hammings_pack(np.concatenate([np.stack([query & mask, query | ~mask]) for mask in masks]))
+    outside = np.array([len(mask) * 8 - int(np.unpackbits(mask).sum()) for mask in masks], np.uint32)
     distances = np.empty(len(codes), np.uint32)
 
     def part(first: int, last: int) -> None:
-        both = np.asarray(nk.hammings_packed(codes[first:last], packed))        # (n, 2) uint32
-        distances[first:last] = (both[:, 0] + both[:, 1] - outside) // 2
+        pairs = np.asarray(nk.hammings_packed(codes[first:last], packed)).reshape(last - first, len(masks), 2)
+        distances[first:last] = ((pairs.sum(axis=2) - outside) // 2) @ weights
 
     parts = min(KERNEL_THREADS, max(1, len(codes) // HAMMING_BLOCK_CODES))
     bounds = np.linspace(0, len(codes), parts + 1).astype(np.int64).tolist()

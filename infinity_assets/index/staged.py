@@ -14,7 +14,10 @@ files; with ``hold_bits=False`` it holds only the ``fde`` column (~1.3 KB per pa
    IVF of the version (:mod:`~infinity_assets.index.ivf`): then only the codes of the ``fde_probes`` lists
    nearest the query (more lists are taken until they hold ``fde_candidates``). Bits on which nearly every
    document agrees with the query (``fde_agreement``) are left out: shared by near-duplicate pages, they
-   would drown the bits of a rare token. Keeps ``fde_candidates``.
+   would drown the bits of a rare token. Keeps ``fde_shortlist``, whose codes are compared again with each
+   differing bit weighted by the query FDE's magnitude there (3-bit planes,
+   :func:`~infinity_assets.index.fde.magnitude_planes`; ranks closer to MUVERA's inner product than the
+   plain distance does). Keeps ``fde_candidates``.
 2. **Sign MaxSim** (:func:`~infinity_assets.index.kernels.sign_maxsim`): the float query against the 1-bit
    codes of those candidates' pooled tokens (:mod:`~infinity_assets.index.pooling`). Keeps
    ``hamming_candidates`` (the setting keeps the name of the symmetric hamming MaxSim it replaced).
@@ -47,7 +50,8 @@ import pyarrow as pa
 
 from infinity_assets.client.allocator import release_free_memory
 from infinity_assets.index import ivf, kernels
-from infinity_assets.index.fde import query_code
+from infinity_assets.index.binary import pack_signs
+from infinity_assets.index.fde import magnitude_planes, query_fde
 from infinity_assets.index.local_copy import LocalCopy
 from infinity_assets.index.maxsim import normalized
 from infinity_assets.index.schema import EncodingSettings, _from_env
@@ -70,6 +74,9 @@ class SearchSettings:
     and ``pooled_candidates`` are raised to ``k`` when smaller.
     """
 
+    fde_shortlist: int = 4000
+    """Documents the masked hamming scan keeps for the weighted one (the query's FDE magnitudes weighting
+    each bit), which keeps ``fde_candidates``; at or below ``fde_candidates``: no weighted scan."""
     fde_candidates: int = 2000
     hamming_candidates: int = 150
     pooled_candidates: int = 30
@@ -85,7 +92,7 @@ class SearchSettings:
     ENV_PREFIX = "INFINITY_ASSETS_SEARCH_"
 
     def __post_init__(self) -> None:
-        for name in ("fde_candidates", "hamming_candidates", "pooled_candidates"):
+        for name in ("fde_shortlist", "fde_candidates", "hamming_candidates", "pooled_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"search settings {name}={getattr(self, name)}: must be at least 1")
         if self.fde_probes < 0:
@@ -181,20 +188,24 @@ class StagedSearch:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         positions = np.arange(self.rows)
-        scanned = self.rows
+        scanned = shortlist = self.rows
         if self.rows > settings.fde_candidates:
-            signs, mask = query_code(self.fde, query)
+            sums, occupied = query_fde(self.fde, query)
+            signs, mask = pack_signs(sums[None])[0], np.packbits(occupied)
             resident = self.resident
             codes = resident.codes
             if settings.fde_agreement < 1.0:
                 mask = informative_bits(signs, mask, resident.ones, settings.fde_agreement)
             probed = self.probed(signs, mask, settings)
-            if probed is None:
-                distances = kernels.masked_hamming(codes, signs, mask)
-            else:
+            if probed is not None:
                 positions, scanned = probed, len(probed)
-                distances = kernels.masked_hamming(codes[probed], signs, mask)
-            positions = positions[_within(distances, settings.fde_candidates)]
+            distances = kernels.masked_hamming(codes if probed is None else codes[probed], signs, mask)
+            positions = positions[_within(distances, max(settings.fde_shortlist, settings.fde_candidates))]
+            shortlist = len(positions)
+            if len(positions) > settings.fde_candidates:
+                planes, weights = magnitude_planes(sums, mask)
+                distances = kernels.weighted_hamming(codes[positions], signs, planes, weights)
+                positions = positions[_within(distances, settings.fde_candidates)]
         timings["fde"] = _lap(started)
         kept_fde = len(positions)
         keep = max(settings.hamming_candidates, k)
@@ -225,7 +236,8 @@ class StagedSearch:
         best, scores = _exact_top(query, vectors, offsets, k)
         timings["rerank"] = _lap(started)
         return Ranking(positions[best], scores, rows.select(self.carry).take(best), timings,
-                       {"fde": kept_fde, "hamming": kept_hamming, "pooled": len(positions)}, int(scanned))
+                       {"shortlist": shortlist, "fde": kept_fde, "hamming": kept_hamming, "pooled": len(positions)},
+                       int(scanned))
 
     def _token_rows(self, positions: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens, offsets)`` of the pooled tokens of the documents at sorted ``positions`` in ``column``
