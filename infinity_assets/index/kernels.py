@@ -97,7 +97,7 @@ def sign_maxsim(query: np.ndarray, codes: np.ndarray, offsets: np.ndarray) -> np
 
     def dots(first: int, last: int, packed: object) -> np.ndarray:
         bits = np.unpackbits(codes[first:last], axis=1).view(np.int8)
-        return 2.0 * np.asarray(nk.dots_packed(bits, packed), np.float32)  # the 0/1 dot, doubled
+        return np.asarray(nk.dots_packed(bits, packed))  # int32: the 0/1 dot, doubled once reduced
 
     return _int8_query_maxsim(query, dots, offsets, shift=True) / np.float32(np.sqrt(dim))
 
@@ -125,22 +125,25 @@ def quantize_int8(vectors: np.ndarray) -> np.ndarray:
 def _int8_query_maxsim(query: np.ndarray, dots: Callable[[int, int, object], np.ndarray], offsets: np.ndarray, *,
                        shift: bool) -> np.ndarray:
     """The query rounded to int8 per token (packed once), then per block of about :data:`SIGN_BLOCK_TOKENS`
-    document tokens ``dots(first_token, last_token, packed)`` -> ``(tokens, q)`` float32 scores in the
-    rounded query's units; each query token's best per document, back in the query's units, summed. With
-    ``shift`` the rounded query's sum is subtracted from each best (the ``2 b - 1`` of sign codes)."""
+    document tokens ``dots(first_token, last_token, packed)`` -> ``(tokens, q)`` scores in the rounded
+    query's units; each query token's best per document, back in the query's units, summed. With ``shift``
+    the scores are the 0/1 codes' dot products (int32, reduced as they are) and each best becomes
+    ``2 * best - sum(rounded query)`` (the ``2 b - 1`` of sign codes)."""
     offsets = np.asarray(offsets, np.int64)
     if len(offsets) < 2:
         return np.zeros(0, np.float32)
     scale = 127.0 / np.maximum(np.abs(query).max(axis=1), 1e-12)
     rounded = np.round(query * scale[:, None]).astype(np.int8)
     packed = nk.dots_pack(rounded, dtype="int8")
-    shifted = rounded.sum(axis=1, dtype=np.float32) if shift else np.float32(0.0)
+    shifted = rounded.sum(axis=1, dtype=np.float32)
     scores = np.empty(len(offsets) - 1, np.float32)
 
     def block(first: int, last: int) -> None:
         values = dots(int(offsets[first]), int(offsets[last]), packed)
-        best = np.maximum.reduceat(values, offsets[first:last] - offsets[first], axis=0)
-        scores[first:last] = ((best - shifted) / scale).sum(axis=1, dtype=np.float32)
+        best = np.maximum.reduceat(values, offsets[first:last] - offsets[first], axis=0).astype(np.float32)
+        if shift:
+            best = 2.0 * best - shifted
+        scores[first:last] = (best / scale).sum(axis=1, dtype=np.float32)
 
     blocks = _blocks(offsets, SIGN_BLOCK_TOKENS)
     if len(blocks) == 1:
