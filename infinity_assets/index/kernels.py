@@ -185,8 +185,11 @@ def weighted_hamming(codes: np.ndarray, query: np.ndarray, masks: np.ndarray, we
     distances = np.empty(len(codes), np.uint32)
 
     def part(first: int, last: int) -> None:
-        pairs = np.asarray(nk.hammings_packed(codes[first:last], packed)).reshape(last - first, len(masks), 2)
-        distances[first:last] = ((pairs.sum(axis=2) - outside) // 2) @ weights
+        pairs = np.asarray(nk.hammings_packed(codes[first:last], packed))      # (n, 2 * planes) uint32
+        total = distances[first:last]
+        total[:] = 0
+        for plane, weight in enumerate(weights.tolist()):  # uint32 throughout: a few passes over (n,)
+            total += weight * ((pairs[:, 2 * plane] + pairs[:, 2 * plane + 1] - outside[plane]) >> 1)
 
     parts = min(KERNEL_THREADS, max(1, len(codes) // HAMMING_BLOCK_CODES))
     bounds = np.linspace(0, len(codes), parts + 1).astype(np.int64).tolist()
