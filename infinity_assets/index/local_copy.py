@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from infinity_assets.client.allocator import release_free_memory
+from infinity_assets.index.rows import token_rows
 
 #: Where a long-lived reader (the search service) keeps its copies: a directory, or ``off``.
 ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY"
@@ -174,7 +175,7 @@ def _write(root: Path, folder: Path, fragment: Any) -> None:
             for batch in fragment.to_batches(columns=list(COLUMNS), with_row_address=True,
                                              batch_size=COPY_BATCH_ROWS):
                 for column, out in outputs.items():
-                    values, offsets = _tokens(batch.column(column))
+                    values, offsets = token_rows(batch.column(column))
                     if column == "pooled" and not np.array_equal(np.diff(offsets), lengths[-1]):
                         raise ValueError("the bits and pooled columns hold different token counts")
                     out.write(values.tobytes())
@@ -193,12 +194,3 @@ def _write(root: Path, folder: Path, fragment: Any) -> None:
                 raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-
-
-def _tokens(column: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(values, offsets)`` of a ``list<fixed_size_list<T, w>>`` batch column: its rows' tokens as one flat
-    array and the offsets of its rows (from 0)."""
-    offsets = column.offsets.to_numpy().astype(np.int64)
-    width = column.type.value_type.list_size
-    values = column.flatten().flatten().to_numpy(zero_copy_only=False)
-    return values[offsets[0] * width:offsets[-1] * width], offsets - offsets[0]

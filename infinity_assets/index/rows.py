@@ -23,17 +23,25 @@ ENCODED_COLUMNS = ("fde", "bits", "embedding", "pooled")
 ROW_FORMAT = 4
 
 
+def token_rows(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, offsets)`` of a ``list<fixed_size_list<T, d>>`` array: its tokens as ``(n, d)`` rows in the
+    column's own dtype (a view of the Arrow buffer, no copy; a sliced array's own rows only) and the offsets
+    of its documents from 0."""
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    width = column.type.value_type.list_size
+    values = column.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+    return values, offsets - offsets[0]
+
+
 def unit_vectors(embedding: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """``(vectors, offsets)`` of a ``list<fixed_size_list<float, d>>`` column: float32, L2-normalised rows."""
     if isinstance(embedding, pa.ChunkedArray):
         embedding = embedding.combine_chunks()
-    offsets = embedding.offsets.to_numpy().astype(np.int64)
-    hidden_dim = embedding.type.value_type.list_size
-    values = embedding.flatten().flatten().to_numpy(zero_copy_only=False)
-    vectors = values.reshape(-1, hidden_dim).astype(np.float32)  # a copy: the result is scaled in place
+    values, offsets = token_rows(embedding)
+    vectors = values.astype(np.float32)  # a copy: the result is scaled in place
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
     vectors /= np.where(norms > 0, norms, 1.0)[:, None]
-    return vectors, offsets - offsets[0]
+    return vectors, offsets
 
 
 def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> dict[str, pa.Array]:

@@ -54,6 +54,7 @@ from infinity_assets.index.binary import pack_signs
 from infinity_assets.index.fde import magnitude_planes, query_fde
 from infinity_assets.index.local_copy import LocalCopy
 from infinity_assets.index.maxsim import normalized
+from infinity_assets.index.rows import token_rows
 from infinity_assets.index.schema import EncodingSettings, _from_env
 from infinity_assets.index.take import RowTaker
 
@@ -232,7 +233,7 @@ class StagedSearch:
         started = time.perf_counter()
         positions = np.sort(positions)
         rows = self.taker.take(positions, ["embedding", *self.carry])
-        vectors, offsets = _vectors(rows.column("embedding").combine_chunks())
+        vectors, offsets = token_rows(rows.column("embedding").combine_chunks())
         best, scores = _exact_top(query, vectors, offsets, k)
         timings["rerank"] = _lap(started)
         return Ranking(positions[best], scores, rows.select(self.carry).take(best), timings,
@@ -250,7 +251,7 @@ class StagedSearch:
             return self.local_copy.rows(self.taker.by_fragment(positions), column)
         # rows of a few KB (int8 pooled tokens: ~the bits' count x hidden_dim bytes) when that is known
         row_bytes = resident.offsets[-1] / self.rows * self.hidden_dim if resident.token_bits is not None else None
-        return _vectors(self.taker.take(positions, [column], row_bytes).column(column).combine_chunks())
+        return token_rows(self.taker.take(positions, [column], row_bytes).column(column).combine_chunks())
 
     def exact(self, query: np.ndarray, k: int) -> Ranking:
         """The exact ``k`` best rows: cosine MaxSim against every row's ``embedding`` (streamed in batches),
@@ -258,13 +259,13 @@ class StagedSearch:
         started = time.perf_counter()
         scores = []
         for batch in self.dataset.to_batches(columns=["embedding"], batch_size=EXACT_BATCH_ROWS):
-            vectors, offsets = _vectors(batch.column(0))
+            vectors, offsets = token_rows(batch.column(0))
             scores.append(kernels.float_maxsim(query, vectors, offsets))
         every = np.concatenate(scores) if scores else np.zeros(0, np.float32)
         margin = kernels.float16_margin(len(query)) if self.encoding.originals == "float16" else 0.0
         near = np.sort(kernels.exact_order(every, margin, k))
         rows = self.taker.take(near, ["embedding", *self.carry])
-        vectors, offsets = _vectors(rows.column("embedding").combine_chunks())
+        vectors, offsets = token_rows(rows.column("embedding").combine_chunks())
         best, exact_scores = _exact_top(query, vectors, offsets, k)
         return Ranking(near[best], exact_scores, rows.select(self.carry).take(best), {"exact": _lap(started)},
                        {"exact": self.rows}, self.rows)
@@ -294,7 +295,7 @@ class Resident:
             column = batch.column("fde")
             codes.append(column.flatten().to_numpy().reshape(-1, column.type.list_size).copy())
             if bits:
-                values, offsets = _vectors(batch.column("bits"))
+                values, offsets = token_rows(batch.column("bits"))
                 token_bits.append(values[:offsets[-1]].copy())
                 lengths.append(np.diff(offsets))
         all_codes = np.concatenate(codes)
@@ -348,15 +349,6 @@ def query_vectors(query: np.ndarray, hidden_dim: int) -> np.ndarray:
     if query.ndim != 2 or query.shape[1] != hidden_dim or not len(query):
         raise ValueError(f"query has shape {query.shape}")
     return normalized(query)
-
-
-def _vectors(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, offsets)`` of a ``list<fixed_size_list<T, d>>`` array, the rows in the column's own dtype
-    (a view of the Arrow buffer, no copy)."""
-    offsets = column.offsets.to_numpy().astype(np.int64)
-    width = column.type.value_type.list_size
-    values = column.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-    return values, offsets - offsets[0]
 
 
 def _largest(scores: np.ndarray, k: int) -> np.ndarray:
