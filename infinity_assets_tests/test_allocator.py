@@ -129,3 +129,52 @@ def test_an_embedding_asset_run_tunes_its_process_unless_switched_off(switch, mm
     completed = subprocess.run([sys.executable, "-c", ASSET_RUN], capture_output=True, text=True, check=True,
                                env={**clean, **env}, timeout=120)
     assert json.loads(completed.stdout.strip().splitlines()[-1]) == {"success": True, "mmapped_blocks_added": mmapped}
+
+
+ARENAS = """
+import ctypes, json, os, sys, tempfile, threading
+from infinity_assets.index.reader import IndexReader
+from infinity_assets.index.schema import SearchIndexError
+from infinity_assets.storage.documents import DocumentStore
+
+with tempfile.TemporaryDirectory() as root:
+    try:
+        IndexReader(DocumentStore(root), "text")
+    except SearchIndexError:
+        pass  # no index there: opening a reader still caps the arenas, before any table is read
+
+
+def allocate():
+    kept = [bytearray(1 << 16) for _ in range(64)]
+    barrier.wait()
+
+
+barrier = threading.Barrier(9)
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads:
+    thread.start()
+barrier.wait()
+for thread in threads:
+    thread.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+path = os.path.join(tempfile.mkdtemp(), "malloc_info.xml")
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(stream))
+libc.fclose(ctypes.c_void_p(stream))
+print(json.dumps({"arenas": open(path).read().count("<heap nr=")}))
+"""
+
+
+def arenas_after_threads(**env: str) -> int:
+    clean = {k: v for k, v in os.environ.items() if k != allocator.ARENA_VARIABLE}
+    completed = subprocess.run([sys.executable, "-c", ARENAS], capture_output=True, text=True, check=True,
+                               env={**clean, **env}, timeout=60)
+    return json.loads(completed.stdout.strip().splitlines()[-1])["arenas"]
+
+
+def test_a_search_reader_caps_the_malloc_arenas_of_its_process_unless_malloc_arena_max_says_otherwise():
+    """Eight threads that allocate at once get an arena each (glibc's default allows 8 per core) unless the
+    cap holds; ``MALLOC_ARENA_MAX`` set by the user wins over the reader's cap."""
+    assert arenas_after_threads() <= allocator.READER_ARENAS
+    assert arenas_after_threads(MALLOC_ARENA_MAX="16") > allocator.READER_ARENAS

@@ -22,7 +22,11 @@ import platform
 
 #: The mmap and trim thresholds set by :func:`tune`.
 THRESHOLD_BYTES = 32 << 20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters (malloc.h)
+#: malloc arenas a search process keeps (:func:`limit_arenas`); glibc's own default is 8 per core.
+READER_ARENAS = 2
+#: The variable glibc reads at start-up for its arena limit: when set, :func:`limit_arenas` leaves it be.
+ARENA_VARIABLE = "MALLOC_ARENA_MAX"
 #: ``on`` / ``off``: whether clients and the embedding assets tune the allocator (overrides their default).
 SWITCH_VARIABLE = "INFINITY_ASSETS_MALLOC_TUNING"
 _ON, _OFF = ("on", "1", "true", "yes"), ("off", "0", "false", "no")
@@ -56,6 +60,25 @@ def tune() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, THRESHOLD_BYTES))
+
+
+@functools.cache
+def limit_arenas(arenas: int = READER_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for this whole process at ``arenas`` (``M_ARENA_MAX``), once, unless
+    ``$MALLOC_ARENA_MAX`` is set (glibc applies it itself); ``True`` if the cap was set.
+
+    A search reader scans what its first stages hold through Lance, whose reader threads each allocate from
+    an arena of their own; the freed read buffers stay spread over those arenas, and ``malloc_trim`` does not
+    give all of them back (docs/search-at-scale.md). Threads that already have an arena keep it: the cap
+    works fully only before the first scan, so :class:`~infinity_assets.index.reader.IndexReader` sets it
+    when it opens. Only on glibc; elsewhere nothing happens."""
+    if platform.libc_ver()[0] != "glibc" or os.environ.get(ARENA_VARIABLE, "").strip():
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, arenas))
 
 
 def release_free_memory() -> None:

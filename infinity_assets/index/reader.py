@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from infinity_assets.client.allocator import limit_arenas
 from infinity_assets.index.hits import Hit, add_snippets
 from infinity_assets.index.schema import (
     HIT_COLUMNS,
@@ -50,6 +51,7 @@ class IndexReader:
     a copy of what stages 2-3 read per candidate (:mod:`~infinity_assets.index.local_copy`; made in the
     background for each version it opens, reusing what an earlier version copied); None: stage 3 reads the
     table. ``hold_bits=False`` (with a copy): stage 2's codes are read from the copy, not held in memory.
+    Opening one caps the process's malloc arenas (:func:`~infinity_assets.client.allocator.limit_arenas`).
 
     Example::
 
@@ -62,6 +64,7 @@ class IndexReader:
 
     def __init__(self, store: DocumentStore, modality: str, *, encoding: EncodingSettings | None = None,
                  local_copy: str | None = None, hold_bits: bool = True) -> None:
+        limit_arenas()  # before this process's first scan (see allocator.limit_arenas)
         self.store, self.modality, self.local_copy, self.hold_bits = store, modality, local_copy, hold_bits
         self.where = f"{index_uri(store)} (table {TABLES[modality]!r})"
         self.table = open_table(store, modality)
