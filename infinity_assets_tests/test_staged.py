@@ -152,8 +152,9 @@ def test_an_index_synced_through_any_sequence_of_materializations_answers_as_a_f
 
 # ------------------------------------------------------------------------------ stage 3's local copy
 def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_path, seaweedfs, s3_bucket):
-    """On S3 a reader with a local copy reads only the rerank's rows from the table per query (and without
-    holding stage 2's codes, if asked), answering as one without; the next version (rows deleted, no fragment
+    """On S3 a reader with a local copy reads only the rerank's ``embedding`` rows from the table per query
+    (and without holding stage 2's codes, if asked), answering as one without, hit for hit (ids, source,
+    page, snippet: the carried columns come from the copy); the next version (rows deleted, no fragment
     rewritten) copies nothing again; a copy that cannot be made leaves the reader answering as one without."""
     rng = np.random.default_rng(8)
     centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
@@ -166,14 +167,16 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     def answers(reader: index.IndexReader) -> tuple[list, int]:
         results = [reader.search_staged(q, k=5, settings=PRUNING) for q in queries]
         assert all(r.candidates["pooled"] == 6 and r.timings["pooled"] > 0 for r in results)
-        return [[(h.doc_id, h.score) for h in r.hits] for r in results], sum(r.bytes_read for r in results)
+        return [r.hits for r in results], sum(r.bytes_read for r in results)
 
     plain = index.IndexReader(store, "text")
     copied = index.IndexReader(store, "text", local_copy=str(copies))
     assert copied.staged.local_copy.ready(timeout=60), copied.staged.local_copy.error
     (folder,) = [f for f in copies.glob("*/*") if f.is_dir()]
     (want, table_bytes), (got, copy_bytes) = answers(plain), answers(copied)
-    assert got == want
+    assert got == want and all(h.source_uri and h.doc_id for hits in got for h in hits)
+    assert sorted(f.name for f in folder.iterdir()) == ["addresses.npy", "bits.u1", "hits.arrow", "offsets.npy",
+                                                        "pooled.i8"]
     unheld = index.IndexReader(store, "text", local_copy=str(copies), hold_bits=False)
     assert unheld.staged.local_copy.ready(timeout=60) and answers(unheld)[0] == want
     assert unheld.staged.resident.token_bits is None  # stage 2's codes were read from the copy, not held

@@ -1,14 +1,16 @@
 """A local copy of the columns stages 2 and 3 read per candidate (``bits``: the pooled tokens' 1-bit codes;
 ``pooled``: the same tokens in int8) of one pinned table version, read per query by position from flat
-files (``os.preadv``). Stage 3 then does not go through the table: on object storage only the rerank's rows
+files (``os.preadv``), and of the columns a hit returns (``carry``: ids, page, text). Stage 3 then does not
+go through the table, and the rerank reads only its rows' ``embedding`` from it: on object storage only those
 cross the network per query, and on a local disk a read skips Lance's per-call cost. A reader that does not
 hold stage 2's codes (``hold_bits=False``) reads them from here too: they stay in the OS page cache instead
 of the reader's memory.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8),
-``addresses.npy`` (their row addresses, ascending) and ``offsets.npy`` (row ``j`` owns tokens
-``offsets[j]:offsets[j + 1]`` of both). A fragment's data files never change
+``addresses.npy`` (their row addresses, ascending), ``offsets.npy`` (row ``j`` owns tokens
+``offsets[j]:offsets[j + 1]`` of both) and ``hits.arrow`` (the carried columns, one row per copied row, an
+Arrow IPC file read memory-mapped). A fragment's data files never change
 and its rows are only ever deleted, so a copy named after the fragment's data files serves every later version
 of the table: a sync that appends a fragment or deletes rows copies only the new fragments. Each
 version maps its live rows to the copied ones through their row addresses (read with the version, no
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from infinity_assets.client.allocator import release_free_memory
 from infinity_assets.index.rows import token_rows
@@ -39,6 +42,8 @@ ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY"
 DEFAULT_DIRECTORY = "~/.cache/infinity-assets/index"
 #: The copied columns: file name and bytes per token as a multiple of ``hidden_dim`` (numerator, denominator).
 COLUMNS = {"bits": ("bits.u1", 1, 8), "pooled": ("pooled.i8", 1, 1)}
+#: The file that holds the carried columns.
+HITS_FILE = "hits.arrow"
 #: Concurrent ``preadv`` calls per read (a cold local disk serves several reads at once).
 PARALLEL_READS = 8
 #: Rows per batch of the scan that writes a fragment's copy.
@@ -56,12 +61,12 @@ def directory_from_env() -> str | None:
 
 
 class LocalCopy:
-    """The :data:`COLUMNS` of one pinned dataset version (``table.to_lance()``) under ``directory``, copied
-    in a background thread when made (:meth:`ready` says when reads can start; until then a caller reads the
-    table)."""
+    """The :data:`COLUMNS` and the ``carry`` columns of one pinned dataset version (``table.to_lance()``)
+    under ``directory``, copied in a background thread when made (:meth:`ready` says when reads can start;
+    until then a caller reads the table)."""
 
-    def __init__(self, dataset: Any, hidden_dim: int, directory: str | Path) -> None:
-        self.dataset, self.hidden_dim = dataset, hidden_dim
+    def __init__(self, dataset: Any, hidden_dim: int, directory: str | Path, carry: tuple[str, ...] = ()) -> None:
+        self.dataset, self.hidden_dim, self.carry = dataset, hidden_dim, tuple(carry)
         self.root = Path(directory) / hashlib.sha256(str(dataset.uri).encode()).hexdigest()[:16]
         self.error: Exception | None = None
         self.seconds = 0.0
@@ -78,7 +83,7 @@ class LocalCopy:
         started = time.perf_counter()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._fragments = [_FragmentCopy.open(self.root, fragment)
+            self._fragments = [_FragmentCopy.open(self.root, fragment, self.carry)
                                for fragment in self.dataset.get_fragments()]
             kept = {copy.folder.name for copy in self._fragments}
             for stale in self.root.iterdir():
@@ -123,6 +128,13 @@ class LocalCopy:
             read(batches[0])
         return out, offsets
 
+    def hits(self, fragment_rows: list[tuple[int, np.ndarray]]) -> pa.Table:
+        """The ``carry`` columns of the rows given as ``(fragment number, positions among its live rows)``
+        pairs, in that order (one table)."""
+        pieces = [self._fragments[number].hits.take(self._fragments[number].rows[local])
+                  for number, local in fragment_rows]
+        return pa.concat_tables(pieces) if pieces else self._fragments[0].hits.slice(0, 0)
+
 
 class _FragmentCopy:
     """One fragment's copy (its files, open) and this version's map from the fragment's live rows to it."""
@@ -131,6 +143,7 @@ class _FragmentCopy:
         self.folder = folder
         self.offsets = np.load(folder / "offsets.npy")
         self.files = {name: os.open(folder / name, os.O_RDONLY) for name, _, _ in COLUMNS.values()}
+        self.hits = pa.ipc.open_file(pa.memory_map(str(folder / HITS_FILE))).read_all()
         self.rows = live_rows  # position among the fragment's live rows -> row of the copy
 
     def __del__(self) -> None:
@@ -141,10 +154,11 @@ class _FragmentCopy:
                 pass
 
     @classmethod
-    def open(cls, root: Path, fragment: Any) -> _FragmentCopy:
-        """The fragment's copy under ``root``, written first if there is none (or it lacks a live row)."""
+    def open(cls, root: Path, fragment: Any, carry: tuple[str, ...]) -> _FragmentCopy:
+        """The fragment's copy under ``root`` (with the ``carry`` columns), written first if there is none (or
+        it lacks a live row)."""
         files = sorted(str(getattr(f, "path", f)) for f in fragment.data_files())
-        name = hashlib.sha256(f"{fragment.fragment_id}:{files}".encode()).hexdigest()[:16]
+        name = hashlib.sha256(f"{fragment.fragment_id}:{files}:{list(carry)}".encode()).hexdigest()[:16]
         live = np.concatenate([batch.column("_rowaddr").to_numpy() for batch in
                                fragment.to_batches(columns=[], with_row_address=True)] or [np.zeros(0, np.uint64)])
         folder = root / name
@@ -155,7 +169,7 @@ class _FragmentCopy:
                 if np.all(rows < len(addresses)) and np.array_equal(addresses[np.minimum(rows, len(addresses) - 1)], live):
                     return cls(folder, rows)
                 shutil.rmtree(folder, ignore_errors=True)  # rows the copy lacks (should not happen): copy again
-            _write(root, folder, fragment)
+            _write(root, folder, fragment, carry)
         raise RuntimeError(f"the local copy of fragment {fragment.fragment_id} does not hold its live rows")
 
     def ranges(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,16 +178,20 @@ class _FragmentCopy:
         return self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
 
 
-def _write(root: Path, folder: Path, fragment: Any) -> None:
-    """Copy the :data:`COLUMNS` of the fragment's live rows into ``folder`` (via a temporary folder, renamed)."""
+def _write(root: Path, folder: Path, fragment: Any, carry: tuple[str, ...]) -> None:
+    """Copy the :data:`COLUMNS` and the ``carry`` columns of the fragment's live rows into ``folder`` (via a
+    temporary folder, renamed)."""
     temporary = Path(tempfile.mkdtemp(prefix=".copy-", dir=root))
     try:
         addresses, lengths = [], []
+        schema = pa.schema([fragment.schema.field(name) for name in carry])
         with ExitStack() as files:
             outputs = {column: files.enter_context(open(temporary / name, "wb"))
                        for column, (name, _, _) in COLUMNS.items()}
-            for batch in fragment.to_batches(columns=list(COLUMNS), with_row_address=True,
+            hits = files.enter_context(pa.ipc.new_file(str(temporary / HITS_FILE), schema))
+            for batch in fragment.to_batches(columns=[*COLUMNS, *carry], with_row_address=True,
                                              batch_size=COPY_BATCH_ROWS):
+                hits.write_table(pa.table([batch.column(name) for name in carry], schema=schema))
                 for column, out in outputs.items():
                     values, offsets = token_rows(batch.column(column))
                     if column == "pooled" and not np.array_equal(np.diff(offsets), lengths[-1]):

@@ -142,7 +142,7 @@ class StagedSearch:
         self.taker = RowTaker(dataset)
         self.rows = int(self.taker.starts[-1])  # the live rows, counted once per fragment
         self.pooled = "pooled" in dataset.schema.names  # False: a table from before the column (stage 3 skipped)
-        self.local_copy = LocalCopy(dataset, hidden_dim, local_copy) if local_copy and self.pooled else None
+        self.local_copy = LocalCopy(dataset, hidden_dim, local_copy, carry) if local_copy and self.pooled else None
         self._resident: Resident | None = None
         self.lists: ivf.Lists | None = None
         self._ivf_retry_at = 0.0
@@ -232,11 +232,13 @@ class StagedSearch:
             timings["pooled"] = 0.0
         started = time.perf_counter()
         positions = np.sort(positions)
-        rows = self.taker.take(positions, ["embedding", *self.carry])
+        copy = self.local_copy if self.carry and self.local_copy is not None and self.local_copy.ready() else None
+        rows = self.taker.take(positions, ["embedding"] if copy else ["embedding", *self.carry])
         vectors, offsets = token_rows(rows.column("embedding").combine_chunks())
         best, scores = _exact_top(query, vectors, offsets, k)
+        carried = (copy.hits(self.taker.by_fragment(positions)) if copy else rows.select(self.carry)).take(best)
         timings["rerank"] = _lap(started)
-        return Ranking(positions[best], scores, rows.select(self.carry).take(best), timings,
+        return Ranking(positions[best], scores, carried, timings,
                        {"shortlist": shortlist, "fde": kept_fde, "hamming": kept_hamming, "pooled": len(positions)},
                        int(scanned))
 
