@@ -139,7 +139,8 @@ class TwoStage:
     ``last-round`` (:func:`last_round_search`: the previous release's numpy stages over the same table);
     ``spec["local_copy"]``: where the reader keeps its local copy of stage 3's column, as the search service
     does (default ``.cache/bench/copies``; made before the queries, its time in ``local_copy_seconds``), or
-    False: none; ``spec["hold_bits"]`` (default True): False reads stage 2's codes from that copy."""
+    False: none; ``spec["hold_bits"]`` (default: the reader's, False): True holds stage 2's codes in memory
+    instead of reading them from that copy."""
 
     def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
         from infinity_assets import index
@@ -168,11 +169,13 @@ class TwoStage:
                 marker.write_text(json.dumps(self.info))
             self.info.setdefault("ivf_build", first_stage)
         copies = spec.get("local_copy", str(corpora.CACHE / "copies")) or None
-        self.reader = index.IndexReader(store, "images", local_copy=copies, hold_bits=spec.get("hold_bits", True))
+        held = {"hold_bits": spec["hold_bits"]} if "hold_bits" in spec else {}
+        self.reader = index.IndexReader(store, "images", local_copy=copies, **held)
         if self.reader.staged.local_copy is not None:  # a service makes it in the background; measured once made
             if not self.reader.staged.local_copy.ready(timeout=None):
                 raise RuntimeError(f"the local copy failed: {self.reader.staged.local_copy.error!r}")
             self.info["local_copy_seconds"] = self.reader.staged.local_copy.seconds
+            self.info["local_copy_warmed"] = self.reader.staged.local_copy.warmed
         self.settings = index.SearchSettings(**spec.get("search", {}))
         self.mode = spec.get("mode", "staged")
         self.page_of = {doc: i for i, doc in enumerate(ids)}

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -177,9 +178,10 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     assert got == want and all(h.source_uri and h.doc_id for hits in got for h in hits)
     assert sorted(f.name for f in folder.iterdir()) == ["addresses.npy", "bits.u1", "hits.arrow", "offsets.npy",
                                                         "pooled.i8"]
-    unheld = index.IndexReader(store, "text", local_copy=str(copies), hold_bits=False)
-    assert unheld.staged.local_copy.ready(timeout=60) and answers(unheld)[0] == want
-    assert unheld.staged.resident.token_bits is None  # stage 2's codes were read from the copy, not held
+    assert copied.staged.resident.token_bits is None  # stage 2's codes were read from the copy, not held
+    held = index.IndexReader(store, "text", local_copy=str(copies), hold_bits=True)
+    assert held.staged.local_copy.ready(timeout=60) and answers(held)[0] == want
+    assert held.staged.resident.token_bits is not None
     pooled_bytes = sum(f.stat().st_size for f in folder.iterdir())
     assert copy_bytes < table_bytes, (copy_bytes, table_bytes)  # the pooled rows no longer cross the network
 
@@ -193,10 +195,40 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     assert answers(later)[0] == answers(index.IndexReader(store, "text"))[0]
 
     (tmp_path / "not-a-directory").write_text("")
-    broken = index.IndexReader(store, "text", local_copy=str(tmp_path / "not-a-directory"), hold_bits=False)
+    broken = index.IndexReader(store, "text", local_copy=str(tmp_path / "not-a-directory"))
     assert not broken.staged.local_copy.ready(timeout=60) and isinstance(broken.staged.local_copy.error, OSError)
     assert answers(broken)[0] == answers(later)[0]
     assert broken.staged.resident.token_bits is not None  # held in memory, as without a copy
+
+
+def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go(tmp_path, monkeypatch):
+    """While the local copy is being made the reader holds stage 2's codes (no per-query read of them from
+    the table); once it is ready (its files read into the page cache when they fit) the reader drops them
+    and answers the same from the copy. A copy too large for the memory available is not read ahead."""
+    from infinity_assets.index import local_copy
+
+    rng = np.random.default_rng(9)
+    centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
+    store = DocumentStore(str(tmp_path / "store"))
+    publish(store, "b", {f"d{i:02d}": topic_vectors(rng, centres, 9) for i in range(40)})
+    index.sync_index(store, "text")
+    queries = [topic_vectors(rng, centres, 3) for _ in range(4)]
+    want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
+    release = threading.Event()
+    warm = local_copy._warm
+    monkeypatch.setattr(local_copy, "_warm", lambda files: release.wait(60) and warm(files))
+    reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
+    assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
+    assert not reader.staged.local_copy.ready() and reader.staged.resident.token_bits is not None
+    release.set()
+    assert reader.staged.local_copy.ready(timeout=60) and reader.staged.local_copy.warmed
+    assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
+    assert reader.staged.resident.token_bits is None
+
+    monkeypatch.setattr(local_copy, "WARM_SHARE", 0.0)
+    unwarmed = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
+    assert unwarmed.staged.local_copy.ready(timeout=60) and not unwarmed.staged.local_copy.warmed
+    assert [unwarmed.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
 
 
 # ---------------------------------------------------------------------------------- needle in a haystack

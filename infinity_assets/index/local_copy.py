@@ -2,15 +2,16 @@
 ``pooled``: the same tokens in int8) of one pinned table version, read per query by position from flat
 files (``os.preadv``), and of the columns a hit returns (``carry``: ids, page, text). Stage 3 then does not
 go through the table, and the rerank reads only its rows' ``embedding`` from it: on object storage only those
-cross the network per query, and on a local disk a read skips Lance's per-call cost. A reader that does not
-hold stage 2's codes (``hold_bits=False``) reads them from here too: they stay in the OS page cache instead
-of the reader's memory.
+cross the network per query, and on a local disk a read skips Lance's per-call cost. A reader reads stage 2's
+codes from here too (unless ``hold_bits=True``): they stay in the OS page cache, shared by every process
+that reads the copy, instead of each reader's memory.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8),
 ``addresses.npy`` (their row addresses, ascending), ``offsets.npy`` (row ``j`` owns tokens
 ``offsets[j]:offsets[j + 1]`` of both) and ``hits.arrow`` (the carried columns, one row per copied row, an
-Arrow IPC file read memory-mapped). A fragment's data files never change
+Arrow IPC file read memory-mapped). Once made, the column files are read through once, into the OS page
+cache, when they take at most :data:`WARM_SHARE` of the memory available. A fragment's data files never change
 and its rows are only ever deleted, so a copy named after the fragment's data files serves every later version
 of the table: a sync that appends a fragment or deletes rows copies only the new fragments. Each
 version maps its live rows to the copied ones through their row addresses (read with the version, no
@@ -48,6 +49,10 @@ HITS_FILE = "hits.arrow"
 PARALLEL_READS = 8
 #: Rows per batch of the scan that writes a fragment's copy.
 COPY_BATCH_ROWS = 2048
+#: The copy's column files are read once into the OS page cache when made, if they take at most this share
+#: of the memory available: per-query reads then come from memory, not from the disk.
+WARM_SHARE = 0.5
+WARM_CHUNK_BYTES = 8 << 20
 _THREADS = ThreadPoolExecutor(PARALLEL_READS, thread_name_prefix="index-copy")
 
 
@@ -70,6 +75,7 @@ class LocalCopy:
         self.root = Path(directory) / hashlib.sha256(str(dataset.uri).encode()).hexdigest()[:16]
         self.error: Exception | None = None
         self.seconds = 0.0
+        self.warmed = False  # its column files were read into the OS page cache (WARM_SHARE)
         self._done = threading.Event()
         self._fragments: list[_FragmentCopy] = []
         threading.Thread(target=self._copy, name="index-copy", daemon=True).start()
@@ -89,6 +95,7 @@ class LocalCopy:
             for stale in self.root.iterdir():
                 if stale.name not in kept and not stale.name.startswith("."):
                     shutil.rmtree(stale, ignore_errors=True)
+            self.warmed = _warm([copy.files[name] for name, _, _ in COLUMNS.values() for copy in self._fragments])
         except Exception as error:  # noqa: BLE001 -- kept on .error; the search reads the table instead
             self.error = error
         release_free_memory()  # the scan's freed read buffers
@@ -176,6 +183,32 @@ class _FragmentCopy:
         """``(first token, token count)`` in the column files of the rows at these live positions."""
         rows = self.rows[np.asarray(local, np.int64)]
         return self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
+
+
+def _warm(files: list[int]) -> bool:
+    """Read the open ``files`` through once (into the OS page cache) if together they take at most
+    :data:`WARM_SHARE` of the memory available; True if they were read."""
+    sizes = [os.fstat(fd).st_size for fd in files]
+    if sum(sizes) > WARM_SHARE * _available_memory():
+        return False
+    buffer = bytearray(WARM_CHUNK_BYTES)
+    for fd, size in zip(files, sizes):
+        at = 0
+        while at < size and (done := os.preadv(fd, [buffer], at)) > 0:
+            at += done
+    return True
+
+
+def _available_memory() -> int:
+    """Bytes of memory available without swapping (Linux's ``MemAvailable``; elsewhere the free pages)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _write(root: Path, folder: Path, fragment: Any, carry: tuple[str, ...]) -> None:

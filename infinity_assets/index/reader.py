@@ -50,7 +50,8 @@ class IndexReader:
     other settings than ``encoding`` (when given). ``local_copy``: a directory where a long-lived reader keeps
     a copy of what stages 2-3 read per candidate (:mod:`~infinity_assets.index.local_copy`; made in the
     background for each version it opens, reusing what an earlier version copied); None: stage 3 reads the
-    table. ``hold_bits=False`` (with a copy): stage 2's codes are read from the copy, not held in memory.
+    table. With a copy, stage 2's codes are read from it once it is ready, not held in memory, unless
+    ``hold_bits=True``.
     Opening one caps the process's malloc arenas (:func:`~infinity_assets.client.allocator.limit_arenas`).
 
     Example::
@@ -63,7 +64,7 @@ class IndexReader:
     """
 
     def __init__(self, store: DocumentStore, modality: str, *, encoding: EncodingSettings | None = None,
-                 local_copy: str | None = None, hold_bits: bool = True) -> None:
+                 local_copy: str | None = None, hold_bits: bool = False) -> None:
         limit_arenas()  # before this process's first scan (see allocator.limit_arenas)
         self.store, self.modality, self.local_copy, self.hold_bits = store, modality, local_copy, hold_bits
         self.where = f"{index_uri(store)} (table {TABLES[modality]!r})"

@@ -6,8 +6,9 @@ once per table version in one scan, ~5 KB per page with the default encoding); p
 their candidates' rows from the table (:mod:`~infinity_assets.index.take`): a few KB of int8 pooled tokens
 for each of ``hamming_candidates``, then the full float16 pages of only ``pooled_candidates``. A reader
 with a local copy (:mod:`~infinity_assets.index.local_copy`) reads stage 3's ``pooled`` rows from the copy's
-files; with ``hold_bits=False`` it holds only the ``fde`` column (~1.3 KB per page) and reads stage 2's
-``bits`` rows from the copy too (from the OS page cache when warm, else from the disk: slower).
+files, and once the copy is ready it holds only the ``fde`` column (~1.3 KB per page) and reads stage 2's
+``bits`` rows from the copy too (from the OS page cache, into which the copy is read when it fits; else
+from the disk: slower), unless ``hold_bits=True``.
 
 1. **FDE** (:mod:`~infinity_assets.index.fde`): the query's MUVERA code against documents' 1-bit codes, by
    masked hamming distance. Every code is compared (one compiled scan), unless ``fde_probes`` asks for the
@@ -129,11 +130,11 @@ class StagedSearch:
     the ``bits`` and ``pooled`` columns are copied for stages 2 and 3
     (:class:`~infinity_assets.index.local_copy.LocalCopy`, made in the background; until it is ready stage 3
     reads the table), None: no copy; ``hold_bits``: stage 2's codes held in memory (True) or, with a copy,
-    read from it per query (False; until it is ready from the table, and held if it cannot be made)."""
+    read from it per query once it is ready (False; held until then, and for good if it cannot be made)."""
 
     def __init__(self, dataset: Any, hidden_dim: int, encoding: EncodingSettings, *, store: Any = None,
                  modality: str = "", carry: tuple[str, ...] = (), local_copy: str | None = None,
-                 hold_bits: bool = True) -> None:
+                 hold_bits: bool = False) -> None:
         self.dataset, self.hidden_dim, self.encoding = dataset, hidden_dim, encoding
         self.hold_bits = hold_bits
         self.carry = carry
@@ -152,12 +153,15 @@ class StagedSearch:
     def resident(self) -> Resident:
         """What stages 1-2 read, held in memory: read on first use (once, whatever the number of threads
         searching, in one scan), with the version's IVF if it has one. Without ``hold_bits`` and with a local
-        copy only the FDE codes (stage 2 reads its codes from the copy); if the copy fails, stage 2's too."""
+        copy that is ready, only the FDE codes (stage 2 reads its codes from the copy: those held until then
+        are let go)."""
         with self._loading:
-            copy_failed = self.local_copy is not None and self.local_copy.error is not None
-            bits = self.hold_bits or self.local_copy is None or copy_failed
-            if self._resident is None or (bits and self._resident.token_bits is None):
-                self._resident = Resident.read(self.dataset, bits=bits)
+            copied = not self.hold_bits and self.local_copy is not None and self.local_copy.ready()
+            if self._resident is None or (not copied and self._resident.token_bits is None):
+                self._resident = Resident.read(self.dataset, bits=not copied)
+            elif copied and self._resident.token_bits is not None:
+                self._resident = Resident(self._resident.codes, self._resident.ones, None, None)
+                release_free_memory()
             if self.lists is None and self.store is not None and time.monotonic() >= self._ivf_retry_at:
                 # a sync writes the IVF of a version just after committing it: a reader that opened the
                 # version in between scans every code until the file is there, looked for every few seconds
