@@ -175,7 +175,7 @@ class TwoStage:
             if not self.reader.staged.local_copy.ready(timeout=None):
                 raise RuntimeError(f"the local copy failed: {self.reader.staged.local_copy.error!r}")
             self.info["local_copy_seconds"] = self.reader.staged.local_copy.seconds
-            self.info["local_copy_warmed"] = self.reader.staged.local_copy.warmed
+            self.info["local_copy_warmed"] = list(self.reader.staged.local_copy.warmed)
         self.settings = index.SearchSettings(**spec.get("search", {}))
         self.mode = spec.get("mode", "staged")
         self.page_of = {doc: i for i, doc in enumerate(ids)}

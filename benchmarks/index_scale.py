@@ -607,7 +607,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     per_page, base = rss_above_base(little, big)
     bits = big.get("info", {}).get("bytes_per_page", {}).get("bits")
     cached = (f"; stage 2's codes read from the local copy in the OS page cache, {bits:,.0f} B per page"
-              if bits and big.get("info", {}).get("local_copy_warmed") else "")
+              if bits and "bits" in big.get("info", {}).get("local_copy_warmed", []) else "")
     add(f"RSS <= 3 KB per indexed page above a fixed base ({small:,} -> {top:,} pages)", per_page, 3_000,
         "{:,.0f} B" + (f" above a base of {base / 1e6:,.0f} MB ({big['rss_bytes_per_page']:,.0f} B per page "
                        f"with the base, at {top:,}){cached}" if base is not None else ""))

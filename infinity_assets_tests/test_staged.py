@@ -204,7 +204,8 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
 def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go(tmp_path, monkeypatch):
     """While the local copy is being made the reader holds stage 2's codes (no per-query read of them from
     the table); once it is ready (its files read into the page cache when they fit) the reader drops them
-    and answers the same from the copy. A copy too large for the memory available is not read ahead."""
+    and answers the same from the copy. A copy too large for the memory available is not read ahead; one
+    whose ``bits`` fit but not its ``pooled`` has only its ``bits`` read ahead."""
     from infinity_assets.index import local_copy
 
     rng = np.random.default_rng(9)
@@ -215,20 +216,27 @@ def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go
     queries = [topic_vectors(rng, centres, 3) for _ in range(4)]
     want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
     release = threading.Event()
-    warm = local_copy._warm
-    monkeypatch.setattr(local_copy, "_warm", lambda files: release.wait(60) and warm(files))
+    warm = local_copy.LocalCopy._warm
+    monkeypatch.setattr(local_copy.LocalCopy, "_warm", lambda copy: release.wait(60) and warm(copy))
     reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
     assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
     assert not reader.staged.local_copy.ready() and reader.staged.resident.token_bits is not None
     release.set()
-    assert reader.staged.local_copy.ready(timeout=60) and reader.staged.local_copy.warmed
+    assert reader.staged.local_copy.ready(timeout=60) and reader.staged.local_copy.warmed == ("bits", "pooled")
     assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
     assert reader.staged.resident.token_bits is None
 
     monkeypatch.setattr(local_copy, "WARM_SHARE", 0.0)
     unwarmed = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
-    assert unwarmed.staged.local_copy.ready(timeout=60) and not unwarmed.staged.local_copy.warmed
+    assert unwarmed.staged.local_copy.ready(timeout=60) and unwarmed.staged.local_copy.warmed == ()
     assert [unwarmed.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
+
+    (folder,) = [f for f in (tmp_path / "copies").glob("*/*") if f.is_dir()]
+    bits_bytes = (folder / "bits.u1").stat().st_size
+    monkeypatch.setattr(local_copy, "WARM_SHARE", 1.0)
+    monkeypatch.setattr(local_copy, "_available_memory", lambda: bits_bytes + 1)
+    partly = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
+    assert partly.staged.local_copy.ready(timeout=60) and partly.staged.local_copy.warmed == ("bits",)
 
 
 # ---------------------------------------------------------------------------------- needle in a haystack

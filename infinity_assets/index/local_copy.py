@@ -11,7 +11,7 @@ copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hi
 ``addresses.npy`` (their row addresses, ascending), ``offsets.npy`` (row ``j`` owns tokens
 ``offsets[j]:offsets[j + 1]`` of both) and ``hits.arrow`` (the carried columns, one row per copied row, an
 Arrow IPC file read memory-mapped). Once made, the column files are read through once, into the OS page
-cache, when they take at most :data:`WARM_SHARE` of the memory available. A fragment's data files never change
+cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first). A fragment's data files never change
 and its rows are only ever deleted, so a copy named after the fragment's data files serves every later version
 of the table: a sync that appends a fragment or deletes rows copies only the new fragments. Each
 version maps its live rows to the copied ones through their row addresses (read with the version, no
@@ -49,8 +49,9 @@ HITS_FILE = "hits.arrow"
 PARALLEL_READS = 8
 #: Rows per batch of the scan that writes a fragment's copy.
 COPY_BATCH_ROWS = 2048
-#: The copy's column files are read once into the OS page cache when made, if they take at most this share
-#: of the memory available: per-query reads then come from memory, not from the disk.
+#: The copy's column files are read once into the OS page cache when made (``bits`` first, then ``pooled``),
+#: as long as together they take at most this share of the memory available: per-query reads then come from
+#: memory, not from the disk.
 WARM_SHARE = 0.5
 WARM_CHUNK_BYTES = 8 << 20
 _THREADS = ThreadPoolExecutor(PARALLEL_READS, thread_name_prefix="index-copy")
@@ -75,7 +76,7 @@ class LocalCopy:
         self.root = Path(directory) / hashlib.sha256(str(dataset.uri).encode()).hexdigest()[:16]
         self.error: Exception | None = None
         self.seconds = 0.0
-        self.warmed = False  # its column files were read into the OS page cache (WARM_SHARE)
+        self.warmed: tuple[str, ...] = ()  # the columns whose files were read into the OS page cache
         self._done = threading.Event()
         self._fragments: list[_FragmentCopy] = []
         threading.Thread(target=self._copy, name="index-copy", daemon=True).start()
@@ -95,7 +96,7 @@ class LocalCopy:
             for stale in self.root.iterdir():
                 if stale.name not in kept and not stale.name.startswith("."):
                     shutil.rmtree(stale, ignore_errors=True)
-            self.warmed = _warm([copy.files[name] for name, _, _ in COLUMNS.values() for copy in self._fragments])
+            self.warmed = self._warm()
         except Exception as error:  # noqa: BLE001 -- kept on .error; the search reads the table instead
             self.error = error
         release_free_memory()  # the scan's freed read buffers
@@ -134,6 +135,20 @@ class LocalCopy:
         elif batches:
             read(batches[0])
         return out, offsets
+
+    def _warm(self) -> tuple[str, ...]:
+        """Read the :data:`COLUMNS`' files through once, column by column, while together they take at most
+        :data:`WARM_SHARE` of the memory available; the columns read."""
+        budget, buffer, warmed = WARM_SHARE * _available_memory(), bytearray(WARM_CHUNK_BYTES), []
+        for column, (name, _, _) in COLUMNS.items():
+            files = [copy.files[name] for copy in self._fragments]
+            budget -= sum(os.fstat(fd).st_size for fd in files)
+            if budget < 0:
+                break
+            for fd in files:
+                _read_through(fd, buffer)
+            warmed.append(column)
+        return tuple(warmed)
 
     def hits(self, fragment_rows: list[tuple[int, np.ndarray]]) -> pa.Table:
         """The ``carry`` columns of the rows given as ``(fragment number, positions among its live rows)``
@@ -185,18 +200,11 @@ class _FragmentCopy:
         return self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
 
 
-def _warm(files: list[int]) -> bool:
-    """Read the open ``files`` through once (into the OS page cache) if together they take at most
-    :data:`WARM_SHARE` of the memory available; True if they were read."""
-    sizes = [os.fstat(fd).st_size for fd in files]
-    if sum(sizes) > WARM_SHARE * _available_memory():
-        return False
-    buffer = bytearray(WARM_CHUNK_BYTES)
-    for fd, size in zip(files, sizes):
-        at = 0
-        while at < size and (done := os.preadv(fd, [buffer], at)) > 0:
-            at += done
-    return True
+def _read_through(fd: int, buffer: bytearray) -> None:
+    """Read the open file ``fd`` from start to end (into the OS page cache), a buffer at a time."""
+    at = 0
+    while (done := os.preadv(fd, [buffer], at)) > 0:
+        at += done
 
 
 def _available_memory() -> int:
