@@ -11,8 +11,9 @@ copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hi
 ``addresses.npy`` (their row addresses, ascending), ``offsets.npy`` (row ``j`` owns tokens
 ``offsets[j]:offsets[j + 1]`` of both) and ``hits.arrow`` (the carried columns, one row per copied row, an
 Arrow IPC file read memory-mapped). Once made, the column files are read through once, into the OS page
-cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first). A fragment's data files never change
-and its rows are only ever deleted, so a copy named after the fragment's data files serves every later version
+cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first). A fragment's
+data files never change and its rows are only ever deleted, so a copy named after the fragment's data files
+serves every later version
 of the table: a sync that appends a fragment or deletes rows copies only the new fragments. Each
 version maps its live rows to the copied ones through their row addresses (read with the version, no
 column data). Copies are written to a temporary folder and renamed (a concurrent reader of the same table
@@ -53,6 +54,7 @@ COPY_BATCH_ROWS = 2048
 #: as long as together they take at most this share of the memory available: per-query reads then come from
 #: memory, not from the disk.
 WARM_SHARE = 0.5
+#: Bytes per read of that read-ahead.
 WARM_CHUNK_BYTES = 8 << 20
 _THREADS = ThreadPoolExecutor(PARALLEL_READS, thread_name_prefix="index-copy")
 
