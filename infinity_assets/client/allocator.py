@@ -50,16 +50,22 @@ def tune_if_enabled(default: bool) -> bool:
     return tune() if enabled(default) else False
 
 
-@functools.cache
-def tune() -> bool:
-    """Set glibc's mmap and trim thresholds for this whole process, once; ``True`` if they were set."""
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """Apply ``(parameter, value)`` pairs with glibc's ``mallopt``; ``True`` if every one was set (False off
+    glibc)."""
     if platform.libc_ver()[0] != "glibc":
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, THRESHOLD_BYTES))
+    return all(bool(mallopt(parameter, value)) for parameter, value in settings)
+
+
+@functools.cache
+def tune() -> bool:
+    """Set glibc's mmap and trim thresholds for this whole process, once; ``True`` if they were set."""
+    return _mallopt((_M_MMAP_THRESHOLD, THRESHOLD_BYTES), (_M_TRIM_THRESHOLD, THRESHOLD_BYTES))
 
 
 @functools.cache
@@ -72,13 +78,7 @@ def limit_arenas(arenas: int = READER_ARENAS) -> bool:
     give all of them back (docs/search-at-scale.md). Threads that already have an arena keep it: the cap
     works fully only before the first scan, so :class:`~infinity_assets.index.reader.IndexReader` sets it
     when it opens. Only on glibc; elsewhere nothing happens."""
-    if platform.libc_ver()[0] != "glibc" or os.environ.get(ARENA_VARIABLE, "").strip():
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_ARENA_MAX, arenas))
+    return not os.environ.get(ARENA_VARIABLE, "").strip() and _mallopt((_M_ARENA_MAX, arenas))
 
 
 def release_free_memory() -> None:

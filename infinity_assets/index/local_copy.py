@@ -13,10 +13,9 @@ copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hi
 Arrow IPC file read memory-mapped). Once made, the column files are read through once, into the OS page
 cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first). A fragment's
 data files never change and its rows are only ever deleted, so a copy named after the fragment's data files
-serves every later version
-of the table: a sync that appends a fragment or deletes rows copies only the new fragments. Each
-version maps its live rows to the copied ones through their row addresses (read with the version, no
-column data). Copies are written to a temporary folder and renamed (a concurrent reader of the same table
+serves every later version of the table: a sync that appends a fragment or deletes rows copies only the new
+fragments. Each version maps its live rows to the copied ones through their row addresses (read with the
+version, no column data). Copies are written to a temporary folder and renamed (a concurrent reader of the same table
 keeps whichever lands first); fragments no version being copied uses any more are removed (a reader that
 still has their files open keeps reading them).
 """
