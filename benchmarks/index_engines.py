@@ -140,7 +140,9 @@ class TwoStage:
     ``spec["local_copy"]``: where the reader keeps its local copy of stage 3's column, as the search service
     does (default ``.cache/bench/copies``; made before the queries, its time in ``local_copy_seconds``), or
     False: none; ``spec["hold_bits"]`` (default: the reader's, False): True holds stage 2's codes in memory
-    instead of reading them from that copy."""
+    instead of reading them from that copy; ``spec["exact_top"]``: the exact top 10 (page numbers) of the first
+    queries, for which the share each stage kept is measured (``info["kept_at_10"]``; a run of its own, as
+    the page number of every row it holds counts in the process's memory)."""
 
     def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
         from infinity_assets import index
@@ -181,6 +183,11 @@ class TwoStage:
         self.page_of = {doc: i for i, doc in enumerate(ids)}
         self.stage_seconds: list[dict[str, float]] = []
         self.candidates: dict[str, int] = {}
+        self.exact_top = [set(top) for top in spec.get("exact_top", [])]
+        self.kept: list[dict[str, float]] = []
+        if self.exact_top:
+            ids_by_position = self.reader.dataset.to_table(columns=["doc_id"]).column("doc_id").to_pylist()
+            self.page_at = np.array([self.page_of[doc] for doc in ids_by_position], np.int64)
 
     def search(self, query: np.ndarray, k: int) -> list[int]:
         if self.mode == "last-round":
@@ -191,11 +198,18 @@ class TwoStage:
         result = self.reader.search_staged(query, k=k, settings=self.settings, exact=self.mode == "exact")
         self.stage_seconds.append(dict(result.timings))
         self.candidates = {**result.candidates, "fde_scanned": result.scanned}
+        if len(self.kept) < len(self.exact_top):
+            truth = self.exact_top[len(self.kept)]
+            self.kept.append({stage: len(truth.intersection(self.page_at[chosen].tolist())) / len(truth)
+                              for stage, chosen in result.kept.items()})
         return [self.page_of[h.doc_id] for h in result.hits]
 
     def finish(self) -> None:
         self.info["bytes_per_page"] = self.reader.bytes_per_page()
         self.info["candidates_last_query"] = self.candidates
+        if self.kept:
+            self.info["kept_at_10"] = {stage: float(np.mean([shares[stage] for shares in self.kept]))
+                                       for stage in self.kept[0]}
         lists = self.reader.staged.lists
         self.info["ivf_lists"] = lists.count if lists is not None else 0
         self.info["stages_ms_p50"] = {

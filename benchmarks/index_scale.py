@@ -170,11 +170,21 @@ def _row(name: str, result: dict[str, Any], pages: int, vectors_per_page: float,
     return row
 
 
+def _kept_by_stage(result: dict[str, Any]) -> dict[str, float] | None:
+    """The share of the exact top 10 each stage of a run with ``exact_top`` passed on (None if it failed)."""
+    return result.get("info", {}).get("kept_at_10")
+
+
+def _kept_text(kept: dict[str, float]) -> str:
+    return ", ".join(f"{stage} {share:.3f}" for stage, share in kept.items())
+
+
 def _print(row: dict[str, Any]) -> None:
     if "error" in row:
         print(f"    {row['engine']} ({row['pages']:,} pages): not run: {row['error']}", flush=True)
         return
     extra = "".join(f", {key} {row[key]:.3f}" for key in ("recall_at_10", "known_hit_at_10") if key in row)
+    extra += f", exact top 10 kept by stage {_kept_text(row['kept_at_10'])}" if row.get("kept_at_10") else ""
     print(f"    {row['engine']} ({row['pages']:,} pages{', extrapolated' if 'extrapolated_from' in row else ''}): "
           f"p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms{extra}, "
           f"RSS {row['rss_bytes_per_page']:,.0f} B/page", flush=True)
@@ -247,7 +257,11 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
                             vectors[:50], SCRATCH)
         add(_row(label, result, n, corpora.PAGE_VECTORS, corpora.top_k(scores[:, :n], 10)[:50], known_q[:50]))
     for size in sorted(cfg["sizes"], reverse=True):
-        add(_row(DEFAULT_LABEL, two_stage(size), size, corpora.PAGE_VECTORS, exact.get(size), known))
+        row = _row(DEFAULT_LABEL, two_stage(size), size, corpora.PAGE_VECTORS, exact.get(size), known)
+        if size in exact:
+            row["kept_at_10"] = _kept_by_stage(two_stage(size, exact_top=exact[size].tolist(),
+                                                         queries=vectors[:len(exact[size])]))
+        add(row)
         for label, search in SIDE_ROWS:
             add(_row(label, two_stage(size, search=search), size, corpora.PAGE_VECTORS, exact.get(size), known))
         for label, extra in (NO_COPY, HELD):
@@ -295,6 +309,10 @@ def loose(cfg: dict[str, Any]) -> dict[str, Any]:
         result = run_engine({"engine": "two-stage", "corpus": "synthetic", "mix": "loose", "cached": n, "pages": n,
                              "root": root, "marker": root + "/built.json", **extra}, vectors, SCRATCH)
         rows.append(_row(label, result, n, corpora.PAGE_VECTORS, exact, known))
+        if label == DEFAULT_LABEL:  # the share of the exact top 10 each stage kept: a run of its own
+            rows[-1]["kept_at_10"] = _kept_by_stage(run_engine(
+                {"engine": "two-stage", "corpus": "synthetic", "mix": "loose", "cached": n, "pages": n, "root": root,
+                 "marker": root + "/built.json", "exact_top": exact.tolist()}, vectors[:len(exact)], SCRATCH))
         _print(rows[-1])
     return {"rows": rows, "pages": n, "queries": len(queries), "ground_truth_cpu_seconds": gt_cpu,
             "mix": corpora.LOOSE.__dict__}
@@ -680,6 +698,8 @@ def _table(rows: list[dict[str, Any]], baseline: dict[int, float]) -> list[str]:
         note = r.get("note", "")
         if "extrapolated_from" in r:
             note = f"extrapolated from {r['extrapolated_from']:,} pages (linear in pages) {note}"
+        if r.get("kept_at_10"):
+            note = f"exact top 10 kept by stage (recall queries): {_kept_text(r['kept_at_10'])} {note}"
         ratio = baseline.get(r["pages"])
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r.get("info", {}).get("stages_ms_p50", {}).items()
                            if k != "total") if "extrapolated_from" not in r else ""

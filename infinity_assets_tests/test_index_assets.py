@@ -109,6 +109,10 @@ def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against
     assert metadata["drift_queries"] == 32 and metadata["drift_exact_queries"] >= 8
     assert metadata["drift_recall_at_10"] >= 0.9  # the stages prune: 150 then 30 of 1,130 documents
     assert metadata["drift_known_item_at_10"] >= 0.9
+    # what each stage kept of the exact top 10: the first keeps every document (1,130 < 2,000)
+    assert metadata["drift_kept_by_fde_at_10"] == 1.0
+    assert 1.0 >= metadata["drift_kept_by_hamming_at_10"] >= metadata["drift_kept_by_pooled_at_10"] \
+        >= metadata["drift_recall_at_10"]
 
 
 def test_quality_check_fails_when_the_index_was_built_with_the_wrong_model(tmp_path, infinity_server):

@@ -17,7 +17,7 @@ import pytest
 
 from infinity_assets import InfinityEmbeddings, index
 from infinity_assets.artifacts import ArtifactWriter
-from infinity_assets.index import EncodingSettings, SearchSettings
+from infinity_assets.index import EncodingSettings, SearchSettings, evaluation
 from infinity_assets.index.binary import hamming_maxsim, pack_signs
 from infinity_assets.index.maxsim import normalized, stack
 from infinity_assets.pipeline import embed_partition
@@ -237,6 +237,29 @@ def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go
     monkeypatch.setattr(local_copy, "_available_memory", lambda: bits_bytes + 1)
     partly = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
     assert partly.staged.local_copy.ready(timeout=60) and partly.staged.local_copy.warmed == ("bits",)
+
+
+# ------------------------------------------------------------------------------ where the recall is lost
+def test_the_drift_measurement_names_the_stage_that_loses_the_exact_top_k(tmp_path):
+    """``self_recall`` reports, per stage, the share of the exact top k among the candidates that stage passed
+    on: shares never grow from one stage to the next, and with the last stage keeping only k its share is
+    the recall itself. Stages that keep every document (the defaults' first two on 120 documents) keep all
+    of the exact top k."""
+    rng = np.random.default_rng(11)
+    centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
+    store = DocumentStore(str(tmp_path / "store"))
+    publish(store, "b", {f"d{i:03d}": topic_vectors(rng, centres, 9) for i in range(120)})
+    index.sync_index(store, "text")
+    reader = index.IndexReader(store, "text")
+    tight = SearchSettings(fde_shortlist=10, fde_candidates=10, hamming_candidates=5, pooled_candidates=5)
+    measured = evaluation.self_recall(reader, 24, k=5, settings=tight, tokens=3, seconds=120)
+    assert measured.exact_queries == 24 and list(measured.kept_at_k) == ["fde", "hamming", "pooled"]
+    kept = measured.kept_at_k
+    assert 1.0 > kept["fde"] >= kept["hamming"] >= kept["pooled"] == pytest.approx(measured.recall_at_k), kept
+
+    defaults = evaluation.self_recall(reader, 24, k=5, settings=SearchSettings(), tokens=3, seconds=120)
+    assert defaults.kept_at_k["fde"] == defaults.kept_at_k["hamming"] == 1.0, defaults.kept_at_k
+    assert 1.0 >= defaults.kept_at_k["pooled"] >= defaults.recall_at_k > measured.recall_at_k, defaults
 
 
 # ---------------------------------------------------------------------------------- needle in a haystack

@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -116,7 +116,11 @@ def evaluate(queries: Sequence[LabelledQuery], ranker: Callable[[str, int], Sequ
 class SelfRecall:
     """Recall of the default (staged) search against exact search on known-item queries taken from the
     index's own documents: ``recall_at_k`` over ``exact_queries`` (as many as the time budget allowed),
-    ``known_item_at_k`` (the source document among the staged search's first ``k``) over ``queries``."""
+    ``known_item_at_k`` (the source document among the staged search's first ``k``) over ``queries``, and
+    ``kept_at_k``: per stage (``fde``, ``hamming``, ``pooled``), the share of the exact top ``k`` among the
+    candidates it passed on, over ``exact_queries``. The first stage whose share falls short of 1 is where
+    the recall is lost, and its setting (``fde_candidates``, ``hamming_candidates``, ``pooled_candidates``)
+    the one to raise."""
 
     queries: int
     exact_queries: int
@@ -124,6 +128,7 @@ class SelfRecall:
     recall_at_k: float | None
     known_item_at_k: float | None
     seconds: float
+    kept_at_k: dict[str, float] = field(default_factory=dict)
 
 
 def self_recall(reader: Any, queries: int = 32, k: int = 10, *, settings: Any = None, tokens: int = 16,
@@ -137,15 +142,23 @@ def self_recall(reader: Any, queries: int = 32, k: int = 10, *, settings: Any = 
     positions = np.sort(rng.choice(reader.rows, min(queries, reader.rows), replace=False))
     sample = take_rows(reader.dataset, positions, ["doc_id", "partition", "embedding"])
     found = overlap = exact_done = 0
+    kept: dict[str, float] = {}
     for row in sample.to_pylist():
         vectors = np.asarray(row["embedding"], dtype=np.float32)
         query = vectors[np.sort(rng.choice(len(vectors), min(tokens, len(vectors)), replace=False))]
-        staged = [(h.partition, h.doc_id) for h in reader.search(query, k, settings=settings)]
-        found += (row["partition"], row["doc_id"]) in staged
+        result = reader.search_staged(query, k, settings=settings)
+        found += (row["partition"], row["doc_id"]) in {(h.partition, h.doc_id) for h in result.hits}
         if time.monotonic() - started < seconds:
-            exact = {(h.partition, h.doc_id) for h in reader.search(query, k, exact=True)}
-            overlap += len(exact.intersection(staged)) / max(1, len(exact))
+            exact = reader.search_staged(query, k, exact=True).positions
+            overlap += _share(exact, result.positions)
+            for stage, chosen in result.kept.items():
+                kept[stage] = kept.get(stage, 0.0) + _share(exact, chosen)
             exact_done += 1
     n = len(positions)
     return SelfRecall(n, exact_done, k, overlap / exact_done if exact_done else None, found / n if n else None,
-                      time.monotonic() - started)
+                      time.monotonic() - started, {stage: total / exact_done for stage, total in kept.items()})
+
+
+def _share(wanted: np.ndarray, found: np.ndarray) -> float:
+    """Share of the row positions ``wanted`` among ``found`` (1 when nothing is wanted)."""
+    return float(np.isin(wanted, found).mean()) if len(wanted) else 1.0

@@ -35,14 +35,18 @@ from infinity_assets.storage.modality import Modality
 @dataclass
 class SearchResult:
     """Hits, best first, and how the search got them: seconds per stage (``fde``, ``hamming``, ``pooled``, ``rerank``,
-    or ``exact``; ``total`` includes reading the hits' columns), candidates kept per stage, bytes read, and
-    ``scanned``: the FDE codes the first stage compared (fewer than the rows with an IVF)."""
+    or ``exact``; ``total`` includes reading the hits' columns), candidates kept per stage, bytes read,
+    ``scanned``: the FDE codes the first stage compared (fewer than the rows with an IVF), and the row
+    positions in the reader's table version of the hits (``positions``) and of what each stage kept
+    (``kept``; empty for the exact search)."""
 
     hits: list[Hit]
     timings: dict[str, float] = field(default_factory=dict)
     candidates: dict[str, int] = field(default_factory=dict)
     bytes_read: int | None = None
     scanned: int = 0
+    positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class IndexReader:
@@ -139,7 +143,8 @@ class IndexReader:
         hits = [Hit(float(score), row["doc_id"], row["partition"], row["source_uri"], row["page"], row["page_text"])
                 for score, row in zip(ranking.scores, rows)]
         timings = {**ranking.timings, "total": time.perf_counter() - started}
-        return SearchResult(hits, timings, ranking.candidates, _io_bytes(self.dataset), ranking.scanned)
+        return SearchResult(hits, timings, ranking.candidates, _io_bytes(self.dataset), ranking.scanned,
+                            ranking.positions, ranking.kept)
 
     def bytes_per_page(self) -> dict[str, float]:
         """Bytes on disk per indexed document, by column, plus ``stages_1_2`` (what the first two stages read:

@@ -112,8 +112,9 @@ class SearchSettings:
 @dataclass
 class Ranking:
     """Row positions (in the pinned table version) and cosine MaxSim scores, best first, with the ``carry``
-    columns of those rows (read with the rerank's), what the stages kept, how long each took (seconds) and
-    how many FDE codes the first stage compared."""
+    columns of those rows (read with the rerank's), what the stages kept (how many, and ``kept``: the row
+    positions each stage passed on, sorted; empty for the exact search), how long each took (seconds) and how
+    many FDE codes the first stage compared."""
 
     positions: np.ndarray
     scores: np.ndarray
@@ -121,6 +122,7 @@ class Ranking:
     timings: dict[str, float] = field(default_factory=dict)
     candidates: dict[str, int] = field(default_factory=dict)
     scanned: int = 0
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class StagedSearch:
@@ -212,22 +214,21 @@ class StagedSearch:
                 distances = kernels.weighted_hamming(codes[positions], signs, planes, weights)
                 positions = positions[_within(distances, settings.fde_candidates)]
         timings["fde"] = _lap(started)
-        kept_fde = len(positions)
+        kept = {"fde": np.sort(positions)}
         keep = max(settings.hamming_candidates, k)
+        positions = kept["fde"]
         if len(positions) > keep:
             started = time.perf_counter()
-            positions = np.sort(positions)
             codes, offsets = self._token_rows(positions, "bits")
             scores = kernels.sign_maxsim(query, codes, offsets)
             positions = positions[_within(-scores, keep)]
             timings["hamming"] = _lap(started)
         else:
             timings["hamming"] = 0.0
-        kept_hamming = len(positions)
+        kept["hamming"] = positions = np.sort(positions)
         keep = max(settings.pooled_candidates, k)
         if self.pooled and len(positions) > keep:
             started = time.perf_counter()
-            positions = np.sort(positions)
             tokens, offsets = self._token_rows(positions, "pooled")
             scores = kernels.int8_maxsim(query, tokens, offsets)
             positions = positions[_within(-scores, keep)]
@@ -235,7 +236,7 @@ class StagedSearch:
         else:
             timings["pooled"] = 0.0
         started = time.perf_counter()
-        positions = np.sort(positions)
+        kept["pooled"] = positions = np.sort(positions)
         copy = self.local_copy if self.carry and self.local_copy is not None and self.local_copy.ready() else None
         rows = self.taker.take(positions, ["embedding"] if copy else ["embedding", *self.carry])
         vectors, offsets = token_rows(rows.column("embedding").combine_chunks())
@@ -243,8 +244,8 @@ class StagedSearch:
         carried = (copy.hits(self.taker.by_fragment(positions)) if copy else rows.select(self.carry)).take(best)
         timings["rerank"] = _lap(started)
         return Ranking(positions[best], scores, carried, timings,
-                       {"shortlist": shortlist, "fde": kept_fde, "hamming": kept_hamming, "pooled": len(positions)},
-                       int(scanned))
+                       {"shortlist": shortlist, **{stage: len(chosen) for stage, chosen in kept.items()}}, int(scanned),
+                       kept)
 
     def _token_rows(self, positions: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens, offsets)`` of the pooled tokens of the documents at sorted ``positions`` in ``column``

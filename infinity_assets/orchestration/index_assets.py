@@ -204,5 +204,6 @@ def _search_metadata(store: DocumentStore, kind: str, search: SearchSettings, dr
         metadata.update({
             "drift_recall_at_10": drift.recall_at_k, "drift_known_item_at_10": drift.known_item_at_k,
             "drift_queries": drift.queries, "drift_exact_queries": drift.exact_queries,
-            "drift_seconds": round(drift.seconds, 2)})
+            "drift_seconds": round(drift.seconds, 2),
+            **{f"drift_kept_by_{stage}_at_10": share for stage, share in drift.kept_at_k.items()}})
     return metadata
