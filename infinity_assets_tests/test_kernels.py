@@ -30,9 +30,37 @@ def test_float16_maxsim_is_within_its_stated_bound_of_exact_float32():
     got = kernels.float_maxsim(query, halves, offsets)
     error = np.abs(got - exact).max()
     assert 0 < error <= kernels.float16_margin(len(query)), error
-    np.testing.assert_allclose(kernels.exact_maxsim(query, halves, offsets), exact, rtol=1e-5, atol=1e-5)
+    everyone = np.arange(len(offsets) - 1)
+    rescored = kernels.exact_maxsim(query, halves, offsets, everyone, *kernels.float_similarities(query, halves, offsets))
+    np.testing.assert_allclose(rescored, exact, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(kernels.float_maxsim(query, vectors, offsets), maxsim_scores(query, vectors, offsets),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_exact_maxsim_finds_each_query_tokens_maximum_among_near_ties():
+    """Pages holding, for each query token, two unrelated tokens with almost the same dot product with it
+    (closer than float16 rounding tells apart): the float16 kernel often picks the wrong one of a pair; the
+    float32 rescoring of every token within its margin still gives exact MaxSim."""
+    rng = np.random.default_rng(3)
+    query = normalized(rng.standard_normal((20, 128)).astype(np.float64))
+
+    def token(q: np.ndarray, dot: float) -> np.ndarray:  # a unit vector whose dot product with q is `dot`
+        w = rng.standard_normal(128)
+        w -= (w @ q) * q
+        return dot * q + np.sqrt(1 - dot ** 2) * w / np.linalg.norm(w)
+
+    pages = [np.stack([token(q, dot + tie) for q, dot in zip(query, rng.uniform(0.6, 0.9, 20))
+                       for tie in (0.0, rng.uniform(-1e-4, 1e-4))]).astype(np.float32) for _ in range(40)]
+    vectors, offsets = stack(pages)
+    halves = vectors.astype(np.float16)
+    exact = maxsim_scores(query, halves.astype(np.float64), offsets)
+    query = query.astype(np.float32)
+    similarities, best = kernels.float_similarities(query, halves, offsets)
+    kernel_picks = np.array([sum(float(halves[a + similarities[a:b, t].argmax()].astype(np.float64) @ query[t])
+                                 for t in range(len(query))) for a, b in itertools.pairwise(offsets)])
+    assert np.abs(kernel_picks - exact).max() > 1e-5  # rescoring only the kernel's picks would not be exact
+    rescored = kernels.exact_maxsim(query, halves, offsets, np.arange(len(pages)), similarities, best)
+    np.testing.assert_allclose(rescored, exact, rtol=0, atol=2e-6)
 
 
 def test_exact_order_keeps_every_document_that_can_be_in_the_exact_top_k():

@@ -9,8 +9,9 @@ copy of whole pages), FDE codes as packed bytes; token codes are unpacked to int
 a time for NumKong's int8 dot products.
 
 :func:`float_maxsim` rounds the query to float16 to meet the documents' dtype, so its scores are within
-:func:`float16_margin` of the exact float32 MaxSim; :func:`exact_order` rescores in float32 every document
-that could be in the top ``k`` within that margin, so the returned order and scores are exact.
+:func:`float16_margin` of the exact float32 MaxSim; :func:`exact_order` picks every document that could be in
+the top ``k`` within that margin and :func:`exact_maxsim` rescores them in float32 (only the tokens that can
+hold a query token's maximum), so the returned order and scores are exact.
 
 NumKong picks the widest SIMD kernels the CPU has (AVX2, AVX-512, NEON, SVE) at run time and falls back to
 portable C; :func:`portable_kernels` forces that fallback (to test a CPU without AVX2).
@@ -35,15 +36,21 @@ def float_maxsim(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) ->
     ``vectors`` (float16 or float32; document ``i`` owns ``offsets[i]:offsets[i + 1]``, at least one row
     each): ``(n_docs,)`` float32. With float16 ``vectors`` the query is rounded to float16 too: scores are
     within :func:`float16_margin` of exact."""
+    return float_similarities(query, vectors, offsets)[1].sum(axis=1, dtype=np.float32)
+
+
+def float_similarities(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`float_maxsim` sums: ``(similarities, best)``, every token's dot product with every query
+    token ``(tokens, q)`` (rows from ``offsets[0]``) and each document's best per query token ``(n_docs, q)``,
+    float32."""
     offsets = np.asarray(offsets, np.int64)
     if len(offsets) < 2:
-        return np.zeros(0, np.float32)
+        return np.zeros((0, len(query)), np.float32), np.zeros((0, len(query)), np.float32)
     rows = np.ascontiguousarray(vectors[offsets[0]:offsets[-1]])
     kind = "f16" if rows.dtype == np.float16 else "f32"
     packed = nk.dots_pack(np.ascontiguousarray(query, rows.dtype), dtype=kind)
     similarities = np.asarray(nk.dots_packed(rows, packed))                    # (tokens, q) float32
-    best = np.maximum.reduceat(similarities, offsets[:-1] - offsets[0], axis=0)  # (n_docs, q)
-    return best.sum(axis=1, dtype=np.float32)
+    return similarities, np.maximum.reduceat(similarities, offsets[:-1] - offsets[0], axis=0)
 
 
 def float16_margin(query_tokens: int) -> float:
@@ -53,18 +60,23 @@ def float16_margin(query_tokens: int) -> float:
     return query_tokens * (FLOAT16_UNIT_ROUNDOFF + 1e-5)
 
 
-def exact_maxsim(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Exact float32 MaxSim (the reference): float16 ``vectors`` are upcast (exactly, by NumKong's cast, far
-    faster than numpy's), here only for the few documents :func:`exact_order` rescores."""
+def exact_maxsim(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, documents: np.ndarray,
+                 similarities: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Exact float32 MaxSim (the reference) of ``documents`` (indices) among float16 ``vectors``, from their
+    :func:`float_similarities`: a token whose approximate dot product with a query token is more than twice
+    :func:`float16_margin` (of one token) below that query token's best cannot hold the exact maximum, so only
+    the few others (a page's near-duplicate tokens) are recomputed in float32, not whole pages."""
     offsets = np.asarray(offsets, np.int64)
-    if len(offsets) < 2:
-        return np.zeros(0, np.float32)
-    rows = np.ascontiguousarray(vectors[offsets[0]:offsets[-1]])
-    if rows.dtype != np.float32:
-        rows = np.asarray(nk.astype(rows, "float32"))
-    packed = nk.dots_pack(np.ascontiguousarray(query, np.float32), dtype="f32")
-    similarities = np.asarray(nk.dots_packed(rows, packed))
-    return np.maximum.reduceat(similarities, offsets[:-1] - offsets[0], axis=0).sum(axis=1, dtype=np.float32)
+    slack = 2 * float16_margin(1)
+    scores = np.empty(len(documents), np.float32)
+    for out, document in enumerate(np.asarray(documents).tolist()):
+        first, last = offsets[document], offsets[document + 1]
+        tokens, query_tokens = np.nonzero(similarities[first - offsets[0]:last - offsets[0]] >= best[document] - slack)
+        dots = np.einsum("ij,ij->i", vectors[first + tokens].astype(np.float32), query[query_tokens])
+        per_query_token = np.full(len(query), -np.inf, np.float32)
+        np.maximum.at(per_query_token, query_tokens, dots)
+        scores[out] = per_query_token.sum(dtype=np.float32)
+    return scores
 
 
 def exact_order(approximate: np.ndarray, margin: float, k: int) -> np.ndarray:

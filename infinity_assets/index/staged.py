@@ -328,15 +328,13 @@ class Resident:
 def _exact_top(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(indices, scores)`` of the exact ``k`` best documents (float32 MaxSim), best first: the kernel's
     scores pick the documents within its error bound of the ``k``-th, which are rescored in float32."""
-    approximate = kernels.float_maxsim(query, vectors, offsets)
+    similarities, per_token = kernels.float_similarities(query, vectors, offsets)
+    approximate = per_token.sum(axis=1, dtype=np.float32)
     if vectors.dtype == np.float32:
         best = _largest(approximate, k)
         return best, approximate[best]
     near = np.sort(kernels.exact_order(approximate, kernels.float16_margin(len(query)), k))
-    sub_offsets = np.zeros(len(near) + 1, np.int64)
-    np.cumsum(np.diff(offsets)[near], out=sub_offsets[1:])
-    rows = np.concatenate([vectors[offsets[i]:offsets[i + 1]] for i in near.tolist()])
-    exact = kernels.exact_maxsim(query, rows, sub_offsets)
+    exact = kernels.exact_maxsim(query, vectors, offsets, near, similarities, per_token)
     best = _largest(exact, k)
     return near[best], exact[best]
 
