@@ -92,6 +92,17 @@ def publish(store: DocumentStore, partition: str, documents: dict[str, np.ndarra
             writer.write(doc_id, store.uri_for(f"raw/text/{partition}/{doc_id}"), f"fp-{doc_id}", vectors)
 
 
+def topic_index(tmp_path: Path, seed: int, documents: int) -> tuple[DocumentStore, np.random.Generator, np.ndarray]:
+    """An index of ``documents`` documents of 9 vectors around 6 topic centres (``d000``, ...), with the
+    generator and centres that made them (for queries on the same topics)."""
+    rng = np.random.default_rng(seed)
+    centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
+    store = DocumentStore(str(tmp_path / "store"))
+    publish(store, "b", {f"d{i:03d}": topic_vectors(rng, centres, 9) for i in range(documents)})
+    index.sync_index(store, "text")
+    return store, rng, centres
+
+
 def fresh_build(store: DocumentStore, tmp_path: Path, step: int) -> DocumentStore:
     """A new store holding copies of ``store``'s artifacts, indexed from scratch."""
     fresh = DocumentStore(str(tmp_path / f"fresh-{step}"))
@@ -208,11 +219,7 @@ def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go
     whose ``bits`` fit but not its ``pooled`` has only its ``bits`` read ahead."""
     from infinity_assets.index import local_copy
 
-    rng = np.random.default_rng(9)
-    centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
-    store = DocumentStore(str(tmp_path / "store"))
-    publish(store, "b", {f"d{i:02d}": topic_vectors(rng, centres, 9) for i in range(40)})
-    index.sync_index(store, "text")
+    store, rng, centres = topic_index(tmp_path, seed=9, documents=40)
     queries = [topic_vectors(rng, centres, 3) for _ in range(4)]
     want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
     release = threading.Event()
@@ -245,11 +252,7 @@ def test_the_drift_measurement_names_the_stage_that_loses_the_exact_top_k(tmp_pa
     on: shares never grow from one stage to the next, and with the last stage keeping only k its share is
     the recall itself. Stages that keep every document (the defaults' first two on 120 documents) keep all
     of the exact top k."""
-    rng = np.random.default_rng(11)
-    centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
-    store = DocumentStore(str(tmp_path / "store"))
-    publish(store, "b", {f"d{i:03d}": topic_vectors(rng, centres, 9) for i in range(120)})
-    index.sync_index(store, "text")
+    store, _, _ = topic_index(tmp_path, seed=11, documents=120)
     reader = index.IndexReader(store, "text")
     tight = SearchSettings(fde_shortlist=10, fde_candidates=10, hamming_candidates=5, pooled_candidates=5)
     measured = evaluation.self_recall(reader, 24, k=5, settings=tight, tokens=3, seconds=120)
@@ -346,11 +349,7 @@ def test_a_new_encoding_rebuilds_the_table_in_one_commit(tmp_path):
 
 
 def test_a_table_from_before_the_pooled_column_answers_without_it_and_the_next_sync_adds_it(tmp_path):
-    rng = np.random.default_rng(4)
-    centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
-    store = DocumentStore(str(tmp_path / "store"))
-    publish(store, "b", {f"d{i}": topic_vectors(rng, centres, 9) for i in range(40)})
-    index.sync_index(store, "text")
+    store, rng, centres = topic_index(tmp_path, seed=4, documents=40)
     fresh = index.IndexReader(store, "text")
     queries = [topic_vectors(rng, centres, 3) for _ in range(8)]
     want = [fresh.search(q, k=5, settings=PRUNING) for q in queries]
