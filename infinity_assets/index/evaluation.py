@@ -118,9 +118,9 @@ class SelfRecall:
     index's own documents: ``recall_at_k`` over ``exact_queries`` (as many as the time budget allowed),
     ``known_item_at_k`` (the source document among the staged search's first ``k``) over ``queries``, and
     ``kept_at_k``: per stage (``fde``, ``hamming``, ``pooled``), the share of the exact top ``k`` among the
-    candidates it passed on, over ``exact_queries``. The first stage whose share falls short of 1 is where
-    the recall is lost, and its setting (``fde_candidates``, ``hamming_candidates``, ``pooled_candidates``)
-    the one to raise."""
+    candidates it passed on, over ``exact_queries`` (shares only fall from stage to stage). The stage that
+    loses the most is where the recall goes, and its setting (``fde_candidates``, ``hamming_candidates``,
+    ``pooled_candidates``) the one to raise."""
 
     queries: int
     exact_queries: int
