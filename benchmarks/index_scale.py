@@ -55,15 +55,17 @@ def at_pages(pages: int) -> dict[str, Any]:
     return {**FULL, "sizes": sizes, "gt_pages": pages, "query_pages": min(FULL["query_pages"], pages),
             "numpy_pages": min(FULL["numpy_pages"], pages), "public_pages": min(FULL["public_pages"], pages),
             "full_size_sections": False}
-#: The rows beside the default (2,000 / 150 / 30, the flat first stage), on both token mixes: more and fewer
-#: candidates at every stage, the previous default, and no stage 3 (last round's default: the rerank reads
-#: all 100).
-SIDE_ROWS = (("two-stage, stage 1 without the weighted scan (the previous default)", {"fde_shortlist": 1}),
+#: The rows beside the default (1,500 / 150 / 30, the flat first stage), on both token mixes: the previous
+#: default (2,000 FDE candidates), no weighted scan, more and fewer candidates at every stage, and no stage 3
+#: (last round's default: the rerank reads all 100).
+SIDE_ROWS = (("two-stage, 2,000 / 150 / 30 (the previous default)", {"fde_candidates": 2000}),
+             ("two-stage, stage 1 without the weighted scan", {"fde_shortlist": 1}),
              ("two-stage, 4,000 / 200 / 40", {"fde_candidates": 4000, "hamming_candidates": 200, "pooled_candidates": 40}),
              ("two-stage, 1,000 / 50 / 20", {"fde_candidates": 1000, "hamming_candidates": 50, "pooled_candidates": 20}),
-             ("two-stage without stage 3 (last round's default, 2,000 / 100, rerank of 100)", {"hamming_candidates": 100, "pooled_candidates": 100}))
+             ("two-stage without stage 3 (last round's default, 2,000 / 100, rerank of 100)", {"fde_candidates": 2000, "hamming_candidates": 100,
+                                                                                      "pooled_candidates": 100}))
 #: The previous release's numpy stages, with the candidates they had (2,000 / 100).
-LAST_ROUND = {"mode": "last-round", "search": {"hamming_candidates": 100}}
+LAST_ROUND = {"mode": "last-round", "search": {"fde_candidates": 2000, "hamming_candidates": 100}}
 #: Stage 3 reading the table per query instead of the reader's local copy of its column.
 NO_COPY = ("two-stage, stage 3 read from the table (no local copy)", {"local_copy": False})
 #: Stage 2's codes held in memory instead of read per query from the local copy.
@@ -464,7 +466,7 @@ def real(cfg: dict[str, Any]) -> dict[str, Any]:
              ("LanceDB multi-vector flat", {"engine": "lancedb", "ann": False, "build_ann": False},
               vectors[:cfg["texlive_lance_flat_queries"]]),
              ("two-stage (local disk)", {"engine": "two-stage"}, vectors),
-             ("two-stage, stage 1 without the weighted scan (the previous default)", {"engine": "two-stage", "search": {"fde_shortlist": 1}}, vectors),
+             ("two-stage, 2,000 / 150 / 30 (the previous default)", {"engine": "two-stage", "search": {"fde_candidates": 2000}}, vectors),
              (MUVERA, {"engine": "muvera"}, vectors)]
     for label, spec, subset in specs:
         engine = spec["engine"]

@@ -103,7 +103,7 @@ def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against
     assert by_column["bits"] < by_column["pooled"] < by_column["embedding"], by_column  # int8 pooled tokens
     assert metadata["bytes_per_page"] >= metadata["bytes_per_page_stages_1_2"] > 0
     assert metadata["encoding"]["fde_repetitions"] == 20 and metadata["encoding"]["originals"] == "float16"
-    assert metadata["search_settings"] == {"fde_shortlist": 4000, "fde_candidates": 2000, "hamming_candidates": 150,
+    assert metadata["search_settings"] == {"fde_shortlist": 4000, "fde_candidates": 1500, "hamming_candidates": 150,
                                            "pooled_candidates": 30, "fde_agreement": 0.9, "fde_probes": 0}
     assert metadata["dagster/row_count"] == len(DOCUMENTS) + len(FILLER) > 1000  # more than any stage keeps
     assert metadata["drift_queries"] == 32 and metadata["drift_exact_queries"] >= 8

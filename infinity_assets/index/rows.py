@@ -38,25 +38,39 @@ def unit_vectors(embedding: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.
     if isinstance(embedding, pa.ChunkedArray):
         embedding = embedding.combine_chunks()
     values, offsets = token_rows(embedding)
-    vectors = values.astype(np.float32)  # a copy: the result is scaled in place
+    return _unit_rows(values), offsets
+
+
+def _unit_rows(values: np.ndarray) -> np.ndarray:
+    """``values`` as float32 rows scaled to unit L2 norm (a zero row stays zero)."""
+    vectors = values.astype(np.float32)  # a copy: scaled in place
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
     vectors /= np.where(norms > 0, norms, 1.0)[:, None]
-    return vectors, offsets
+    return vectors
 
 
 def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> dict[str, pa.Array]:
     """The ``fde``, ``bits``, ``embedding`` and ``pooled`` columns of documents given as unit ``vectors`` and
     ``offsets``."""
-    hidden_dim = vectors.shape[1]
-    codes = document_codes(encoding.fde(hidden_dim), vectors, offsets)
     pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)
+    stored = quantize_int8(pooled)
+    if encoding.fde_source == "pooled":
+        codes = fde_codes(stored, pooled_offsets, encoding)
+    else:
+        codes = document_codes(encoding.fde(vectors.shape[1]), vectors, offsets)
     originals = vectors.astype(np.float16 if encoding.originals == "float16" else np.float32)
     return {
         "fde": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel()), codes.shape[1]),
         "bits": _vector_lists(pooled_offsets, pack_signs(pooled)),
         "embedding": _vector_lists(offsets, originals),
-        "pooled": _vector_lists(pooled_offsets, quantize_int8(pooled)),
+        "pooled": _vector_lists(pooled_offsets, stored),
     }
+
+
+def fde_codes(pooled: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> np.ndarray:
+    """The FDE codes of documents from their stored int8 ``pooled`` rows (``fde_source="pooled"``): each row
+    as a unit vector, so the codes are a function of the ``pooled`` column alone."""
+    return document_codes(encoding.fde(pooled.shape[1]), _unit_rows(pooled), offsets)
 
 
 def pooled_column(embedding: pa.Array | pa.ChunkedArray, encoding: EncodingSettings) -> pa.ListArray:

@@ -45,6 +45,8 @@ HIT_COLUMNS = ["doc_id", "partition", "source_uri", "page", "page_text"]
 ORIGINALS = {"float16": pa.float16(), "float32": pa.float32()}
 #: Encoding fields that shape only the first stage's IVF beside the table, not its rows.
 IVF_FIELDS = ("fde_lists",)
+#: What the FDE may encode (:class:`EncodingSettings` ``fde_source``).
+FDE_SOURCES = ("pooled", "tokens")
 
 
 class SearchIndexError(Exception):
@@ -58,7 +60,10 @@ class EncodingSettings:
 
     ``fde_*``: the MUVERA code of stage 1 (:mod:`infinity_assets.index.fde`); ``bits_pool_threshold``: the
     cosine above which a document's tokens are pooled into one 1-bit code for stage 2
-    (:mod:`infinity_assets.index.pooling`; 1.0: every token keeps its own); ``originals``: the dtype of the
+    (:mod:`infinity_assets.index.pooling`; 1.0: every token keeps its own); ``fde_source``: which vectors the
+    FDE encodes, ``pooled`` (each pooled token once, as the unit direction of its int8 ``pooled`` row: a
+    page's near-duplicate background tokens then weigh as one in their bucket's average, not hundreds) or
+    ``tokens`` (every token vector; tables written before the setting existed); ``originals``: the dtype of the
     unit token vectors kept for the final rerank and exact search (``float16`` or ``float32``);
     ``fde_lists``: the inverted lists of the first stage's IVF over the FDE codes
     (:mod:`infinity_assets.index.ivf`; 0: chosen from the number of rows). ``fde_lists`` shapes only the IVF
@@ -70,12 +75,15 @@ class EncodingSettings:
     fde_projection_dim: int = 16
     fde_seed: int = 0
     bits_pool_threshold: float = 0.85
+    fde_source: str = "pooled"
     originals: str = "float16"
     fde_lists: int = 0
 
     ENV_PREFIX = "INFINITY_ASSETS_INDEX_"
 
     def __post_init__(self) -> None:
+        if self.fde_source not in FDE_SOURCES:
+            raise ValueError(f"index encoding fde_source={self.fde_source!r}: expected one of {list(FDE_SOURCES)}")
         if self.originals not in ORIGINALS:
             raise ValueError(f"index encoding originals={self.originals!r}: expected one of {sorted(ORIGINALS)}")
         for name in ("fde_repetitions", "fde_simhash_bits", "fde_projection_dim"):
@@ -115,8 +123,8 @@ class EncodingSettings:
     @classmethod
     def from_json(cls, text: str) -> EncodingSettings:
         """Parse :meth:`to_json`'s output (a table written before token pooling pooled nothing: 1.0; one written
-        before the IVF had the default ``fde_lists``)."""
-        return cls(**{"bits_pool_threshold": 1.0, **json.loads(text)})
+        before ``fde_source`` encoded every token; one written before the IVF had the default ``fde_lists``)."""
+        return cls(**{"bits_pool_threshold": 1.0, "fde_source": "tokens", **json.loads(text)})
 
 
 def _from_env(cls: type, prefix: str, overrides: dict[str, Any]) -> dict[str, Any]:

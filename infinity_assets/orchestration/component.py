@@ -177,7 +177,7 @@ class IndexAttributes(dg.Model, dg.Resolvable):
     enabled: bool = Field(True, description="Make the index assets (false: embeddings only).")
     encoding: dict[str, Any] | None = Field(
         None, description="Index encoding (fde_repetitions, fde_simhash_bits, fde_projection_dim, fde_seed, "
-                          "bits_pool_threshold, originals, ...); recorded in the table, a change rebuilds it.")
+                          "bits_pool_threshold, fde_source, originals, ...); recorded in the table, a change rebuilds it.")
     search: dict[str, Any] | None = Field(
         None, description="Search stage settings (fde_candidates, hamming_candidates, pooled_candidates, ...) of the drift measurement.")
     drift_queries: int = Field(32, description="Known-item queries measured after each sync (0: off).")
