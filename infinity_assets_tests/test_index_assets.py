@@ -87,8 +87,8 @@ def test_quality_check_searches_with_the_corpus_search_settings_not_the_environm
     assert evaluation.metadata["search_settings"].value == asdict(search)
 
 
-#: 1,100 more documents, so the index holds more than the first stage keeps (1,000) and the drift measurement
-#: goes through every stage: sentences of the retrieval set's own words, 12 to a document.
+#: 1,100 more documents, so the index holds more than stages 2 and 3 keep (150, 30) and the drift measurement
+#: prunes there: sentences of the retrieval set's own words, 12 to a document.
 WORDS = sorted({w.strip(".,;:") for text in DOCUMENTS for w in text.split() if len(w) > 3})
 FILLER = {f"filler-{i:04d}.txt": " ".join(WORDS[(i * 37 + j * 101) % len(WORDS)] for j in range(12)) + "."
           for i in range(1_100)}
@@ -105,11 +105,11 @@ def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against
     assert metadata["encoding"]["fde_repetitions"] == 20 and metadata["encoding"]["originals"] == "float16"
     assert metadata["search_settings"] == {"fde_shortlist": 4000, "fde_candidates": 1500, "hamming_candidates": 150,
                                            "pooled_candidates": 30, "fde_agreement": 0.9, "fde_probes": 0}
-    assert metadata["dagster/row_count"] == len(DOCUMENTS) + len(FILLER) > 1000  # more than any stage keeps
+    assert metadata["dagster/row_count"] == len(DOCUMENTS) + len(FILLER) > 1000  # more than stages 2 and 3 keep (150, 30)
     assert metadata["drift_queries"] == 32 and metadata["drift_exact_queries"] >= 8
     assert metadata["drift_recall_at_10"] >= 0.9  # the stages prune: 150 then 30 of 1,130 documents
     assert metadata["drift_known_item_at_10"] >= 0.9
-    # what each stage kept of the exact top 10: the first keeps every document (1,130 < 2,000)
+    # what each stage kept of the exact top 10: the first keeps every document (1,130 < 1,500)
     assert metadata["drift_kept_by_fde_at_10"] == 1.0
     assert 1.0 >= metadata["drift_kept_by_hamming_at_10"] >= metadata["drift_kept_by_pooled_at_10"] \
         >= metadata["drift_recall_at_10"]

@@ -4,6 +4,7 @@ a sync killed mid-write."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -346,6 +347,39 @@ def test_a_new_encoding_rebuilds_the_table_in_one_commit(tmp_path):
     assert index.IndexReader(store, "text", encoding=other).rows == 10
     again = index.sync_index(store, "text", encoding=other)
     assert not again.wrote
+
+
+def test_the_fde_encodes_each_pages_pooled_tokens_and_a_table_from_before_is_rebuilt_by_the_next_sync(tmp_path):
+    """``fde_source="pooled"`` (the default): a row's FDE code is the code of its stored ``pooled`` rows as unit
+    vectors, so it follows from that column alone. A table written before the setting existed (its recorded
+    encoding lacks it) encoded every token; it reads as ``fde_source="tokens"`` and the next sync rebuilds it."""
+    from infinity_assets.index.rows import fde_codes, token_rows
+
+    def columns(store: DocumentStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        table = index.open_table(store, "text").to_lance().to_table(columns=["fde", "pooled"])
+        pooled, offsets = token_rows(table.column("pooled").combine_chunks())
+        return np.stack(table.column("fde").to_numpy(zero_copy_only=False)), pooled, offsets
+
+    store, _, _ = topic_index(tmp_path, seed=12, documents=30)
+    assert index.table_encoding(index.open_table(store, "text")).fde_source == "pooled"
+    codes, pooled, offsets = columns(store)
+    assert np.array_equal(codes, fde_codes(pooled, offsets, EncodingSettings()))
+
+    before = EncodingSettings(fde_source="tokens")
+    assert index.sync_index(store, "text", encoding=before).rebuilt
+    table = index.open_table(store, "text")
+    recorded = json.loads(table.schema.metadata[b"infinity_assets.encoding"])
+    assert recorded.pop("fde_source") == "tokens"
+    assert EncodingSettings.from_json(json.dumps(recorded)) == before  # how a table from before reads
+    old_codes, pooled, offsets = columns(store)
+    assert not np.array_equal(old_codes, fde_codes(pooled, offsets, EncodingSettings()))
+
+    report = index.sync_index(store, "text")
+    assert report.rebuilt and index.table_encoding(index.open_table(store, "text")) == EncodingSettings()
+    codes, pooled, offsets = columns(store)
+    assert np.array_equal(codes, fde_codes(pooled, offsets, EncodingSettings()))
+    with pytest.raises(ValueError, match=r"fde_source='pool': expected one of \['pooled', 'tokens'\]"):
+        EncodingSettings(fde_source="pool")
 
 
 def test_a_table_from_before_the_pooled_column_answers_without_it_and_the_next_sync_adds_it(tmp_path):
