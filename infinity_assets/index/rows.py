@@ -51,7 +51,7 @@ def _unit_rows(values: np.ndarray) -> np.ndarray:
 
 def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> dict[str, pa.Array]:
     """The ``fde``, ``bits``, ``embedding`` and ``pooled`` columns of documents given as unit ``vectors`` and
-    ``offsets``."""
+    ``offsets`` (the FDE of the pooled tokens or of every token, as ``encoding.fde_source`` says)."""
     pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)
     stored = quantize_int8(pooled)
     if encoding.fde_source == "pooled":
