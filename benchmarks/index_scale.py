@@ -304,17 +304,17 @@ def loose(cfg: dict[str, Any]) -> dict[str, Any]:
     scores, gt_cpu = corpora.exact_scores(source, queries[:cfg["gt_queries"]], n)
     exact = corpora.top_k(scores, 10)
     root = _build_root("two-stage", f"synthetic-loose-{n}", _engine_version())
+    spec = {"engine": "two-stage", "corpus": "synthetic", "mix": "loose", "cached": n, "pages": n, "root": root,
+            "marker": root + "/built.json"}
     rows = []
     for label, extra in ((DEFAULT_LABEL, {}), *((label, {"search": search}) for label, search in SIDE_ROWS),
                          ("last round's numpy stages (flat FDE, numpy popcounts, float32 copies)",
                           LAST_ROUND)):
-        result = run_engine({"engine": "two-stage", "corpus": "synthetic", "mix": "loose", "cached": n, "pages": n,
-                             "root": root, "marker": root + "/built.json", **extra}, vectors, SCRATCH)
-        rows.append(_row(label, result, n, corpora.PAGE_VECTORS, exact, known))
+        rows.append(_row(label, run_engine({**spec, **extra}, vectors, SCRATCH), n, corpora.PAGE_VECTORS, exact,
+                         known))
         if label == DEFAULT_LABEL:  # the share of the exact top 10 each stage kept: a run of its own
-            rows[-1]["kept_at_10"] = _kept_by_stage(run_engine(
-                {"engine": "two-stage", "corpus": "synthetic", "mix": "loose", "cached": n, "pages": n, "root": root,
-                 "marker": root + "/built.json", "exact_top": exact.tolist()}, vectors[:len(exact)], SCRATCH))
+            rows[-1]["kept_at_10"] = _kept_by_stage(run_engine({**spec, "exact_top": exact.tolist()},
+                                                               vectors[:len(exact)], SCRATCH))
         _print(rows[-1])
     return {"rows": rows, "pages": n, "queries": len(queries), "ground_truth_cpu_seconds": gt_cpu,
             "mix": corpora.LOOSE.__dict__}
