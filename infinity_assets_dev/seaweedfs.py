@@ -106,6 +106,7 @@ class SeaweedFS:
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             "-master.telemetry=false",
+            "-master.peers=none",  # a single master: no wait for a Raft quorum at start
             "-filer",
             "-s3",
             f"-s3.config={self._config_path}",
