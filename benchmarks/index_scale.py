@@ -29,6 +29,7 @@ import numpy as np
 
 from benchmarks import corpora
 from benchmarks.index_engines import run_engine
+from infinity_assets.index import local_copy
 
 SCRATCH = corpora.CACHE / "scratch"
 BUILDS = corpora.CACHE / "builds"
@@ -126,6 +127,8 @@ def _build_root(engine: str, name: str, version: str = "") -> str:
     if version:
         for stale in BUILDS.glob(f"{engine}-{name}-*"):
             if not stale.name.startswith(f"{engine}-{name}-{version}"):  # (its -partN folders too)
+                for table in stale.glob("index/*.lance"):  # the readers' local copies of its tables go with it
+                    shutil.rmtree(local_copy.table_folder(corpora.CACHE / "copies", str(table)), ignore_errors=True)
                 shutil.rmtree(stale, ignore_errors=True)
         folder = BUILDS / f"{engine}-{name}-{version}"
     return str(folder)

@@ -67,6 +67,11 @@ def directory_from_env() -> str | None:
     return str(Path(value or DEFAULT_DIRECTORY).expanduser())
 
 
+def table_folder(directory: str | Path, table_uri: str) -> Path:
+    """Where the copies of the table at ``table_uri`` (``dataset.uri``) live under ``directory``."""
+    return Path(directory) / hashlib.sha256(str(table_uri).encode()).hexdigest()[:16]
+
+
 class LocalCopy:
     """The :data:`COLUMNS` and the ``carry`` columns of one pinned dataset version (``table.to_lance()``)
     under ``directory``, copied in a background thread when made (:meth:`ready` says when reads can start;
@@ -74,7 +79,7 @@ class LocalCopy:
 
     def __init__(self, dataset: Any, hidden_dim: int, directory: str | Path, carry: tuple[str, ...] = ()) -> None:
         self.dataset, self.hidden_dim, self.carry = dataset, hidden_dim, tuple(carry)
-        self.root = Path(directory) / hashlib.sha256(str(dataset.uri).encode()).hexdigest()[:16]
+        self.root = table_folder(directory, dataset.uri)
         self.error: Exception | None = None
         self.seconds = 0.0
         self.warmed: tuple[str, ...] = ()  # the columns whose files were read into the OS page cache
