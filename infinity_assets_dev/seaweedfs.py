@@ -3,9 +3,9 @@
 One process runs the master, a volume server, the filer and the S3 gateway. Signature checking is on
 (``-s3.config`` with one identity), telemetry off, and every TCP port it opens (the eight in
 :data:`PORT_FLAGS`; checked with psutil against ``weed server`` 4.48) and its ``-s3.localSocket`` /
-``-filer.localSocket`` paths are free values chosen here, so several servers can run at once. weed also creates
-gRPC unix sockets at fixed ``/tmp/seaweedfs-<service>-grpc-<port>.sock`` paths; they carry our port numbers,
-and :meth:`SeaweedFS.stop` removes them. Used by the tests, the demo and the benchmarks.
+``-filer.localSocket`` paths are free values chosen here, so several servers can run at once. weed also
+creates gRPC unix sockets at fixed ``/tmp/seaweedfs-<service>-grpc-<port>.sock`` paths; they carry our port
+numbers, and :meth:`SeaweedFS.stop` removes them. Used by the tests, the demo and the benchmarks.
 
 ``weed server`` rather than ``weed mini``: mini marks every volume read-only below 1 % of free disk (2.5 GB
 of a 250 GB disk), and writes then wait forever; here the floor is :data:`MIN_FREE_SPACE`, checked before the
@@ -62,7 +62,8 @@ MIN_FREE_SPACE = 256 * 1024 * 1024
 
 
 class SeaweedFS:
-    """A ``weed server`` process with an S3 endpoint; a context manager; restartable on the same ports and data.
+    """A ``weed server`` process with an S3 endpoint; a context manager; restartable on the same ports and
+    data.
 
     ``endpoint_url``, ``access_key`` and ``secret_key`` are what clients need (requests signed with anything
     else are refused). Example::
@@ -113,7 +114,7 @@ class SeaweedFS:
             # Every bucket is a collection with volumes of its own; volumes grow lazily, so a fixed cap costs
             # no disk (a cap computed from free disk at start-up made later buckets refuse writes).
             f"-volume.max={MAX_VOLUMES}",
-            f"-volume.minFreeSpace={MIN_FREE_SPACE // (1024 * 1024)}MiB",
+            f"-volume.minFreeSpace={MIN_FREE_SPACE >> 20}MiB",
             "-master.volumeSizeLimitMB=128",
             "-volume.preStopSeconds=1",
             "-s3.port.iceberg=0",
@@ -133,12 +134,12 @@ class SeaweedFS:
             raise RuntimeError(f"{self!r} is already running")
         for folder in ("data", "logs"):
             (self.data_dir / folder).mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.data_dir).free
-        if free < 2 * MIN_FREE_SPACE:
+        free, floor = shutil.disk_usage(self.data_dir).free >> 20, MIN_FREE_SPACE >> 20
+        if free < 2 * floor:
             raise RuntimeError(
-                f"SeaweedFS needs free disk for its data at {self.data_dir}: {free / 2**20:.0f} MiB free, "
-                f"at least {2 * MIN_FREE_SPACE / 2**20:.0f} MiB wanted (below {MIN_FREE_SPACE / 2**20:.0f} MiB "
-                "its volumes turn read-only and writes wait); free some disk and run again"
+                f"SeaweedFS needs free disk for its data at {self.data_dir}: {free} MiB free, at least "
+                f"{2 * floor} MiB wanted (below {floor} MiB its volumes turn read-only and writes wait); "
+                "free some disk and run again"
             )
         self._config_path.write_text(
             json.dumps(
