@@ -242,6 +242,18 @@ def exact_scores(page_source: PageSource, queries: list[KnownItem], n_pages: int
     return np.concatenate(chunks, axis=1), spent
 
 
+def tied_top_k(scores: np.ndarray, k: int, tolerance: float = 1e-5) -> list[np.ndarray]:
+    """:func:`top_k` of each row followed by every other column whose score ties the ``k``-th (within
+    ``tolerance``): with duplicate pages (real PDFs repeat pages) the exact top ``k`` is not unique, and any of
+    the tied pages is an exact answer."""
+    best = top_k(scores, k)
+    out = []
+    for row, chosen in zip(scores, best):
+        tied = np.flatnonzero(row >= row[chosen[-1]] - tolerance)
+        out.append(np.concatenate([chosen, np.setdiff1d(tied, chosen)]))
+    return out
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` best columns of each row, best first."""
     best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
