@@ -87,7 +87,7 @@ def test_quality_check_searches_with_the_corpus_search_settings_not_the_environm
     assert evaluation.metadata["search_settings"].value == asdict(search)
 
 
-#: 1,100 more documents, so the index holds more than stages 2 and 3 keep (200, 30) and the drift measurement
+#: 1,100 more documents, so the index holds more than stages 2 and 3 keep (150, 30) and the drift measurement
 #: prunes there: sentences of the retrieval set's own words, 12 to a document.
 WORDS = sorted({w.strip(".,;:") for text in DOCUMENTS for w in text.split() if len(w) > 3})
 FILLER = {f"filler-{i:04d}.txt": " ".join(WORDS[(i * 37 + j * 101) % len(WORDS)] for j in range(12)) + "."
@@ -103,11 +103,11 @@ def test_index_metadata_reports_bytes_per_page_stage_settings_and_recall_against
     assert by_column["bits"] < by_column["pooled"] < by_column["embedding"], by_column  # int8 pooled tokens
     assert metadata["bytes_per_page"] >= metadata["bytes_per_page_stages_1_2"] > 0
     assert metadata["encoding"]["fde_repetitions"] == 20 and metadata["encoding"]["originals"] == "float16"
-    assert metadata["search_settings"] == {"fde_shortlist": 4000, "fde_candidates": 1500, "hamming_candidates": 200,
+    assert metadata["search_settings"] == {"fde_shortlist": 4000, "fde_candidates": 1500, "hamming_candidates": 150,
                                            "pooled_candidates": 30, "fde_agreement": 0.9, "fde_probes": 0}
     assert metadata["dagster/row_count"] == len(DOCUMENTS) + len(FILLER) > 1000  # more than stages 2 and 3 keep (150, 30)
     assert metadata["drift_queries"] == 32 and metadata["drift_exact_queries"] >= 8
-    assert metadata["drift_recall_at_10"] >= 0.9  # the stages prune: 200 then 30 of 1,130 documents
+    assert metadata["drift_recall_at_10"] >= 0.9  # the stages prune: 150 then 30 of 1,130 documents
     assert metadata["drift_known_item_at_10"] >= 0.9
     # what each stage kept of the exact top 10: the first keeps every document (1,130 < 1,500)
     assert metadata["drift_kept_by_fde_at_10"] == 1.0

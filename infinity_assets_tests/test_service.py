@@ -308,7 +308,7 @@ def test_the_search_settings_are_read_once_at_start_and_a_bad_one_stops_the_serv
         tmp_path, monkeypatch, s3_env):
     monkeypatch.setenv("INFINITY_ASSETS_SEARCH_POOLED_CANDIDATES", "12")
     (docs,) = corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")
-    assert docs.search.pooled_candidates == 12 and docs.search.hamming_candidates == 200
+    assert docs.search.pooled_candidates == 12 and docs.search.hamming_candidates == 150
     monkeypatch.setenv("INFINITY_ASSETS_SEARCH_FDE_CANDIDATES", "many")
     with pytest.raises(ValueError, match="INFINITY_ASSETS_SEARCH_FDE_CANDIDATES='many': expected int"):
         corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")

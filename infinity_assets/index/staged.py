@@ -80,7 +80,7 @@ class SearchSettings:
     """Documents the masked hamming scan keeps for the weighted one (the query's FDE magnitudes weighting
     each bit), which keeps ``fde_candidates``; at or below ``fde_candidates``: no weighted scan."""
     fde_candidates: int = 1500
-    hamming_candidates: int = 200
+    hamming_candidates: int = 150
     pooled_candidates: int = 30
     """Documents whose full pages the rerank reads (stage 3 keeps them; raised to ``k`` when smaller)."""
     fde_agreement: float = 0.9
