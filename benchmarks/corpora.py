@@ -244,8 +244,8 @@ def exact_scores(page_source: PageSource, queries: list[KnownItem], n_pages: int
 
 def tied_top_k(scores: np.ndarray, k: int, tolerance: float = 1e-5) -> list[np.ndarray]:
     """:func:`top_k` of each row followed by every other column whose score ties the ``k``-th (within
-    ``tolerance``): with duplicate pages (real PDFs repeat pages) the exact top ``k`` is not unique, and any of
-    the tied pages is an exact answer."""
+    ``tolerance``): with duplicate pages (real PDFs repeat pages) the exact top ``k`` is not unique, and any
+    of the tied pages is an exact answer."""
     best = top_k(scores, k)
     out = []
     for row, chosen in zip(scores, best):

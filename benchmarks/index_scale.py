@@ -150,7 +150,8 @@ def _quality(top: list[list[int]], exact: Any, known: list[int], k: int = 10) ->
     (:func:`corpora.tied_top_k`), any of which counts as exact."""
     out: dict[str, Any] = {}
     if exact is not None:
-        out["recall_at_10"] = float(np.mean([min(k, len(set(t[:k]) & set(e))) / k for t, e in zip(top, exact)]))
+        hits = [min(k, len(set(t[:k]) & set(e))) for t, e in zip(top, exact)]
+        out["recall_at_10"] = float(np.mean(hits)) / k
     ranks = [t.index(p) + 1 if p in t else None for t, p in zip(top, known) if p >= 0]  # -1: page not indexed
     if ranks:
         out["known_hit_at_10"] = float(np.mean([r is not None and r <= 10 for r in ranks]))
@@ -491,7 +492,8 @@ def real(cfg: dict[str, Any]) -> dict[str, Any]:
         if "error" not in row:
             row["ndcg_at_5"] = _ndcg_known_item(result["top"], known)
         if label in (DEFAULT_LABEL, ORIGINALS_FLOAT32) and "error" not in row:
-            row["kept_at_10"] = _kept_by_stage(run_engine({**spec, "exact_top": exact.tolist()}, vectors, SCRATCH))
+            kept_run = run_engine({**spec, "exact_top": exact.tolist()}, vectors, SCRATCH)
+            row["kept_at_10"] = _kept_by_stage(kept_run)
         rows.append(row)
         _print(row)
     rows.append({"engine": "fast-plaid (PLAID)", "pages": n, "error": FAST_PLAID})
@@ -800,9 +802,9 @@ def markdown(results: dict[str, Any]) -> list[str]:
         lines += ["", f"### (a) real pages: texlive-latex-base-doc, {real_results['pages']:,} pages", ""]
         if "queries_with_ties_at_10" in real_results:
             lines += [f"The manuals repeat pages: {real_results['queries_with_ties_at_10']} of "
-                      f"{real_results['queries']} queries have other pages tied with the 10th exact score. Recall "
-                      "counts any of them as exact (the exact top 10 is not unique); the share each stage kept "
-                      "counts only the ground truth's own 10.", ""]
+                      f"{real_results['queries']} queries have other pages tied with the 10th exact score. "
+                      "Recall counts any of them as exact (the exact top 10 is not unique); the share each "
+                      "stage kept counts only the ground truth's own 10.", ""]
         lines += _table(real_results["rows"], base)
     model = capacity(results)
     if model:
