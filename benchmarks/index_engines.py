@@ -372,6 +372,16 @@ class FirstStageMillion:
         self.info["flat_overlap"] = float(np.mean(shares)) if shares else None
 
 
+#: The table's background in a build's worker process (set by :func:`_set_background`).
+_WORKER_BACKGROUND: list[Any] = [None]
+
+
+def _set_background(data: bytes | None) -> None:
+    from infinity_assets.index.background import Background
+
+    _WORKER_BACKGROUND[0] = Background.from_bytes(data) if data else None
+
+
 def _encode_block(job: tuple[dict[str, Any], list[str], int, int, dict[str, Any]]) -> bytes:
     """Encoded index rows of pages ``start..stop-1`` of a spec's corpus, as Arrow IPC bytes (a worker process)."""
     import pyarrow as pa
@@ -383,7 +393,8 @@ def _encode_block(job: tuple[dict[str, Any], list[str], int, int, dict[str, Any]
     source, _ = source_of({**spec, "ids_only": False})
     encoding = index.EncodingSettings(**encoding_fields)
     schema = index.index_schema(corpora.DIM, f"bench-{spec['corpus']}", "images", encoding)
-    rows = encode_rows(vectors_table(ids, list(source.pages(start, stop))), "bench", schema, encoding)
+    rows = encode_rows(vectors_table(ids, list(source.pages(start, stop))), "bench", schema, encoding,
+                       _WORKER_BACKGROUND[0])
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, rows.schema) as writer:
         writer.write_table(rows)
@@ -393,23 +404,35 @@ def _encode_block(job: tuple[dict[str, Any], list[str], int, int, dict[str, Any]
 def build_parallel(store: Any, spec: dict[str, Any], ids: list[str], first: int, last: int, encoding: Any,
                    block: int = 250) -> None:
     """The index of pages ``first..last-1`` written as :func:`infinity_assets.index.write_index` writes it (the
-    same row encoding, one commit, then the first stage's IVF), the rows encoded by ``spec["workers"]``
-    processes (default 2) while this one writes."""
+    same row encoding, the background learned from the first pages, one commit, then the first stage's IVF),
+    the rows encoded by ``spec["workers"]`` processes (default 2) while this one writes."""
     import multiprocessing
     from dataclasses import asdict
 
     import pyarrow as pa
 
     from infinity_assets import index
+    from infinity_assets.index import background
+    from infinity_assets.index.bulk import learn_background
 
-    schema = index.index_schema(corpora.DIM, f"bench-{spec['corpus']}", "images", encoding)
+    found = None
+    if encoding.background_share < 1.0 and last - first >= encoding.background_pages:
+        source, _ = source_of({**spec, "ids_only": False})
+        started = time.perf_counter()
+        found = learn_background(store, "images", list(source.pages(first, min(last, first + background.TRAIN_PAGES))),
+                                 encoding)
+        print(f"    background learned in {time.perf_counter() - started:.0f} s: {len(found.centres)} clusters",
+              flush=True)
+    schema = index.index_schema(corpora.DIM, f"bench-{spec['corpus']}", "images", encoding,
+                                found.name if found else "")
     jobs = [({k: v for k, v in spec.items() if k in ("corpus", "pages", "mix", "cached", "needles")},
              ids[a:min(last, a + block)], a, min(last, a + block), asdict(encoding)) for a in range(first, last, block)]
 
     def batches():
         # one BLAS thread per worker: the workers are the parallelism (two BLAS threads each spin on 2 cores)
         os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
-        with multiprocessing.get_context("spawn").Pool(spec.get("workers", 2)) as pool:
+        with multiprocessing.get_context("spawn").Pool(spec.get("workers", 2), _set_background,
+                                                       (found.to_bytes() if found else None,)) as pool:
             for done, payload in enumerate(pool.imap(_encode_block, jobs)):
                 yield from pa.ipc.open_stream(payload).read_all().to_batches()
                 if done % 40 == 0:
@@ -418,21 +441,6 @@ def build_parallel(store: Any, spec: dict[str, Any], ids: list[str], first: int,
 
     index.connect(store).create_table("images", data=pa.RecordBatchReader.from_batches(schema, batches()),
                                       schema=schema, mode="overwrite")
-
-
-def assemble(target: str, parts: list[str]) -> None:
-    """One index table holding the rows of the part builds at ``parts`` (in order), at ``target``: the rows
-    a single build of all their pages writes (each row is encoded alone), made by copying, not encoding."""
-    import lancedb
-    import pyarrow as pa
-
-    index = Path(target) / "index"
-    shutil.rmtree(index, ignore_errors=True)
-    shutil.copytree(Path(parts[0]) / "index", index)
-    table = lancedb.connect(str(index)).open_table("images")
-    for part in parts[1:]:
-        dataset = lancedb.connect(str(Path(part) / "index")).open_table("images").to_lance()
-        table.add(pa.RecordBatchReader.from_batches(dataset.schema, dataset.to_batches(batch_size=256)))
 
 
 def _replicate(store: Any, spec: dict[str, Any]) -> dict[str, Any]:

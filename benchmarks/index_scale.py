@@ -87,39 +87,14 @@ FAST_PLAID = ("does not install with torch pinned to 2.13.0: fast-plaid 1.7.0 re
               "1.1.0 the resolver falls back to crashes (SIGSEGV) in create() against torch 2.13")
 
 
-def _engine_version(previous: bool = False) -> str:
+def _engine_version() -> str:
     """The row format and default encoding of the two-stage index: a cached build is reused by any code that
-    writes the same rows (a change of the search code, or of the first-stage sidecar, does not rebuild);
-    ``previous``: the row format before (whose builds :func:`_upgrade` brings to this one)."""
+    writes the same rows (a change of the search code, or of the first-stage sidecar, does not rebuild)."""
     from infinity_assets.index.rows import ROW_FORMAT
     from infinity_assets.index.schema import EncodingSettings
 
-    digest = hashlib.sha256(f"{ROW_FORMAT - previous}:{EncodingSettings().rows_json()}".encode())
+    digest = hashlib.sha256(f"{ROW_FORMAT}:{EncodingSettings().rows_json()}".encode())
     return digest.hexdigest()[:12]
-
-
-def _upgrade(old: Path, new: Path) -> None:
-    """Bring a finished build of the previous row format (``old``) to this one, as the next sync would: the
-    columns it lacks are computed from its rows (``pooled``, from ``embedding``), then the folder is renamed
-    ``new``; its ``built.json`` keeps the build's own time and records the upgrade's."""
-    from infinity_assets import index
-    from infinity_assets.index.sync import add_missing_columns
-    from infinity_assets.storage.documents import DocumentStore
-
-    marker = old / "built.json"
-    if new.exists() or not marker.exists():
-        return
-    started = time.perf_counter()
-    store = DocumentStore(str(old))
-    table = index.open_table(store, "images")
-    model, hidden_dim = index.table_settings(table)
-    encoding = index.table_encoding(table)
-    added = add_missing_columns(table, index.index_schema(hidden_dim, model, "images", encoding), encoding)
-    info = json.loads(marker.read_text())
-    info["upgraded"] = {"columns": added, "seconds": time.perf_counter() - started, "rows": table.count_rows()}
-    marker.write_text(json.dumps(info))
-    old.rename(new)
-    print(f"  upgraded {old.name} -> {new.name}: {info['upgraded']}", flush=True)
 
 
 def _build_root(engine: str, name: str, version: str = "") -> str:
@@ -127,8 +102,6 @@ def _build_root(engine: str, name: str, version: str = "") -> str:
     sync upgrades a user's index: :func:`infinity_assets.index.sync.add_missing_columns`), older versions of
     the same build are removed (disk is shared)."""
     folder = BUILDS / f"{engine}-{name}"
-    if version and engine == "two-stage":
-        _upgrade(BUILDS / f"{engine}-{name}-{_engine_version(previous=True)}", BUILDS / f"{engine}-{name}-{version}")
     if version:
         for stale in BUILDS.glob(f"{engine}-{name}-*"):
             if not stale.name.startswith(f"{engine}-{name}-{version}"):  # (its -partN folders too)
@@ -362,7 +335,7 @@ def table_sync(cfg: dict[str, Any]) -> dict[str, Any]:
     import pyarrow as pa
 
     from infinity_assets import index
-    from infinity_assets.index import ivf
+    from infinity_assets.index import background, ivf
     from infinity_assets.index.compaction import compact
     from infinity_assets.index.rows import encode_rows, vectors_table
     from infinity_assets.index.sync import DEFAULT_CLEANUP_OLDER_THAN
@@ -374,13 +347,14 @@ def table_sync(cfg: dict[str, Any]) -> dict[str, Any]:
     source = corpora.SyntheticSource(corpora.SyntheticPages(), cached=top)
     table = index.open_table(store, "images")
     encoding = index.table_encoding(table)
-    schema = index.index_schema(corpora.DIM, "bench-synthetic", "images", encoding)
+    found = background.load(store, "images", index.table_background(table))
+    schema = index.index_schema(corpora.DIM, "bench-synthetic", "images", encoding, found.name)
     pages = np.sort(np.random.default_rng(3).choice(top, changed, replace=False))
     timings: dict[str, float] = {}
     started = time.perf_counter()
     rows = encode_rows(vectors_table([corpora.doc_id(int(p)) for p in pages],
                                      [np.asarray(source.pages(int(p), int(p) + 1)[0], np.float32) for p in pages]),
-                       "bench", schema, encoding)
+                       "bench", schema, encoding, found)
     timings["encode"] = time.perf_counter() - started
     started = time.perf_counter()
     result = table.merge_insert(["partition", "doc_id"]).when_matched_update_all().when_not_matched_insert_all() \

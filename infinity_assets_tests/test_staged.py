@@ -188,8 +188,8 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     (folder,) = [f for f in copies.glob("*/*") if f.is_dir()]
     (want, table_bytes), (got, copy_bytes) = answers(plain), answers(copied)
     assert got == want and all(h.source_uri and h.doc_id for hits in got for h in hits)
-    assert sorted(f.name for f in folder.iterdir()) == ["addresses.npy", "bits.u1", "hits.arrow", "offsets.npy",
-                                                        "pooled.i8"]
+    assert sorted(f.name for f in folder.iterdir()) == ["addresses.npy", "bits.offsets.npy", "bits.u1", "hits.arrow",
+                                                        "pooled.i8", "pooled.offsets.npy"]
     assert copied.staged.resident.token_bits is None  # stage 2's codes were read from the copy, not held
     held = index.IndexReader(store, "text", local_copy=str(copies), hold_bits=True)
     assert held.staged.local_copy.ready(timeout=60) and answers(held)[0] == want
@@ -432,13 +432,15 @@ SYNC_SCRIPT = """
 import sys
 from infinity_assets import index
 from infinity_assets.storage.documents import DocumentStore
-index.sync_index(DocumentStore(sys.argv[1]), "text")
+index.sync_index(DocumentStore(sys.argv[1]), "text", encoding=index.EncodingSettings(background_pages=10))
 """
+#: The table learns its background at its first build (10 pages): the killed sync is an incremental one.
+LEARNED = EncodingSettings(background_pages=10)
 
 
 def test_a_sync_killed_mid_write_leaves_the_last_committed_version_searchable(tmp_path):
     rng = np.random.default_rng(8)
-    store = small_index(tmp_path)
+    store = small_index(tmp_path, LEARNED)
     query = rng.standard_normal((3, DIM)).astype(np.float32)
     before = index.IndexReader(store, "text")
     answer, version = keys(before.search(query, k=5)), before.version
@@ -459,5 +461,5 @@ def test_a_sync_killed_mid_write_leaves_the_last_committed_version_searchable(tm
     after = index.IndexReader(store, "text")
     assert after.version == version and after.rows == 10
     assert keys(after.search(query, k=5)) == answer
-    finished = index.sync_index(store, "text")  # the lock died with the process: the next sync completes
-    assert finished.inserted == 3_000 and index.IndexReader(store, "text").rows == 3_010
+    finished = index.sync_index(store, "text", encoding=LEARNED)  # the lock died with the process: it completes
+    assert not finished.rebuilt and finished.inserted == 3_000 and index.IndexReader(store, "text").rows == 3_010

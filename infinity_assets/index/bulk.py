@@ -8,15 +8,17 @@ same store and modality makes it equal to the artifacts again (removing these ro
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from infinity_assets.index import ivf
+from infinity_assets.index import background, ivf
+from infinity_assets.index.background import Background
 from infinity_assets.index.lock import WriterLock
-from infinity_assets.index.rows import encode_rows, vectors_table
+from infinity_assets.index.rows import encode_rows, pooled_tokens, unit_vectors, vectors_table
 from infinity_assets.index.schema import (
     INDEX_DIR,
     TABLES,
@@ -25,6 +27,7 @@ from infinity_assets.index.schema import (
     index_schema,
     index_uri,
     open_table,
+    table_background,
     table_encoding,
     table_settings,
 )
@@ -39,37 +42,54 @@ def write_index(store: DocumentStore, modality: str,
     """Write ``(doc_ids, vectors)`` batches (each vector array ``(n_i, hidden_dim)``, float32 or float16) as
     index rows of ``partition``, in one commit, under the index's writer lock.
 
-    ``append=False`` replaces the table (``create_table(mode="overwrite")``); ``append=True`` adds the rows
-    to the existing table, which must have the same model, hidden_dim and encoding (None: the defaults).
+    ``append=False`` replaces the table (``create_table(mode="overwrite")``), its background learned from the
+    first :data:`~infinity_assets.index.background.TRAIN_PAGES` pages when the batches hold at least
+    ``background_pages``; ``append=True`` adds the rows to the existing table, which must have the same model,
+    hidden_dim and encoding (None: the defaults), encoded with its background.
     """
     started = time.monotonic()
     encoding = encoding or EncodingSettings()
-    schema = index_schema(hidden_dim, model, modality, encoding)
     report = SyncReport(modality=modality, uri=f"{index_uri(store)}/{TABLES[modality]}.lance", model=model,
                         hidden_dim=hidden_dim, encoding=encoding)
     counted = [0]
 
-    def rows() -> Iterator[pa.RecordBatch]:
+    def checked() -> Iterator[tuple[Sequence[str], Sequence[np.ndarray]]]:
         for doc_ids, vectors in batches:
             if any(v.ndim != 2 or v.shape[1] != hidden_dim for v in vectors):
                 raise ValueError(f"write_index: a batch holds vectors that are not (n, {hidden_dim})")
             counted[0] += len(doc_ids)
-            yield from encode_rows(vectors_table(doc_ids, vectors), partition, schema, encoding).to_batches()
+            yield doc_ids, vectors
+
+    def rows(pending: Iterable[tuple[Sequence[str], Sequence[np.ndarray]]], schema: pa.Schema,
+             found: Background | None) -> Iterator[pa.RecordBatch]:
+        for doc_ids, vectors in pending:
+            yield from encode_rows(vectors_table(doc_ids, vectors), partition, schema, encoding, found).to_batches()
 
     with WriterLock(store.fs, store.path(INDEX_DIR), is_s3=store.is_s3, timeout=lock_timeout) as lock:
         report.lock_wait_seconds = lock.waited
-        reader = pa.RecordBatchReader.from_batches(schema, rows())
         table = open_table(store, modality) if append else None
         if table is not None:
             if table_settings(table) != (model, hidden_dim) or not encoding.same_rows(table_encoding(table)):
                 raise ValueError(f"write_index(append=True): the {modality} index was built with other settings "
                                  f"({table_settings(table)}, {table_encoding(table)})")
+            name = table_background(table)
+            found = background.load(store, modality, name) if name else None
+            schema = index_schema(hidden_dim, model, modality, encoding, name)
             lock.check()
             report.added_columns = add_missing_columns(table, schema, encoding)
-            table.add(reader)
+            table.add(pa.RecordBatchReader.from_batches(schema, rows(checked(), schema, found)))
         else:
+            pending = checked()
+            first = _first_pages(pending)
+            found = None
+            if encoding.background_share < 1.0 and sum(len(ids) for ids, _ in first) >= encoding.background_pages:
+                found = learn_background(store, modality, [v for _, vectors in first for v in vectors], encoding)
+            schema = index_schema(hidden_dim, model, modality, encoding, found.name if found else "")
+            reader = pa.RecordBatchReader.from_batches(schema, rows(itertools.chain(first, pending), schema, found))
             lock.check()
             table = connect(store).create_table(TABLES[modality], data=reader, schema=schema, mode="overwrite")
+            background.prune(store, modality, keep=table_background(table))
+        report.background = background.summary(found)
         report.inserted = counted[0]
         report.rows = table.count_rows()
         report.version = table.version
@@ -78,3 +98,27 @@ def write_index(store: DocumentStore, modality: str,
     report.lock_held = lock.held
     report.seconds = time.monotonic() - started
     return report
+
+
+def _first_pages(batches: Iterator[tuple[Sequence[str], Sequence[np.ndarray]]]) -> list[tuple[Sequence[str],
+                                                                                               Sequence[np.ndarray]]]:
+    """The first batches of ``batches`` that hold :data:`~infinity_assets.index.background.TRAIN_PAGES` pages
+    (or all of them), taken from the iterator."""
+    first, pages = [], 0
+    for batch in batches:
+        first.append(batch)
+        pages += len(batch[0])
+        if pages >= background.TRAIN_PAGES:
+            break
+    return first
+
+
+def learn_background(store: DocumentStore, modality: str, vectors: Sequence[np.ndarray],
+                     encoding: EncodingSettings) -> Background:
+    """The background clusters of pages given as token-vector arrays (:func:`background.learn` on their pooled
+    tokens), saved beside the table of ``modality``."""
+    stored, offsets = pooled_tokens(*unit_vectors(vectors_table([str(i) for i in range(len(vectors))],
+                                                                vectors).column("embedding")), encoding)
+    learned = background.learn(stored, offsets, encoding.background_share, encoding.fde_seed)
+    background.save(store, modality, learned)
+    return learned

@@ -192,7 +192,7 @@ def update(store: Any, modality: str, table: Any, encoding: EncodingSettings) ->
         lists = assign(codes, centroids, bytes_per_rep)
         means = bit_means(codes, lists, count)
         centroids_name, trained_rows = f"centroids-{uuid.uuid4().hex}.npz", rows
-        _write_bytes(fs, f"{base}/{centroids_name}", _npz(centroids=centroids, means=means.astype(np.float16)))
+        write_whole(fs, f"{base}/{centroids_name}", _npz(centroids=centroids, means=means.astype(np.float16)))
         report.update(trained=True, assigned=rows)
     elif len(todo):
         centroids = _load_npz(fs, f"{base}/{centroids_name}")["centroids"]
@@ -204,7 +204,7 @@ def update(store: Any, modality: str, table: Any, encoding: EncodingSettings) ->
     out = out.replace_schema_metadata({META: json.dumps(meta).encode()})
     sink = io.BytesIO()
     pq.write_table(out, sink)
-    _write_bytes(fs, f"{base}/v{dataset.version:012d}.parquet", sink.getvalue())
+    write_whole(fs, f"{base}/v{dataset.version:012d}.parquet", sink.getvalue())
     _prune(fs, base, keep=(dataset.version, centroids_name))
     report["seconds"] = time.perf_counter() - started
     return report
@@ -279,7 +279,7 @@ def _load_npz(fs: Any, path: str) -> dict[str, np.ndarray]:
         return dict(np.load(io.BytesIO(handle.read())))
 
 
-def _write_bytes(fs: Any, path: str, data: bytes) -> None:
+def write_whole(fs: Any, path: str, data: bytes) -> None:
     """Write ``data`` at ``path`` whole or not at all (a temporary name, then a rename; one PUT on S3)."""
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     if getattr(fs, "protocol", None) in ("s3", ("s3", "s3a")) or "s3" in str(getattr(fs, "protocol", "")):

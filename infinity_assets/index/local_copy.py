@@ -8,8 +8,9 @@ that reads the copy, instead of each reader's memory.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8),
-``addresses.npy`` (their row addresses, ascending), ``offsets.npy`` (row ``j`` owns tokens
-``offsets[j]:offsets[j + 1]`` of both) and ``hits.arrow`` (the carried columns, one row per copied row, an
+``addresses.npy`` (their row addresses, ascending), ``bits.offsets.npy`` and ``pooled.offsets.npy``
+(row ``j`` owns tokens ``offsets[j]:offsets[j + 1]`` of each file; ``bits`` leaves out the table's background
+tokens, :mod:`~infinity_assets.index.background`) and ``hits.arrow`` (the carried columns, one row per copied row, an
 Arrow IPC file read memory-mapped). Once made, the column files are read through once, into the OS page
 cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first). A fragment's
 data files never change and its rows are only ever deleted, so a copy named after the fragment's data files
@@ -43,6 +44,8 @@ ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY"
 DEFAULT_DIRECTORY = "~/.cache/infinity-assets/index"
 #: The copied columns: file name and bytes per token as a multiple of ``hidden_dim`` (numerator, denominator).
 COLUMNS = {"bits": ("bits.u1", 1, 8), "pooled": ("pooled.i8", 1, 1)}
+#: Raised when the files of a copy change meaning (a copy of another format is made again, not misread).
+FORMAT = 2
 #: The file that holds the carried columns.
 HITS_FILE = "hits.arrow"
 #: Concurrent ``preadv`` calls per read (a cold local disk serves several reads at once).
@@ -115,7 +118,7 @@ class LocalCopy:
         ``pooled``: ``(n, hidden_dim)`` int8), document ``i`` owning ``offsets[i]:offsets[i + 1]``."""
         name, numerator, denominator = COLUMNS[column]
         width = self.hidden_dim * numerator // denominator
-        ranges = [self._fragments[number].ranges(local) for number, local in fragment_rows]
+        ranges = [self._fragments[number].ranges(local, column) for number, local in fragment_rows]
         starts = np.concatenate([r[0] for r in ranges]) if ranges else np.zeros(0, np.int64)
         counts = np.concatenate([r[1] for r in ranges]) if ranges else np.zeros(0, np.int64)
         files = [self._fragments[number].files[name] for number, _ in fragment_rows]
@@ -169,7 +172,7 @@ class _FragmentCopy:
 
     def __init__(self, folder: Path, live_rows: np.ndarray) -> None:
         self.folder = folder
-        self.offsets = np.load(folder / "offsets.npy")
+        self.offsets = {column: np.load(folder / f"{column}.offsets.npy") for column in COLUMNS}
         self.files = {name: os.open(folder / name, os.O_RDONLY) for name, _, _ in COLUMNS.values()}
         self.hits = pa.ipc.open_file(pa.memory_map(str(folder / HITS_FILE))).read_all()
         self.rows = live_rows  # position among the fragment's live rows -> row of the copy
@@ -186,12 +189,12 @@ class _FragmentCopy:
         """The fragment's copy under ``root`` (with the ``carry`` columns), written first if there is none (or
         it lacks a live row)."""
         files = sorted(str(getattr(f, "path", f)) for f in fragment.data_files())
-        name = hashlib.sha256(f"{fragment.fragment_id}:{files}:{list(carry)}".encode()).hexdigest()[:16]
+        name = hashlib.sha256(f"{FORMAT}:{fragment.fragment_id}:{files}:{list(carry)}".encode()).hexdigest()[:16]
         live = np.concatenate([batch.column("_rowaddr").to_numpy() for batch in
                                fragment.to_batches(columns=[], with_row_address=True)] or [np.zeros(0, np.uint64)])
         folder = root / name
         for _ in range(2):
-            if (folder / "offsets.npy").exists():
+            if (folder / "addresses.npy").exists():
                 addresses = np.load(folder / "addresses.npy")
                 rows = np.searchsorted(addresses, live)
                 if np.all(rows < len(addresses)) and np.array_equal(addresses[np.minimum(rows, len(addresses) - 1)], live):
@@ -200,10 +203,10 @@ class _FragmentCopy:
             _write(root, folder, fragment, carry)
         raise RuntimeError(f"the local copy of fragment {fragment.fragment_id} does not hold its live rows")
 
-    def ranges(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(first token, token count)`` in the column files of the rows at these live positions."""
-        rows = self.rows[np.asarray(local, np.int64)]
-        return self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
+    def ranges(self, local: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(first token, token count)`` in ``column``'s file of the rows at these live positions."""
+        rows, offsets = self.rows[np.asarray(local, np.int64)], self.offsets[column]
+        return offsets[rows], offsets[rows + 1] - offsets[rows]
 
 
 def _read_through(fd: int, buffer: bytearray) -> None:
@@ -230,7 +233,7 @@ def _write(root: Path, folder: Path, fragment: Any, carry: tuple[str, ...]) -> N
     temporary folder, renamed)."""
     temporary = Path(tempfile.mkdtemp(prefix=".copy-", dir=root))
     try:
-        addresses, lengths = [], []
+        addresses, lengths = [], {column: [] for column in COLUMNS}
         schema = pa.schema([fragment.schema.field(name) for name in carry])
         with ExitStack() as files:
             outputs = {column: files.enter_context(open(temporary / name, "wb"))
@@ -241,21 +244,18 @@ def _write(root: Path, folder: Path, fragment: Any, carry: tuple[str, ...]) -> N
                 hits.write_table(pa.table([batch.column(name) for name in carry], schema=schema))
                 for column, out in outputs.items():
                     values, offsets = token_rows(batch.column(column))
-                    if column == "pooled" and not np.array_equal(np.diff(offsets), lengths[-1]):
-                        raise ValueError("the bits and pooled columns hold different token counts")
-                    out.write(values.tobytes())
-                    if column == "bits":
-                        lengths.append(np.diff(offsets))
+                    out.write(values[:offsets[-1]].tobytes())
+                    lengths[column].append(np.diff(offsets))
                 addresses.append(batch.column("_rowaddr").to_numpy())
-        counts = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-        token_offsets = np.zeros(len(counts) + 1, np.int64)
-        np.cumsum(counts, out=token_offsets[1:])
+        for column, pieces in lengths.items():
+            token_offsets = np.zeros(sum(len(p) for p in pieces) + 1, np.int64)
+            np.cumsum(np.concatenate(pieces) if pieces else np.zeros(0, np.int64), out=token_offsets[1:])
+            np.save(temporary / f"{column}.offsets.npy", token_offsets)
         np.save(temporary / "addresses.npy", np.concatenate(addresses) if addresses else np.zeros(0, np.uint64))
-        np.save(temporary / "offsets.npy", token_offsets)
         try:
             temporary.rename(folder)
         except OSError:  # another reader's copy landed first
-            if not (folder / "offsets.npy").exists():
+            if not (folder / "addresses.npy").exists():
                 raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from infinity_assets.index.background import Background
 from infinity_assets.index.binary import pack_signs
 from infinity_assets.index.fde import document_codes
 from infinity_assets.index.kernels import quantize_int8
@@ -20,7 +21,7 @@ from infinity_assets.index.schema import EncodingSettings
 
 ENCODED_COLUMNS = ("fde", "bits", "embedding", "pooled")
 #: Raised when the code below writes other rows for the same settings (benchmarks key their cached builds on it).
-ROW_FORMAT = 4
+ROW_FORMAT = 5
 
 
 def token_rows(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -49,22 +50,43 @@ def _unit_rows(values: np.ndarray) -> np.ndarray:
     return vectors
 
 
-def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> dict[str, pa.Array]:
+def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings,
+                    background: Background | None = None) -> dict[str, pa.Array]:
     """The ``fde``, ``bits``, ``embedding`` and ``pooled`` columns of documents given as unit ``vectors`` and
-    ``offsets`` (the FDE of the pooled tokens or of every token, as ``encoding.fde_source`` says)."""
-    pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)
-    stored = quantize_int8(pooled)
+    ``offsets``: ``fde`` and ``bits`` encode the pooled tokens but those of the table's ``background``
+    (:func:`foreground_tokens`; ``fde`` encodes every token instead when ``encoding.fde_source`` says so)."""
+    stored, pooled_offsets = pooled_tokens(vectors, offsets, encoding)
+    foreground, foreground_offsets = foreground_tokens(stored, pooled_offsets, background)
     if encoding.fde_source == "pooled":
-        codes = fde_codes(stored, pooled_offsets, encoding)
+        codes = fde_codes(foreground, foreground_offsets, encoding)
     else:
         codes = document_codes(encoding.fde(vectors.shape[1]), vectors, offsets)
     originals = vectors.astype(np.float16 if encoding.originals == "float16" else np.float32)
     return {
         "fde": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel()), codes.shape[1]),
-        "bits": _vector_lists(pooled_offsets, pack_signs(pooled)),
+        "bits": _vector_lists(foreground_offsets, pack_signs(foreground)),
         "embedding": _vector_lists(offsets, originals),
         "pooled": _vector_lists(pooled_offsets, stored),
     }
+
+
+def pooled_tokens(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, offsets)`` of the ``pooled`` column of documents given as unit ``vectors`` and ``offsets``:
+    their pooled tokens (:mod:`~infinity_assets.index.pooling`) as int8 rows."""
+    pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)
+    return quantize_int8(pooled), pooled_offsets
+
+
+def foreground_tokens(pooled: np.ndarray, offsets: np.ndarray,
+                      background: Background | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, offsets)``: the documents' int8 ``pooled`` rows but those of the ``background`` clusters
+    (:meth:`Background.foreground`; None: all of them), what ``fde`` and ``bits`` encode."""
+    if background is None:
+        return pooled, offsets
+    keep = background.foreground(pooled, offsets)
+    kept = np.zeros(len(offsets), np.int64)
+    np.cumsum(np.add.reduceat(keep.astype(np.int64), offsets[:-1]), out=kept[1:])
+    return pooled[keep], kept
 
 
 def fde_codes(pooled: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> np.ndarray:
@@ -77,9 +99,8 @@ def pooled_column(embedding: pa.Array | pa.ChunkedArray, encoding: EncodingSetti
     """The ``pooled`` column of rows that lack it, from their stored ``embedding`` (an index written before the
     column existed gets it this way, without re-reading artifacts): the same pooling as
     :func:`encoded_columns`, on the stored (float16 by default) originals."""
-    vectors, offsets = unit_vectors(embedding)
-    pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)
-    return _vector_lists(pooled_offsets, quantize_int8(pooled))
+    stored, pooled_offsets = pooled_tokens(*unit_vectors(embedding), encoding)
+    return _vector_lists(pooled_offsets, stored)
 
 
 def _vector_lists(offsets: np.ndarray, rows: np.ndarray) -> pa.ListArray:
@@ -88,15 +109,16 @@ def _vector_lists(offsets: np.ndarray, rows: np.ndarray) -> pa.ListArray:
                                     pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), rows.shape[1]))
 
 
-def encode_rows(group: pa.Table, partition: str, schema: pa.Schema, encoding: EncodingSettings) -> pa.Table:
+def encode_rows(group: pa.Table, partition: str, schema: pa.Schema, encoding: EncodingSettings,
+                background: Background | None = None) -> pa.Table:
     """Artifact rows as index rows: the partition added, page columns null when the artifact has none, the
-    vectors encoded. Raises ValueError naming a document without vectors."""
+    vectors encoded (with the table's ``background``). Raises ValueError naming a document without vectors."""
     vectors, offsets = unit_vectors(group.column("embedding"))
     empty = np.flatnonzero(np.diff(offsets) == 0)
     if len(empty):
         raise ValueError(f"document {group.column('doc_id')[int(empty[0])].as_py()!r} of partition {partition!r} "
                          "has no vectors: it cannot be indexed; re-embed the partition")
-    encoded = encoded_columns(vectors, offsets, encoding)
+    encoded = encoded_columns(vectors, offsets, encoding, background)
     columns = []
     for target in schema:
         if target.name == "partition":

@@ -37,6 +37,8 @@ TABLES: dict[str, str] = {modality.value: modality.table for modality in MODALIT
 META_MODEL = b"infinity_assets.model"
 META_HIDDEN_DIM = b"infinity_assets.hidden_dim"
 META_ENCODING = b"infinity_assets.encoding"
+#: The table's background clusters (:mod:`infinity_assets.index.background`), empty until learned.
+META_BACKGROUND = b"infinity_assets.background"
 KEY_COLUMNS = ["partition", "doc_id"]
 VERSION_COLUMNS = ["fingerprint", "embedded_at"]
 PAGE_COLUMNS = ["page", "page_text"]
@@ -67,7 +69,10 @@ class EncodingSettings:
     unit token vectors kept for the final rerank and exact search (``float16`` or ``float32``);
     ``fde_lists``: the inverted lists of the first stage's IVF over the FDE codes
     (:mod:`infinity_assets.index.ivf`; 0: chosen from the number of rows). ``fde_lists`` shapes only the IVF
-    beside the table: changing it rebuilds the IVF, not the rows.
+    beside the table: changing it rebuilds the IVF, not the rows. ``background_share``: a cluster of pooled
+    tokens on more than this share of a table's pages is background, left out of ``fde`` and ``bits``
+    (:mod:`infinity_assets.index.background`; 1.0: nothing is); ``background_pages``: the pages a table holds
+    before its background is learned.
     """
 
     fde_repetitions: int = 20
@@ -78,6 +83,8 @@ class EncodingSettings:
     fde_source: str = "pooled"
     originals: str = "float16"
     fde_lists: int = 0
+    background_share: float = 0.2
+    background_pages: int = 1000
 
     ENV_PREFIX = "INFINITY_ASSETS_INDEX_"
 
@@ -91,6 +98,10 @@ class EncodingSettings:
                 raise ValueError(f"index encoding {name}={getattr(self, name)}: must be at least 1")
         if not 0.0 < self.bits_pool_threshold <= 1.0:
             raise ValueError(f"index encoding bits_pool_threshold={self.bits_pool_threshold}: a cosine in (0, 1]")
+        if not 0.0 < self.background_share <= 1.0:
+            raise ValueError(f"index encoding background_share={self.background_share}: a share of pages in (0, 1]")
+        if self.background_pages < 1:
+            raise ValueError(f"index encoding background_pages={self.background_pages}: must be at least 1")
         if self.fde_lists < 0 or self.fde_lists > 65_536:
             raise ValueError(f"index encoding fde_lists={self.fde_lists}: 0 (automatic) or 1-65,536 lists")
         if self.fde_simhash_bits > 12:
@@ -123,8 +134,10 @@ class EncodingSettings:
     @classmethod
     def from_json(cls, text: str) -> EncodingSettings:
         """Parse :meth:`to_json`'s output (a table written before token pooling pooled nothing: 1.0; one written
-        before ``fde_source`` encoded every token; one written before the IVF had the default ``fde_lists``)."""
-        return cls(**{"bits_pool_threshold": 1.0, "fde_source": "tokens", **json.loads(text)})
+        before ``fde_source`` encoded every token; one written before the background left none out: 1.0; one
+        written before the IVF had the default ``fde_lists``)."""
+        return cls(**{"bits_pool_threshold": 1.0, "fde_source": "tokens", "background_share": 1.0,
+                      **json.loads(text)})
 
 
 def _from_env(cls: type, prefix: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -147,8 +160,10 @@ def _from_env(cls: type, prefix: str, overrides: dict[str, Any]) -> dict[str, An
     return values
 
 
-def index_schema(hidden_dim: int, model: str, modality: str, encoding: EncodingSettings | None = None) -> pa.Schema:
-    """The Arrow schema of an index table, with the model, hidden_dim and encoding in its metadata."""
+def index_schema(hidden_dim: int, model: str, modality: str, encoding: EncodingSettings | None = None,
+                 background: str = "") -> pa.Schema:
+    """The Arrow schema of an index table, with the model, hidden_dim, encoding and the name of its
+    background clusters (empty: none learned) in its metadata."""
     encoding = encoding or EncodingSettings()
     code_bytes = encoding.fde(hidden_dim).dimension // 8
     return pa.schema([
@@ -165,6 +180,7 @@ def index_schema(hidden_dim: int, model: str, modality: str, encoding: EncodingS
         pa.field("embedding", pa.list_(pa.list_(ORIGINALS[encoding.originals], hidden_dim)), nullable=False),
         pa.field("pooled", pa.list_(pa.list_(pa.int8(), hidden_dim)), nullable=False),
     ], metadata={META_MODEL: model, META_HIDDEN_DIM: str(hidden_dim), META_ENCODING: encoding.to_json(),
+                 META_BACKGROUND: background,
                  b"infinity_assets.modality": modality, b"infinity_assets.package_version": __version__})
 
 
@@ -221,3 +237,9 @@ def table_encoding(table: Any) -> EncodingSettings | None:
         return EncodingSettings.from_json(raw.decode()) if raw else None
     except (ValueError, TypeError):
         return None
+
+
+def table_background(table: Any) -> str:
+    """The name of an index table's background clusters, "" if it has none (too small when built, from
+    before they existed, or ``background_share=1.0``)."""
+    return (table.schema.metadata or {}).get(META_BACKGROUND, b"").decode()

@@ -256,7 +256,7 @@ class StagedSearch:
             return resident.token_codes(positions)
         if self.local_copy is not None and self.local_copy.ready():
             return self.local_copy.rows(self.taker.by_fragment(positions), column)
-        # rows of a few KB (int8 pooled tokens: ~the bits' count x hidden_dim bytes) when that is known
+        # rows of a few KB (int8 pooled tokens: at least the bits' count x hidden_dim bytes) when that is known
         row_bytes = resident.offsets[-1] / self.rows * self.hidden_dim if resident.token_bits is not None else None
         return token_rows(self.taker.take(positions, [column], row_bytes).column(column).combine_chunks())
 

@@ -8,7 +8,9 @@ one commit, so a search sees the index before or after a sync, never half of one
 touched; running it again writes nothing. The compact columns of the search stages are computed here, from
 the artifacts' vectors (:mod:`infinity_assets.index.rows`). The first build, and a rebuild for a new model,
 hidden_dim or :class:`~infinity_assets.index.schema.EncodingSettings`, is one ``create_table(mode="overwrite")``
-commit streaming every row. A table written before a search column existed (``pooled``) gets it computed from
+commit streaming every row. Rows are encoded with the table's background (:mod:`infinity_assets.index.background`),
+learned by a rebuild from a sample of the artifacts once they hold ``background_pages`` pages: the sync that
+first reaches that size, or finds the background's file gone, rebuilds the table. A table written before a search column existed (``pooled``) gets it computed from
 its own ``embedding`` column (:func:`add_missing_columns`: one commit, no artifact read, no row rewritten). Artifacts made with another model or hidden_dim than the index's are not indexed
 (reported; their rows are removed) until they are re-embedded. Everything happens under the
 :class:`~infinity_assets.index.lock.WriterLock` of the index: one writer at a time, by construction.
@@ -30,14 +32,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infinity_assets import artifacts
-from infinity_assets.index import ivf
+from infinity_assets.index import background, ivf
+from infinity_assets.index.background import Background
 from infinity_assets.index.compaction import compact
 from infinity_assets.index.lock import WriterLock
-from infinity_assets.index.rows import encode_rows, pooled_column
+from infinity_assets.index.rows import encode_rows, pooled_column, pooled_tokens, unit_vectors
 from infinity_assets.index.schema import (
     INDEX_DIR,
     KEY_COLUMNS,
@@ -48,6 +52,7 @@ from infinity_assets.index.schema import (
     index_schema,
     index_uri,
     open_table,
+    table_background,
     table_encoding,
     table_settings,
 )
@@ -80,6 +85,7 @@ class SyncReport:
     encoding: EncodingSettings = field(default_factory=EncodingSettings)
     compaction: dict[str, int] = field(default_factory=dict)  # what maintenance did (compaction.compact)
     first_stage: dict[str, Any] = field(default_factory=dict)  # what the IVF update did (ivf.update)
+    background: dict[str, int] = field(default_factory=dict)  # the table's background clusters (background.py)
     lock_wait_seconds: float = 0.0
     lock_held: tuple[float, float] = (0.0, 0.0)  # wall-clock interval the writer lock was held
     seconds: float = 0.0
@@ -145,13 +151,16 @@ def sync_index(
             return report  # nothing to index yet: no table (search says so)
         rebuild = (table is None or table_settings(table) != (model, hidden_dim)
                    or not encoding.same_rows(table_encoding(table)))
-        schema = index_schema(hidden_dim, model, modality, encoding)
+        found_background, relearned = _background_of(store, modality, None if rebuild else table, usable, encoding)
+        rebuild = rebuild or relearned
+        schema = index_schema(hidden_dim, model, modality, encoding, found_background.name if found_background else "")
         lock.check()
         if rebuild:
             # One commit holding every row: readers see the previous table (or none) until it is complete.
             plan = _plan(usable, _empty_versions())
-            table = db.create_table(TABLES[modality], data=_stream(store, usable, plan, schema, encoding),
-                                    schema=schema, mode="overwrite")
+            rows = _stream(store, usable, plan, schema, encoding, found_background)
+            table = db.create_table(TABLES[modality], data=rows, schema=schema, mode="overwrite")
+            background.prune(store, modality, keep=table_background(table))
             report.rebuilt = table_settings_before is not None
             report.inserted = sum(len(ids) for ids in plan.new.values())
         else:
@@ -166,9 +175,10 @@ def sync_index(
                 merge = table.merge_insert(KEY_COLUMNS).when_matched_update_all().when_not_matched_insert_all()
                 if deletions:
                     merge = merge.when_not_matched_by_source_delete(deletions)
-                result = merge.execute(_stream(store, usable, plan, schema, encoding))
+                result = merge.execute(_stream(store, usable, plan, schema, encoding, found_background))
                 report.inserted, report.updated = result.num_inserted_rows, result.num_updated_rows
                 report.deleted = result.num_deleted_rows
+        report.background = background.summary(found_background)
         report.unchanged = plan.unchanged
         report.partitions_changed = sorted(plan.changed_partitions)
         report.partitions_removed = sorted(plan.removed_partitions)
@@ -324,16 +334,55 @@ def _plan(usable: list[ArtifactRows], indexed: pa.Table, kept: AbstractSet[str] 
 
 
 def _stream(store: DocumentStore, usable: list[ArtifactRows], plan: _Plan, schema: pa.Schema,
-            encoding: EncodingSettings) -> pa.RecordBatchReader:
-    """The rows to write (new and changed), read from the artifacts one row group at a time."""
+            encoding: EncodingSettings, found: Background | None) -> pa.RecordBatchReader:
+    """The rows to write (new and changed), read from the artifacts one row group at a time, encoded with
+    the table's background ``found``."""
     def batches() -> Iterator[pa.RecordBatch]:
         for artifact in usable:
             doc_ids = plan.new.get(artifact.partition, set()) | plan.changed.get(artifact.partition, set())
             if doc_ids:
                 for group in artifacts.iter_rows(store.fs, artifact.path, doc_ids):
-                    yield from encode_rows(group, artifact.partition, schema, encoding).to_batches()
+                    yield from encode_rows(group, artifact.partition, schema, encoding, found).to_batches()
 
     return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _background_of(store: DocumentStore, modality: str, table: Any | None, usable: list[ArtifactRows],
+                   encoding: EncodingSettings) -> tuple[Background | None, bool]:
+    """The background this sync encodes rows with, and whether the table is rebuilt for it: ``table`` (None:
+    one rebuilt anyway) keeps the background it names; one without, that now holds ``background_pages``
+    pages, or whose background file is gone, is rebuilt with a background learned now."""
+    learns = encoding.background_share < 1.0 and sum(a.rows.num_rows for a in usable) >= encoding.background_pages
+    name = table_background(table) if table is not None else ""
+    if name:
+        try:
+            return background.load(store, modality, name), False
+        except FileNotFoundError:
+            pass  # its file is gone: learned again
+    elif table is not None and not learns:
+        return None, False
+    return (_learn_background(store, modality, usable, encoding) if learns else None), True
+
+
+def _learn_background(store: DocumentStore, modality: str, usable: list[ArtifactRows],
+                      encoding: EncodingSettings) -> Background:
+    """The background of the pooled tokens of up to :data:`background.TRAIN_PAGES` pages, from artifacts taken
+    in a seeded random order (saved beside the table)."""
+    order = np.random.default_rng(encoding.fde_seed).permutation(len(usable))
+    tokens, offsets, pages = [], [0], 0
+    for artifact in (usable[i] for i in order):
+        doc_ids = set(sorted(artifact.rows.column("doc_id").to_pylist())[:background.TRAIN_PAGES - pages])
+        for group in artifacts.iter_rows(store.fs, artifact.path, doc_ids):
+            stored, group_offsets = pooled_tokens(*unit_vectors(group.column("embedding")), encoding)
+            tokens.append(stored)
+            offsets.extend((offsets[-1] + group_offsets[1:]).tolist())
+        pages += len(doc_ids)
+        if pages >= background.TRAIN_PAGES:
+            break
+    learned = background.learn(np.concatenate(tokens), np.asarray(offsets, np.int64), encoding.background_share,
+                               encoding.fde_seed)
+    background.save(store, modality, learned)
+    return learned
 
 
 def _delete_predicate(plan: _Plan) -> str | None:

@@ -1,0 +1,165 @@
+"""A corpus's background tokens, left out of what the first two search stages compare.
+
+Many pages of a corpus carry the same tokens: blank patches, margins, a running header. Pooling merges them
+within a page (:mod:`~infinity_assets.index.pooling`), but across the corpus they are on most pages, so in the
+FDE's buckets and in the sign MaxSim they add about the same to every page and drown the few tokens that tell
+pages apart. The index learns them once per table: faiss spherical k-means clusters the pooled tokens of a
+sample of pages, and a cluster is background when more than ``background_share`` of those pages have a
+token near its centre (cosine above :data:`NEAR`).
+A row's tokens near a background centre (cosine above :data:`NEAR`) are left out of its ``fde`` code and its
+``bits`` (a page keeps at least one token); its ``pooled`` and ``embedding`` keep every token, so stages 3 and 4, and the scores a
+search returns, are unchanged. The query is encoded as before.
+
+The clusters are kept beside the table, in ``<index>/<table>.background/<name>.npz`` of the document store,
+named in the table's metadata, and frozen: a sync encodes new and changed rows with the clusters the table
+was built with. A table learns them at its first build with at least ``background_pages`` pages (a smaller
+table leaves nothing out; the sync that brings it to that size rebuilds it once), and again at each rebuild.
+Too few tokens for :data:`MIN_CLUSTERS` clusters (pages of short texts) learn none: nothing is left out.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from infinity_assets.index.ivf import write_whole
+from infinity_assets.index.maxsim import normalized
+from infinity_assets.index.schema import INDEX_DIR, TABLES
+
+#: Clusters learned at most (fewer when the sample holds fewer than :data:`MIN_POINTS` tokens per cluster).
+CLUSTERS = 4096
+#: Clusters learned at least, else none: a few coarse clusters each hold tokens of many topics, which together
+#: are on most pages (pages of a few short texts leave nothing out).
+MIN_CLUSTERS = 1024
+#: Tokens per cluster at least (faiss asks for 39).
+MIN_POINTS = 40
+#: Tokens per cluster the k-means trains on at most (a sample).
+SAMPLE_PER_CLUSTER = 64
+#: Pages whose pooled tokens the clusters are learned from at most.
+TRAIN_PAGES = 2000
+#: Tokens compared with the background centres per block (bounded memory).
+ASSIGN_BLOCK = 1 << 18
+#: A token this close (cosine) to a centroid counts for it in the pages' shares (the pooling's default).
+NEAR = 0.85
+#: Tokens compared with every centroid at once when counting pages (bounded memory: ~128 MB of scores).
+SHARE_BLOCK = 8192
+
+
+@dataclass(frozen=True)
+class Background:
+    """The centres of a table's background clusters, ``(clusters, hidden_dim)`` unit float32 (none: nothing
+    is left out)."""
+
+    centres: np.ndarray
+
+    @property
+    def name(self) -> str:
+        """A name derived from the content (the file's, and what the table's metadata records)."""
+        return f"background-{hashlib.sha256(self.centres.tobytes()).hexdigest()[:16]}"
+
+    def foreground(self, pooled: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Which of the stacked ``pooled`` rows (document ``i`` owns ``offsets[i]:offsets[i + 1]``, at least
+        one each) are not within :data:`NEAR` of a background centre, ``(rows,)`` bool; a document whose tokens
+        all are keeps its first."""
+        keep = np.ones(len(pooled), bool)
+        if not len(self.centres) or not len(pooled):
+            return keep
+        keep = nearest_similarity(self.centres, normalized(pooled.astype(np.float32))) <= NEAR
+        kept = np.add.reduceat(keep.astype(np.int64), offsets[:-1])
+        keep[offsets[:-1][kept == 0]] = True
+        return keep
+
+    def to_bytes(self) -> bytes:
+        """The ``.npz`` file's content."""
+        sink = io.BytesIO()
+        np.savez(sink, centres=self.centres)
+        return sink.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Background:
+        """Read :meth:`to_bytes`'s output."""
+        return cls(np.load(io.BytesIO(data))["centres"])
+
+
+def learn(pooled: np.ndarray, offsets: np.ndarray, share: float, seed: int = 0) -> Background:
+    """The background of a sample of pages given as their stacked ``pooled`` token rows (document ``i`` owns
+    ``offsets[i]:offsets[i + 1]``): the centres of the k-means clusters of those tokens that more than
+    ``share`` of the pages have a token near (:func:`page_shares`)."""
+    import faiss
+
+    unit = normalized(pooled.astype(np.float32))
+    count = min(CLUSTERS, len(unit) // MIN_POINTS)
+    if count < MIN_CLUSTERS:
+        return Background(np.zeros((0, pooled.shape[1]), np.float32))
+    rng = np.random.default_rng(seed)
+    limit = count * SAMPLE_PER_CLUSTER
+    sample = unit if len(unit) <= limit else unit[np.sort(rng.choice(len(unit), limit, replace=False))]
+    kmeans = faiss.Kmeans(unit.shape[1], count, niter=10, spherical=True, seed=seed + 1, verbose=False,
+                          max_points_per_centroid=SAMPLE_PER_CLUSTER)
+    kmeans.train(np.ascontiguousarray(sample))
+    centroids = np.asarray(kmeans.centroids, np.float32)
+    return Background(centroids[page_shares(centroids, unit, offsets) > share])
+
+
+def page_shares(centroids: np.ndarray, unit: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Each centroid's share of the pages (document ``i`` owns unit rows ``offsets[i]:offsets[i + 1]``) with a
+    token within :data:`NEAR` of it, ``(centroids,)`` float64: a near-duplicate background that k-means splits
+    among many centroids is still on most pages for each of them. Pages are taken a block of about
+    :data:`SHARE_BLOCK` tokens at a time."""
+    pages = len(offsets) - 1
+    counts = np.zeros(len(centroids), np.int64)
+    start = 0
+    while start < pages:
+        stop = min(pages, max(start + 1, int(np.searchsorted(offsets, offsets[start] + SHARE_BLOCK, "right")) - 1))
+        near = unit[offsets[start]:offsets[stop]] @ centroids.T > NEAR
+        counts += np.logical_or.reduceat(near, offsets[start:stop] - offsets[start], axis=0).sum(axis=0)
+        start = stop
+    return counts / max(pages, 1)
+
+
+def nearest_similarity(centres: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """Each unit row's cosine to its nearest centre, ``(rows,)`` float32 (faiss, a block at a time)."""
+    import faiss
+
+    search = faiss.IndexFlatIP(centres.shape[1])
+    search.add(np.ascontiguousarray(centres, np.float32))
+    out = np.empty(len(unit), np.float32)
+    for start in range(0, len(unit), ASSIGN_BLOCK):
+        block = np.ascontiguousarray(unit[start:start + ASSIGN_BLOCK])
+        out[start:start + len(block)] = search.search(block, 1)[0][:, 0]
+    return out
+
+
+def summary(found: Background | None) -> dict[str, int]:
+    """What a sync reports of a table's background: how many clusters it has (empty: none learned)."""
+    return {"background_clusters": len(found.centres)} if found is not None else {}
+
+
+def folder(store: Any, modality: str) -> str:
+    """Where the background files of a table live (a path of ``store.fs``)."""
+    return store.path(f"{INDEX_DIR}/{TABLES[modality]}.background")
+
+
+def save(store: Any, modality: str, background: Background) -> None:
+    """Write ``background`` beside the table (whole or not at all), as :attr:`Background.name`."""
+    write_whole(store.fs, f"{folder(store, modality)}/{background.name}.npz", background.to_bytes())
+
+
+def load(store: Any, modality: str, name: str) -> Background:
+    """The background a table's metadata names; FileNotFoundError if its file is gone."""
+    with store.fs.open(f"{folder(store, modality)}/{name}.npz", "rb") as handle:
+        return Background.from_bytes(handle.read())
+
+
+def prune(store: Any, modality: str, keep: str) -> None:
+    """Remove the background files but ``keep``'s (those of earlier builds)."""
+    try:
+        paths = store.fs.ls(folder(store, modality), detail=False)
+    except FileNotFoundError:
+        return
+    for path in paths:
+        if path.rsplit("/", 1)[-1] != f"{keep}.npz":
+            store.fs.rm(path)

@@ -1,0 +1,169 @@
+"""The corpus's background tokens: learned once a table is big enough, kept beside it, left out of the
+``fde`` and ``bits`` columns only (every row, synced or appended, encodes its own pooled tokens but those),
+rebuilt from (never misread) when an older table or a lost file says so, and searches stay exact."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from infinity_assets import index
+from infinity_assets.index import EncodingSettings, SearchSettings, background
+from infinity_assets.index.binary import pack_signs
+from infinity_assets.index.maxsim import normalized
+from infinity_assets.index.rows import fde_codes, foreground_tokens, token_rows
+from infinity_assets.storage.documents import DocumentStore
+
+from .test_staged import DIM, PRUNING, keys, publish
+
+DEFAULT = EncodingSettings()
+TOPICS = normalized(np.random.default_rng(0).standard_normal((300, DIM)).astype(np.float32))
+#: The directions every page carries a token near (its margins, say).
+MARGINS = normalized(np.random.default_rng(1).standard_normal((3, DIM)).astype(np.float32))
+
+
+def page(rng: np.random.Generator, topics: int = 40) -> np.ndarray:
+    """A page: a token near each margin direction, and ``topics`` tokens near topics of its own (enough
+    tokens for 1,000 pages to learn :data:`background.MIN_CLUSTERS` clusters from)."""
+    own = TOPICS[rng.integers(0, len(TOPICS), topics)] + 0.4 / np.sqrt(DIM) * rng.standard_normal((topics, DIM))
+    margins = MARGINS + 0.05 / np.sqrt(DIM) * rng.standard_normal(MARGINS.shape)
+    return normalized(np.concatenate([margins, own]).astype(np.float32))
+
+
+def batch(rng: np.random.Generator, name: str, count: int, topics: int = 40) -> dict[str, np.ndarray]:
+    return {f"{name}-{i}": page(rng, topics) for i in range(count)}
+
+
+def columns(store: DocumentStore) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``fde`` codes, ``bits`` rows and offsets, ``pooled`` rows and offsets of every row of the table."""
+    table = index.open_table(store, "text").to_lance().to_table(columns=["fde", "bits", "pooled"])
+    bits, bit_offsets = token_rows(table.column("bits").combine_chunks())
+    pooled, offsets = token_rows(table.column("pooled").combine_chunks())
+    return np.stack(table.column("fde").to_numpy(zero_copy_only=False)), bits, bit_offsets, pooled, offsets
+
+
+def assert_every_row_encodes_its_foreground(store: DocumentStore, encoding: EncodingSettings) -> np.ndarray:
+    """Each row's ``fde`` and ``bits`` encode its pooled tokens but those of the table's recorded background
+    (all of them when it has none), as a fresh encoding with that background gives; returns each row's
+    count of tokens left out."""
+    table = index.open_table(store, "text")
+    name = index.table_background(table)
+    found = background.load(store, "text", name) if name else None
+    codes, bits, bit_offsets, pooled, offsets = columns(store)
+    kept, kept_offsets = foreground_tokens(pooled, offsets, found)
+    np.testing.assert_array_equal(bit_offsets, kept_offsets)
+    np.testing.assert_array_equal(bits, pack_signs(kept))
+    np.testing.assert_array_equal(codes, fde_codes(kept, kept_offsets, encoding))
+    assert np.all(np.diff(kept_offsets) >= 1), "a row kept no token"
+    return np.diff(offsets) - np.diff(kept_offsets)
+
+
+def test_a_table_learns_its_background_once_big_enough_and_every_sync_encodes_with_it(tmp_path):
+    rng = np.random.default_rng(5)
+    store = DocumentStore(str(tmp_path / "store"))
+    batches = {"a": batch(rng, "a", 600)}
+    publish(store, "a", batches["a"])
+    report = index.sync_index(store, "text", encoding=DEFAULT)
+    assert report.background == {} and index.table_background(index.open_table(store, "text")) == ""
+    assert not assert_every_row_encodes_its_foreground(store, DEFAULT).any()  # too small: nothing left out
+
+    batches["b"] = batch(rng, "b", 600)
+    publish(store, "b", batches["b"])
+    report = index.sync_index(store, "text", encoding=DEFAULT)
+    assert report.rebuilt and report.rows == 1_200, report
+    assert report.background["background_clusters"] >= 1, report.background
+    name = index.table_background(index.open_table(store, "text"))
+    assert name and [p.rsplit("/", 1)[-1] for p in store.fs.ls(background.folder(store, "text"))] == [f"{name}.npz"]
+    assert (assert_every_row_encodes_its_foreground(store, DEFAULT) >= 3).all()  # the margins, on every page
+
+    steps = [  # what changes, and the batch re-embedded
+        ("change documents", lambda: batches["a"].update(batch(rng, "a", 100)), "a"),
+        ("delete documents", lambda: [batches["b"].pop(f"b-{i}") for i in range(0, 600, 2)], "b"),
+        ("add a batch", lambda: batches.update({"c": batch(rng, "c", 100)}), "c"),
+    ]
+    for label, change, partition in steps:
+        change()
+        publish(store, partition, batches[partition])
+        report = index.sync_index(store, "text", encoding=DEFAULT)
+        assert not report.rebuilt and report.unchanged > 0, label
+        assert index.table_background(index.open_table(store, "text")) == name, f"{label}: learned again"
+        assert (assert_every_row_encodes_its_foreground(store, DEFAULT) >= 3).all(), label
+
+    reader = index.IndexReader(store, "text", encoding=DEFAULT)
+    copied = index.IndexReader(store, "text", encoding=DEFAULT, local_copy=str(tmp_path / "copies"))
+    assert copied.staged.local_copy.ready(timeout=60), copied.staged.local_copy.error
+    for partition, doc_id in [(p, d) for p in sorted(batches) for d in sorted(batches[p])][::97]:
+        own = batches[partition][doc_id][3:]
+        query = own + 0.1 / np.sqrt(DIM) * rng.standard_normal(own.shape).astype(np.float32)
+        exact = {(h.partition, h.doc_id): h.score for h in index.exact_hits(store, "text", query, k=2_000)}
+        got = reader.search(query, k=5, settings=SearchSettings())
+        assert keys(got)[0] == (partition, doc_id) == max(exact, key=exact.get)
+        np.testing.assert_allclose([h.score for h in got], [exact[key] for key in keys(got)], rtol=1e-3)
+        pruned, from_copy = reader.search(query, k=5, settings=PRUNING), copied.search(query, k=5, settings=PRUNING)
+        assert keys(from_copy) == keys(pruned) and [h.score for h in from_copy] == [h.score for h in pruned]
+        assert keys(pruned)[0] == (partition, doc_id)
+
+
+def test_a_lost_background_file_is_learned_again_by_a_rebuild_not_guessed(tmp_path):
+    rng = np.random.default_rng(6)
+    store = DocumentStore(str(tmp_path / "store"))
+    publish(store, "a", batch(rng, "a", 1_000))
+    index.sync_index(store, "text")
+    name = index.table_background(index.open_table(store, "text"))
+    store.fs.rm(f"{background.folder(store, 'text')}/{name}.npz")
+    publish(store, "b", batch(rng, "b", 5))
+    report = index.sync_index(store, "text")
+    assert report.rebuilt and report.rows == 1_005 and index.table_background(index.open_table(store, "text"))
+    assert (assert_every_row_encodes_its_foreground(store, DEFAULT) >= 3).all()
+
+
+def test_a_table_from_before_the_background_is_rebuilt_by_the_next_sync(tmp_path):
+    rng = np.random.default_rng(7)
+    store = DocumentStore(str(tmp_path / "store"))
+    publish(store, "a", batch(rng, "a", 1_000))
+    before = EncodingSettings(background_share=1.0)
+    assert index.sync_index(store, "text", encoding=before).background == {}
+    recorded = json.loads(index.open_table(store, "text").schema.metadata[b"infinity_assets.encoding"])
+    del recorded["background_share"], recorded["background_pages"]
+    # how a table written before the setting reads: nothing left out, the default wait
+    assert EncodingSettings.from_json(json.dumps(recorded)) == EncodingSettings(background_share=1.0)
+    assert not assert_every_row_encodes_its_foreground(store, before).any()
+    with pytest.raises(index.SearchIndexError, match="background_share=1.0.* expects .*background_share=0.2"):
+        index.IndexReader(store, "text", encoding=DEFAULT)
+
+    report = index.sync_index(store, "text")
+    assert report.rebuilt and report.background["background_clusters"] >= 1
+    assert index.table_encoding(index.open_table(store, "text")) == DEFAULT
+    assert (assert_every_row_encodes_its_foreground(store, DEFAULT) >= 3).all()
+    with pytest.raises(ValueError, match=r"background_share=0.0: a share of pages in \(0, 1\]"):
+        EncodingSettings(background_share=0.0)
+
+
+def test_write_index_learns_from_its_first_pages_and_an_append_encodes_with_the_tables_background(tmp_path):
+    rng = np.random.default_rng(8)
+    store = DocumentStore(str(tmp_path / "store"))
+    first = [(list(ids), list(vectors.values())) for ids, vectors in
+             ((batch_.keys(), batch_) for batch_ in (batch(rng, f"p{n}", 400) for n in range(3)))]
+    report = index.write_index(store, "text", first, model="m", hidden_dim=DIM, encoding=DEFAULT)
+    name = index.table_background(index.open_table(store, "text"))
+    assert report.rows == 1_200 and name
+    more = batch(rng, "q", 20)
+    index.write_index(store, "text", [(list(more), list(more.values()))], model="m", hidden_dim=DIM,
+                      encoding=DEFAULT, append=True)
+    assert index.open_table(store, "text").count_rows() == 1_220
+    assert index.table_background(index.open_table(store, "text")) == name
+    assert (assert_every_row_encodes_its_foreground(store, DEFAULT) >= 3).all()
+
+
+def test_pages_of_short_texts_leave_nothing_out_and_are_not_rebuilt_again(tmp_path):
+    rng = np.random.default_rng(9)
+    store = DocumentStore(str(tmp_path / "store"))
+    publish(store, "a", batch(rng, "a", 1_100, topics=4))  # ~7,700 tokens: too few for 1,024 clusters
+    report = index.sync_index(store, "text")
+    assert report.background == {"background_clusters": 0}
+    assert index.table_background(index.open_table(store, "text"))  # learned (nothing), so not learned again
+    assert not assert_every_row_encodes_its_foreground(store, DEFAULT).any()
+    publish(store, "b", batch(rng, "b", 10, topics=4))
+    again = index.sync_index(store, "text")
+    assert not again.rebuilt and again.inserted == 10
