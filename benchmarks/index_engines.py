@@ -421,7 +421,7 @@ def build_parallel(store: Any, spec: dict[str, Any], ids: list[str], first: int,
         started = time.perf_counter()
         found = learn_background(store, "images", list(source.pages(first, min(last, first + background.TRAIN_PAGES))),
                                  encoding)
-        print(f"    background learned in {time.perf_counter() - started:.0f} s: {len(found.centres)} clusters",
+        print(f"    background learned in {time.perf_counter() - started:.0f} s: {found.clusters} clusters",
               flush=True)
     schema = index.index_schema(corpora.DIM, f"bench-{spec['corpus']}", "images", encoding,
                                 found.name if found else "")

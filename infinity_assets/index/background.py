@@ -42,32 +42,45 @@ SAMPLE_PER_CLUSTER = 64
 TRAIN_PAGES = 2000
 #: Tokens compared with the background centres per block (bounded memory).
 ASSIGN_BLOCK = 1 << 18
-#: A token this close (cosine) to a centroid counts for it in the pages' shares (the pooling's default).
+#: A cluster's radius at most (cosine; the pooling's default): a near-duplicate is in it however tight the
+#: cluster is.
 NEAR = 0.85
+#: The share of a cluster's members that may lie outside its radius (rare tokens merely nearest its centre).
+OUTLIERS = 0.05
 #: Tokens compared with every centroid at once when counting pages (bounded memory: ~128 MB of scores).
 SHARE_BLOCK = 8192
 
 
 @dataclass(frozen=True)
 class Background:
-    """The centres of a table's background clusters, ``(clusters, hidden_dim)`` unit float32 (none: nothing
-    is left out)."""
+    """A table's token clusters: their centres, ``(clusters, hidden_dim)`` unit float32 (none: nothing is left
+    out), each one's radius, ``(clusters,)`` float32 (the cosine to the centre that a token nearest it must
+    exceed to be in it), and which are background, ``(clusters,)`` bool."""
 
     centres: np.ndarray
+    radii: np.ndarray
+    common: np.ndarray
 
     @property
     def name(self) -> str:
         """A name derived from the content (the file's, and what the table's metadata records)."""
-        return f"background-{hashlib.sha256(self.centres.tobytes()).hexdigest()[:16]}"
+        digest = hashlib.sha256(self.centres.tobytes() + self.radii.tobytes() + self.common.tobytes())
+        return f"background-{digest.hexdigest()[:16]}"
+
+    @property
+    def clusters(self) -> int:
+        """How many clusters are background."""
+        return int(self.common.sum())
 
     def foreground(self, pooled: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Which of the stacked ``pooled`` rows (document ``i`` owns ``offsets[i]:offsets[i + 1]``, at least
-        one each) are not within :data:`NEAR` of a background centre, ``(rows,)`` bool; a document whose tokens
-        all are keeps its first."""
+        one each) are not in a background cluster (nearest its centre, within its radius), ``(rows,)`` bool; a
+        document whose tokens all are keeps its first."""
         keep = np.ones(len(pooled), bool)
-        if not len(self.centres) or not len(pooled):
+        if not self.common.any() or not len(pooled):
             return keep
-        keep = nearest_similarity(self.centres, normalized(pooled.astype(np.float32))) <= NEAR
+        similarity, nearest = nearest_centres(self.centres, normalized(pooled.astype(np.float32)))
+        keep = ~self.common[nearest] | (similarity <= self.radii[nearest])
         kept = np.add.reduceat(keep.astype(np.int64), offsets[:-1])
         keep[offsets[:-1][kept == 0]] = True
         return keep
@@ -75,25 +88,28 @@ class Background:
     def to_bytes(self) -> bytes:
         """The ``.npz`` file's content."""
         sink = io.BytesIO()
-        np.savez(sink, centres=self.centres)
+        np.savez(sink, centres=self.centres, radii=self.radii, common=self.common)
         return sink.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Background:
         """Read :meth:`to_bytes`'s output."""
-        return cls(np.load(io.BytesIO(data))["centres"])
+        arrays = np.load(io.BytesIO(data))
+        return cls(arrays["centres"], arrays["radii"], arrays["common"])
 
 
 def learn(pooled: np.ndarray, offsets: np.ndarray, share: float, seed: int = 0) -> Background:
     """The background of a sample of pages given as their stacked ``pooled`` token rows (document ``i`` owns
-    ``offsets[i]:offsets[i + 1]``): the centres of the k-means clusters of those tokens that more than
-    ``share`` of the pages have a token near (:func:`page_shares`)."""
+    ``offsets[i]:offsets[i + 1]``): the k-means clusters of those tokens that more than ``share`` of the
+    pages have a token in or near (:func:`page_shares`). A cluster's radius is the cosine to its centre that
+    all but :data:`OUTLIERS` of its members exceed, at most :data:`NEAR`: a rare token merely nearest a
+    background centre stays out of it."""
     import faiss
 
     unit = normalized(pooled.astype(np.float32))
     count = min(CLUSTERS, len(unit) // MIN_POINTS)
     if count < MIN_CLUSTERS:
-        return Background(np.zeros((0, pooled.shape[1]), np.float32))
+        return Background(np.zeros((0, pooled.shape[1]), np.float32), np.zeros(0, np.float32), np.zeros(0, bool))
     rng = np.random.default_rng(seed)
     limit = count * SAMPLE_PER_CLUSTER
     sample = unit if len(unit) <= limit else unit[np.sort(rng.choice(len(unit), limit, replace=False))]
@@ -101,41 +117,52 @@ def learn(pooled: np.ndarray, offsets: np.ndarray, share: float, seed: int = 0) 
                           max_points_per_centroid=SAMPLE_PER_CLUSTER)
     kmeans.train(np.ascontiguousarray(sample))
     centroids = np.asarray(kmeans.centroids, np.float32)
-    return Background(centroids[page_shares(centroids, unit, offsets) > share])
+    similarity, nearest = nearest_centres(centroids, unit)
+    radii = np.full(count, NEAR, np.float32)
+    order = np.argsort(nearest, kind="stable")
+    starts = np.searchsorted(nearest[order], np.arange(count + 1))
+    for cluster in np.flatnonzero(np.diff(starts)):
+        members = similarity[order[starts[cluster]:starts[cluster + 1]]]
+        radii[cluster] = min(NEAR, float(np.quantile(members, OUTLIERS)))
+    return Background(centroids, radii, page_shares(centroids, nearest, unit, offsets) > share)
 
 
-def page_shares(centroids: np.ndarray, unit: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def page_shares(centroids: np.ndarray, nearest: np.ndarray, unit: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Each centroid's share of the pages (document ``i`` owns unit rows ``offsets[i]:offsets[i + 1]``) with a
-    token within :data:`NEAR` of it, ``(centroids,)`` float64: a near-duplicate background that k-means splits
-    among many centroids is still on most pages for each of them. Pages are taken a block of about
-    :data:`SHARE_BLOCK` tokens at a time."""
+    token nearest it or within :data:`NEAR` of it, ``(centroids,)`` float64: a near-duplicate background that
+    k-means splits among many centroids is still on most pages for each of them. Pages are taken a block of
+    about :data:`SHARE_BLOCK` tokens at a time."""
     pages = len(offsets) - 1
     counts = np.zeros(len(centroids), np.int64)
     start = 0
     while start < pages:
         stop = min(pages, max(start + 1, int(np.searchsorted(offsets, offsets[start] + SHARE_BLOCK, "right")) - 1))
-        near = unit[offsets[start]:offsets[stop]] @ centroids.T > NEAR
+        first, last = offsets[start], offsets[stop]
+        near = unit[first:last] @ centroids.T > NEAR
+        near[np.arange(last - first), nearest[first:last]] = True
         counts += np.logical_or.reduceat(near, offsets[start:stop] - offsets[start], axis=0).sum(axis=0)
         start = stop
     return counts / max(pages, 1)
 
 
-def nearest_similarity(centres: np.ndarray, unit: np.ndarray) -> np.ndarray:
-    """Each unit row's cosine to its nearest centre, ``(rows,)`` float32 (faiss, a block at a time)."""
+def nearest_centres(centres: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each unit row's cosine to its nearest centre and that centre, ``(rows,)`` float32 and int64 (faiss, a
+    block at a time)."""
     import faiss
 
     search = faiss.IndexFlatIP(centres.shape[1])
     search.add(np.ascontiguousarray(centres, np.float32))
-    out = np.empty(len(unit), np.float32)
+    similarity, nearest = np.empty(len(unit), np.float32), np.empty(len(unit), np.int64)
     for start in range(0, len(unit), ASSIGN_BLOCK):
         block = np.ascontiguousarray(unit[start:start + ASSIGN_BLOCK])
-        out[start:start + len(block)] = search.search(block, 1)[0][:, 0]
-    return out
+        found_similarity, found = search.search(block, 1)
+        similarity[start:start + len(block)], nearest[start:start + len(block)] = found_similarity[:, 0], found[:, 0]
+    return similarity, nearest
 
 
 def summary(found: Background | None) -> dict[str, int]:
     """What a sync reports of a table's background: how many clusters it has (empty: none learned)."""
-    return {"background_clusters": len(found.centres)} if found is not None else {}
+    return {"background_clusters": found.clusters} if found is not None else {}
 
 
 def folder(store: Any, modality: str) -> str:

@@ -43,7 +43,7 @@ def write_index(store: DocumentStore, modality: str,
     index rows of ``partition``, in one commit, under the index's writer lock.
 
     ``append=False`` replaces the table (``create_table(mode="overwrite")``), its background learned from the
-    first :data:`~infinity_assets.index.background.TRAIN_PAGES` pages when the batches hold at least
+    first :data:`~infinity_assets.index.background.TRAIN_PAGES` pages when they are at least
     ``background_pages``; ``append=True`` adds the rows to the existing table, which must have the same model,
     hidden_dim and encoding (None: the defaults), encoded with its background.
     """

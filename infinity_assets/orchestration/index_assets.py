@@ -180,6 +180,7 @@ def _metadata(report: SyncReport) -> dict[str, object]:
         "partitions_skipped": dg.MetadataValue.json([{"partition": p, "reason": r} for p, r in report.skipped[:100]]),
         "rebuilt": report.rebuilt, "model": report.model, "hidden_dim": report.hidden_dim,
         "table_version": report.version, "encoding": dg.MetadataValue.json(asdict(report.encoding)),
+        "background_clusters": report.background.get("background_clusters", 0),
         "compaction": dg.MetadataValue.json(report.compaction), "lock_wait_seconds": round(report.lock_wait_seconds, 2),
         "lock_held_seconds": round(max(0.0, report.lock_held[1] - report.lock_held[0]), 2),
         "seconds": round(report.seconds, 2), "uri": dg.MetadataValue.path(report.uri),
