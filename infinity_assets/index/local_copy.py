@@ -9,9 +9,9 @@ that reads the copy, instead of each reader's memory.
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8),
 ``addresses.npy`` (their row addresses, ascending), ``bits.offsets.npy`` and ``pooled.offsets.npy``
-(row ``j`` owns tokens ``offsets[j]:offsets[j + 1]`` of each file; ``bits`` leaves out the table's background
-tokens, :mod:`~infinity_assets.index.background`) and ``hits.arrow`` (the carried columns, one row per copied row, an
-Arrow IPC file read memory-mapped). Once made, the column files are read through once, into the OS page
+(row ``j`` owns tokens ``offsets[j]:offsets[j + 1]`` of each file; ``bits`` leaves out the table's
+background tokens, :mod:`~infinity_assets.index.background`) and ``hits.arrow`` (the carried columns, one row
+per copied row, an Arrow IPC file read memory-mapped). Once made, the column files are read through once, into the OS page
 cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first). A fragment's
 data files never change and its rows are only ever deleted, so a copy named after the fragment's data files
 serves every later version of the table: a sync that appends a fragment or deletes rows copies only the new
