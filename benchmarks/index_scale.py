@@ -366,8 +366,9 @@ def table_sync(cfg: dict[str, Any]) -> dict[str, Any]:
     source = corpora.SyntheticSource(corpora.SyntheticPages(), cached=top)
     table = index.open_table(store, "images")
     encoding = index.table_encoding(table)
-    found = background.load(store, "images", index.table_background(table))
-    schema = index.index_schema(corpora.DIM, "bench-synthetic", "images", encoding, found.name)
+    name = index.table_background(table)
+    found = background.load(store, "images", name) if name else None
+    schema = index.index_schema(corpora.DIM, "bench-synthetic", "images", encoding, name)
     pages = np.sort(np.random.default_rng(3).choice(top, changed, replace=False))
     timings: dict[str, float] = {}
     started = time.perf_counter()
