@@ -771,7 +771,9 @@ def markdown(results: dict[str, Any]) -> list[str]:
                   f"{loose_results['mix']}", ""]
         lines += _table(loose_results["rows"], {})
     million_results = results.get("million")
-    if million_results:
+    if million_results and "error" in million_results:
+        lines += ["", f"### First stage at 1,000,000 FDE codes: {million_results['error']}"]
+    elif million_results:
         lines += ["", f"### First stage at {million_results['codes']:,} FDE codes", "",
                   "The 100,000-page table's codes and copies with 1/32 of their bits flipped; IVF trained and "
                   "assigned at that size. `flat overlap` = share of the flat scan's candidates the IVF keeps.", "",
@@ -801,7 +803,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
                       "Recall counts any of them as exact (the exact top 10 is not unique); the share each "
                       "stage kept counts only the ground truth's own 10.", ""]
         lines += _table(real_results["rows"], base)
-    model = capacity(results)
+    model = capacity(results) if "rows" in results.get("million", {}) else None  # (a run without the 1M codes)
     if model:
         lines += ["", "### Capacity model (first stage from the measured 1,000,000 codes: the flat scan linear in pages, "
                   "the IVF-probed one like sqrt(pages); the other stages see fixed candidate counts; query RSS: the "
