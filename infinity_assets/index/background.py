@@ -109,7 +109,8 @@ def learn(pooled: np.ndarray, offsets: np.ndarray, share: float, seed: int = 0) 
     unit = normalized(pooled.astype(np.float32))
     count = min(CLUSTERS, len(unit) // MIN_POINTS)
     if count < MIN_CLUSTERS:
-        return Background(np.zeros((0, pooled.shape[1]), np.float32), np.zeros(0, np.float32), np.zeros(0, bool))
+        none = np.zeros((0, pooled.shape[1]), np.float32)
+        return Background(none, np.zeros(0, np.float32), np.zeros(0, bool))
     rng = np.random.default_rng(seed)
     limit = count * SAMPLE_PER_CLUSTER
     sample = unit if len(unit) <= limit else unit[np.sort(rng.choice(len(unit), limit, replace=False))]
@@ -127,7 +128,8 @@ def learn(pooled: np.ndarray, offsets: np.ndarray, share: float, seed: int = 0) 
     return Background(centroids, radii, page_shares(centroids, nearest, unit, offsets) > share)
 
 
-def page_shares(centroids: np.ndarray, nearest: np.ndarray, unit: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def page_shares(centroids: np.ndarray, nearest: np.ndarray, unit: np.ndarray,
+                offsets: np.ndarray) -> np.ndarray:
     """Each centroid's share of the pages (document ``i`` owns unit rows ``offsets[i]:offsets[i + 1]``) with a
     token nearest it or within :data:`NEAR` of it, ``(centroids,)`` float64: a near-duplicate background that
     k-means splits among many centroids is still on most pages for each of them. Pages are taken a block of
@@ -136,7 +138,8 @@ def page_shares(centroids: np.ndarray, nearest: np.ndarray, unit: np.ndarray, of
     counts = np.zeros(len(centroids), np.int64)
     start = 0
     while start < pages:
-        stop = min(pages, max(start + 1, int(np.searchsorted(offsets, offsets[start] + SHARE_BLOCK, "right")) - 1))
+        last_page = int(np.searchsorted(offsets, offsets[start] + SHARE_BLOCK, "right")) - 1
+        stop = min(pages, max(start + 1, last_page))
         first, last = offsets[start], offsets[stop]
         near = unit[first:last] @ centroids.T > NEAR
         near[np.arange(last - first), nearest[first:last]] = True
@@ -156,7 +159,8 @@ def nearest_centres(centres: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, 
     for start in range(0, len(unit), ASSIGN_BLOCK):
         block = np.ascontiguousarray(unit[start:start + ASSIGN_BLOCK])
         found_similarity, found = search.search(block, 1)
-        similarity[start:start + len(block)], nearest[start:start + len(block)] = found_similarity[:, 0], found[:, 0]
+        similarity[start:start + len(block)] = found_similarity[:, 0]
+        nearest[start:start + len(block)] = found[:, 0]
     return similarity, nearest
 
 

@@ -63,7 +63,8 @@ def write_index(store: DocumentStore, modality: str,
     def rows(pending: Iterable[tuple[Sequence[str], Sequence[np.ndarray]]], schema: pa.Schema,
              found: Background | None) -> Iterator[pa.RecordBatch]:
         for doc_ids, vectors in pending:
-            yield from encode_rows(vectors_table(doc_ids, vectors), partition, schema, encoding, found).to_batches()
+            artifact_rows = vectors_table(doc_ids, vectors)
+            yield from encode_rows(artifact_rows, partition, schema, encoding, found).to_batches()
 
     with WriterLock(store.fs, store.path(INDEX_DIR), is_s3=store.is_s3, timeout=lock_timeout) as lock:
         report.lock_wait_seconds = lock.waited
@@ -82,10 +83,12 @@ def write_index(store: DocumentStore, modality: str,
             pending = checked()
             first = _first_pages(pending)
             found = None
-            if encoding.background_share < 1.0 and sum(len(ids) for ids, _ in first) >= encoding.background_pages:
+            pages = sum(len(ids) for ids, _ in first)
+            if encoding.background_share < 1.0 and pages >= encoding.background_pages:
                 found = learn_background(store, modality, [v for _, vectors in first for v in vectors], encoding)
             schema = index_schema(hidden_dim, model, modality, encoding, found.name if found else "")
-            reader = pa.RecordBatchReader.from_batches(schema, rows(itertools.chain(first, pending), schema, found))
+            reader = pa.RecordBatchReader.from_batches(schema,
+                                                       rows(itertools.chain(first, pending), schema, found))
             lock.check()
             table = connect(store).create_table(TABLES[modality], data=reader, schema=schema, mode="overwrite")
             background.prune(store, modality, keep=table_background(table))
@@ -100,8 +103,10 @@ def write_index(store: DocumentStore, modality: str,
     return report
 
 
-def _first_pages(batches: Iterator[tuple[Sequence[str], Sequence[np.ndarray]]]) -> list[tuple[Sequence[str],
-                                                                                               Sequence[np.ndarray]]]:
+Batch = tuple[Sequence[str], Sequence[np.ndarray]]
+
+
+def _first_pages(batches: Iterator[Batch]) -> list[Batch]:
     """The first batches of ``batches`` that hold :data:`~infinity_assets.index.background.TRAIN_PAGES` pages
     (or all of them), taken from the iterator."""
     first, pages = [], 0

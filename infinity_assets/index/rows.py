@@ -70,7 +70,8 @@ def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: Encoding
     }
 
 
-def pooled_tokens(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings) -> tuple[np.ndarray, np.ndarray]:
+def pooled_tokens(vectors: np.ndarray, offsets: np.ndarray,
+                  encoding: EncodingSettings) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, offsets)`` of the ``pooled`` column of documents given as unit ``vectors`` and ``offsets``:
     their pooled tokens (:mod:`~infinity_assets.index.pooling`) as int8 rows."""
     pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)

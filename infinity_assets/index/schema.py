@@ -99,7 +99,8 @@ class EncodingSettings:
         if not 0.0 < self.bits_pool_threshold <= 1.0:
             raise ValueError(f"index encoding bits_pool_threshold={self.bits_pool_threshold}: a cosine in (0, 1]")
         if not 0.0 < self.background_share <= 1.0:
-            raise ValueError(f"index encoding background_share={self.background_share}: a share of pages in (0, 1]")
+            raise ValueError(f"index encoding background_share={self.background_share}: "
+                             "a share of pages in (0, 1]")
         if self.background_pages < 1:
             raise ValueError(f"index encoding background_pages={self.background_pages}: must be at least 1")
         if self.fde_lists < 0 or self.fde_lists > 65_536:

@@ -8,8 +8,8 @@ one commit, so a search sees the index before or after a sync, never half of one
 touched; running it again writes nothing. The compact columns of the search stages are computed here, from
 the artifacts' vectors (:mod:`infinity_assets.index.rows`). The first build, and a rebuild for a new model,
 hidden_dim or :class:`~infinity_assets.index.schema.EncodingSettings`, is one ``create_table(mode="overwrite")``
-commit streaming every row. Rows are encoded with the table's background (:mod:`infinity_assets.index.background`),
-learned by a rebuild from a sample of the artifacts once they hold ``background_pages`` pages: the sync that
+commit streaming every row. Rows are encoded with the table's background
+(:mod:`infinity_assets.index.background`), learned by a rebuild from a sample of the artifacts once they hold ``background_pages`` pages: the sync that
 first reaches that size, or finds the background's file gone, rebuilds the table. A table written before a search column existed (``pooled``) gets it computed from
 its own ``embedding`` column (:func:`add_missing_columns`: one commit, no artifact read, no row rewritten). Artifacts made with another model or hidden_dim than the index's are not indexed
 (reported; their rows are removed) until they are re-embedded. Everything happens under the
@@ -151,9 +151,11 @@ def sync_index(
             return report  # nothing to index yet: no table (search says so)
         rebuild = (table is None or table_settings(table) != (model, hidden_dim)
                    or not encoding.same_rows(table_encoding(table)))
-        found_background, relearned = _background_of(store, modality, None if rebuild else table, usable, encoding)
+        found_background, relearned = _background_of(store, modality, None if rebuild else table, usable,
+                                                     encoding)
         rebuild = rebuild or relearned
-        schema = index_schema(hidden_dim, model, modality, encoding, found_background.name if found_background else "")
+        schema = index_schema(hidden_dim, model, modality, encoding,
+                              found_background.name if found_background else "")
         lock.check()
         if rebuild:
             # One commit holding every row: readers see the previous table (or none) until it is complete.
@@ -352,7 +354,8 @@ def _background_of(store: DocumentStore, modality: str, table: Any | None, usabl
     """The background this sync encodes rows with, and whether the table is rebuilt for it: ``table`` (None:
     one rebuilt anyway) keeps the background it names; one without, that now holds ``background_pages``
     pages, or whose background file is gone, is rebuilt with a background learned now."""
-    learns = encoding.background_share < 1.0 and sum(a.rows.num_rows for a in usable) >= encoding.background_pages
+    pages = sum(artifact.rows.num_rows for artifact in usable)
+    learns = encoding.background_share < 1.0 and pages >= encoding.background_pages
     name = table_background(table) if table is not None else ""
     if name:
         try:
