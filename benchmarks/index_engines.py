@@ -413,14 +413,15 @@ def build_parallel(store: Any, spec: dict[str, Any], ids: list[str], first: int,
 
     from infinity_assets import index
     from infinity_assets.index import background
-    from infinity_assets.index.bulk import learn_background
+    from infinity_assets.index.rows import vectors_table
+    from infinity_assets.index.sync import learn_background
 
     found = None
     if encoding.background_share < 1.0 and last - first >= encoding.background_pages:
         source, _ = source_of({**spec, "ids_only": False})
         started = time.perf_counter()
-        found = learn_background(store, "images", list(source.pages(first, min(last, first + background.TRAIN_PAGES))),
-                                 encoding)
+        sample = list(source.pages(first, min(last, first + background.TRAIN_PAGES)))
+        found = learn_background(store, "images", [vectors_table(ids[first:first + len(sample)], sample)], encoding)
         print(f"    background learned in {time.perf_counter() - started:.0f} s: {found.clusters} clusters",
               flush=True)
     schema = index.index_schema(corpora.DIM, f"bench-{spec['corpus']}", "images", encoding,

@@ -18,7 +18,7 @@ import pyarrow as pa
 from infinity_assets.index import background, ivf
 from infinity_assets.index.background import Background
 from infinity_assets.index.lock import WriterLock
-from infinity_assets.index.rows import encode_rows, pooled_tokens, unit_vectors, vectors_table
+from infinity_assets.index.rows import encode_rows, vectors_table
 from infinity_assets.index.schema import (
     INDEX_DIR,
     TABLES,
@@ -31,12 +31,15 @@ from infinity_assets.index.schema import (
     table_encoding,
     table_settings,
 )
-from infinity_assets.index.sync import SyncReport, add_missing_columns
+from infinity_assets.index.sync import SyncReport, add_missing_columns, learn_background
 from infinity_assets.storage.documents import DocumentStore
+
+#: One batch of pages: their doc_ids and token-vector arrays.
+Batch = tuple[Sequence[str], Sequence[np.ndarray]]
 
 
 def write_index(store: DocumentStore, modality: str,
-                batches: Iterable[tuple[Sequence[str], Sequence[np.ndarray]]], *, model: str, hidden_dim: int,
+                batches: Iterable[Batch], *, model: str, hidden_dim: int,
                 encoding: EncodingSettings | None = None, partition: str = "vectors", append: bool = False,
                 lock_timeout: float = 600.0) -> SyncReport:
     """Write ``(doc_ids, vectors)`` batches (each vector array ``(n_i, hidden_dim)``, float32 or float16) as
@@ -53,15 +56,14 @@ def write_index(store: DocumentStore, modality: str,
                         hidden_dim=hidden_dim, encoding=encoding)
     counted = [0]
 
-    def checked() -> Iterator[tuple[Sequence[str], Sequence[np.ndarray]]]:
+    def checked() -> Iterator[Batch]:
         for doc_ids, vectors in batches:
             if any(v.ndim != 2 or v.shape[1] != hidden_dim for v in vectors):
                 raise ValueError(f"write_index: a batch holds vectors that are not (n, {hidden_dim})")
             counted[0] += len(doc_ids)
             yield doc_ids, vectors
 
-    def rows(pending: Iterable[tuple[Sequence[str], Sequence[np.ndarray]]], schema: pa.Schema,
-             found: Background | None) -> Iterator[pa.RecordBatch]:
+    def rows(pending: Iterable[Batch], schema: pa.Schema, found: Background | None) -> Iterator[pa.RecordBatch]:
         for doc_ids, vectors in pending:
             artifact_rows = vectors_table(doc_ids, vectors)
             yield from encode_rows(artifact_rows, partition, schema, encoding, found).to_batches()
@@ -85,7 +87,8 @@ def write_index(store: DocumentStore, modality: str,
             found = None
             pages = sum(len(ids) for ids, _ in first)
             if encoding.background_share < 1.0 and pages >= encoding.background_pages:
-                found = learn_background(store, modality, [v for _, vectors in first for v in vectors], encoding)
+                found = learn_background(store, modality, (vectors_table(ids, vectors) for ids, vectors in first),
+                                         encoding)
             schema = index_schema(hidden_dim, model, modality, encoding, found.name if found else "")
             reader = pa.RecordBatchReader.from_batches(schema,
                                                        rows(itertools.chain(first, pending), schema, found))
@@ -103,9 +106,6 @@ def write_index(store: DocumentStore, modality: str,
     return report
 
 
-Batch = tuple[Sequence[str], Sequence[np.ndarray]]
-
-
 def _first_pages(batches: Iterator[Batch]) -> list[Batch]:
     """The first batches of ``batches`` that hold :data:`~infinity_assets.index.background.TRAIN_PAGES` pages
     (or all of them), taken from the iterator."""
@@ -117,13 +117,3 @@ def _first_pages(batches: Iterator[Batch]) -> list[Batch]:
             break
     return first
 
-
-def learn_background(store: DocumentStore, modality: str, vectors: Sequence[np.ndarray],
-                     encoding: EncodingSettings) -> Background:
-    """The background clusters of pages given as token-vector arrays (:func:`background.learn` on their pooled
-    tokens), saved beside the table of ``modality``."""
-    stored, offsets = pooled_tokens(*unit_vectors(vectors_table([str(i) for i in range(len(vectors))],
-                                                                vectors).column("embedding")), encoding)
-    learned = background.learn(stored, offsets, encoding.background_share, encoding.fde_seed)
-    background.save(store, modality, learned)
-    return learned

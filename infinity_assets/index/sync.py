@@ -364,25 +364,32 @@ def _background_of(store: DocumentStore, modality: str, table: Any | None, usabl
             pass  # its file is gone: learned again
     elif table is not None and not learns:
         return None, False
-    return (_learn_background(store, modality, usable, encoding) if learns else None), True
+    return (learn_background(store, modality, _sample(store, usable, encoding.fde_seed), encoding)
+            if learns else None), True
 
 
-def _learn_background(store: DocumentStore, modality: str, usable: list[ArtifactRows],
-                      encoding: EncodingSettings) -> Background:
-    """The background of the pooled tokens of up to :data:`background.TRAIN_PAGES` pages, from artifacts taken
-    in a seeded random order (saved beside the table)."""
-    order = np.random.default_rng(encoding.fde_seed).permutation(len(usable))
-    tokens, offsets, pages = [], [0], 0
-    for artifact in (usable[i] for i in order):
+def _sample(store: DocumentStore, usable: list[ArtifactRows], seed: int) -> Iterator[pa.Table]:
+    """Row groups of up to :data:`background.TRAIN_PAGES` pages, from artifacts taken in a seeded random
+    order."""
+    pages = 0
+    for index in np.random.default_rng(seed).permutation(len(usable)):
+        artifact = usable[index]
         doc_ids = set(sorted(artifact.rows.column("doc_id").to_pylist())[:background.TRAIN_PAGES - pages])
-        for group in artifacts.iter_rows(store.fs, artifact.path, doc_ids):
-            stored, group_offsets = pooled_tokens(*unit_vectors(group.column("embedding")), encoding)
-            tokens.append(stored)
-            offsets.extend((offsets[-1] + group_offsets[1:]).tolist())
+        yield from artifacts.iter_rows(store.fs, artifact.path, doc_ids)
         pages += len(doc_ids)
         if pages >= background.TRAIN_PAGES:
-            break
-    learned = background.learn(np.concatenate(tokens), np.asarray(offsets, np.int64), encoding.background_share,
+            return
+
+
+def learn_background(store: DocumentStore, modality: str, groups: Iterable[pa.Table],
+                     encoding: EncodingSettings) -> Background:
+    """The background (:func:`background.learn`) of the pages in ``groups`` (artifact-shaped rows: their
+    ``embedding`` column, pooled as the index pools it), saved beside the table of ``modality``."""
+    pieces = [pooled_tokens(*unit_vectors(group.column("embedding")), encoding) for group in groups]
+    lengths = np.concatenate([np.diff(offsets) for _, offsets in pieces])
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    learned = background.learn(np.concatenate([rows for rows, _ in pieces]), offsets, encoding.background_share,
                                encoding.fde_seed)
     background.save(store, modality, learned)
     return learned
