@@ -247,6 +247,35 @@ def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go
     assert partly.staged.local_copy.ready(timeout=60) and partly.staged.local_copy.warmed == ("bits",)
 
 
+
+def _mapped_kb(path) -> int:
+    """Resident kB of this process's mappings of the file at ``path`` (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isalnum() and "-" in line.split()[0]:  # a mapping's header: address range ... path
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_the_copys_mapped_pages_are_let_go_once_a_reader_has_read_its_budget_through_them(tmp_path, monkeypatch):
+    """Stages 2-3 read the copy's column files memory-mapped; the pages a reader maps count in its memory
+    until it has read ``MAPPED_BYTES`` through them, then are dropped (the answers stay the same)."""
+    from infinity_assets.index import local_copy
+
+    store, rng, centres = topic_index(tmp_path, seed=11, documents=40)
+    queries = [topic_vectors(rng, centres, 3) for _ in range(4)]
+    want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
+    reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
+    assert reader.staged.local_copy.ready(timeout=60), reader.staged.local_copy.error
+    (folder,) = [f for f in (tmp_path / "copies").glob("*/*") if f.is_dir()]
+    assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
+    assert _mapped_kb(folder / "bits.u1") > 0 and _mapped_kb(folder / "pooled.i8") > 0
+    monkeypatch.setattr(local_copy, "MAPPED_BYTES", 0)
+    assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
+    assert _mapped_kb(folder / "bits.u1") == 0 and _mapped_kb(folder / "pooled.i8") == 0
+
 # ------------------------------------------------------------------------------ where the recall is lost
 def test_the_drift_measurement_names_the_stage_that_loses_the_exact_top_k(tmp_path):
     """``self_recall`` reports, per stage, the share of the exact top k among the candidates that stage passed

@@ -122,7 +122,7 @@ def int8_maxsim(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> n
     token's dot product is divided by its int8 vector's norm, so a token's scale does not matter."""
     def dots(first: int, last: int, packed: object) -> np.ndarray:
         rows = tokens[first:last]
-        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.int32).astype(np.float32))
+        norms = np.asarray(nk.norm(rows, axis=1), np.float32)
         return np.asarray(nk.dots_packed(rows, packed), np.float32) / np.maximum(norms, 1e-12)[:, None]
 
     return _int8_query_maxsim(query, dots, offsets, shift=False)

@@ -1,10 +1,11 @@
 """A local copy of the columns stages 2 and 3 read per candidate (``bits``: the pooled tokens' 1-bit codes;
 ``pooled``: the same tokens in int8) of one pinned table version, read per query by position from flat
-files (``os.preadv``), and of the columns a hit returns (``carry``: ids, page, text). Stage 3 then does not
+memory-mapped files, and of the columns a hit returns (``carry``: ids, page, text). Stage 3 then does not
 go through the table, and the rerank reads only its rows' ``embedding`` from it: on object storage only those
 cross the network per query, and on a local disk a read skips Lance's per-call cost. A reader reads stage 2's
 codes from here too (unless ``hold_bits=True``): they stay in the OS page cache, shared by every process
-that reads the copy, instead of each reader's memory.
+that reads the copy, instead of each reader's memory: the pages a reader maps are let go once it has read
+:data:`MAPPED_BYTES` through them.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8),
@@ -23,12 +24,12 @@ still has their files open keeps reading them).
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,9 @@ COLUMNS = {"bits": ("bits.u1", 1, 8), "pooled": ("pooled.i8", 1, 1)}
 FORMAT = 2
 #: The file that holds the carried columns.
 HITS_FILE = "hits.arrow"
-#: Concurrent ``preadv`` calls per read (a cold local disk serves several reads at once).
-PARALLEL_READS = 8
+#: Bytes a reader gathers from the memory-mapped column files before it lets the pages it mapped go: what the
+#: copy adds to the reader's resident memory is at most this, whatever the table's size.
+MAPPED_BYTES = 64 << 20
 #: Rows per batch of the scan that writes a fragment's copy.
 COPY_BATCH_ROWS = 2048
 #: The copy's column files are read once into the OS page cache when made (``bits`` first, then ``pooled``),
@@ -58,7 +60,6 @@ COPY_BATCH_ROWS = 2048
 WARM_SHARE = 0.5
 #: Bytes per read of that read-ahead.
 WARM_CHUNK_BYTES = 8 << 20
-_THREADS = ThreadPoolExecutor(PARALLEL_READS, thread_name_prefix="index-copy")
 
 
 def directory_from_env() -> str | None:
@@ -88,6 +89,7 @@ class LocalCopy:
         self.warmed: tuple[str, ...] = ()  # the columns whose files were read into the OS page cache
         self._done = threading.Event()
         self._fragments: list[_FragmentCopy] = []
+        self._mapped_reads = 0
         threading.Thread(target=self._copy, name="index-copy", daemon=True).start()
 
     def ready(self, timeout: float | None = 0) -> bool:
@@ -99,7 +101,7 @@ class LocalCopy:
         started = time.perf_counter()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._fragments = [_FragmentCopy.open(self.root, fragment, self.carry)
+            self._fragments = [_FragmentCopy.open(self.root, fragment, self.carry, self.hidden_dim)
                                for fragment in self.dataset.get_fragments()]
             kept = {copy.folder.name for copy in self._fragments}
             for stale in self.root.iterdir():
@@ -115,47 +117,44 @@ class LocalCopy:
     def rows(self, fragment_rows: list[tuple[int, np.ndarray]], column: str) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens, offsets)`` of ``column`` for the rows given as ``(fragment number, positions among its
         live rows)`` pairs, in that order: the tokens stacked (``bits``: ``(n, hidden_dim / 8)`` uint8;
-        ``pooled``: ``(n, hidden_dim)`` int8), document ``i`` owning ``offsets[i]:offsets[i + 1]``."""
+        ``pooled``: ``(n, hidden_dim)`` int8), document ``i`` owning ``offsets[i]:offsets[i + 1]``. Gathered
+        from the memory-mapped files in one ``take`` per fragment; the pages read stay mapped until
+        :data:`MAPPED_BYTES` have been read, then are let go (:meth:`_release`)."""
         name, numerator, denominator = COLUMNS[column]
         width = self.hidden_dim * numerator // denominator
-        ranges = [self._fragments[number].ranges(local, column) for number, local in fragment_rows]
-        starts = np.concatenate([r[0] for r in ranges]) if ranges else np.zeros(0, np.int64)
-        counts = np.concatenate([r[1] for r in ranges]) if ranges else np.zeros(0, np.int64)
-        files = [self._fragments[number].files[name] for number, _ in fragment_rows]
-        owners = np.concatenate([np.full(len(r[0]), i) for i, r in enumerate(ranges)]) if ranges else []
-        offsets = np.zeros(len(counts) + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        out = np.empty((int(offsets[-1]), width), np.uint8 if column == "bits" else np.int8)
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        jobs = [(files[o], view[offsets[i] * width:offsets[i + 1] * width], int(starts[i]) * width)
-                for i, o in enumerate(owners.tolist() if len(owners) else []) if counts[i]]
+        tokens, counts = [], []
+        for number, local in fragment_rows:
+            starts, lengths = self._fragments[number].ranges(local, column)
+            firsts = np.cumsum(lengths) - lengths
+            index = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
+            tokens.append(np.take(self._fragments[number].mapped[name], index))
+            counts.append(lengths)
+        offsets = np.zeros(sum(len(c) for c in counts) + 1, np.int64)
+        np.cumsum(np.concatenate(counts) if counts else np.zeros(0, np.int64), out=offsets[1:])
+        out = np.concatenate(tokens) if len(tokens) > 1 else tokens[0] if tokens else np.zeros(0, f"V{width}")
+        self._release(out.nbytes)
+        return out.view(np.uint8 if column == "bits" else np.int8).reshape(-1, width), offsets
 
-        def read(batch: list[tuple[int, memoryview, int]]) -> None:
-            for fd, target, at in batch:
-                while len(target):
-                    done = os.preadv(fd, [target], at)
-                    if done <= 0:
-                        raise OSError(f"short read of the local copy of the {column} column (fd {fd} at {at})")
-                    target, at = target[done:], at + done
-
-        batches = [jobs[i::PARALLEL_READS] for i in range(min(PARALLEL_READS, len(jobs)))]
-        if len(batches) > 1:
-            list(_THREADS.map(read, batches))
-        elif batches:
-            read(batches[0])
-        return out, offsets
+    def _release(self, read: int) -> None:
+        """Count ``read`` bytes against :data:`MAPPED_BYTES`; past it, drop every mapped page from the
+        process (the OS page cache keeps them: a later read maps them again)."""
+        self._mapped_reads += read
+        if self._mapped_reads > MAPPED_BYTES:
+            self._mapped_reads = 0
+            for copy in self._fragments:
+                copy.release()
 
     def _warm(self) -> tuple[str, ...]:
         """Read the :data:`COLUMNS`' files through once, column by column, while together they take at most
         :data:`WARM_SHARE` of the memory available; the columns read."""
         budget, buffer, warmed = WARM_SHARE * _available_memory(), bytearray(WARM_CHUNK_BYTES), []
         for column, (name, _, _) in COLUMNS.items():
-            files = [copy.files[name] for copy in self._fragments]
-            budget -= sum(os.fstat(fd).st_size for fd in files)
+            files = [copy.folder / name for copy in self._fragments]
+            budget -= sum(os.path.getsize(path) for path in files)
             if budget < 0:
                 break
-            for fd in files:
-                _read_through(fd, buffer)
+            for path in files:
+                _read_through(path, buffer)
             warmed.append(column)
         return tuple(warmed)
 
@@ -168,24 +167,33 @@ class LocalCopy:
 
 
 class _FragmentCopy:
-    """One fragment's copy (its files, open) and this version's map from the fragment's live rows to it."""
+    """One fragment's copy (its column files memory-mapped, one token per item) and this version's map from the
+    fragment's live rows to it."""
 
-    def __init__(self, folder: Path, live_rows: np.ndarray) -> None:
+    def __init__(self, folder: Path, live_rows: np.ndarray, hidden_dim: int) -> None:
         self.folder = folder
         self.offsets = {column: np.load(folder / f"{column}.offsets.npy") for column in COLUMNS}
-        self.files = {name: os.open(folder / name, os.O_RDONLY) for name, _, _ in COLUMNS.values()}
+        self._maps: list[mmap.mmap] = []
+        self.mapped = {name: self._map(folder / name, f"V{hidden_dim * numerator // denominator}")
+                       for name, numerator, denominator in COLUMNS.values()}
         self.hits = pa.ipc.open_file(pa.memory_map(str(folder / HITS_FILE))).read_all()
         self.rows = live_rows  # position among the fragment's live rows -> row of the copy
 
-    def __del__(self) -> None:
-        for fd in getattr(self, "files", {}).values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    def _map(self, path: Path, item: str) -> np.ndarray:
+        """The file at ``path`` mapped read-only, as an array of ``item`` (an empty file: an empty array)."""
+        with open(path, "rb") as file:
+            if os.fstat(file.fileno()).st_size == 0:
+                return np.zeros(0, item)
+            self._maps.append(mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ))
+        return np.frombuffer(self._maps[-1], item)
+
+    def release(self) -> None:
+        """Drop the mapped pages from the process (``MADV_DONTNEED``: read again from the page cache)."""
+        for mapping in self._maps:
+            mapping.madvise(mmap.MADV_DONTNEED)
 
     @classmethod
-    def open(cls, root: Path, fragment: Any, carry: tuple[str, ...]) -> _FragmentCopy:
+    def open(cls, root: Path, fragment: Any, carry: tuple[str, ...], hidden_dim: int) -> _FragmentCopy:
         """The fragment's copy under ``root`` (with the ``carry`` columns), written first if there is none (or
         it lacks a live row)."""
         files = sorted(str(getattr(f, "path", f)) for f in fragment.data_files())
@@ -198,7 +206,7 @@ class _FragmentCopy:
                 addresses = np.load(folder / "addresses.npy")
                 rows = np.searchsorted(addresses, live)
                 if np.all(rows < len(addresses)) and np.array_equal(addresses[np.minimum(rows, len(addresses) - 1)], live):
-                    return cls(folder, rows)
+                    return cls(folder, rows, hidden_dim)
                 shutil.rmtree(folder, ignore_errors=True)  # rows the copy lacks (should not happen): copy again
             _write(root, folder, fragment, carry)
         raise RuntimeError(f"the local copy of fragment {fragment.fragment_id} does not hold its live rows")
@@ -209,11 +217,11 @@ class _FragmentCopy:
         return offsets[rows], offsets[rows + 1] - offsets[rows]
 
 
-def _read_through(fd: int, buffer: bytearray) -> None:
-    """Read the open file ``fd`` from start to end (into the OS page cache), a buffer at a time."""
-    at = 0
-    while (done := os.preadv(fd, [buffer], at)) > 0:
-        at += done
+def _read_through(path: Path, buffer: bytearray) -> None:
+    """Read the file at ``path`` from start to end (into the OS page cache), a buffer at a time."""
+    with open(path, "rb", buffering=0) as file:
+        while file.readinto(buffer):
+            pass
 
 
 def _available_memory() -> int:
