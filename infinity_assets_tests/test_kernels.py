@@ -6,6 +6,7 @@ import itertools
 
 import numkong as nk
 import numpy as np
+import pytest
 
 from infinity_assets import index
 from infinity_assets.index import kernels
@@ -21,7 +22,9 @@ def documents(rng: np.random.Generator, count: int, dim: int = 128) -> tuple[np.
                   for n in rng.integers(1, 300, count)])
 
 
-def test_float16_maxsim_is_within_its_stated_bound_of_exact_float32():
+@pytest.mark.parametrize("block_tokens", [4096, 100])  # the rows in one kernel call, or split over the threads
+def test_float16_maxsim_is_within_its_stated_bound_of_exact_float32(monkeypatch, block_tokens):
+    monkeypatch.setattr(kernels, "FLOAT_BLOCK_TOKENS", block_tokens)
     rng = np.random.default_rng(1)
     vectors, offsets = documents(rng, 60)
     query = normalized(rng.standard_normal((20, 128)).astype(np.float32))
@@ -140,6 +143,8 @@ def test_masked_hamming_kernel_equals_the_numpy_definition(monkeypatch):
     monkeypatch.setattr(kernels, "HAMMING_BLOCK_CODES", 300)  # split over the threads, in uneven parts
     monkeypatch.setattr(kernels, "KERNEL_THREADS", 3)
     np.testing.assert_array_equal(kernels.masked_hamming(codes, query, mask), expected)
+    rows = rng.permutation(1000)[:700]  # a subset, gathered part by part
+    np.testing.assert_array_equal(kernels.masked_hamming(codes, query, mask, rows), expected[rows])
 
 
 def test_weighted_hamming_is_the_asymmetric_inner_product_of_the_query_fde_with_the_1_bit_codes():

@@ -49,7 +49,15 @@ def float_similarities(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarr
     rows = np.ascontiguousarray(vectors[offsets[0]:offsets[-1]])
     kind = "f16" if rows.dtype == np.float16 else "f32"
     packed = nk.dots_pack(np.ascontiguousarray(query, rows.dtype), dtype=kind)
-    similarities = np.asarray(nk.dots_packed(rows, packed))                    # (tokens, q) float32
+    parts = min(KERNEL_THREADS, max(1, len(rows) // FLOAT_BLOCK_TOKENS))
+    if parts == 1:
+        similarities = np.asarray(nk.dots_packed(rows, packed))   # (tokens, q): float32 (float64 for float32)
+    else:  # rows split over the cores, written in place
+        out = nk.empty((len(rows), len(query)), dtype="float32" if kind == "f16" else "float64")
+        bounds = np.linspace(0, len(rows), parts + 1).astype(np.int64).tolist()
+        list(_THREADS.map(lambda first, last: nk.dots_packed(rows, packed, out=out, start_row=first, end_row=last),
+                          bounds[:-1], bounds[1:]))
+        similarities = np.asarray(out)
     return similarities, np.maximum.reduceat(similarities, offsets[:-1] - offsets[0], axis=0)
 
 
@@ -94,8 +102,10 @@ SIGN_BLOCK_TOKENS = 16384
 #: Threads the kernels split a call over (their compiled loops release the GIL).
 KERNEL_THREADS = min(4, os.cpu_count() or 1)
 _THREADS = ThreadPoolExecutor(KERNEL_THREADS, thread_name_prefix="index-kernels")
+#: Document tokens per kernel call of :func:`float_similarities` when there are more (a call runs on one core).
+FLOAT_BLOCK_TOKENS = 4096
 #: FDE codes per :func:`weighted_hamming` kernel call when there are more (a call runs on one core).
-HAMMING_BLOCK_CODES = 16384
+HAMMING_BLOCK_CODES = 2048
 
 
 def sign_maxsim(query: np.ndarray, codes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -175,40 +185,44 @@ def _blocks(offsets: np.ndarray, tokens: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(bounds))
 
 
-def masked_hamming(codes: np.ndarray, query: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Hamming distance of each ``(n, nbytes)`` code to the ``(nbytes,)`` query code over ``mask``'s bits:
-    ``(n,)`` uint32 (:func:`weighted_hamming` with one mask of weight 1)."""
-    return weighted_hamming(codes, query, mask[None], np.ones(1, np.uint32))
+def masked_hamming(codes: np.ndarray, query: np.ndarray, mask: np.ndarray,
+                   rows: np.ndarray | None = None) -> np.ndarray:
+    """Hamming distance of each ``(n, nbytes)`` code (or of ``codes[rows]``) to the ``(nbytes,)`` query code
+    over ``mask``'s bits: ``(n,)`` uint32 (:func:`weighted_hamming` with one mask of weight 1)."""
+    return weighted_hamming(codes, query, mask[None], np.ones(1, np.uint32), rows)
 
 
-def weighted_hamming(codes: np.ndarray, query: np.ndarray, masks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def weighted_hamming(codes: np.ndarray, query: np.ndarray, masks: np.ndarray, weights: np.ndarray,
+                     rows: np.ndarray | None = None) -> np.ndarray:
     """``sum_p weights[p] * (hamming distance of each code to the query over masks[p]'s bits)`` for ``(n,
-    nbytes)`` codes, an ``(nbytes,)`` query and ``(planes, nbytes)`` masks: ``(n,)`` uint32, in one pass over
-    the codes with no masked copy of them. Two plain hamming distances give each masked one: against the
-    query with the bits outside the mask cleared, ``d + c_out``, and with them set, ``d + (outside - c_out)``
-    (``c_out``: the code's ones outside the mask), so ``d = (sum - outside) / 2``; every mask's pair is one
-    row of the kernel's packed query. More than :data:`HAMMING_BLOCK_CODES` codes are split in as many parts
+    nbytes)`` codes (or ``codes[rows]``, gathered part by part), an ``(nbytes,)`` query and ``(planes,
+    nbytes)`` masks: ``(n,)`` uint32, in one pass over the codes with no masked copy of them. Two plain
+    hamming distances give each masked one: against the query with the bits outside the mask cleared, ``d +
+    c_out``, and with them set, ``d + (outside - c_out)`` (``c_out``: the code's ones outside the mask), so
+    ``d = (sum - outside) / 2``; every mask's pair is one row of the kernel's packed query. More than :data:`HAMMING_BLOCK_CODES` codes are split in as many parts
     as the machine has cores (up to 4), scanned at once: the kernel releases the GIL, and one core alone does
     not use the memory bandwidth."""
     codes = np.ascontiguousarray(codes, np.uint8)
     weights = np.asarray(weights, np.uint32)
+    count = len(codes) if rows is None else len(rows)
     if not masks.any():
-        return np.zeros(len(codes), np.uint32)
+        return np.zeros(count, np.uint32)
     packed = nk.hammings_pack(np.concatenate([np.stack([query & mask, query | ~mask]) for mask in masks]))
     outside = np.array([len(mask) * 8 - int(np.unpackbits(mask).sum()) for mask in masks], np.uint32)
-    distances = np.empty(len(codes), np.uint32)
+    distances = np.empty(count, np.uint32)
 
     def part(first: int, last: int) -> None:
-        pairs = np.asarray(nk.hammings_packed(codes[first:last], packed))      # (n, 2 * planes) uint32
+        block = codes[first:last] if rows is None else codes[rows[first:last]]
+        pairs = np.asarray(nk.hammings_packed(block, packed))                   # (n, 2 * planes) uint32
         total = distances[first:last]
         total[:] = 0
         for plane, weight in enumerate(weights.tolist()):  # uint32 throughout: a few passes over (n,)
             total += weight * ((pairs[:, 2 * plane] + pairs[:, 2 * plane + 1] - outside[plane]) >> 1)
 
-    parts = min(KERNEL_THREADS, max(1, len(codes) // HAMMING_BLOCK_CODES))
-    bounds = np.linspace(0, len(codes), parts + 1).astype(np.int64).tolist()
+    parts = min(KERNEL_THREADS, max(1, count // HAMMING_BLOCK_CODES))
+    bounds = np.linspace(0, count, parts + 1).astype(np.int64).tolist()
     if parts == 1:
-        part(0, len(codes))
+        part(0, count)
     else:
         list(_THREADS.map(lambda i: part(bounds[i], bounds[i + 1]), range(parts)))
     return distances

@@ -206,12 +206,12 @@ class StagedSearch:
             probed = self.probed(signs, mask, settings)
             if probed is not None:
                 positions, scanned = probed, len(probed)
-            distances = kernels.masked_hamming(codes if probed is None else codes[probed], signs, mask)
+            distances = kernels.masked_hamming(codes, signs, mask, probed)
             positions = positions[_within(distances, max(settings.fde_shortlist, settings.fde_candidates))]
             shortlist = len(positions)
             if len(positions) > settings.fde_candidates:
                 planes, weights = magnitude_planes(sums, mask)
-                distances = kernels.weighted_hamming(codes[positions], signs, planes, weights)
+                distances = kernels.weighted_hamming(codes, signs, planes, weights, positions)
                 positions = positions[_within(distances, settings.fde_candidates)]
         timings["fde"] = _lap(started)
         kept = {"fde": np.sort(positions)}
