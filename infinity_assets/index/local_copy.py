@@ -50,7 +50,8 @@ FORMAT = 2
 #: The file that holds the carried columns.
 HITS_FILE = "hits.arrow"
 #: Bytes a reader gathers from the memory-mapped column files before it lets the pages it mapped go: what the
-#: copy adds to the reader's resident memory is at most this, whatever the table's size.
+#: copy adds to the reader's resident memory is at most the pages that many bytes of reads touch, whatever the
+#: table's size.
 MAPPED_BYTES = 64 << 20
 #: Rows per batch of the scan that writes a fragment's copy.
 COPY_BATCH_ROWS = 2048
