@@ -259,22 +259,23 @@ def _mapped_kb(path) -> int:
     return total
 
 
-def test_the_copys_mapped_pages_are_let_go_once_a_reader_has_read_its_budget_through_them(tmp_path, monkeypatch):
-    """Stages 2-3 read the copy's column files memory-mapped; the pages a reader maps count in its memory
-    until it has read ``MAPPED_BYTES`` through them, then are dropped (the answers stay the same)."""
-    from infinity_assets.index import local_copy
-
+def test_the_copys_mapped_pages_are_let_go_after_each_read(tmp_path):
+    """Stages 2-3 read the copy's column files memory-mapped; the pages a read maps (and those around them)
+    are dropped from the reader's memory when it returns, and the answers stay those of the table."""
     store, rng, centres = topic_index(tmp_path, seed=11, documents=40)
     queries = [topic_vectors(rng, centres, 3) for _ in range(4)]
     want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
     reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
     assert reader.staged.local_copy.ready(timeout=60), reader.staged.local_copy.error
     (folder,) = [f for f in (tmp_path / "copies").glob("*/*") if f.is_dir()]
-    assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
-    assert _mapped_kb(folder / "bits.u1") > 0 and _mapped_kb(folder / "pooled.i8") > 0
-    monkeypatch.setattr(local_copy, "MAPPED_BYTES", 0)
-    assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
-    assert _mapped_kb(folder / "bits.u1") == 0 and _mapped_kb(folder / "pooled.i8") == 0
+    for query, hits in zip(queries, want):
+        assert reader.search_staged(query, k=5, settings=PRUNING).hits == hits
+        assert _mapped_kb(folder / "bits.u1") == 0 and _mapped_kb(folder / "pooled.i8") == 0
+    tokens, _ = reader.staged.local_copy.rows([(0, np.arange(40))], "pooled")  # every row, read and let go
+    assert len(tokens) and _mapped_kb(folder / "pooled.i8") == 0
+    copy = reader.staged.local_copy._fragments[0]
+    np.asarray(copy.mapped["pooled.i8"]).view(np.int8).sum()  # a read that is not let go stays mapped
+    assert _mapped_kb(folder / "pooled.i8") > 0
 
 # ------------------------------------------------------------------------------ where the recall is lost
 def test_the_drift_measurement_names_the_stage_that_loses_the_exact_top_k(tmp_path):

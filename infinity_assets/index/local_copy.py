@@ -4,8 +4,7 @@ memory-mapped files, and of the columns a hit returns (``carry``: ids, page, tex
 go through the table, and the rerank reads only its rows' ``embedding`` from it: on object storage only those
 cross the network per query, and on a local disk a read skips Lance's per-call cost. A reader reads stage 2's
 codes from here too (unless ``hold_bits=True``): they stay in the OS page cache, shared by every process
-that reads the copy, instead of each reader's memory: the pages a reader maps are let go once it has read
-:data:`MAPPED_BYTES` through them.
+that reads the copy, instead of each reader's memory: the pages a read maps are let go when it returns.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8),
@@ -49,10 +48,6 @@ COLUMNS = {"bits": ("bits.u1", 1, 8), "pooled": ("pooled.i8", 1, 1)}
 FORMAT = 2
 #: The file that holds the carried columns.
 HITS_FILE = "hits.arrow"
-#: Bytes a reader gathers from the memory-mapped column files before it lets the pages it mapped go: what the
-#: copy adds to the reader's resident memory is at most the pages that many bytes of reads touch, whatever the
-#: table's size.
-MAPPED_BYTES = 64 << 20
 #: Rows per batch of the scan that writes a fragment's copy.
 COPY_BATCH_ROWS = 2048
 #: The copy's column files are read once into the OS page cache when made (``bits`` first, then ``pooled``),
@@ -90,7 +85,6 @@ class LocalCopy:
         self.warmed: tuple[str, ...] = ()  # the columns whose files were read into the OS page cache
         self._done = threading.Event()
         self._fragments: list[_FragmentCopy] = []
-        self._mapped_reads = 0
         threading.Thread(target=self._copy, name="index-copy", daemon=True).start()
 
     def ready(self, timeout: float | None = 0) -> bool:
@@ -119,31 +113,22 @@ class LocalCopy:
         """``(tokens, offsets)`` of ``column`` for the rows given as ``(fragment number, positions among its
         live rows)`` pairs, in that order: the tokens stacked (``bits``: ``(n, hidden_dim / 8)`` uint8;
         ``pooled``: ``(n, hidden_dim)`` int8), document ``i`` owning ``offsets[i]:offsets[i + 1]``. Gathered
-        from the memory-mapped files in one ``take`` per fragment; the pages read stay mapped until
-        :data:`MAPPED_BYTES` have been read, then are let go (:meth:`_release`)."""
+        from the memory-mapped files in one ``take`` per fragment, whose mapped pages are then let go
+        (:meth:`_FragmentCopy.release`): a read leaves nothing of the copy in the reader's memory."""
         name, numerator, denominator = COLUMNS[column]
         width = self.hidden_dim * numerator // denominator
         tokens, counts = [], []
         for number, local in fragment_rows:
-            starts, lengths = self._fragments[number].ranges(local, column)
+            copy = self._fragments[number]
+            starts, lengths = copy.ranges(local, column)
             firsts = np.cumsum(lengths) - lengths
-            index = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
-            tokens.append(np.take(self._fragments[number].mapped[name], index))
+            tokens.append(np.take(copy.mapped[name], np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))))
+            copy.release()
             counts.append(lengths)
         offsets = np.zeros(sum(len(c) for c in counts) + 1, np.int64)
         np.cumsum(np.concatenate(counts) if counts else np.zeros(0, np.int64), out=offsets[1:])
         out = np.concatenate(tokens) if len(tokens) > 1 else tokens[0] if tokens else np.zeros(0, f"V{width}")
-        self._release(out.nbytes)
         return out.view(np.uint8 if column == "bits" else np.int8).reshape(-1, width), offsets
-
-    def _release(self, read: int) -> None:
-        """Count ``read`` bytes against :data:`MAPPED_BYTES`; past it, drop every mapped page from the
-        process (the OS page cache keeps them: a later read maps them again)."""
-        self._mapped_reads += read
-        if self._mapped_reads > MAPPED_BYTES:
-            self._mapped_reads = 0
-            for copy in self._fragments:
-                copy.release()
 
     def _warm(self) -> tuple[str, ...]:
         """Read the :data:`COLUMNS`' files through once, column by column, while together they take at most
@@ -189,7 +174,9 @@ class _FragmentCopy:
         return np.frombuffer(self._maps[-1], item)
 
     def release(self) -> None:
-        """Drop the mapped pages from the process (``MADV_DONTNEED``: read again from the page cache)."""
+        """Drop the mapped pages from the process (``MADV_DONTNEED``; the OS page cache keeps them, and the
+        next read maps them again). A read maps far more than it gathers: each page fault maps the pages
+        around it that the page cache holds (64 KB), so 1,500 candidates' codes map ~80 MB."""
         for mapping in self._maps:
             mapping.madvise(mmap.MADV_DONTNEED)
 
