@@ -55,8 +55,8 @@ def float_similarities(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarr
     else:  # rows split over the cores, written in place
         out = nk.empty((len(rows), len(query)), dtype="float32" if kind == "f16" else "float64")
         bounds = np.linspace(0, len(rows), parts + 1).astype(np.int64).tolist()
-        list(_THREADS.map(lambda first, last: nk.dots_packed(rows, packed, out=out, start_row=first, end_row=last),
-                          bounds[:-1], bounds[1:]))
+        list(_THREADS.map(lambda first, last: nk.dots_packed(rows, packed, out=out, start_row=first,
+                                                             end_row=last), bounds[:-1], bounds[1:]))
         similarities = np.asarray(out)
     return similarities, np.maximum.reduceat(similarities, offsets[:-1] - offsets[0], axis=0)
 
@@ -102,7 +102,7 @@ SIGN_BLOCK_TOKENS = 16384
 #: Threads the kernels split a call over (their compiled loops release the GIL).
 KERNEL_THREADS = min(4, os.cpu_count() or 1)
 _THREADS = ThreadPoolExecutor(KERNEL_THREADS, thread_name_prefix="index-kernels")
-#: Document tokens per kernel call of :func:`float_similarities` when there are more (a call runs on one core).
+#: Document tokens per kernel call of :func:`float_similarities` when there are more (one call: one core).
 FLOAT_BLOCK_TOKENS = 4096
 #: FDE codes per :func:`weighted_hamming` kernel call when there are more (a call runs on one core).
 HAMMING_BLOCK_CODES = 2048
@@ -199,9 +199,9 @@ def weighted_hamming(codes: np.ndarray, query: np.ndarray, masks: np.ndarray, we
     nbytes)`` masks: ``(n,)`` uint32, in one pass over the codes with no masked copy of them. Two plain
     hamming distances give each masked one: against the query with the bits outside the mask cleared, ``d +
     c_out``, and with them set, ``d + (outside - c_out)`` (``c_out``: the code's ones outside the mask), so
-    ``d = (sum - outside) / 2``; every mask's pair is one row of the kernel's packed query. More than :data:`HAMMING_BLOCK_CODES` codes are split in as many parts
-    as the machine has cores (up to 4), scanned at once: the kernel releases the GIL, and one core alone does
-    not use the memory bandwidth."""
+    ``d = (sum - outside) / 2``; every mask's pair is one row of the kernel's packed query. More than
+    :data:`HAMMING_BLOCK_CODES` codes are split in as many parts as the machine has cores (up to 4), scanned
+    at once: the kernel releases the GIL, and one core alone does not use the memory bandwidth."""
     codes = np.ascontiguousarray(codes, np.uint8)
     weights = np.asarray(weights, np.uint32)
     count = len(codes) if rows is None else len(rows)

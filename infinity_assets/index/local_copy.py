@@ -121,8 +121,9 @@ class LocalCopy:
         for number, local in fragment_rows:
             copy = self._fragments[number]
             starts, lengths = copy.ranges(local, column)
-            firsts = np.cumsum(lengths) - lengths
-            tokens.append(np.take(copy.mapped[name], np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))))
+            firsts = np.cumsum(lengths) - lengths  # each row's first token in the gathered rows
+            items = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
+            tokens.append(np.take(copy.mapped[name], items))
             copy.release()
             counts.append(lengths)
         offsets = np.zeros(sum(len(c) for c in counts) + 1, np.int64)
@@ -153,8 +154,8 @@ class LocalCopy:
 
 
 class _FragmentCopy:
-    """One fragment's copy (its column files memory-mapped, one token per item) and this version's map from the
-    fragment's live rows to it."""
+    """One fragment's copy (its column files memory-mapped, one token per item) and this version's map from
+    the fragment's live rows to it."""
 
     def __init__(self, folder: Path, live_rows: np.ndarray, hidden_dim: int) -> None:
         self.folder = folder
