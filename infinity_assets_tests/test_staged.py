@@ -247,7 +247,6 @@ def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go
     assert partly.staged.local_copy.ready(timeout=60) and partly.staged.local_copy.warmed == ("bits",)
 
 
-
 def _mapped_kb(path) -> int:
     """Resident kB of this process's mappings of the file at ``path`` (``/proc/self/smaps``)."""
     total, inside = 0, False
@@ -276,6 +275,7 @@ def test_the_copys_mapped_pages_are_let_go_after_each_read(tmp_path):
     copy = reader.staged.local_copy._fragments[0]
     np.asarray(copy.mapped["pooled.i8"]).view(np.int8).sum()  # a read that is not let go stays mapped
     assert _mapped_kb(folder / "pooled.i8") > 0
+
 
 # ------------------------------------------------------------------------------ where the recall is lost
 def test_the_drift_measurement_names_the_stage_that_loses_the_exact_top_k(tmp_path):

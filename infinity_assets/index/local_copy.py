@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from infinity_assets.client.allocator import release_free_memory
-from infinity_assets.index.rows import token_rows
+from infinity_assets.index.rows import take_runs, token_rows
 
 #: Where a long-lived reader (the search service) keeps its copies: a directory, or ``off``.
 ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY"
@@ -121,9 +121,7 @@ class LocalCopy:
         for number, local in fragment_rows:
             copy = self._fragments[number]
             starts, lengths = copy.ranges(local, column)
-            firsts = np.cumsum(lengths) - lengths  # each row's first token in the gathered rows
-            items = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
-            tokens.append(np.take(copy.mapped[name], items))
+            tokens.append(take_runs(copy.mapped[name], starts, lengths))
             copy.release()
             counts.append(lengths)
         offsets = np.zeros(sum(len(c) for c in counts) + 1, np.int64)

@@ -55,7 +55,7 @@ from infinity_assets.index.binary import pack_signs
 from infinity_assets.index.fde import magnitude_planes, query_fde
 from infinity_assets.index.local_copy import LocalCopy
 from infinity_assets.index.maxsim import normalized
-from infinity_assets.index.rows import token_rows
+from infinity_assets.index.rows import take_runs, token_rows
 from infinity_assets.index.schema import EncodingSettings, _from_env
 from infinity_assets.index.take import RowTaker
 
@@ -321,8 +321,7 @@ class Resident:
         starts, stops = self.offsets[positions], self.offsets[np.asarray(positions) + 1]
         offsets = np.zeros(len(starts) + 1, np.int64)
         np.cumsum(stops - starts, out=offsets[1:])
-        codes = np.concatenate([self.token_bits[a:b] for a, b in zip(starts.tolist(), stops.tolist())])
-        return codes, offsets
+        return take_runs(self.token_bits, starts, stops - starts), offsets
 
 
 def _exact_top(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

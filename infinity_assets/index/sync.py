@@ -9,10 +9,12 @@ touched; running it again writes nothing. The compact columns of the search stag
 the artifacts' vectors (:mod:`infinity_assets.index.rows`). The first build, and a rebuild for a new model,
 hidden_dim or :class:`~infinity_assets.index.schema.EncodingSettings`, is one ``create_table(mode="overwrite")``
 commit streaming every row. Rows are encoded with the table's background
-(:mod:`infinity_assets.index.background`), learned by a rebuild from a sample of the artifacts once they hold ``background_pages`` pages: the sync that
-first reaches that size, or finds the background's file gone, rebuilds the table. A table written before a search column existed (``pooled``) gets it computed from
-its own ``embedding`` column (:func:`add_missing_columns`: one commit, no artifact read, no row rewritten). Artifacts made with another model or hidden_dim than the index's are not indexed
-(reported; their rows are removed) until they are re-embedded. Everything happens under the
+(:mod:`infinity_assets.index.background`), learned by a rebuild from a sample of the artifacts once they hold
+``background_pages`` pages: the sync that first reaches that size, or finds the background's file gone,
+rebuilds the table. A table written before a search column existed (``pooled``) gets it computed from its own
+``embedding`` column (:func:`add_missing_columns`: one commit, no artifact read, no row rewritten). Artifacts
+made with another model or hidden_dim than the index's are not indexed (reported; their rows are removed)
+until they are re-embedded. Everything happens under the
 :class:`~infinity_assets.index.lock.WriterLock` of the index: one writer at a time, by construction.
 
 Maintenance after a sync that wrote (:func:`~infinity_assets.index.compaction.compact`): the small fragments
