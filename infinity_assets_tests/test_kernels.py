@@ -22,7 +22,7 @@ def documents(rng: np.random.Generator, count: int, dim: int = 128) -> tuple[np.
                   for n in rng.integers(1, 300, count)])
 
 
-@pytest.mark.parametrize("block_tokens", [4096, 100])  # the rows in one kernel call, or split over threads
+@pytest.mark.parametrize("block_tokens", [1 << 30, 100])  # the rows in one kernel call, or split over threads
 def test_float16_maxsim_is_within_its_stated_bound_of_exact_float32(monkeypatch, block_tokens):
     monkeypatch.setattr(kernels, "FLOAT_BLOCK_TOKENS", block_tokens)
     rng = np.random.default_rng(1)
