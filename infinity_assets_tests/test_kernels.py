@@ -85,16 +85,17 @@ def sign_maxsim_definition(query: np.ndarray, codes: np.ndarray, offsets: np.nda
 
 
 def check_int8_query_kernel(kernel, definition, rng: np.random.Generator, documents: np.ndarray,
-                            offsets: np.ndarray, monkeypatch, rtol: float) -> tuple[np.ndarray, np.ndarray]:
+                            offsets: np.ndarray, monkeypatch, rtol: float,
+                            dim: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """A kernel that rounds the query to int8 per token, against its float64 ``definition``: within ``rtol``
     (float32 rounding) for a query int8 holds exactly, within the query's rounding bound (0.045 x each token's largest
     |value|) for a unit query, and the same whatever the block size (documents longer than a block included).
     Returns the unit query and the kernel's scores for it."""
-    integer = rng.integers(-127, 128, (20, 128)).astype(np.float32)
+    integer = rng.integers(-127, 128, (20, dim)).astype(np.float32)
     integer[:, 0] = 127  # every token's max |value| is 127: int8 holds it as it is
     np.testing.assert_allclose(kernel(integer, documents, offsets), definition(integer, documents, offsets),
                                rtol=rtol)
-    unit = normalized(rng.standard_normal((20, 128)).astype(np.float32))
+    unit = normalized(rng.standard_normal((20, dim)).astype(np.float32))
     got = kernel(unit, documents, offsets)
     assert np.abs(got - definition(unit, documents, offsets)).max() <= 0.045 * np.abs(unit).max(axis=1).sum()
     with monkeypatch.context() as patch:
@@ -103,11 +104,17 @@ def check_int8_query_kernel(kernel, definition, rng: np.random.Generator, docume
     return unit, got
 
 
-def test_sign_maxsim_kernel_equals_its_definition(monkeypatch):
+@pytest.mark.parametrize("dim", [128, 384])  # its products held in int16, and too large for it
+def test_sign_maxsim_kernel_equals_its_definition(monkeypatch, dim):
     rng = np.random.default_rng(3)
-    vectors, offsets = documents(rng, 80)
+    vectors, offsets = documents(rng, 80, dim)
     check_int8_query_kernel(kernels.sign_maxsim, sign_maxsim_definition, rng, pack_signs(vectors), offsets,
-                            monkeypatch, rtol=1e-6)
+                            monkeypatch, rtol=1e-6, dim=dim)
+    ones = np.full((3, dim // 8), 255, np.uint8)  # the largest products there are: every bit set,
+    for extreme in (127.0, -127.0):                # every query value at an int8 extreme
+        query = np.full((1, dim), extreme, np.float32)
+        np.testing.assert_allclose(kernels.sign_maxsim(query, ones, np.array([0, 1, 3])),
+                                   sign_maxsim_definition(query, ones, np.array([0, 1, 3])), rtol=1e-6)
 
 
 def int8_maxsim_definition(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:

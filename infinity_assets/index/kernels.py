@@ -117,10 +117,12 @@ def sign_maxsim(query: np.ndarray, codes: np.ndarray, offsets: np.ndarray) -> np
     than comparing 1-bit codes on both sides. Runs in blocks of :data:`SIGN_BLOCK_TOKENS` document tokens, on
     up to 4 threads."""
     dim = codes.shape[1] * 8
+    narrow = dim * 127 <= np.iinfo(np.int16).max  # a 0/1 dot with the int8 query fits in int16
 
     def dots(first: int, last: int, packed: object) -> np.ndarray:
         bits = np.unpackbits(codes[first:last], axis=1).view(np.int8)
-        return np.asarray(nk.dots_packed(bits, packed))  # int32: the 0/1 dot, doubled once reduced
+        products = np.asarray(nk.dots_packed(bits, packed))  # int32: the 0/1 dot, doubled once reduced
+        return products.astype(np.int16) if narrow else products
 
     return _int8_query_maxsim(query, dots, offsets, shift=True) / np.float32(np.sqrt(dim))
 
@@ -132,8 +134,9 @@ def int8_maxsim(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> n
     token's dot product is divided by its int8 vector's norm, so a token's scale does not matter."""
     def dots(first: int, last: int, packed: object) -> np.ndarray:
         rows = tokens[first:last]
-        norms = np.asarray(nk.norm(rows, axis=1), np.float32)
-        return np.asarray(nk.dots_packed(rows, packed), np.float32) / np.maximum(norms, 1e-12)[:, None]
+        norms = np.sqrt(np.asarray(nk.dot(rows, rows, out_dtype="float32")))  # each row with itself: exact
+        return np.divide(np.asarray(nk.dots_packed(rows, packed)), np.maximum(norms, 1e-12)[:, None],
+                         dtype=np.float32)
 
     return _int8_query_maxsim(query, dots, offsets, shift=False)
 
@@ -150,9 +153,8 @@ def _int8_query_maxsim(query: np.ndarray, dots: Callable[[int, int, object], np.
     """The query rounded to int8 per token (packed once), then per block of about :data:`SIGN_BLOCK_TOKENS`
     document tokens ``dots(first_token, last_token, packed)`` -> ``(tokens, q)`` scores in the rounded
     query's units; each query token's best per document, back in the query's units, summed. With ``shift``
-    the scores are the 0/1 codes' dot products (int32, reduced as they are) and each best becomes
-    ``2 * best - sum(rounded query)`` (the ``2 b - 1`` of sign codes). The scores are reduced query-major
-    (transposed first): a segmented max along contiguous rows is faster than across them."""
+    the scores are the 0/1 codes' dot products (integers, reduced as they are) and each best becomes
+    ``2 * best - sum(rounded query)`` (the ``2 b - 1`` of sign codes)."""
     offsets = np.asarray(offsets, np.int64)
     if len(offsets) < 2:
         return np.zeros(0, np.float32)
@@ -163,8 +165,8 @@ def _int8_query_maxsim(query: np.ndarray, dots: Callable[[int, int, object], np.
     scores = np.empty(len(offsets) - 1, np.float32)
 
     def block(first: int, last: int) -> None:
-        values = np.ascontiguousarray(dots(int(offsets[first]), int(offsets[last]), packed).T)  # (q, tokens)
-        best = np.maximum.reduceat(values, offsets[first:last] - offsets[first], axis=1).T.astype(np.float32)
+        values = dots(int(offsets[first]), int(offsets[last]), packed)  # (tokens, q)
+        best = np.maximum.reduceat(values, offsets[first:last] - offsets[first], axis=0).astype(np.float32)
         if shift:
             best = 2.0 * best - shifted
         scores[first:last] = (best / scale).sum(axis=1, dtype=np.float32)

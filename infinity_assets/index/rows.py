@@ -36,9 +36,10 @@ def token_rows(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def take_runs(tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The runs ``tokens[starts[i]:starts[i] + lengths[i]]`` stacked in order (each document's contiguous
-    token rows), in one ``take``."""
-    firsts = np.cumsum(lengths) - lengths  # each run's first row in the result
-    return np.take(tokens, np.repeat(starts - firsts, lengths) + np.arange(int(np.sum(lengths))), axis=0)
+    token rows), copied slice by slice (no per-token index to build)."""
+    pairs = zip(np.asarray(starts).tolist(), np.asarray(lengths).tolist())
+    runs = [tokens[start:start + length] for start, length in pairs]
+    return np.concatenate(runs) if runs else tokens[:0].copy()
 
 
 def unit_vectors(embedding: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
