@@ -739,7 +739,9 @@ def markdown(results: dict[str, Any]) -> list[str]:
                for row in part.get("rows", []) if isinstance(row, dict) and "page_cache_dropped" in row}
     if dropped == {True}:
         lines += ["", "The OS page cache was emptied before each engine ran: every engine starts from a cold disk "
-                  "(a table larger than memory stays mostly cold; a small one warms up during its queries)."]
+                  "(a table larger than memory stays mostly cold; a small one warms up during its queries). "
+                  "Each build was read once before its first engine, so the VM host's cache of the disk, "
+                  "which the guest cannot empty, holds the same for every engine on it."]
     elif dropped:
         lines += ["", "The OS page cache could not be emptied before every engine (not root): an engine may "
                   "find pages an earlier one read still in memory."]
