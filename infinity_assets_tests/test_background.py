@@ -167,3 +167,30 @@ def test_pages_of_short_texts_leave_nothing_out_and_are_not_rebuilt_again(tmp_pa
     publish(store, "b", batch(rng, "b", 10, topics=4))
     again = index.sync_index(store, "text")
     assert not again.rebuilt and again.inserted == 10
+
+
+@pytest.mark.parametrize("block", [7, background.SHARE_BLOCK])
+def test_page_shares_counts_each_page_once_per_cluster_it_has_a_token_nearest_or_near(monkeypatch, block):
+    """A cluster's share is the share of pages with a token nearest its centre or within ``NEAR`` of it,
+    however many such tokens a page has and wherever the blocks of tokens end (7: mid-page everywhere)."""
+    monkeypatch.setattr(background, "SHARE_BLOCK", block)
+    rng = np.random.default_rng(5)
+    centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
+    tokens, offsets = [], [0]
+    for _ in range(40):  # pages of 1-9 tokens, each a noisy copy of a centre or a random direction
+        count = int(rng.integers(1, 10))
+        picked = rng.integers(-3, len(centres), count)
+        rows = np.where(picked[:, None] >= 0, centres[np.maximum(picked, 0)], rng.standard_normal((count, DIM)))
+        tokens.append(normalized((rows + 0.02 * rng.standard_normal((count, DIM))).astype(np.float32)))
+        offsets.append(offsets[-1] + count)
+    unit, offsets = np.concatenate(tokens), np.asarray(offsets)
+    similarity, nearest = background.nearest_centres(centres, unit)
+    expected = np.zeros(len(centres))
+    for page in range(len(offsets) - 1):
+        rows = slice(offsets[page], offsets[page + 1])
+        has = (unit[rows] @ centres.T > background.NEAR).any(axis=0)
+        has[nearest[rows]] = True
+        expected += has
+    shares = background.page_shares(centres, nearest, unit, offsets)
+    np.testing.assert_array_equal(shares, expected / (len(offsets) - 1))
+    assert 0 < shares.min() and shares.max() < 1  # not a case every cluster passes or fails alike

@@ -141,9 +141,11 @@ def page_shares(centroids: np.ndarray, nearest: np.ndarray, unit: np.ndarray,
         last_page = int(np.searchsorted(offsets, offsets[start] + SHARE_BLOCK, "right")) - 1
         stop = min(pages, max(start + 1, last_page))
         first, last = offsets[start], offsets[stop]
-        near = unit[first:last] @ centroids.T > NEAR
-        near[np.arange(last - first), nearest[first:last]] = True
-        counts += np.logical_or.reduceat(near, offsets[start:stop] - offsets[start], axis=0).sum(axis=0)
+        rows, near = np.nonzero(unit[first:last] @ centroids.T > NEAR)
+        page = np.repeat(np.arange(stop - start), np.diff(offsets[start:stop + 1]))
+        pairs = np.concatenate([page[rows] * len(centroids) + near,
+                                page * len(centroids) + nearest[first:last]])
+        counts += np.bincount(np.unique(pairs) % len(centroids), minlength=len(centroids))
         start = stop
     return counts / max(pages, 1)
 
