@@ -172,7 +172,7 @@ def test_pages_of_short_texts_leave_nothing_out_and_are_not_rebuilt_again(tmp_pa
 @pytest.mark.parametrize("block", [7, background.SHARE_BLOCK])
 def test_page_shares_counts_each_page_once_per_cluster_it_has_a_token_nearest_or_near(monkeypatch, block):
     """A cluster's share is the share of pages with a token nearest its centre or within ``NEAR`` of it,
-    however many such tokens a page has and wherever the blocks of tokens end (7: mid-page everywhere)."""
+    however many such tokens a page has, in blocks of one or a few pages (7 tokens) or of every page."""
     monkeypatch.setattr(background, "SHARE_BLOCK", block)
     rng = np.random.default_rng(5)
     centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
@@ -184,7 +184,7 @@ def test_page_shares_counts_each_page_once_per_cluster_it_has_a_token_nearest_or
         tokens.append(normalized((rows + 0.02 * rng.standard_normal((count, DIM))).astype(np.float32)))
         offsets.append(offsets[-1] + count)
     unit, offsets = np.concatenate(tokens), np.asarray(offsets)
-    similarity, nearest = background.nearest_centres(centres, unit)
+    _, nearest = background.nearest_centres(centres, unit)
     expected = np.zeros(len(centres))
     for page in range(len(offsets) - 1):
         rows = slice(offsets[page], offsets[page + 1])
