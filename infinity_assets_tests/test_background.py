@@ -105,6 +105,36 @@ def test_a_table_learns_its_background_once_big_enough_and_every_sync_encodes_wi
         assert keys(pruned)[0] == (partition, doc_id)
 
 
+def test_the_pages_a_background_is_learned_from_are_pooled_once_and_encoded_as_others(tmp_path, monkeypatch):
+    from infinity_assets.index import pooling, rows
+
+    calls = []
+
+    def counted(vectors, threshold):
+        calls.append(len(vectors))
+        return pool_document(vectors, threshold)
+
+    pool_document = pooling.pool_document
+    monkeypatch.setattr(pooling, "pool_document", counted)
+    monkeypatch.setattr(rows, "pool_document", counted)
+    rng = np.random.default_rng(6)
+    store = DocumentStore(str(tmp_path / "store"))
+    batches = {"a": batch(rng, "a", 700), "b": batch(rng, "b", 700)}
+    for partition, documents in batches.items():
+        publish(store, partition, documents)
+    report = index.sync_index(store, "text", encoding=DEFAULT)
+    assert report.background["background_clusters"] >= 1 and report.rows == 1_400 < background.TRAIN_PAGES
+    assert len(calls) == 1_400, "every page is pooled once: to learn the background, not again to be encoded"
+    table = index.open_table(store, "text").to_lance().to_table(columns=["partition", "doc_id", "pooled"])
+    pooled, offsets = token_rows(table.column("pooled").combine_chunks())
+    for i, (partition, doc_id) in enumerate(zip(table.column("partition").to_pylist(),
+                                                table.column("doc_id").to_pylist())):
+        vectors = normalized(batches[partition][doc_id])
+        want, _ = rows.pooled_tokens(vectors, np.array([0, len(vectors)]), DEFAULT)  # pooled afresh
+        np.testing.assert_array_equal(pooled[offsets[i]:offsets[i + 1]], want, err_msg=doc_id)
+    assert (assert_every_row_encodes_its_foreground(store, DEFAULT) >= 3).all()
+
+
 def test_a_lost_background_file_is_learned_again_by_a_rebuild_not_guessed(tmp_path):
     rng = np.random.default_rng(6)
     store = DocumentStore(str(tmp_path / "store"))

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from infinity_assets.index.pooling import pool_document, pool_tokens
+from infinity_assets.index.rows import pooled_tokens
 from infinity_assets.index.schema import EncodingSettings
 
 
@@ -46,3 +47,19 @@ def test_pooling_is_part_of_the_recorded_encoding() -> None:
     assert EncodingSettings.from_json(EncodingSettings().to_json()) == EncodingSettings()
     with pytest.raises(ValueError, match="bits_pool_threshold"):
         EncodingSettings(bits_pool_threshold=0.0)
+
+
+def test_documents_pooled_before_are_taken_as_they_are_and_the_others_pooled_as_usual() -> None:
+    rng = np.random.default_rng(4)
+    vectors = _unit(rng.standard_normal((4, 16)).astype(np.float32)[rng.integers(0, 4, 30)]
+                    + 0.05 * rng.standard_normal((30, 16)).astype(np.float32))
+    offsets = np.array([0, 7, 19, 30])
+    encoding = EncodingSettings()
+    want, want_offsets = pooled_tokens(vectors, offsets, encoding)
+    parts = np.split(want, want_offsets[1:-1])
+    for known in ([parts[0], None, parts[2]], [None, parts[1], None], parts):
+        got, got_offsets = pooled_tokens(vectors, offsets, encoding, known)
+        np.testing.assert_array_equal(got_offsets, want_offsets)
+        np.testing.assert_array_equal(got, want)
+    marked = [np.full_like(parts[0], 7), None, None]  # rows given for a document are used, not recomputed
+    assert (pooled_tokens(vectors, offsets, encoding, marked)[0][:len(parts[0])] == 7).all()

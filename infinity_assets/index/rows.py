@@ -7,7 +7,7 @@ table's :class:`~infinity_assets.index.schema.EncodingSettings` say.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +16,7 @@ from infinity_assets.index.background import Background
 from infinity_assets.index.binary import pack_signs
 from infinity_assets.index.fde import document_codes
 from infinity_assets.index.kernels import quantize_int8
-from infinity_assets.index.pooling import pool_tokens
+from infinity_assets.index.pooling import pool_document, pool_tokens
 from infinity_assets.index.schema import EncodingSettings
 
 ENCODED_COLUMNS = ("fde", "bits", "embedding", "pooled")
@@ -59,11 +59,13 @@ def _unit_rows(values: np.ndarray) -> np.ndarray:
 
 
 def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings,
-                    background: Background | None = None) -> dict[str, pa.Array]:
+                    background: Background | None = None,
+                    known: Sequence[np.ndarray | None] | None = None) -> dict[str, pa.Array]:
     """The ``fde``, ``bits``, ``embedding`` and ``pooled`` columns of documents given as unit ``vectors`` and
     ``offsets``: ``fde`` and ``bits`` encode the pooled tokens but those of the table's ``background``
-    (:func:`foreground_tokens`; ``fde`` encodes every token instead when ``encoding.fde_source`` says so)."""
-    stored, pooled_offsets = pooled_tokens(vectors, offsets, encoding)
+    (:func:`foreground_tokens`; ``fde`` encodes every token instead when ``encoding.fde_source`` says so);
+    ``known``: documents already pooled (:func:`pooled_tokens`)."""
+    stored, pooled_offsets = pooled_tokens(vectors, offsets, encoding, known)
     foreground, foreground_offsets = foreground_tokens(stored, pooled_offsets, background)
     if encoding.fde_source == "pooled":
         codes = fde_codes(foreground, foreground_offsets, encoding)
@@ -78,12 +80,27 @@ def encoded_columns(vectors: np.ndarray, offsets: np.ndarray, encoding: Encoding
     }
 
 
-def pooled_tokens(vectors: np.ndarray, offsets: np.ndarray,
-                  encoding: EncodingSettings) -> tuple[np.ndarray, np.ndarray]:
+def pooled_tokens(vectors: np.ndarray, offsets: np.ndarray, encoding: EncodingSettings,
+                  known: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, offsets)`` of the ``pooled`` column of documents given as unit ``vectors`` and ``offsets``:
-    their pooled tokens (:mod:`~infinity_assets.index.pooling`) as int8 rows."""
-    pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)
-    return quantize_int8(pooled), pooled_offsets
+    their pooled tokens (:mod:`~infinity_assets.index.pooling`) as int8 rows. ``known``: per document, its
+    rows if they were pooled before (the same rows: pooling is per document and the int8 rounding per row),
+    else None."""
+    if known is None or all(rows is None for rows in known):
+        pooled, pooled_offsets = pool_tokens(vectors, offsets, encoding.bits_pool_threshold)
+        return quantize_int8(pooled), pooled_offsets
+    threshold = encoding.bits_pool_threshold
+    parts = [rows if rows is not None else quantize_int8(pool_document(vectors[first:last], threshold))
+             for rows, first, last in zip(known, offsets[:-1].tolist(), offsets[1:].tolist())]
+    pooled_offsets = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([len(rows) for rows in parts], out=pooled_offsets[1:])
+    return np.concatenate(parts), pooled_offsets
+
+
+def vectors_keys(group: pa.Table) -> list[tuple]:
+    """Each artifact row's ``(doc_id, fingerprint, embedded_at)``: which vectors it holds, to find them
+    again in another read of the same artifacts."""
+    return list(zip(*(group.column(name).to_pylist() for name in ("doc_id", "fingerprint", "embedded_at"))))
 
 
 def foreground_tokens(pooled: np.ndarray, offsets: np.ndarray,
@@ -119,15 +136,19 @@ def _vector_lists(offsets: np.ndarray, rows: np.ndarray) -> pa.ListArray:
 
 
 def encode_rows(group: pa.Table, partition: str, schema: pa.Schema, encoding: EncodingSettings,
-                background: Background | None = None) -> pa.Table:
+                background: Background | None = None,
+                pooled: Mapping[tuple, np.ndarray] | None = None) -> pa.Table:
     """Artifact rows as index rows: the partition added, page columns null when the artifact has none, the
-    vectors encoded (with the table's ``background``). Raises ValueError naming a document without vectors."""
+    vectors encoded (with the table's ``background``; ``pooled``: int8 pooled rows already made, by
+    :func:`vectors_keys`, used instead of pooling those rows again). Raises ValueError naming a document
+    without vectors."""
     vectors, offsets = unit_vectors(group.column("embedding"))
     empty = np.flatnonzero(np.diff(offsets) == 0)
     if len(empty):
         raise ValueError(f"document {group.column('doc_id')[int(empty[0])].as_py()!r} of partition {partition!r} "
                          "has no vectors: it cannot be indexed; re-embed the partition")
-    encoded = encoded_columns(vectors, offsets, encoding, background)
+    known = [pooled.get(key) for key in vectors_keys(group)] if pooled else None
+    encoded = encoded_columns(vectors, offsets, encoding, background, known)
     columns = []
     for target in schema:
         if target.name == "partition":

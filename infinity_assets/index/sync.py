@@ -43,7 +43,7 @@ from infinity_assets.index import background, ivf
 from infinity_assets.index.background import Background
 from infinity_assets.index.compaction import compact
 from infinity_assets.index.lock import WriterLock
-from infinity_assets.index.rows import encode_rows, pooled_column, pooled_tokens, unit_vectors
+from infinity_assets.index.rows import encode_rows, pooled_column, pooled_tokens, unit_vectors, vectors_keys
 from infinity_assets.index.schema import (
     INDEX_DIR,
     KEY_COLUMNS,
@@ -153,8 +153,9 @@ def sync_index(
             return report  # nothing to index yet: no table (search says so)
         rebuild = (table is None or table_settings(table) != (model, hidden_dim)
                    or not encoding.same_rows(table_encoding(table)))
+        sample: dict[tuple, np.ndarray] = {}  # the pages the background is learned from, pooled once
         found_background, relearned = _background_of(store, modality, None if rebuild else table, usable,
-                                                     encoding)
+                                                     encoding, sample)
         rebuild = rebuild or relearned
         schema = index_schema(hidden_dim, model, modality, encoding,
                               found_background.name if found_background else "")
@@ -162,7 +163,7 @@ def sync_index(
         if rebuild:
             # One commit holding every row: readers see the previous table (or none) until it is complete.
             plan = _plan(usable, _empty_versions())
-            rows = _stream(store, usable, plan, schema, encoding, found_background)
+            rows = _stream(store, usable, plan, schema, encoding, found_background, sample)
             table = db.create_table(TABLES[modality], data=rows, schema=schema, mode="overwrite")
             background.prune(store, modality, keep=table_background(table))
             report.rebuilt = table_settings_before is not None
@@ -338,24 +339,28 @@ def _plan(usable: list[ArtifactRows], indexed: pa.Table, kept: AbstractSet[str] 
 
 
 def _stream(store: DocumentStore, usable: list[ArtifactRows], plan: _Plan, schema: pa.Schema,
-            encoding: EncodingSettings, found: Background | None) -> pa.RecordBatchReader:
+            encoding: EncodingSettings, found: Background | None,
+            pooled: dict[tuple, np.ndarray] | None = None) -> pa.RecordBatchReader:
     """The rows to write (new and changed), read from the artifacts one row group at a time, encoded with
-    the table's background ``found``."""
+    the table's background ``found`` (``pooled``: rows pooled already, :func:`encode_rows`)."""
     def batches() -> Iterator[pa.RecordBatch]:
         for artifact in usable:
             doc_ids = plan.new.get(artifact.partition, set()) | plan.changed.get(artifact.partition, set())
             if doc_ids:
                 for group in artifacts.iter_rows(store.fs, artifact.path, doc_ids):
-                    yield from encode_rows(group, artifact.partition, schema, encoding, found).to_batches()
+                    yield from encode_rows(group, artifact.partition, schema, encoding, found,
+                                           pooled).to_batches()
 
     return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def _background_of(store: DocumentStore, modality: str, table: Any | None, usable: list[ArtifactRows],
-                   encoding: EncodingSettings) -> tuple[Background | None, bool]:
+                   encoding: EncodingSettings,
+                   sample: dict[tuple, np.ndarray]) -> tuple[Background | None, bool]:
     """The background this sync encodes rows with, and whether the table is rebuilt for it: ``table`` (None:
     one rebuilt anyway) keeps the background it names; one without, that now holds ``background_pages``
-    pages, or whose background file is gone, is rebuilt with a background learned now."""
+    pages, or whose background file is gone, is rebuilt with a background learned now (``sample`` receives
+    the pages it is learned from, pooled: :func:`learn_background`)."""
     pages = sum(artifact.rows.num_rows for artifact in usable)
     learns = encoding.background_share < 1.0 and pages >= encoding.background_pages
     name = table_background(table) if table is not None else ""
@@ -366,7 +371,7 @@ def _background_of(store: DocumentStore, modality: str, table: Any | None, usabl
             pass  # its file is gone: learned again
     elif table is not None and not learns:
         return None, False
-    return (learn_background(store, modality, _sample(store, usable, encoding.fde_seed), encoding)
+    return (learn_background(store, modality, _sample(store, usable, encoding.fde_seed), encoding, sample)
             if learns else None), True
 
 
@@ -384,10 +389,17 @@ def _sample(store: DocumentStore, usable: list[ArtifactRows], seed: int) -> Iter
 
 
 def learn_background(store: DocumentStore, modality: str, groups: Iterable[pa.Table],
-                     encoding: EncodingSettings) -> Background:
+                     encoding: EncodingSettings, pooled: dict[tuple, np.ndarray] | None = None) -> Background:
     """The background (:func:`background.learn`) of the pages in ``groups`` (artifact-shaped rows: their
-    ``embedding`` column, pooled as the index pools it), saved beside the table of ``modality``."""
-    pieces = [pooled_tokens(*unit_vectors(group.column("embedding")), encoding) for group in groups]
+    ``embedding`` column, pooled as the index pools it), saved beside the table of ``modality``. ``pooled``
+    (if given) receives each page's int8 pooled rows by :func:`~infinity_assets.index.rows.vectors_keys`,
+    for the encoding to use rather than pool those pages again."""
+    pieces = []
+    for group in groups:
+        rows, offsets = pooled_tokens(*unit_vectors(group.column("embedding")), encoding)
+        pieces.append((rows, offsets))
+        if pooled is not None:
+            pooled.update(zip(vectors_keys(group), np.split(rows, offsets[1:-1])))
     lengths = np.concatenate([np.diff(offsets) for _, offsets in pieces])
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
