@@ -16,7 +16,9 @@ time is the one measured when built. ``--quick`` runs the same at small sizes in
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -553,6 +555,50 @@ SECTIONS = {"synthetic": synthetic, "loose": loose, "million": million, "needles
             "sync": sync_cost, "table_sync": table_sync}
 
 
+@functools.cache
+def _reference_inputs() -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (100_000, 1_280), np.uint8)                # 100,000 FDE codes of 10,240 bits
+    tokens = rng.integers(0, 256, (1_500 * 64, 16), np.uint8)                # 1,500 pages of 64 sign tokens
+    query = rng.standard_normal((20, 128)).astype(np.float32)
+    return codes, tokens, np.arange(0, len(tokens) + 1, 64), query, rng.standard_normal((20_000, 128), np.float32)
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """The machine's CPU time so far, in clock ticks: (stolen by the hypervisor for other guests, all)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(x) for x in stat.readline().split()[1:]]
+    return ticks[7], sum(ticks)
+
+
+def machine_reference(repeats: int = 40) -> dict[str, float]:
+    """How fast the machine is right now, from fixed random inputs: p50 ms of the first stage's kernel (a masked
+    hamming scan of 100,000 FDE codes: bound by memory bandwidth), of stage 2's (sign MaxSim of a 20-token
+    query over 1,500 pages of 64 tokens: bound by the CPU's integer dot products) and of a float32 matrix
+    product (BLAS), with the CPU ticks so far (``steal``: taken by the hypervisor for other guests). Taken
+    before and after every part of the section: a neighbour that loads the VM moves them, where the code under
+    test cannot."""
+    from infinity_assets.index import kernels
+
+    codes, tokens, offsets, query, floats = _reference_inputs()
+    mask = np.full(codes.shape[1], 0xFF, np.uint8)
+    runs = {"hamming scan": lambda: kernels.masked_hamming(codes, codes[0], mask),
+            "sign MaxSim": lambda: kernels.sign_maxsim(query, tokens, offsets),
+            "float32 matmul": lambda: floats @ floats[:1_000].T}
+    out = {}
+    for name, call in runs.items():
+        for _ in range(5):  # warm-up: caches, the kernels' threads
+            call()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+        out[name] = round(statistics.median(times) * 1000, 2)
+    out["steal_ticks"], out["ticks"] = _cpu_ticks()
+    return out
+
+
 #: The parts that run one after the other in each process of a parallel run (``table_sync`` writes the
 #: 100,000-page table, so it follows the part that searches it).
 GROUPS = (("synthetic", "table_sync"), ("loose", "million", "needles", "real", "sync"))
@@ -567,7 +613,9 @@ def run(quick: bool = False, parallel: bool | None = None, pages: int | None = N
 
     cfg = QUICK if quick else at_pages(pages) if pages else FULL
     started = time.monotonic()
-    results: dict[str, Any] = {"quick": quick, "load_before": [round(x, 2) for x in os.getloadavg()]}
+    results: dict[str, Any] = {"quick": quick, "load_before": [round(x, 2) for x in os.getloadavg()],
+                               "reference": [{"when": "start", **machine_reference()}]}
+    print(f"    machine reference: {results['reference'][0]}", flush=True)
     if parallel is None:
         parallel = bool(os.environ.get("INFINITY_BENCH_INDEX_PARALLEL"))
     if not parallel:
@@ -577,6 +625,8 @@ def run(quick: bool = False, parallel: bool | None = None, pages: int | None = N
                 continue
             print(f"  index/{name}", flush=True)
             results[name] = section(cfg)
+            results["reference"].append({"when": f"after {name}", **machine_reference()})
+            print(f"    machine reference: {results['reference'][-1]}", flush=True)
     else:
         SCRATCH.mkdir(parents=True, exist_ok=True)
         children = [(group, subprocess.Popen([sys.executable, "-m", "benchmarks.index_scale", ",".join(group),
@@ -587,6 +637,7 @@ def run(quick: bool = False, parallel: bool | None = None, pages: int | None = N
             if child.wait() != 0:
                 raise RuntimeError(f"index/{','.join(group)} failed (exit {child.returncode})")
             results.update(json.loads((SCRATCH / f"part-{group[0]}.json").read_text()))
+        results["reference"].append({"when": "end", **machine_reference()})
     results["parallel"] = parallel
     results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds"] = time.monotonic() - started
@@ -727,6 +778,26 @@ def _table(rows: list[dict[str, Any]], baseline: dict[int, float]) -> list[str]:
     return lines
 
 
+def reference_lines(reference: list[dict[str, Any]], tolerance: float = 0.10) -> list[str]:
+    """The machine reference (:func:`machine_reference`) as taken through the run, and whether it moved by more
+    than ``tolerance`` (then the run measured the machine as much as the code)."""
+    if not reference:
+        return []
+    kernels = [k for k in reference[0] if k not in ("when", "steal_ticks", "ticks")]
+    spread = {k: max(r[k] for r in reference) / min(r[k] for r in reference) - 1 for k in kernels}
+    moved = [f"{k} by {spread[k]:.0%}" for k in kernels if spread[k] > tolerance]
+    stolen = [(now["steal_ticks"] - before["steal_ticks"]) / max(1, now["ticks"] - before["ticks"])
+              for before, now in itertools.pairwise(reference) if "ticks" in before and "ticks" in now]
+    return ["", "Machine reference (fixed random inputs, p50 ms; `machine_reference` in `index_scale.py`): "
+            + "; ".join(f"{r['when']}: " + ", ".join(f"{k} {r[k]:.1f}" for k in kernels) for r in reference) + ". "
+            + (f"CPU time stolen by the hypervisor between them: {', '.join(f'{x:.1%}' for x in stolen)}. "
+               if stolen else "")
+            + (f"**The machine's speed moved during the run** ({', '.join(moved)}; the hypervisor's steal "
+               "does not show a neighbour's use of the memory bandwidth): rows measured at different times may "
+               "differ by as much for that reason alone." if moved else
+               f"It stayed within {tolerance:.0%} throughout: the machine was as fast at the end as at the start.")]
+
+
 def markdown(results: dict[str, Any]) -> list[str]:
     """The index section of results.md: the targets, then one table per corpus."""
     lines = ["", f"## Index and search: staged retrieval against exact MaxSim{' (--quick)' if results.get('quick') else ''}",
@@ -735,6 +806,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
              "page. `x numpy` = p50 over the exact numpy MaxSim's p50 at the same size (<1 = faster). "
              f"Load average when the section started: {results.get('load_before', '?')}; when it ended: "
              f"{results.get('load_after', '?')}."]
+    lines += reference_lines(results.get("reference", []))
     dropped = {row.get("page_cache_dropped") for part in results.values() if isinstance(part, dict)
                for row in part.get("rows", []) if isinstance(row, dict) and "page_cache_dropped" in row}
     if dropped == {True}:
