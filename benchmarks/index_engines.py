@@ -303,12 +303,18 @@ class QdrantEdge:
 
 
 class FirstStageMillion:
-    """The first stage alone over ``spec["pages"]`` FDE codes (1,000,000): the 100,000-page table's codes
-    (``spec["from"]``) and copies of them with 1/32 of their bits flipped at random (distinct
-    codes with the same cluster structure), an IVF trained and assigned as :func:`ivf.update` does, then per
-    query: the FDE query code, the informative-bit mask, the probed lists, the masked hamming scan. ``top``
-    holds the kept candidates' code numbers; ``info["flat_overlap"]`` the share of the flat scan's candidates
-    the IVF kept (measured on the first queries)."""
+    """The first stage over ``spec["pages"]`` FDE codes (1,000,000): the 100,000-page table's codes
+    (``spec["from"]``) and copies of them with 1/32 of their bits flipped at random (distinct codes with the
+    same cluster structure), an IVF trained and assigned as :func:`ivf.update` does, then per query the
+    reader's own first stage (:func:`~infinity_assets.index.staged.fde_stage`). ``top`` holds the kept
+    candidates' code numbers; ``info["flat_overlap"]`` the share of the flat scan's candidates the IVF kept
+    (measured on the first queries). With ``spec["whole_query"]`` stages 2-4 follow on the 100,000-page
+    table's rows (its reader with its local copy, as the service opens it): copy ``j`` of page ``i`` stands
+    for page ``(i + j * COPY_STRIDE) % 100,000``, so the candidates stay as many distinct pages as the codes
+    chosen, and ``top`` holds the rerank's best rows (a cost measurement: a copy's rows are another page's)."""
+
+    #: How far apart the pages that the copies of one code stand for lie (prime: every copy a different page).
+    COPY_STRIDE = 7_919
 
     def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
         from infinity_assets import index
@@ -316,9 +322,13 @@ class FirstStageMillion:
         from infinity_assets.index.staged import bit_shares
         from infinity_assets.storage.documents import DocumentStore
 
-        reader = index.IndexReader(DocumentStore(spec["from"]), "images")
+        reader = index.IndexReader(DocumentStore(spec["from"]), "images",
+                                   local_copy=str(corpora.CACHE / "copies") if spec.get("whole_query") else None)
         base = reader.staged.codes
-        self.encoding, self.fde = reader.encoding, reader.staged.fde
+        self.encoding, self.fde, self.base_rows = reader.encoding, reader.staged.fde, len(base)
+        self.reader = reader if spec.get("whole_query") else None
+        if self.reader is not None and not self.reader.staged.local_copy.ready(timeout=None):
+            raise RuntimeError(f"the local copy failed: {self.reader.staged.local_copy.error!r}")
         del reader
         rng = np.random.default_rng(5)
         codes = np.empty((spec["pages"], base.shape[1]), np.uint8)
@@ -331,7 +341,8 @@ class FirstStageMillion:
             codes[start:stop] = base[:stop - start] ^ flips
         self.settings = index.SearchSettings(**spec.get("search", {}))
         self.ones, self.codes, self.lists = bit_shares(codes), codes, None
-        self.info = {"code_bytes_per_page": base.shape[1], "overlaps": []}
+        self.info: dict[str, Any] = {"code_bytes_per_page": base.shape[1], "overlaps": []}
+        self.stage_seconds: list[dict[str, float]] = []
         if self.settings.fde_probes:  # the IVF, trained and assigned as ivf.update does
             started = time.perf_counter()
             count = ivf.lists_for(len(codes), self.encoding)
@@ -345,31 +356,37 @@ class FirstStageMillion:
                              means_seconds=time.perf_counter() - started - trained - assigned)
 
     def search(self, query: np.ndarray, k: int) -> list[int]:
-        from infinity_assets.index import kernels
-        from infinity_assets.index.fde import query_code
-        from infinity_assets.index.staged import _within, informative_bits, query_vectors
+        from infinity_assets.index.staged import fde_stage, query_vectors
 
-        signs, mask = query_code(self.fde, query_vectors(query, self.fde.hidden_dim))
-        mask = informative_bits(signs, mask, self.ones, self.settings.fde_agreement)
-        if self.lists is None:
-            kept = _within(kernels.masked_hamming(self.codes, signs, mask), self.settings.fde_candidates)
-        else:
-            probed = self.lists.probe(signs, mask, self.settings.fde_probes, self.settings.fde_candidates)
-            kept = probed[_within(kernels.masked_hamming(self.codes[probed], signs, mask),
-                                  self.settings.fde_candidates)]
+        started = time.perf_counter()
+        unit = query_vectors(query, self.fde.hidden_dim)
+        kept, shortlist, scanned = fde_stage(self.fde, self.codes, self.ones, unit, self.settings, self.lists)
         if len(self.info["overlaps"]) < 30:  # compared with the flat scan after the timed queries
-            self.info["overlaps"].append((signs, mask, kept))
-        return kept[:k].tolist()
+            self.info["overlaps"].append((unit, kept))
+        if self.reader is None:
+            return kept[:k].tolist()
+        copy, page = np.divmod(kept, self.base_rows)
+        pages = np.unique((page + copy * self.COPY_STRIDE) % self.base_rows)
+        ranking = self.reader.staged.ranked(unit, pages, k, self.settings, {"fde": time.perf_counter() - started},
+                                            shortlist, scanned)
+        self.stage_seconds.append(ranking.timings)
+        self.info["pages_ranked_last_query"] = len(pages)
+        return ranking.positions.tolist()
 
     def finish(self) -> None:
-        from infinity_assets.index import kernels
-        from infinity_assets.index.staged import _within
+        from dataclasses import replace
 
+        from infinity_assets.index.staged import fde_stage
+
+        flat_settings = replace(self.settings, fde_probes=0)
         shares = []
-        for signs, mask, kept in self.info.pop("overlaps"):
-            flat = _within(kernels.masked_hamming(self.codes, signs, mask), self.settings.fde_candidates)
+        for unit, kept in self.info.pop("overlaps"):
+            flat, _, _ = fde_stage(self.fde, self.codes, self.ones, unit, flat_settings)
             shares.append(len(np.intersect1d(kept, flat)) / len(flat))
         self.info["flat_overlap"] = float(np.mean(shares)) if shares else None
+        if self.stage_seconds:
+            self.info["stages_ms_p50"] = {stage: float(np.median([t[stage] for t in self.stage_seconds[WARMUP:]]))
+                                          * 1000 for stage in self.stage_seconds[0]}
 
 
 #: The table's background in a build's worker process (set by :func:`_set_background`).

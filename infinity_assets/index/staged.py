@@ -52,7 +52,7 @@ import pyarrow as pa
 from infinity_assets.client.allocator import release_free_memory
 from infinity_assets.index import ivf, kernels
 from infinity_assets.index.binary import pack_signs
-from infinity_assets.index.fde import magnitude_planes, query_fde
+from infinity_assets.index.fde import FdeParams, magnitude_planes, query_fde
 from infinity_assets.index.local_copy import LocalCopy
 from infinity_assets.index.maxsim import normalized
 from infinity_assets.index.rows import take_runs, token_rows
@@ -183,40 +183,27 @@ class StagedSearch:
         (:func:`informative_bits`)."""
         return informative_bits(signs, mask, self.resident.ones, agreement)
 
-    def probed(self, signs: np.ndarray, mask: np.ndarray, settings: SearchSettings) -> np.ndarray | None:
-        """Row positions in the IVF lists nearest the query (sorted; :meth:`ivf.Lists.probe`), or None
-        without an IVF."""
-        if self.lists is None or settings.fde_probes == 0 or settings.fde_probes >= self.lists.count:
-            return None
-        return self.lists.probe(signs, mask, settings.fde_probes, settings.fde_candidates)
-
     def search(self, query: np.ndarray, k: int, settings: SearchSettings) -> Ranking:
         """The ``k`` best rows for a unit ``(q, hidden_dim)`` float32 query, through the four stages."""
-        timings: dict[str, float] = {}
         started = time.perf_counter()
-        positions = np.arange(self.rows)
-        scanned = shortlist = self.rows
-        if self.rows > settings.fde_candidates:
-            sums, occupied = query_fde(self.fde, query)
-            signs, mask = pack_signs(sums[None])[0], np.packbits(occupied)
-            resident = self.resident
-            codes = resident.codes
-            if settings.fde_agreement < 1.0:
-                mask = informative_bits(signs, mask, resident.ones, settings.fde_agreement)
-            probed = self.probed(signs, mask, settings)
-            if probed is not None:
-                positions, scanned = probed, len(probed)
-            distances = kernels.masked_hamming(codes, signs, mask, probed)
-            positions = positions[_within(distances, max(settings.fde_shortlist, settings.fde_candidates))]
-            shortlist = len(positions)
-            if len(positions) > settings.fde_candidates:
-                planes, weights = magnitude_planes(sums, mask)
-                distances = kernels.weighted_hamming(codes, signs, planes, weights, positions)
-                positions = positions[_within(distances, settings.fde_candidates)]
-        timings["fde"] = _lap(started)
-        kept = {"fde": np.sort(positions)}
+        candidates, shortlist, scanned = self.first_stage(query, settings)
+        return self.ranked(query, candidates, k, settings, {"fde": _lap(started)}, shortlist, scanned)
+
+    def first_stage(self, query: np.ndarray, settings: SearchSettings) -> tuple[np.ndarray, int, int]:
+        """Stage 1 (:func:`fde_stage`) over the version's codes and IVF; every row in a table of at most
+        ``fde_candidates`` rows."""
+        if self.rows <= settings.fde_candidates:
+            return np.arange(self.rows), self.rows, self.rows
+        resident = self.resident
+        return fde_stage(self.fde, resident.codes, resident.ones, query, settings, self.lists)
+
+    def ranked(self, query: np.ndarray, candidates: np.ndarray, k: int, settings: SearchSettings,
+               timings: dict[str, float], shortlist: int, scanned: int) -> Ranking:
+        """Stages 2-4 over the sorted row positions ``candidates`` (:meth:`first_stage`'s, or any): ``timings``
+        (added to), ``shortlist`` and ``scanned`` are the first stage's, reported with the ranking."""
+        kept = {"fde": candidates}
         keep = max(settings.hamming_candidates, k)
-        positions = kept["fde"]
+        positions = candidates
         if len(positions) > keep:
             started = time.perf_counter()
             codes, offsets = self._token_rows(positions, "bits")
@@ -244,7 +231,7 @@ class StagedSearch:
         carried = (copy.hits(self.taker.by_fragment(positions)) if copy else rows.select(self.carry)).take(best)
         timings["rerank"] = _lap(started)
         return Ranking(positions[best], scores, carried, timings,
-                       {"shortlist": shortlist, **{stage: len(chosen) for stage, chosen in kept.items()}}, int(scanned),
+                       {"shortlist": shortlist, **{stage: len(chosen) for stage, chosen in kept.items()}}, scanned,
                        kept)
 
     def _token_rows(self, positions: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -336,6 +323,30 @@ def _exact_top(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, k: i
     exact = kernels.exact_maxsim(query, vectors, offsets, near, similarities, per_token)
     best = _largest(exact, k)
     return near[best], exact[best]
+
+
+def fde_stage(fde: FdeParams, codes: np.ndarray, ones: np.ndarray, query: np.ndarray, settings: SearchSettings,
+              lists: ivf.Lists | None = None) -> tuple[np.ndarray, int, int]:
+    """Stage 1 for a unit query over ``(rows, fde_bits / 8)`` ``codes`` (``ones``: their :func:`bit_shares`;
+    ``lists``: their IVF, None: every code scanned): the sorted row positions of the ``fde_candidates`` best,
+    the size of the masked scan's shortlist and the number of codes scanned. The masked hamming scan keeps a
+    shortlist of ``fde_shortlist``, which the query's magnitudes rescore (:func:`kernels.weighted_hamming`)."""
+    sums, occupied = query_fde(fde, query)
+    signs, mask = pack_signs(sums[None])[0], np.packbits(occupied)
+    if settings.fde_agreement < 1.0:
+        mask = informative_bits(signs, mask, ones, settings.fde_agreement)
+    positions, probed = np.arange(len(codes)), None
+    if lists is not None and 0 < settings.fde_probes < lists.count:
+        positions = probed = lists.probe(signs, mask, settings.fde_probes, settings.fde_candidates)
+    scanned = len(positions)
+    distances = kernels.masked_hamming(codes, signs, mask, probed)
+    positions = positions[_within(distances, max(settings.fde_shortlist, settings.fde_candidates))]
+    shortlist = len(positions)
+    if len(positions) > settings.fde_candidates:
+        planes, weights = magnitude_planes(sums, mask)
+        distances = kernels.weighted_hamming(codes, signs, planes, weights, positions)
+        positions = positions[_within(distances, settings.fde_candidates)]
+    return np.sort(positions), shortlist, scanned
 
 
 def informative_bits(signs: np.ndarray, mask: np.ndarray, ones: np.ndarray, agreement: float) -> np.ndarray:
