@@ -152,7 +152,8 @@ def page_shares(centroids: np.ndarray, nearest: np.ndarray, unit: np.ndarray,
 
 def nearest_centres(centres: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each unit row's cosine to its nearest centre and that centre, ``(rows,)`` float32 and int64 (faiss, a
-    block at a time)."""
+    block at a time). The cosine is computed again row by row: faiss's (BLAS's) can differ in the last bit
+    with the rows searched together, and a row's side of a cluster's radius must not depend on its batch."""
     import faiss
 
     search = faiss.IndexFlatIP(centres.shape[1])
@@ -160,9 +161,9 @@ def nearest_centres(centres: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, 
     similarity, nearest = np.empty(len(unit), np.float32), np.empty(len(unit), np.int64)
     for start in range(0, len(unit), ASSIGN_BLOCK):
         block = np.ascontiguousarray(unit[start:start + ASSIGN_BLOCK])
-        found_similarity, found = search.search(block, 1)
-        similarity[start:start + len(block)] = found_similarity[:, 0]
-        nearest[start:start + len(block)] = found[:, 0]
+        found = search.search(block, 1)[1][:, 0]
+        similarity[start:start + len(block)] = np.einsum("ij,ij->i", block, centres[found])
+        nearest[start:start + len(block)] = found
     return similarity, nearest
 
 

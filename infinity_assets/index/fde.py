@@ -20,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import numkong as nk
 import numpy as np
 
 from infinity_assets.index.binary import pack_signs
+from infinity_assets.index.kernels import row_products
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,15 @@ class FdeParams:
         projections = (signs / np.sqrt(self.projection_dim)).astype(np.float32)
         return hyperplanes, projections
 
+    @cached_property
+    def _packed(self) -> tuple[object, object]:
+        """:attr:`_matrices` packed for :func:`~infinity_assets.index.kernels.row_products`."""
+        return tuple(nk.dots_pack(np.ascontiguousarray(matrix.T), dtype="f32") for matrix in self._matrices)
+
     def buckets_of(self, vectors: np.ndarray) -> np.ndarray:
         """``(n, repetitions)`` bucket ids: the SimHash signature of each vector in each repetition."""
-        hyperplanes, _ = self._matrices
-        bits = (vectors @ hyperplanes > 0).reshape(len(vectors), self.repetitions, self.simhash_bits)
+        sides = row_products(vectors, self._packed[0], self.repetitions * self.simhash_bits)
+        bits = (sides > 0).reshape(len(vectors), self.repetitions, self.simhash_bits)
         packed = np.packbits(bits, axis=-1, bitorder="little")          # (n, R, ceil(bits / 8)) uint8
         ids = packed[..., 0].astype(np.int64)
         for byte in range(1, packed.shape[-1]):
@@ -65,8 +72,8 @@ class FdeParams:
 
     def projected(self, vectors: np.ndarray) -> np.ndarray:
         """``(n, repetitions, projection_dim)``: each vector projected once per repetition."""
-        _, projections = self._matrices
-        return (vectors @ projections).reshape(len(vectors), self.repetitions, self.projection_dim)
+        projected = row_products(vectors, self._packed[1], self.repetitions * self.projection_dim)
+        return projected.astype(np.float32).reshape(len(vectors), self.repetitions, self.projection_dim)
 
 
 def document_codes(params: FdeParams, vectors: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -49,16 +49,29 @@ def float_similarities(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarr
     rows = np.ascontiguousarray(vectors[offsets[0]:offsets[-1]])
     kind = "f16" if rows.dtype == np.float16 else "f32"
     packed = nk.dots_pack(np.ascontiguousarray(query, rows.dtype), dtype=kind)
+    similarities = _packed_dots(rows, packed, len(query), "float32" if kind == "f16" else "float64")
+    return similarities, np.maximum.reduceat(similarities, offsets[:-1] - offsets[0], axis=0)
+
+
+def row_products(rows: np.ndarray, packed: object, columns: int) -> np.ndarray:
+    """``rows @ matrix.T`` for float32 ``rows`` and the ``columns`` float32 rows of a ``matrix`` packed by
+    ``nk.dots_pack(matrix, dtype="f32")``: ``(len(rows), columns)`` float64, each product a function of its two
+    rows alone. OpenBLAS's sgemm is not on every CPU: a row's result can depend on the rows around it in the
+    call and on its threads, so codes made from it would depend on the batch a document is encoded in."""
+    return _packed_dots(np.ascontiguousarray(rows, np.float32), packed, columns, "float64")
+
+
+def _packed_dots(rows: np.ndarray, packed: object, columns: int, dtype: str) -> np.ndarray:
+    """``nk.dots_packed(rows, packed)`` as numpy, the rows split over the cores (each part written in place)
+    when there are enough."""
     parts = min(KERNEL_THREADS, max(1, len(rows) // FLOAT_BLOCK_TOKENS))
     if parts == 1:
-        similarities = np.asarray(nk.dots_packed(rows, packed))   # (tokens, q): float32 (float64 for float32)
-    else:  # rows split over the cores, written in place
-        out = nk.empty((len(rows), len(query)), dtype="float32" if kind == "f16" else "float64")
-        bounds = np.linspace(0, len(rows), parts + 1).astype(np.int64).tolist()
-        list(_THREADS.map(lambda first, last: nk.dots_packed(rows, packed, out=out, start_row=first,
-                                                             end_row=last), bounds[:-1], bounds[1:]))
-        similarities = np.asarray(out)
-    return similarities, np.maximum.reduceat(similarities, offsets[:-1] - offsets[0], axis=0)
+        return np.asarray(nk.dots_packed(rows, packed))
+    out = nk.empty((len(rows), columns), dtype=dtype)
+    bounds = np.linspace(0, len(rows), parts + 1).astype(np.int64).tolist()
+    list(_THREADS.map(lambda first, last: nk.dots_packed(rows, packed, out=out, start_row=first, end_row=last),
+                      bounds[:-1], bounds[1:]))
+    return np.asarray(out)
 
 
 def float16_margin(query_tokens: int) -> float:
