@@ -457,8 +457,8 @@ def build_parallel(store: Any, spec: dict[str, Any], ids: list[str], first: int,
                     print(f"    built {min(last, first + (done + 1) * block) - first:,}/{last - first:,} pages",
                           flush=True)
 
-    index.connect(store).create_table("images", data=pa.RecordBatchReader.from_batches(schema, batches()),
-                                      schema=schema, mode="overwrite")
+    index.create_table(store, "images", pa.RecordBatchReader.from_batches(schema, batches()), schema,
+                       spec.get("file_version", index.FILE_VERSION))
 
 
 def _replicate(store: Any, spec: dict[str, Any]) -> dict[str, Any]:

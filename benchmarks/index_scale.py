@@ -82,6 +82,10 @@ DEFAULT_LABEL = "two-stage (local disk)"
 #: encoding before it, ``background_share=1.0``): the baseline of the default row, its own build.
 BACKGROUND_KEPT = ("two-stage, background tokens kept in stages 1-2 (background_share=1.0, the previous "
                    "default)", {"encoding": {"background_share": 1.0}})
+#: The default search on the same pages in a table of Lance's default file format (2.2 in pylance 14; the
+#: index writes 2.0, :data:`infinity_assets.index.schema.FILE_VERSION`): the baseline of the format, its own build.
+LANCE_DEFAULT_FORMAT = ("two-stage, table in Lance's default file format (2.2; the index writes 2.0)",
+                        {"file_version": "2.2"})
 #: The default search on an index that keeps the rerank's vectors in float32 (``originals``), on the real
 #: pages: their exact ground truth is float32 MaxSim of the model's own vectors, not of float16 ones.
 ORIGINALS_FLOAT32 = "two-stage, vectors kept in float32 (originals=float32)"
@@ -97,9 +101,9 @@ def _engine_version() -> str:
     """The row format and default encoding of the two-stage index: a cached build is reused by any code that
     writes the same rows (a change of the search code, or of the first-stage sidecar, does not rebuild)."""
     from infinity_assets.index.rows import ROW_FORMAT
-    from infinity_assets.index.schema import EncodingSettings
+    from infinity_assets.index.schema import FILE_VERSION, EncodingSettings
 
-    digest = hashlib.sha256(f"{ROW_FORMAT}:{EncodingSettings().rows_json()}".encode())
+    digest = hashlib.sha256(f"{ROW_FORMAT}:{EncodingSettings().rows_json()}:{FILE_VERSION}".encode())
     return digest.hexdigest()[:12]
 
 
@@ -248,23 +252,25 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
                              "pages": n, "root": _build_root("qdrant-edge", f"synthetic-{n}"), **extra},
                             vectors[:50], SCRATCH)
         add(_row(label, result, n, corpora.PAGE_VECTORS, corpora.top_k(scores[:, :n], 10)[:50], known_q[:50]))
+    variants: dict[str, str] = {}  # the builds of the smallest size's pages built otherwise, by name
     for size in sorted(cfg["sizes"], reverse=True):
         row = _row(DEFAULT_LABEL, two_stage(size), size, corpora.PAGE_VECTORS, exact.get(size), known)
         if size in exact:
             row["kept_at_10"] = _kept_by_stage(two_stage(size, exact_top=exact[size].tolist(),
                                                          queries=vectors[:len(exact[size])]))
         add(row)
-        if size == min(cfg["sizes"]):  # the same pages with the background kept: a build of its own
-            kept_root = _build_root("two-stage", f"background-kept-synthetic-{size}", version)
-            kept_spec = {**BACKGROUND_KEPT[1], "root": kept_root, "marker": kept_root + "/built.json"}
-            kept_row = _row(BACKGROUND_KEPT[0], run_engine(cached({"engine": "two-stage", "pages": size, **kept_spec}),
-                                                           vectors, SCRATCH), size, corpora.PAGE_VECTORS,
-                            exact.get(size), known)
-            if size in exact:
-                kept_row["kept_at_10"] = _kept_by_stage(run_engine(
-                    cached({"engine": "two-stage", "pages": size, **kept_spec, "exact_top": exact[size].tolist()}),
-                    vectors[:len(exact[size])], SCRATCH))
-            add(kept_row)
+        if size == min(cfg["sizes"]):  # the same pages built otherwise: a build of its own each
+            for (label, extra), name in ((BACKGROUND_KEPT, "background-kept"), (LANCE_DEFAULT_FORMAT, "lance-2.2")):
+                other = variants[name] = _build_root("two-stage", f"{name}-synthetic-{size}", version)
+                other_spec = {"engine": "two-stage", "pages": size, **extra, "root": other,
+                              "marker": other + "/built.json"}
+                row = _row(label, run_engine(cached(other_spec), vectors, SCRATCH), size, corpora.PAGE_VECTORS,
+                           exact.get(size), known)
+                if size in exact:
+                    row["kept_at_10"] = _kept_by_stage(run_engine(
+                        cached({**other_spec, "exact_top": exact[size].tolist()}), vectors[:len(exact[size])],
+                        SCRATCH))
+                add(row)
         for label, search in SIDE_ROWS:
             add(_row(label, two_stage(size, search=search), size, corpora.PAGE_VECTORS, exact.get(size), known))
         for label, extra in (NO_COPY, HELD):
@@ -276,9 +282,11 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
     small = min(cfg["sizes"])
     free = shutil.disk_usage(corpora.CACHE).free
     if free > 3 * _dir_size(builds[small]):
-        for label, extra in (("two-stage (S3: SeaweedFS)", {}), (f"two-stage (S3: SeaweedFS), {NO_COPY[0][11:]}",
-                                                                 NO_COPY[1])):
-            add(s3_two_stage(small, builds[small], vectors, exact.get(small), known, label, extra))
+        for label, root, extra in (("two-stage (S3: SeaweedFS)", builds[small], {}),
+                                   (f"two-stage (S3: SeaweedFS), {NO_COPY[0][11:]}", builds[small], NO_COPY[1]),
+                                   (f"two-stage (S3: SeaweedFS), {LANCE_DEFAULT_FORMAT[0][11:]}",
+                                    variants["lance-2.2"], {})):
+            add(s3_two_stage(small, root, vectors, exact.get(small), known, label, extra))
     else:  # SeaweedFS would hold a copy of the index
         add({"engine": "two-stage (S3: SeaweedFS)", "pages": small,
              "error": f"{free / 1e9:.1f} GB free on the disk, less than 3 copies of the index: not uploaded"})

@@ -15,11 +15,13 @@ from infinity_assets.index.hits import Hit, add_snippets
 from infinity_assets.index.reader import IndexReader, SearchResult, search_text, search_text_timed
 from infinity_assets.index.reference import artifact_rows, exact_hits, index_rows
 from infinity_assets.index.schema import (
+    FILE_VERSION,
     INDEX_DIR,
     TABLES,
     EncodingSettings,
     SearchIndexError,
     connect,
+    create_table,
     index_schema,
     index_uri,
     open_table,
@@ -32,8 +34,8 @@ from infinity_assets.index.sync import DEFAULT_CLEANUP_OLDER_THAN, SyncReport, s
 from infinity_assets.index.staged import SearchSettings
 
 __all__ = [
-    "DEFAULT_CLEANUP_OLDER_THAN", "INDEX_DIR", "TABLES", "EncodingSettings", "Hit", "IndexReader",
+    "DEFAULT_CLEANUP_OLDER_THAN", "FILE_VERSION", "INDEX_DIR", "TABLES", "EncodingSettings", "Hit", "IndexReader",
     "SearchIndexError", "SearchResult", "SearchSettings", "SyncReport", "add_snippets", "artifact_rows",
-    "connect", "exact_hits", "index_rows", "index_schema", "index_uri", "open_table", "search_text",
+    "connect", "create_table", "exact_hits", "index_rows", "index_schema", "index_uri", "open_table", "search_text",
     "search_text_timed", "storage_options", "sync_index", "table_background", "table_encoding", "table_settings", "write_index",
 ]

@@ -23,7 +23,7 @@ from infinity_assets.index.schema import (
     INDEX_DIR,
     TABLES,
     EncodingSettings,
-    connect,
+    create_table,
     index_schema,
     index_uri,
     open_table,
@@ -93,7 +93,7 @@ def write_index(store: DocumentStore, modality: str,
             reader = pa.RecordBatchReader.from_batches(schema,
                                                        rows(itertools.chain(first, pending), schema, found))
             lock.check()
-            table = connect(store).create_table(TABLES[modality], data=reader, schema=schema, mode="overwrite")
+            table = create_table(store, modality, reader, schema)
             background.prune(store, modality, keep=table_background(table))
         report.background = background.summary(found)
         report.inserted = counted[0]

@@ -32,6 +32,10 @@ from infinity_assets.storage.documents import DocumentStore
 from infinity_assets.storage.modality import MODALITIES
 
 INDEX_DIR = "index"
+#: The Lance file format index tables are written in: 2.0, not pylance 14's default (2.2). The rerank takes
+#: 30 whole pages of float16 vectors at random per query, which 2.0 reads with ~40 % less CPU (see "Designs
+#: weighed" in docs/search-at-scale.md). A table keeps the format it was created in until it is rebuilt.
+FILE_VERSION = "2.0"
 #: The table of each modality (``TABLES["images"] == "images"``).
 TABLES: dict[str, str] = {modality.value: modality.table for modality in MODALITIES}
 META_MODEL = b"infinity_assets.model"
@@ -214,6 +218,13 @@ def connect(store: DocumentStore) -> Any:
     import lancedb
 
     return lancedb.connect(index_uri(store), storage_options=storage_options(store) or None)
+
+
+def create_table(store: DocumentStore, modality: str, rows: Any, schema: pa.Schema,
+                 file_version: str = FILE_VERSION) -> Any:
+    """Create, or replace in one commit, the index table of ``modality`` from ``rows``, in ``file_version``."""
+    return connect(store).create_table(TABLES[modality], data=rows, schema=schema, mode="overwrite",
+                                       storage_options={"new_table_data_storage_version": file_version})
 
 
 def open_table(store: DocumentStore, modality: str) -> Any | None:

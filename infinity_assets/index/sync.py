@@ -50,7 +50,7 @@ from infinity_assets.index.schema import (
     TABLES,
     VERSION_COLUMNS,
     EncodingSettings,
-    connect,
+    create_table,
     index_schema,
     index_uri,
     open_table,
@@ -131,7 +131,6 @@ def sync_index(
     report = SyncReport(modality=modality, uri=f"{index_uri(store)}/{TABLES[modality]}.lance")
     with WriterLock(store.fs, _fs_path(store), is_s3=store.is_s3, timeout=lock_timeout) as lock:
         report.lock_wait_seconds = lock.waited
-        db = connect(store)
         table = open_table(store, modality)
         table_settings_before = table_settings(table) if table is not None else None
         found, unreadable = scan_artifacts(store, modality)
@@ -164,7 +163,7 @@ def sync_index(
             # One commit holding every row: readers see the previous table (or none) until it is complete.
             plan = _plan(usable, _empty_versions())
             rows = _stream(store, usable, plan, schema, encoding, found_background, sample)
-            table = db.create_table(TABLES[modality], data=rows, schema=schema, mode="overwrite")
+            table = create_table(store, modality, rows, schema)
             background.prune(store, modality, keep=table_background(table))
             report.rebuilt = table_settings_before is not None
             report.inserted = sum(len(ids) for ids in plan.new.values())
