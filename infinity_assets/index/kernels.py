@@ -1,5 +1,6 @@
 """The search's hot loops on compiled kernels (NumKong): float16 MaxSim, sign MaxSim, masked and weighted
-hamming.
+hamming; and the FDE's float32 products (:func:`row_products`), whose result for a row does not depend on the
+rows computed with it.
 
 Each function takes whole batches (every candidate's token rows stacked, ``offsets`` marking documents) and
 makes one kernel call (:func:`sign_maxsim`: one per block of a few thousand tokens), so no Python loop runs
