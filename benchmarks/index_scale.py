@@ -620,8 +620,9 @@ def machine_reference(repeats: int = 40) -> dict[str, float]:
 GROUPS = (("synthetic", "table_sync"), ("loose", "million", "needles", "real", "sync"))
 
 
-def run(quick: bool = False, parallel: bool | None = None, pages: int | None = None) -> dict[str, Any]:
-    """The whole section (``quick``: small sizes; ``pages``: :func:`at_pages`). ``parallel`` (default:
+def run(quick: bool = False, parallel: bool | None = None, pages: int | None = None,
+        parts: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The whole section, or its ``parts`` of :data:`SECTIONS` (``quick``: small sizes; ``pages``: :func:`at_pages`). ``parallel`` (default:
     ``$INFINITY_BENCH_INDEX_PARALLEL`` set) runs the :data:`GROUPS` in two processes at once: their wall-clock
     latencies then include each other's load (the CPU ms column does not)."""
     import subprocess
@@ -634,8 +635,14 @@ def run(quick: bool = False, parallel: bool | None = None, pages: int | None = N
     print(f"    machine reference: {results['reference'][0]}", flush=True)
     if parallel is None:
         parallel = bool(os.environ.get("INFINITY_BENCH_INDEX_PARALLEL"))
+    if parts is not None:
+        if set(parts) - set(SECTIONS):
+            raise ValueError(f"unknown parts {sorted(set(parts) - set(SECTIONS))}; choose from {list(SECTIONS)}")
+        results["not_run"] = [name for name in SECTIONS if name not in parts]
     if not parallel:
         for name, section in SECTIONS.items():
+            if name in results.get("not_run", ()):
+                continue
             if name in AT_FULL_SIZE and not cfg.get("full_size_sections", True):
                 results[name] = {"error": f"not run: a run at {max(cfg['sizes']):,} pages (--index-pages)"}
                 continue
@@ -645,6 +652,8 @@ def run(quick: bool = False, parallel: bool | None = None, pages: int | None = N
             print(f"    machine reference: {results['reference'][-1]}", flush=True)
     else:
         SCRATCH.mkdir(parents=True, exist_ok=True)
+        if parts is not None:
+            raise ValueError("a parallel run runs every part")
         children = [(group, subprocess.Popen([sys.executable, "-m", "benchmarks.index_scale", ",".join(group),
                                               str(quick), str(SCRATCH / f"part-{group[0]}.json"), str(pages or 0)],
                                              cwd=corpora.REPO))
@@ -823,6 +832,8 @@ def markdown(results: dict[str, Any]) -> list[str]:
              f"Load average when the section started: {results.get('load_before', '?')}; when it ended: "
              f"{results.get('load_after', '?')}."]
     lines += reference_lines(results.get("reference", []))
+    if results.get("not_run"):
+        lines += ["", f"Parts of the section not run in this run (`--index-parts`): {', '.join(results['not_run'])}."]
     dropped = {row.get("page_cache_dropped") for part in results.values() if isinstance(part, dict)
                for row in part.get("rows", []) if isinstance(row, dict) and "page_cache_dropped" in row}
     if dropped == {True}:

@@ -104,6 +104,9 @@ def main() -> int:
     parser.add_argument("--index-pages", type=int, default=None,
                         help="the index section's largest synthetic table (default 100,000); results go to "
                              "benchmarks/results/index-<pages>/, not over the full run's")
+    parser.add_argument("--index-parts", default=None,
+                        help="comma-separated parts of the index section to run (default: all); results go to "
+                             "benchmarks/results/index-<pages>-<parts>/")
     args = parser.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
@@ -117,8 +120,9 @@ def main() -> int:
                                           f"Python {platform.python_version()}"}
     # a smoke run's figures are not results: they go beside them, not over them
     directory = report.RESULTS / "quick" if args.quick else report.RESULTS
-    if args.index_pages and not args.quick:
-        directory = report.RESULTS / f"index-{args.index_pages}"
+    if (args.index_pages or args.index_parts) and not args.quick:
+        directory = report.RESULTS / "-".join(["index", str(args.index_pages or "full"),
+                                               *(args.index_parts.split(",") if args.index_parts else [])])
     started = time.monotonic()
     for section in chosen:
         print(f"[{time.monotonic() - started:5.0f}s] {section}", flush=True)
@@ -145,7 +149,8 @@ def main() -> int:
         elif section == "sensor":
             results["sensor"] = sensor_tick.run()
         elif section == "index":
-            results["index"] = index_scale.run(quick=args.quick, pages=args.index_pages)
+            results["index"] = index_scale.run(quick=args.quick, pages=args.index_pages,
+                                               parts=tuple(args.index_parts.split(",")) if args.index_parts else None)
         elif section == "dagster":
             results["dagster"] = dagster_scale.run()
         elif section == "backfill":
