@@ -264,8 +264,8 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
                 other = variants[name] = _build_root("two-stage", f"{name}-synthetic-{size}", version)
                 other_spec = {"engine": "two-stage", "pages": size, **extra, "root": other,
                               "marker": other + "/built.json"}
-                row = _row(label, run_engine(cached(other_spec), vectors, SCRATCH), size, corpora.PAGE_VECTORS,
-                           exact.get(size), known)
+                row = _row(label, run_engine(cached(other_spec), vectors, SCRATCH), size,
+                           corpora.PAGE_VECTORS, exact.get(size), known)
                 if size in exact:
                     row["kept_at_10"] = _kept_by_stage(run_engine(
                         cached({**other_spec, "exact_top": exact[size].tolist()}), vectors[:len(exact[size])],
@@ -282,9 +282,10 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
     small = min(cfg["sizes"])
     free = shutil.disk_usage(corpora.CACHE).free
     if free > 3 * _dir_size(builds[small]):
-        for label, root, extra in (("two-stage (S3: SeaweedFS)", builds[small], {}),
-                                   (f"two-stage (S3: SeaweedFS), {NO_COPY[0][11:]}", builds[small], NO_COPY[1]),
-                                   (f"two-stage (S3: SeaweedFS), {FORMAT_2_0[0][11:]}", variants["lance-2.0"], {})):
+        on_s3 = "two-stage (S3: SeaweedFS)"
+        for label, root, extra in ((on_s3, builds[small], {}),
+                                   (f"{on_s3}, {NO_COPY[0][11:]}", builds[small], NO_COPY[1]),
+                                   (f"{on_s3}, {FORMAT_2_0[0][11:]}", variants["lance-2.0"], {})):
             add(s3_two_stage(small, root, vectors, exact.get(small), known, label, extra))
     else:  # SeaweedFS would hold a copy of the index
         add({"engine": "two-stage (S3: SeaweedFS)", "pages": small,
@@ -621,7 +622,8 @@ GROUPS = (("synthetic", "table_sync"), ("loose", "million", "needles", "real", "
 
 def run(quick: bool = False, parallel: bool | None = None, pages: int | None = None,
         parts: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The whole section, or its ``parts`` of :data:`SECTIONS` (``quick``: small sizes; ``pages``: :func:`at_pages`). ``parallel`` (default:
+    """The whole section, or its ``parts`` of :data:`SECTIONS` (``quick``: small sizes; ``pages``:
+    :func:`at_pages`). ``parallel`` (default:
     ``$INFINITY_BENCH_INDEX_PARALLEL`` set) runs the :data:`GROUPS` in two processes at once: their wall-clock
     latencies then include each other's load (the CPU ms column does not)."""
     import subprocess
@@ -636,7 +638,8 @@ def run(quick: bool = False, parallel: bool | None = None, pages: int | None = N
         parallel = bool(os.environ.get("INFINITY_BENCH_INDEX_PARALLEL"))
     if parts is not None:
         if set(parts) - set(SECTIONS):
-            raise ValueError(f"unknown parts {sorted(set(parts) - set(SECTIONS))}; choose from {list(SECTIONS)}")
+            unknown = sorted(set(parts) - set(SECTIONS))
+            raise ValueError(f"unknown parts {unknown}; choose from {list(SECTIONS)}")
         results["not_run"] = [name for name in SECTIONS if name not in parts]
     if not parallel:
         for name, section in SECTIONS.items():
@@ -832,7 +835,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
              f"{results.get('load_after', '?')}."]
     lines += reference_lines(results.get("reference", []))
     if results.get("not_run"):
-        lines += ["", f"Parts of the section not run in this run (`--index-parts`): {', '.join(results['not_run'])}."]
+        lines += ["", f"Parts of the section not run (`--index-parts`): {', '.join(results['not_run'])}."]
     dropped = {row.get("page_cache_dropped") for part in results.values() if isinstance(part, dict)
                for row in part.get("rows", []) if isinstance(row, dict) and "page_cache_dropped" in row}
     if dropped == {True}:

@@ -105,8 +105,8 @@ def main() -> int:
                         help="the index section's largest synthetic table (default 100,000); results go to "
                              "benchmarks/results/index-<pages>/, not over the full run's")
     parser.add_argument("--index-parts", default=None,
-                        help="comma-separated parts of the index section to run (default: all); results go to "
-                             "benchmarks/results/index-<pages>-<parts>/")
+                        help="comma-separated parts of the index section to run (default: all); results "
+                             "go to benchmarks/results/index-<pages>-<parts>/")
     args = parser.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
@@ -149,8 +149,8 @@ def main() -> int:
         elif section == "sensor":
             results["sensor"] = sensor_tick.run()
         elif section == "index":
-            results["index"] = index_scale.run(quick=args.quick, pages=args.index_pages,
-                                               parts=tuple(args.index_parts.split(",")) if args.index_parts else None)
+            parts = tuple(args.index_parts.split(",")) if args.index_parts else None
+            results["index"] = index_scale.run(quick=args.quick, pages=args.index_pages, parts=parts)
         elif section == "dagster":
             results["dagster"] = dagster_scale.run()
         elif section == "backfill":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from infinity_assets import index
-from infinity_assets.index import EncodingSettings, SearchSettings, background
+from infinity_assets.index import EncodingSettings, SearchSettings, background, fde
 from infinity_assets.index.binary import pack_signs
 from infinity_assets.index.maxsim import normalized
 from infinity_assets.index.rows import fde_codes, foreground_tokens, token_rows
@@ -224,3 +224,27 @@ def test_page_shares_counts_each_page_once_per_cluster_it_has_a_token_nearest_or
     shares = background.page_shares(centres, nearest, unit, offsets)
     np.testing.assert_array_equal(shares, expected / (len(offsets) - 1))
     assert 0 < shares.min() and shares.max() < 1  # not a case every cluster passes or fails alike
+
+
+def test_a_rows_fde_code_and_background_cosine_do_not_depend_on_the_rows_encoded_with_it():
+    """A sync encodes rows in other batches than a fresh build: each row's codes must be a function of the row
+    alone (OpenBLAS's sgemm, which these once used, gives a row other last bits beside other rows on some
+    CPUs)."""
+    rng, dim = np.random.default_rng(3), 128  # ColPali's
+    params = EncodingSettings().fde(dim)
+    sizes = rng.integers(1, 300, 120)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    vectors = normalized(rng.standard_normal((offsets[-1], dim)).astype(np.float32))
+    for products in (params.projected, params.buckets_of):  # the rows in one call, then 37 at a time
+        in_parts = [products(vectors[a:a + 37]) for a in range(0, len(vectors), 37)]
+        assert np.array_equal(products(vectors), np.concatenate(in_parts)), products.__name__
+    together = fde.document_codes(params, vectors, offsets)
+    alone = [fde.document_codes(params, vectors[a:b], np.array([0, b - a]))
+             for a, b in zip(offsets, offsets[1:])]
+    assert np.array_equal(together, np.concatenate(alone))
+
+    centres = normalized(rng.standard_normal((512, dim)).astype(np.float32))
+    similarity, nearest = background.nearest_centres(centres, vectors)
+    for a, b in zip(offsets[::10], offsets[1::10]):
+        part_similarity, part_nearest = background.nearest_centres(centres, vectors[a:b])
+        assert np.array_equal(part_similarity, similarity[a:b]) and np.array_equal(part_nearest, nearest[a:b])

@@ -34,8 +34,9 @@ from infinity_assets.index.sync import DEFAULT_CLEANUP_OLDER_THAN, SyncReport, s
 from infinity_assets.index.staged import SearchSettings
 
 __all__ = [
-    "DEFAULT_CLEANUP_OLDER_THAN", "FILE_VERSION", "INDEX_DIR", "TABLES", "EncodingSettings", "Hit", "IndexReader",
-    "SearchIndexError", "SearchResult", "SearchSettings", "SyncReport", "add_snippets", "artifact_rows",
-    "connect", "create_table", "exact_hits", "index_rows", "index_schema", "index_uri", "open_table", "search_text",
-    "search_text_timed", "storage_options", "sync_index", "table_background", "table_encoding", "table_settings", "write_index",
+    "DEFAULT_CLEANUP_OLDER_THAN", "FILE_VERSION", "INDEX_DIR", "TABLES", "EncodingSettings", "Hit",
+    "IndexReader", "SearchIndexError", "SearchResult", "SearchSettings", "SyncReport", "add_snippets",
+    "artifact_rows", "connect", "create_table", "exact_hits", "index_rows", "index_schema", "index_uri",
+    "open_table", "search_text", "search_text_timed", "storage_options", "sync_index", "table_background",
+    "table_encoding", "table_settings", "write_index",
 ]

@@ -56,9 +56,9 @@ def float_similarities(query: np.ndarray, vectors: np.ndarray, offsets: np.ndarr
 
 def row_products(rows: np.ndarray, packed: object, columns: int) -> np.ndarray:
     """``rows @ matrix.T`` for float32 ``rows`` and the ``columns`` float32 rows of a ``matrix`` packed by
-    ``nk.dots_pack(matrix, dtype="f32")``: ``(len(rows), columns)`` float64, each product a function of its two
-    rows alone. OpenBLAS's sgemm is not on every CPU: a row's result can depend on the rows around it in the
-    call and on its threads, so codes made from it would depend on the batch a document is encoded in."""
+    ``nk.dots_pack(matrix, dtype="f32")``: ``(len(rows), columns)`` float64, each product a function of its
+    two rows alone. OpenBLAS's sgemm is not on every CPU: a row's result can depend on the rows around it in
+    the call and on its threads, so codes made from it would depend on the batch a document is encoded in."""
     return _packed_dots(np.ascontiguousarray(rows, np.float32), packed, columns, "float64")
 
 
@@ -70,8 +70,8 @@ def _packed_dots(rows: np.ndarray, packed: object, columns: int, dtype: str) -> 
         return np.asarray(nk.dots_packed(rows, packed))
     out = nk.empty((len(rows), columns), dtype=dtype)
     bounds = np.linspace(0, len(rows), parts + 1).astype(np.int64).tolist()
-    list(_THREADS.map(lambda first, last: nk.dots_packed(rows, packed, out=out, start_row=first, end_row=last),
-                      bounds[:-1], bounds[1:]))
+    list(_THREADS.map(lambda first, last: nk.dots_packed(rows, packed, out=out, start_row=first,
+                                                         end_row=last), bounds[:-1], bounds[1:]))
     return np.asarray(out)
 
 

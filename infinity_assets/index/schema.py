@@ -222,7 +222,8 @@ def connect(store: DocumentStore) -> Any:
 
 def create_table(store: DocumentStore, modality: str, rows: Any, schema: pa.Schema,
                  file_version: str = FILE_VERSION) -> Any:
-    """Create, or replace in one commit, the index table of ``modality`` from ``rows``, in ``file_version``."""
+    """Create, or replace in one commit, the index table of ``modality`` from ``rows``, in
+    ``file_version``."""
     return connect(store).create_table(TABLES[modality], data=rows, schema=schema, mode="overwrite",
                                        storage_options={"new_table_data_storage_version": file_version})
 
