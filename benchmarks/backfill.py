@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._core.execution.backfill import BulkActionStatus
-
-from infinity_assets_dev.deployment import Deployment
-from infinity_assets_dev.env import clean_env
 
 from infinity_assets.testing.fake_infinity import MODEL, FakeServerProcess
+from infinity_assets_dev.deployment import BACKFILL_FAILED, BACKFILL_SUCCEEDED, Deployment
+from infinity_assets_dev.env import clean_env
 
 #: The names of the env-configured corpus ``default``: the production location, infinity_assets.definitions.
 ASSET, PARTITIONS = "default/text_embeddings", "default_text_batches"
@@ -51,9 +49,8 @@ def backfill(url: str, count: int, per_run: int, prefix: str) -> dict[str, Any]:
             instance.add_dynamic_partitions(PARTITIONS, batches)
             started = time.monotonic()
             backfill_id = deployment.launch_backfill(ASSET, batches)
-            finished = (BulkActionStatus.COMPLETED, BulkActionStatus.COMPLETED_SUCCESS,
-                        BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED, BulkActionStatus.CANCELED)
-            deployment.wait_for(lambda: instance.get_backfill(backfill_id).status in finished, 3600,
+            finished = BACKFILL_SUCCEEDED | BACKFILL_FAILED
+            deployment.wait_for(lambda: instance.get_backfill(backfill_id).status.value in finished, 3600,
                                 f"backfill {backfill_id} finishing")
             seconds = time.monotonic() - started
             status = instance.get_backfill(backfill_id).status

@@ -21,6 +21,10 @@ from infinity_assets_dev.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+#: A backfill's statuses (``instance.get_backfill(id).status.value``; Dagster's enum of them is not public):
+#: ended badly, and done with every partition materialized.
+BACKFILL_FAILED = frozenset({"FAILED", "COMPLETED_FAILED", "CANCELED"})
+BACKFILL_SUCCEEDED = frozenset({"COMPLETED", "COMPLETED_SUCCESS"})
 
 LAUNCH_BACKFILL = """
 mutation($params: LaunchBackfillParams!) {

@@ -11,14 +11,12 @@ import subprocess
 import sys
 
 import dagster as dg
-from dagster._core.execution.backfill import BulkActionStatus
 import pytest
 import yaml
 
 from infinity_assets import artifacts
 from infinity_assets.storage.documents import DocumentStore
-
-from infinity_assets_dev.deployment import BIN, REPO, Deployment
+from infinity_assets_dev.deployment import BACKFILL_FAILED, BACKFILL_SUCCEEDED, BIN, REPO, Deployment
 from infinity_assets_dev.env import clean_env
 from infinity_assets_dev.postgres import SLOT_GUARD, PostgresServer
 
@@ -74,10 +72,9 @@ def test_a_backfill_of_30_batches_is_3_runs_launched_by_the_daemon(tmp_path, inf
         backfill_id = deployment.launch_backfill("default/text_embeddings", batches)
 
         def done() -> bool:
-            status = instance.get_backfill(backfill_id).status
-            assert status not in (BulkActionStatus.FAILED, BulkActionStatus.COMPLETED_FAILED,
-                                  BulkActionStatus.CANCELED), status
-            return status in (BulkActionStatus.COMPLETED, BulkActionStatus.COMPLETED_SUCCESS)
+            status = instance.get_backfill(backfill_id).status.value
+            assert status not in BACKFILL_FAILED, status
+            return status in BACKFILL_SUCCEEDED
 
         deployment.wait_for(done, 300, f"backfill {backfill_id} completing")
         runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
@@ -107,9 +104,8 @@ def test_a_burst_of_new_batches_is_one_backfill_requested_by_the_sensor(tmp_path
         def backfilled() -> bool:
             backfills = instance.get_backfills()
             for backfill in backfills:
-                assert backfill.status not in (BulkActionStatus.FAILED, BulkActionStatus.COMPLETED_FAILED,
-                                               BulkActionStatus.CANCELED), backfill.status
-            return bool(backfills) and all(b.status == BulkActionStatus.COMPLETED_SUCCESS for b in backfills)
+                assert backfill.status.value not in BACKFILL_FAILED, backfill.status
+            return bool(backfills) and all(b.status.value == "COMPLETED_SUCCESS" for b in backfills)
 
         deployment.wait_for(backfilled, 300, "the sensor's backfill completing")
         [backfill] = instance.get_backfills()

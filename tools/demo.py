@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BIN = Path(sys.executable).parent
 
+from infinity_assets_dev.deployment import BACKFILL_FAILED  # noqa: E402
 from infinity_assets_dev.infinity import InfinityServer  # noqa: E402
 from infinity_assets_dev.processes import ProcessGroup, log_tail  # noqa: E402
 from infinity_assets_dev.samples import BATCHES, PAGE_QUERY, QUERY, sample_objects  # noqa: E402
@@ -152,23 +153,20 @@ class WorkWatcher:
     def failures(self) -> list[str]:
         """Runs and backfills that ended badly."""
         import dagster as dg
-        from dagster._core.execution.backfill import BulkActionStatus
 
         bad_runs = [f"run {r.run_id[:8]} {r.status.value}" for r in self.instance.get_runs()
                     if r.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
         bad_backfills = [f"backfill {b.backfill_id} {b.status.value}" for b in self.instance.get_backfills()
-                         if b.status in (BulkActionStatus.FAILED, BulkActionStatus.COMPLETED_FAILED,
-                                         BulkActionStatus.CANCELED)]
+                         if b.status.value in BACKFILL_FAILED]
         return bad_runs + bad_backfills
 
     def done(self) -> bool:
         """Every sample batch embedded, every index synced after its embeddings, nothing queued or running."""
         import dagster as dg
-        from dagster._core.execution.backfill import BulkActionStatus
 
         if any(r.status not in (dg.DagsterRunStatus.SUCCESS,) for r in self.instance.get_runs()):
             return False
-        if any(b.status != BulkActionStatus.COMPLETED_SUCCESS for b in self.instance.get_backfills()):
+        if any(b.status.value != "COMPLETED_SUCCESS" for b in self.instance.get_backfills()):
             return False
         for corpus, (_, modality, _) in CORPORA.items():
             embedded = self.instance.fetch_materializations(corpus_key(corpus, EMBEDDING_ASSETS[modality]),
