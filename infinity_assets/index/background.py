@@ -141,7 +141,7 @@ def page_shares(centroids: np.ndarray, nearest: np.ndarray, unit: np.ndarray,
         last_page = int(np.searchsorted(offsets, offsets[start] + SHARE_BLOCK, "right")) - 1
         stop = min(pages, max(start + 1, last_page))
         first, last = offsets[start], offsets[stop]
-        rows, near = np.nonzero(unit[first:last] @ centroids.T > NEAR)
+        rows, near = np.divmod(np.flatnonzero(unit[first:last] @ centroids.T > NEAR), len(centroids))
         page = np.repeat(np.arange(stop - start), np.diff(offsets[start:stop + 1]))
         pairs = np.concatenate([page[rows] * len(centroids) + near,
                                 page * len(centroids) + nearest[first:last]])
