@@ -7,7 +7,7 @@ MODELS_DIR := .cache/models
 PY := $(VENV)/bin/python
 SERVER_PY := $(SERVER_VENV)/bin/python
 # Test files run in this many worker processes (pytest-xdist, a file per worker at a time; each starts its
-# own servers). Most of the suite waits on Dagster's daemons and servers, so 2 workers cut it by a third on 2 cores.
+# own servers). Most of the suite waits on Dagster's daemons and servers: 2 workers cut it by a third.
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20
 
