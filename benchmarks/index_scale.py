@@ -471,11 +471,8 @@ def needles(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def real(cfg: dict[str, Any]) -> dict[str, Any]:
-    """(a): real MiniLM vectors of texlive pages, every engine, known-item sentence queries (only if their
-    cache is there: embedding them takes the real server about 5 minutes here)."""
-    if not (corpora.TEXTLIVE / f"texlive-pages-{corpora.TEXT_MODEL}.parquet").exists():
-        return {"error": f"no cached texlive vectors under {corpora.TEXTLIVE} (corpora.texlive_corpus() makes them "
-                         "with the real server: about 5 minutes here); not run"}
+    """(a): real MiniLM vectors of texlive pages, every engine, known-item sentence queries. The first run
+    downloads the PDFs and embeds them with the real server (about 5 minutes here), then reads its cache."""
     corpus = corpora.texlive_corpus()
     n = min(len(corpus.doc_ids), cfg["real_pages"] or len(corpus.doc_ids))
     asked = [q for q in corpus.queries if q.page < n]
