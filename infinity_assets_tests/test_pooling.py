@@ -63,3 +63,32 @@ def test_documents_pooled_before_are_taken_as_they_are_and_the_others_pooled_as_
         np.testing.assert_array_equal(got, want)
     marked = [np.full_like(parts[0], 7), None, None]  # rows given for a document are used, not recomputed
     assert (pooled_tokens(vectors, offsets, encoding, marked)[0][:len(parts[0])] == 7).all()
+
+
+def _greedy_groups(vectors: np.ndarray, threshold: float) -> np.ndarray:
+    """The pooling's rule, one loop turn per leader: the reference :func:`pool_document` must match."""
+    close = (vectors @ vectors.T) > threshold
+    group = np.full(len(vectors), -1, np.int64)
+    groups = 0
+    for leader in np.argsort(-close.sum(axis=1), kind="stable"):
+        if group[leader] < 0:
+            group[close[leader] & (group < 0)] = groups
+            group[leader] = groups
+            groups += 1
+    order = np.argsort(group, kind="stable")
+    owner = group[order]
+    return np.add.reduceat(vectors[order], np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]), axis=0)
+
+
+@pytest.mark.parametrize("repeated", [0, 1, 10, 200])
+def test_rows_near_no_other_row_are_grouped_as_one_loop_turn_each_would(repeated: int) -> None:
+    rng = np.random.default_rng(repeated)
+    distinct = _unit(rng.standard_normal((300, 64)))                # near no other row
+    words = _unit(rng.standard_normal((5, 64)))
+    copies = _unit(words[rng.integers(0, 5, repeated)] + 0.02 * rng.standard_normal((repeated, 64)))
+    vectors = np.concatenate([distinct, copies])[rng.permutation(300 + repeated)]
+    np.testing.assert_array_equal(pool_document(vectors, 0.85), _greedy_groups(vectors, 0.85))
+    with_zeros = np.concatenate([vectors, np.zeros((2, 64), np.float32)])  # a zero row: a group of its own
+    np.testing.assert_array_equal(pool_document(with_zeros, 0.85), _greedy_groups(with_zeros, 0.85))
+    scaled = vectors * rng.uniform(0.3, 1.0, (len(vectors), 1)).astype(np.float32)  # some rows near no row
+    np.testing.assert_array_equal(pool_document(scaled, 0.4), _greedy_groups(scaled, 0.4))  # but another

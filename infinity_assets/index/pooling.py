@@ -25,15 +25,25 @@ def pool_document(vectors: np.ndarray, threshold: float) -> np.ndarray:
         return np.concatenate([pool_document(vectors[start:start + BLOCK_TOKENS], threshold)
                                for start in range(0, len(vectors), BLOCK_TOKENS)])
     close = (vectors @ vectors.T) > threshold
+    near = close.sum(axis=1)
+    leaders = np.argsort(-near, kind="stable")
+    # The rows near no other row come last and each make a group of their own: on a page whose tokens do
+    # not pool they are numbered in one step, not one loop turn each (rows that are not unit vectors: no).
+    alone = int(np.searchsorted(-near[leaders], -1))
+    if not (np.diagonal(close) | (near == 0))[leaders[alone:]].all():
+        alone = len(leaders)
     group = np.full(len(vectors), -1, np.int64)
     groups = 0
-    for leader in np.argsort(-close.sum(axis=1), kind="stable"):
+    for leader in leaders[:alone]:
         if group[leader] >= 0:
             continue
         members = close[leader] & (group < 0)
         group[members] = groups
         group[leader] = groups
         groups += 1
+    rest = leaders[alone:]
+    rest = rest[group[rest] < 0]
+    group[rest] = groups + np.arange(len(rest))
     order = np.argsort(group, kind="stable")  # each group's members in row order: the sums np.add.at gives
     owner = group[order]
     return np.add.reduceat(vectors[order], np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]), axis=0)
