@@ -3,6 +3,7 @@
 rebuilt from (never misread) when an older table or a lost file says so, and searches stay exact."""
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -248,3 +249,35 @@ def test_a_rows_fde_code_and_background_cosine_do_not_depend_on_the_rows_encoded
     for a, b in zip(offsets[::10], offsets[1::10]):
         part_similarity, part_nearest = background.nearest_centres(centres, vectors[a:b])
         assert np.array_equal(part_similarity, similarity[a:b]) and np.array_equal(part_nearest, nearest[a:b])
+
+
+def test_a_token_is_left_out_exactly_when_its_nearest_centre_of_all_is_background_and_it_lies_within():
+    """:meth:`Background.foreground` compares a token with the background centres first and with the others
+    only when it lies within a background radius: the same decisions as the nearest of every centre."""
+    rng, dim = np.random.default_rng(8), 128
+    centres = normalized(rng.standard_normal((256, dim)).astype(np.float32))
+    common = rng.random(256) < 0.3
+    # pairs of centres close together, one background and one not: tokens between them are near both
+    pairs = np.flatnonzero(common)[:40]
+    centres[pairs + 1] = normalized(centres[pairs] + 0.08 * rng.standard_normal((40, dim)).astype(np.float32))
+    common[pairs + 1] = False
+    found = background.Background(centres, rng.uniform(0.3, 0.85, 256).astype(np.float32), common)
+    noise = rng.uniform(0.02, 0.2, (3000, 1)) * rng.standard_normal((3000, dim))
+    near = centres[rng.integers(0, 256, 3000)] + noise
+    pooled = np.concatenate([near, rng.standard_normal((500, dim))]).astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 60, 200))])
+    offsets = offsets[offsets < len(pooled)].tolist() + [len(pooled)]
+    unit = normalized(pooled)
+    cosines = unit @ centres.T
+    nearest = cosines.argmax(axis=1)
+    left_out = found.common[nearest] & (cosines.max(axis=1) > found.radii[nearest])
+    want = ~left_out
+    for first, last in itertools.pairwise(offsets):  # a document whose tokens all are keeps its first
+        if not want[first:last].any():
+            want[first] = True
+    got = found.foreground(pooled, np.array(offsets))
+    inside_a_background_radius_but_nearer_another = (
+        ~found.common[nearest] & (cosines[:, found.common].max(axis=1) > found.radii[found.common][
+            cosines[:, found.common].argmax(axis=1)]))
+    assert left_out.sum() > 500 and inside_a_background_radius_but_nearer_another.sum() > 100
+    np.testing.assert_array_equal(got, want)
