@@ -852,8 +852,9 @@ def markdown(results: dict[str, Any]) -> list[str]:
     if dropped == {True}:
         lines += ["", "The OS page cache was emptied before each engine ran: every engine starts from a cold disk "
                   "(a table larger than memory stays mostly cold; a small one warms up during its queries). "
-                  "Each build was read once before its first engine, so the VM host's cache of the disk, "
-                  "which the guest cannot empty, holds the same for every engine on it."]
+                  "Before the first engine on a build (and again after an engine on another build), the "
+                  "same engine answered the same queries once, unmeasured, so the VM host's cache of the disk, "
+                  "which the guest cannot empty, holds what those queries read for every engine on it."]
     elif dropped:
         lines += ["", "The OS page cache could not be emptied before every engine (not root): an engine may "
                   "find pages an earlier one read still in memory."]
