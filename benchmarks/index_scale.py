@@ -75,6 +75,10 @@ LAST_ROUND = {"mode": "last-round", "search": {"fde_candidates": 2000, "hamming_
 NO_COPY = ("two-stage, stage 3 read from the table (no local copy)", {"local_copy": False})
 #: Stage 2's codes held in memory instead of read per query from the local copy.
 HELD = ("two-stage, stage 2's codes held in memory (hold_bits=True; an earlier default)", {"hold_bits": True})
+#: The rerank's rows read from the reader's local copy too (``copy_originals``), a copy of its own, removed
+#: after its row (it is about the size of the table: run only when the disk holds it twice).
+COPY_ORIGINALS = ("two-stage, the rerank's rows from the local copy too (copy_originals=True)",
+                  {"copy_originals": True, "local_copy": str(SCRATCH / "originals-copies")})
 #: The IVF probed (32 lists of sqrt(pages)).
 IVF_PROBED = {"fde_probes": 32}
 DEFAULT_LABEL = "two-stage (local disk)"
@@ -218,10 +222,11 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
                  exact[n][:few] if size == n else None, known_n[:few], measured_pages=n))
     builds = {size: _build_root("two-stage", f"synthetic-{size}", version) for size in cfg["sizes"]}
 
+    def default_spec(size: int) -> dict[str, Any]:
+        return cached({"engine": "two-stage", "pages": size, "root": builds[size], "marker": builds[size] + "/built.json"})
+
     def two_stage(size: int, **extra: Any) -> dict[str, Any]:
-        return run_engine(cached({"engine": "two-stage", "pages": size, "root": builds[size],
-                                  "marker": builds[size] + "/built.json", **extra}),
-                          extra.pop("queries", vectors), SCRATCH)
+        return run_engine({**default_spec(size), **extra}, extra.pop("queries", vectors), SCRATCH)
 
     few = cfg["exact_queries"]
     exact_result = run_engine(cached({"engine": "two-stage", "pages": n, "root": builds[n],
@@ -275,6 +280,7 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
             add(_row(label, two_stage(size, search=search), size, corpora.PAGE_VECTORS, exact.get(size), known))
         for label, extra in (NO_COPY, HELD):
             add(_row(label, two_stage(size, **extra), size, corpora.PAGE_VECTORS, exact.get(size), known))
+        add(with_originals(default_spec(size), vectors, exact.get(size), known))
         add(_row("two-stage, IVF: 32 lists probed", two_stage(size, search=IVF_PROBED), size,
                  corpora.PAGE_VECTORS, exact.get(size), known))
         add(_row("last round's numpy stages (flat FDE, numpy popcounts, float32 copies)",
@@ -285,7 +291,8 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
         on_s3 = "two-stage (S3: SeaweedFS)"
         for label, root, extra in ((on_s3, builds[small], {}),
                                    (f"{on_s3}, {NO_COPY[0][11:]}", builds[small], NO_COPY[1]),
-                                   (f"{on_s3}, {FORMAT_2_0[0][11:]}", variants["lance-2.0"], {})):
+                                   (f"{on_s3}, {FORMAT_2_0[0][11:]}", variants["lance-2.0"], {}),
+                                   (f"{on_s3}, {COPY_ORIGINALS[0][11:]}", builds[small], {"copy_originals": True})):
             add(s3_two_stage(small, root, vectors, exact.get(small), known, label, extra))
     else:  # SeaweedFS would hold a copy of the index
         add({"engine": "two-stage (S3: SeaweedFS)", "pages": small,
@@ -329,6 +336,8 @@ def loose(cfg: dict[str, Any]) -> dict[str, Any]:
             rows[-1]["kept_at_10"] = _kept_by_stage(run_engine({**spec, **extra, "exact_top": exact.tolist()},
                                                                vectors[:len(exact)], SCRATCH))
         _print(rows[-1])
+    rows.append(with_originals(spec, vectors, exact, known))
+    _print(rows[-1])
     return {"rows": rows, "pages": n, "queries": len(queries), "ground_truth_cpu_seconds": gt_cpu,
             "mix": corpora.LOOSE.__dict__}
 
@@ -409,6 +418,21 @@ def table_sync(cfg: dict[str, Any]) -> dict[str, Any]:
            "compaction": maintenance, "ivf": first_stage}
     print(f"    sync of {changed:,} changed pages in the {top:,}-page table: {out}", flush=True)
     return out
+
+
+def with_originals(spec: dict[str, Any], vectors: list[np.ndarray], exact: np.ndarray | None,
+                   known: list[int]) -> dict[str, Any]:
+    """The row of :data:`COPY_ORIGINALS` over the two-stage engine of ``spec`` (its copy removed after it),
+    or an error row when the disk does not have room for that copy and as much to spare."""
+    needed, free = _dir_size(spec["root"]), shutil.disk_usage(corpora.CACHE).free
+    if free < 2 * needed:
+        return {"engine": COPY_ORIGINALS[0], "pages": spec["pages"],
+                "error": f"{free / 1e9:.1f} GB free on the disk, less than twice the copy's {needed / 1e9:.1f} GB"}
+    try:
+        result = run_engine({**spec, **COPY_ORIGINALS[1]}, vectors, SCRATCH)
+    finally:
+        shutil.rmtree(COPY_ORIGINALS[1]["local_copy"], ignore_errors=True)
+    return _row(COPY_ORIGINALS[0], result, spec["pages"], corpora.PAGE_VECTORS, exact, known)
 
 
 def _dir_size(folder: str) -> int:

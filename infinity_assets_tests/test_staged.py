@@ -149,14 +149,18 @@ def test_an_index_synced_through_any_sequence_of_materializations_answers_as_a_f
         synced, rebuilt = index.IndexReader(store, "text"), index.IndexReader(fresh, "text")
         copied = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))  # stage 3 from its copy
         assert copied.staged.local_copy.ready(timeout=60), copied.staged.local_copy.error
+        # the rerank from its copy too (a directory of its own: readers of one table share one set of copied columns)
+        originals = index.IndexReader(store, "text", local_copy=str(tmp_path / "originals"), copy_originals=True)
+        assert originals.staged.local_copy.ready(timeout=60), originals.staged.local_copy.error
         for partition, doc_id in [(p, d) for p in sorted(batches) for d in sorted(batches[p])][::7]:
             own = batches[partition][doc_id][:3]
             query = own + 0.1 / np.sqrt(DIM) * rng.standard_normal(own.shape).astype(np.float32)
             pruned = synced.search(query, k=5, settings=PRUNING)
             assert keys(pruned) == keys(rebuilt.search(query, k=5, settings=PRUNING)), name
             assert [h.score for h in pruned] == [h.score for h in rebuilt.search(query, k=5, settings=PRUNING)]
-            from_copy = copied.search(query, k=5, settings=PRUNING)
-            assert keys(from_copy) == keys(pruned) and [h.score for h in from_copy] == [h.score for h in pruned], name
+            for reader in (copied, originals):
+                from_copy = reader.search(query, k=5, settings=PRUNING)
+                assert from_copy == pruned, name
             got = synced.search(query, k=5, settings=SearchSettings())
             exact = index.exact_hits(store, "text", query, k=5)
             assert keys(got) == keys(exact), f"{name}: staged {keys(got)} != exact {keys(exact)}"
@@ -196,6 +200,12 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     assert held.staged.resident.token_bits is not None
     pooled_bytes = sum(f.stat().st_size for f in folder.iterdir())
     assert copy_bytes < table_bytes, (copy_bytes, table_bytes)  # the pooled rows no longer cross the network
+    originals = index.IndexReader(store, "text", local_copy=str(tmp_path / "originals"), copy_originals=True)
+    assert originals.staged.local_copy.ready(timeout=60), originals.staged.local_copy.error
+    (with_embedding,) = [f for f in (tmp_path / "originals").glob("*/*") if f.is_dir()]
+    assert {"embedding.f16", "embedding.offsets.npy"} <= {f.name for f in with_embedding.iterdir()}
+    assert answers(originals)[0] == want  # (the first query reads the FDE codes, held from then on)
+    assert answers(originals) == (want, 0)  # the rerank's rows too come from the copy: no query reads the table
 
     table = index.open_table(store, "text")
     table.delete("doc_id IN ('d03', 'd17', 'd42')")  # a deletion file; the fragment's data stays
@@ -375,6 +385,11 @@ def test_a_new_encoding_rebuilds_the_table_in_one_commit(tmp_path):
     table.checkout_latest()
     assert str(table.schema.field("embedding").type) == f"list<item: fixed_size_list<item: float>[{DIM}]>"
     assert index.IndexReader(store, "text", encoding=other).rows == 10
+    copied = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"), copy_originals=True)
+    assert copied.staged.local_copy.ready(timeout=60), copied.staged.local_copy.error
+    assert list((tmp_path / "copies").glob("*/*/embedding.f32"))  # the rerank's float32 rows, copied as they are
+    query = normalized(np.random.default_rng(4).standard_normal((3, DIM)).astype(np.float32))
+    assert copied.search(query, k=4) == index.IndexReader(store, "text").search(query, k=4)
     again = index.sync_index(store, "text", encoding=other)
     assert not again.wrote
 

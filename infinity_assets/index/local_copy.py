@@ -2,17 +2,20 @@
 ``pooled``: the same tokens in int8) of one pinned table version, read per query by position from flat
 memory-mapped files, and of the columns a hit returns (``carry``: ids, page, text). Stage 3 then does not
 go through the table, and the rerank reads only its rows' ``embedding`` from it: on object storage only those
-cross the network per query, and on a local disk a read skips Lance's per-call cost. A reader reads stage 2's
-codes from here too (unless ``hold_bits=True``): they stay in the OS page cache, shared by every process
+cross the network per query, and on a local disk a read skips Lance's per-call cost. Given ``originals`` (the
+table's dtype of them), the copy holds ``embedding`` too (the rerank's unit vectors: ~265 KB per ColPali page
+in float16, the size of the table itself), and the rerank reads it from here: no query goes through the
+table. A reader reads stage 2's codes from here too (unless ``hold_bits=True``): they stay in the OS page cache, shared by every process
 that reads the copy, instead of each reader's memory: the pages a read maps are let go when it returns.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
-copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8),
-``addresses.npy`` (their row addresses, ascending), ``bits.offsets.npy`` and ``pooled.offsets.npy``
+copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8), with
+``originals`` ``embedding.f16`` or ``embedding.f32`` (every token, in the table's ``originals`` dtype),
+``addresses.npy`` (their row addresses, ascending), ``<column>.offsets.npy`` per column
 (row ``j`` owns tokens ``offsets[j]:offsets[j + 1]`` of each file; ``bits`` leaves out the table's
 background tokens, :mod:`~infinity_assets.index.background`) and ``hits.arrow`` (the carried columns, one row
 per copied row, an Arrow IPC file read memory-mapped). Once made, the column files are read through once, into the OS page
-cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first). A fragment's
+cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first, ``embedding`` last). A fragment's
 data files never change and its rows are only ever deleted, so a copy named after the fragment's data files
 serves every later version of the table: a sync that appends a fragment or deletes rows copies only the new
 fragments. Each version maps its live rows to the copied ones through their row addresses (read with the
@@ -42,15 +45,21 @@ from infinity_assets.index.rows import take_runs, token_rows
 #: Where a long-lived reader (the search service) keeps its copies: a directory, or ``off``.
 ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY"
 DEFAULT_DIRECTORY = "~/.cache/infinity-assets/index"
-#: The copied columns: file name and bytes per token as a multiple of ``hidden_dim`` (numerator, denominator).
-COLUMNS = {"bits": ("bits.u1", 1, 8), "pooled": ("pooled.i8", 1, 1)}
+#: The copied columns: file name, item dtype, and items per token as a multiple of ``hidden_dim`` (numerator,
+#: denominator).
+COLUMNS = {"bits": ("bits.u1", "uint8", 1, 8), "pooled": ("pooled.i8", "int8", 1, 1)}
+#: ``embedding``, copied too with ``originals=True``, by the table's ``originals`` dtype.
+ORIGINALS = {"float16": ("embedding.f16", "float16", 1, 1), "float32": ("embedding.f32", "float32", 1, 1)}
+#: Where a long-lived reader is told to copy ``embedding`` too: ``on`` (or ``1``, ``true``), else ``off``.
+ORIGINALS_ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS"
 #: Raised when the files of a copy change meaning (a copy of another format is made again, not misread).
 FORMAT = 2
 #: The file that holds the carried columns.
 HITS_FILE = "hits.arrow"
-#: Rows per batch of the scan that writes a fragment's copy.
+#: Rows per batch of the scan that writes a fragment's copy (a sixteenth of them when it copies ``embedding``:
+#: 128 ColPali pages are ~34 MB).
 COPY_BATCH_ROWS = 2048
-#: The copy's column files are read once into the OS page cache when made (``bits`` first, then ``pooled``),
+#: The copy's column files are read once into the OS page cache when made (``bits``, ``pooled``, ``embedding``),
 #: as long as together they take at most this share of the memory available: per-query reads then come from
 #: memory, not from the disk.
 WARM_SHARE = 0.5
@@ -67,18 +76,33 @@ def directory_from_env() -> str | None:
     return str(Path(value or DEFAULT_DIRECTORY).expanduser())
 
 
+def originals_from_env() -> bool:
+    """``$INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS`` (read now): True for ``on``, ``1``, ``true`` or ``yes``,
+    False when unset or ``off``, ``0``, ``false``, ``no``; ``ValueError`` naming the variable otherwise."""
+    value = os.environ.get(ORIGINALS_ENV, "").strip().lower()
+    if value in ("on", "1", "true", "yes"):
+        return True
+    if value in ("", "off", "0", "false", "no"):
+        return False
+    raise ValueError(f"${ORIGINALS_ENV}={value!r}: set it to on (the local copy holds the rerank's rows too, "
+                     "about the size of the index table) or off")
+
+
 def table_folder(directory: str | Path, table_uri: str) -> Path:
     """Where the copies of the table at ``table_uri`` (``dataset.uri``) live under ``directory``."""
     return Path(directory) / hashlib.sha256(str(table_uri).encode()).hexdigest()[:16]
 
 
 class LocalCopy:
-    """The :data:`COLUMNS` and the ``carry`` columns of one pinned dataset version (``table.to_lance()``)
-    under ``directory``, copied in a background thread when made (:meth:`ready` says when reads can start;
-    until then a caller reads the table)."""
+    """The :data:`COLUMNS` (with ``originals``, ``embedding`` too, in the ``originals`` dtype: ``float16`` or
+    ``float32``) and the ``carry`` columns of one pinned dataset version (``table.to_lance()``) under
+    ``directory``, copied in a background thread when made (:meth:`ready` says when reads can start; until
+    then a caller reads the table)."""
 
-    def __init__(self, dataset: Any, hidden_dim: int, directory: str | Path, carry: tuple[str, ...] = ()) -> None:
+    def __init__(self, dataset: Any, hidden_dim: int, directory: str | Path, carry: tuple[str, ...] = (),
+                 originals: str | None = None) -> None:
         self.dataset, self.hidden_dim, self.carry = dataset, hidden_dim, tuple(carry)
+        self.columns = {**COLUMNS, **({"embedding": ORIGINALS[originals]} if originals else {})}
         self.root = table_folder(directory, dataset.uri)
         self.error: Exception | None = None
         self.seconds = 0.0
@@ -96,7 +120,7 @@ class LocalCopy:
         started = time.perf_counter()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._fragments = [_FragmentCopy.open(self.root, fragment, self.carry, self.hidden_dim)
+            self._fragments = [_FragmentCopy.open(self.root, fragment, self.carry, self.hidden_dim, self.columns)
                                for fragment in self.dataset.get_fragments()]
             kept = {copy.folder.name for copy in self._fragments}
             for stale in self.root.iterdir():
@@ -112,10 +136,11 @@ class LocalCopy:
     def rows(self, fragment_rows: list[tuple[int, np.ndarray]], column: str) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens, offsets)`` of ``column`` for the rows given as ``(fragment number, positions among its
         live rows)`` pairs, in that order: the tokens stacked (``bits``: ``(n, hidden_dim / 8)`` uint8;
-        ``pooled``: ``(n, hidden_dim)`` int8), document ``i`` owning ``offsets[i]:offsets[i + 1]``. Gathered
+        ``pooled``: ``(n, hidden_dim)`` int8; ``embedding``: ``(n, hidden_dim)`` in the table's dtype),
+        document ``i`` owning ``offsets[i]:offsets[i + 1]``. Gathered
         from the memory-mapped files in one ``take`` per fragment, whose mapped pages are then let go
         (:meth:`_FragmentCopy.release`): a read leaves nothing of the copy in the reader's memory."""
-        name, numerator, denominator = COLUMNS[column]
+        name, dtype, numerator, denominator = self.columns[column]
         width = self.hidden_dim * numerator // denominator
         tokens, counts = [], []
         for number, local in fragment_rows:
@@ -126,14 +151,19 @@ class LocalCopy:
             counts.append(lengths)
         offsets = np.zeros(sum(len(c) for c in counts) + 1, np.int64)
         np.cumsum(np.concatenate(counts) if counts else np.zeros(0, np.int64), out=offsets[1:])
-        out = np.concatenate(tokens) if len(tokens) > 1 else tokens[0] if tokens else np.zeros(0, f"V{width}")
-        return out.view(np.uint8 if column == "bits" else np.int8).reshape(-1, width), offsets
+        out = np.concatenate(tokens) if len(tokens) > 1 else tokens[0] if tokens else np.zeros(0, _item(dtype, width))
+        return out.view(dtype).reshape(-1, width), offsets
+
+    @property
+    def originals(self) -> bool:
+        """Whether the copy holds ``embedding`` (the rerank reads it here)."""
+        return "embedding" in self.columns
 
     def _warm(self) -> tuple[str, ...]:
-        """Read the :data:`COLUMNS`' files through once, column by column, while together they take at most
+        """Read the copied columns' files through once, column by column, while together they take at most
         :data:`WARM_SHARE` of the memory available; the columns read."""
         budget, buffer, warmed = WARM_SHARE * _available_memory(), bytearray(WARM_CHUNK_BYTES), []
-        for column, (name, _, _) in COLUMNS.items():
+        for column, (name, *_) in self.columns.items():
             files = [copy.folder / name for copy in self._fragments]
             budget -= sum(os.path.getsize(path) for path in files)
             if budget < 0:
@@ -155,12 +185,12 @@ class _FragmentCopy:
     """One fragment's copy (its column files memory-mapped, one token per item) and this version's map from
     the fragment's live rows to it."""
 
-    def __init__(self, folder: Path, live_rows: np.ndarray, hidden_dim: int) -> None:
+    def __init__(self, folder: Path, live_rows: np.ndarray, hidden_dim: int, columns: dict[str, tuple]) -> None:
         self.folder = folder
-        self.offsets = {column: np.load(folder / f"{column}.offsets.npy") for column in COLUMNS}
+        self.offsets = {column: np.load(folder / f"{column}.offsets.npy") for column in columns}
         self._maps: list[mmap.mmap] = []
-        self.mapped = {name: self._map(folder / name, f"V{hidden_dim * numerator // denominator}")
-                       for name, numerator, denominator in COLUMNS.values()}
+        self.mapped = {name: self._map(folder / name, _item(dtype, hidden_dim * numerator // denominator))
+                       for name, dtype, numerator, denominator in columns.values()}
         self.hits = pa.ipc.open_file(pa.memory_map(str(folder / HITS_FILE))).read_all()
         self.rows = live_rows  # position among the fragment's live rows -> row of the copy
 
@@ -180,11 +210,14 @@ class _FragmentCopy:
             mapping.madvise(mmap.MADV_DONTNEED)
 
     @classmethod
-    def open(cls, root: Path, fragment: Any, carry: tuple[str, ...], hidden_dim: int) -> _FragmentCopy:
-        """The fragment's copy under ``root`` (with the ``carry`` columns), written first if there is none (or
-        it lacks a live row)."""
+    def open(cls, root: Path, fragment: Any, carry: tuple[str, ...], hidden_dim: int,
+             columns: dict[str, tuple]) -> _FragmentCopy:
+        """The fragment's copy under ``root`` (with ``columns`` and the ``carry`` columns), written first if
+        there is none (or it lacks a live row)."""
         files = sorted(str(getattr(f, "path", f)) for f in fragment.data_files())
-        name = hashlib.sha256(f"{FORMAT}:{fragment.fragment_id}:{files}:{list(carry)}".encode()).hexdigest()[:16]
+        originals = f":{columns['embedding'][0]}" if "embedding" in columns else ""
+        key = f"{FORMAT}:{fragment.fragment_id}:{files}:{list(carry)}{originals}"
+        name = hashlib.sha256(key.encode()).hexdigest()[:16]
         live = np.concatenate([batch.column("_rowaddr").to_numpy() for batch in
                                fragment.to_batches(columns=[], with_row_address=True)] or [np.zeros(0, np.uint64)])
         folder = root / name
@@ -193,15 +226,20 @@ class _FragmentCopy:
                 addresses = np.load(folder / "addresses.npy")
                 rows = np.searchsorted(addresses, live)
                 if np.all(rows < len(addresses)) and np.array_equal(addresses[np.minimum(rows, len(addresses) - 1)], live):
-                    return cls(folder, rows, hidden_dim)
+                    return cls(folder, rows, hidden_dim, columns)
                 shutil.rmtree(folder, ignore_errors=True)  # rows the copy lacks (should not happen): copy again
-            _write(root, folder, fragment, carry)
+            _write(root, folder, fragment, carry, columns)
         raise RuntimeError(f"the local copy of fragment {fragment.fragment_id} does not hold its live rows")
 
     def ranges(self, local: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
         """``(first token, token count)`` in ``column``'s file of the rows at these live positions."""
         rows, offsets = self.rows[np.asarray(local, np.int64)], self.offsets[column]
         return offsets[rows], offsets[rows + 1] - offsets[rows]
+
+
+def _item(dtype: str, width: int) -> str:
+    """The numpy void type of one token of ``width`` items of ``dtype`` (a file's items as whole tokens)."""
+    return f"V{width * np.dtype(dtype).itemsize}"
 
 
 def _read_through(path: Path, buffer: bytearray) -> None:
@@ -223,19 +261,20 @@ def _available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _write(root: Path, folder: Path, fragment: Any, carry: tuple[str, ...]) -> None:
-    """Copy the :data:`COLUMNS` and the ``carry`` columns of the fragment's live rows into ``folder`` (via a
+def _write(root: Path, folder: Path, fragment: Any, carry: tuple[str, ...], columns: dict[str, tuple]) -> None:
+    """Copy ``columns`` and the ``carry`` columns of the fragment's live rows into ``folder`` (via a
     temporary folder, renamed)."""
     temporary = Path(tempfile.mkdtemp(prefix=".copy-", dir=root))
     try:
-        addresses, lengths = [], {column: [] for column in COLUMNS}
+        addresses, lengths = [], {column: [] for column in columns}
         schema = pa.schema([fragment.schema.field(name) for name in carry])
         with ExitStack() as files:
             outputs = {column: files.enter_context(open(temporary / name, "wb"))
-                       for column, (name, _, _) in COLUMNS.items()}
+                       for column, (name, *_) in columns.items()}
             hits = files.enter_context(pa.ipc.new_file(str(temporary / HITS_FILE), schema))
-            for batch in fragment.to_batches(columns=[*COLUMNS, *carry], with_row_address=True,
-                                             batch_size=COPY_BATCH_ROWS):
+            batch_rows = COPY_BATCH_ROWS // 16 if "embedding" in columns else COPY_BATCH_ROWS
+            for batch in fragment.to_batches(columns=[*columns, *carry], with_row_address=True,
+                                             batch_size=batch_rows):
                 hits.write_table(pa.table([batch.column(name) for name in carry], schema=schema))
                 for column, out in outputs.items():
                     values, offsets = token_rows(batch.column(column))

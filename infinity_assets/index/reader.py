@@ -55,7 +55,8 @@ class IndexReader:
     a copy of what stages 2-3 read per candidate (:mod:`~infinity_assets.index.local_copy`; made in the
     background for each version it opens, reusing what an earlier version copied); None: stage 3 reads the
     table. With a copy, stage 2's codes are read from it once it is ready, not held in memory, unless
-    ``hold_bits=True``.
+    ``hold_bits=True``; with ``copy_originals=True`` the copy holds the rerank's ``embedding`` rows too
+    (about the table's size again), and no query reads the table.
     Opening one caps the process's malloc arenas (:func:`~infinity_assets.client.allocator.limit_arenas`).
 
     Example::
@@ -68,9 +69,10 @@ class IndexReader:
     """
 
     def __init__(self, store: DocumentStore, modality: str, *, encoding: EncodingSettings | None = None,
-                 local_copy: str | None = None, hold_bits: bool = False) -> None:
+                 local_copy: str | None = None, copy_originals: bool = False, hold_bits: bool = False) -> None:
         limit_arenas()  # before this process's first scan (see allocator.limit_arenas)
         self.store, self.modality, self.local_copy, self.hold_bits = store, modality, local_copy, hold_bits
+        self.copy_originals = copy_originals
         self.where = f"{index_uri(store)} (table {TABLES[modality]!r})"
         self.table = open_table(store, modality)
         if self.table is None:
@@ -94,7 +96,7 @@ class IndexReader:
         self.version = self.dataset.version
         self.staged = StagedSearch(self.dataset, self.hidden_dim, self.encoding, store=self.store,
                                    modality=self.modality, carry=tuple(HIT_COLUMNS), local_copy=self.local_copy,
-                                   hold_bits=self.hold_bits)
+                                   copy_originals=self.copy_originals, hold_bits=self.hold_bits)
         self.rows = self.staged.rows
         if self.rows == 0:
             raise SearchIndexError(f"the {self.modality} index at {self.where} is empty: no artifact has been "

@@ -8,7 +8,8 @@ for each of ``hamming_candidates``, then the full float16 pages of only ``pooled
 with a local copy (:mod:`~infinity_assets.index.local_copy`) reads stage 3's ``pooled`` rows from the copy's
 files, and once the copy is ready it holds only the ``fde`` column (~1.3 KB per page) and reads stage 2's
 ``bits`` rows from the copy too (from the OS page cache, into which the copy is read when it fits; else
-from the disk: slower), unless ``hold_bits=True``.
+from the disk: slower), unless ``hold_bits=True``. With ``copy_originals`` the copy holds ``embedding`` too,
+and the rerank reads its rows there.
 
 1. **FDE** (:mod:`~infinity_assets.index.fde`): the query's MUVERA code against documents' 1-bit codes, by
    masked hamming distance. Every code is compared (one compiled scan), unless ``fde_probes`` asks for the
@@ -131,12 +132,14 @@ class StagedSearch:
     ranked rows, read in the rerank's own ``take`` (no second round trip); ``local_copy``: a directory where
     the ``bits`` and ``pooled`` columns are copied for stages 2 and 3
     (:class:`~infinity_assets.index.local_copy.LocalCopy`, made in the background; until it is ready stage 3
-    reads the table), None: no copy; ``hold_bits``: stage 2's codes held in memory (True) or, with a copy,
-    read from it per query once it is ready (False; held until then, and for good if it cannot be made)."""
+    reads the table), None: no copy; ``copy_originals``: the copy holds ``embedding`` too, and the rerank
+    reads its rows there (about the table's size again on local disk); ``hold_bits``: stage 2's codes held in
+    memory (True) or, with a copy, read from it per query once it is ready (False; held until then, and for
+    good if it cannot be made)."""
 
     def __init__(self, dataset: Any, hidden_dim: int, encoding: EncodingSettings, *, store: Any = None,
                  modality: str = "", carry: tuple[str, ...] = (), local_copy: str | None = None,
-                 hold_bits: bool = False) -> None:
+                 copy_originals: bool = False, hold_bits: bool = False) -> None:
         self.dataset, self.hidden_dim, self.encoding = dataset, hidden_dim, encoding
         self.hold_bits = hold_bits
         self.carry = carry
@@ -145,7 +148,9 @@ class StagedSearch:
         self.taker = RowTaker(dataset)
         self.rows = int(self.taker.starts[-1])  # the live rows, counted once per fragment
         self.pooled = "pooled" in dataset.schema.names  # False: a table from before the column (stage 3 skipped)
-        self.local_copy = LocalCopy(dataset, hidden_dim, local_copy, carry) if local_copy and self.pooled else None
+        originals = encoding.originals if copy_originals else None
+        self.local_copy = (LocalCopy(dataset, hidden_dim, local_copy, carry, originals)
+                           if local_copy and self.pooled else None)
         self._resident: Resident | None = None
         self.lists: ivf.Lists | None = None
         self._ivf_retry_at = 0.0
@@ -224,11 +229,15 @@ class StagedSearch:
             timings["pooled"] = 0.0
         started = time.perf_counter()
         kept["pooled"] = positions = np.sort(positions)
-        copy = self.local_copy if self.carry and self.local_copy is not None and self.local_copy.ready() else None
-        rows = self.taker.take(positions, ["embedding"] if copy else ["embedding", *self.carry])
-        vectors, offsets = token_rows(rows.column("embedding").combine_chunks())
+        copy = self.local_copy if self.local_copy is not None and self.local_copy.ready() else None
+        fragment_rows = self.taker.by_fragment(positions)
+        if copy is not None and copy.originals:
+            vectors, offsets = copy.rows(fragment_rows, "embedding")
+        else:
+            rows = self.taker.take(positions, ["embedding"] if copy else ["embedding", *self.carry])
+            vectors, offsets = token_rows(rows.column("embedding").combine_chunks())
         best, scores = _exact_top(query, vectors, offsets, k)
-        carried = (copy.hits(self.taker.by_fragment(positions)) if copy else rows.select(self.carry)).take(best)
+        carried = (copy.hits(fragment_rows) if copy is not None else rows.select(self.carry)).take(best)
         timings["rerank"] = _lap(started)
         return Ranking(positions[best], scores, carried, timings,
                        {"shortlist": shortlist, **{stage: len(chosen) for stage, chosen in kept.items()}}, scanned,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from infinity_assets import settings
 from infinity_assets.corpus import NAME_PATTERN, CorpusSettingsError
 from infinity_assets.index import SearchSettings
-from infinity_assets.index.local_copy import directory_from_env
+from infinity_assets.index.local_copy import directory_from_env, originals_from_env
 from infinity_assets.service.pages import OpenReaders
 from infinity_assets.storage.documents import DocumentStore, DocumentStoreError, PdfSettings
 from infinity_assets.storage.modality import MODALITIES
@@ -42,14 +42,16 @@ class UnknownCorpus(LookupError):
 class ServedCorpus:
     """One corpus of the service: its ``name``, its ``store`` (the root), how each modality's queries are
     embedded (``queries``), the candidates its staged search keeps (``search``), where its readers keep their
-    local copy of stage 3's column (``local_copy``, None: none; :mod:`infinity_assets.index.local_copy`), and
-    its index readers, kept open across requests."""
+    local copy of stage 3's column (``local_copy``, None: none; :mod:`infinity_assets.index.local_copy`),
+    whether that copy holds the rerank's rows too (``copy_originals``), and its index readers, kept open
+    across requests."""
 
     name: str
     store: DocumentStore
     queries: dict[str, settings.QuerySettings]
     search: SearchSettings = field(default_factory=SearchSettings)
     local_copy: str | None = None
+    copy_originals: bool = False
     readers: OpenReaders = field(init=False)
 
     def __post_init__(self) -> None:
@@ -59,7 +61,7 @@ class ServedCorpus:
         missing = [m for m in MODALITIES if m not in self.queries]
         if missing:
             raise CorpusSettingsError(f"corpus {self.name!r} has no query settings for {', '.join(missing)}")
-        self.readers = OpenReaders(self.store, self.local_copy)
+        self.readers = OpenReaders(self.store, self.local_copy, self.copy_originals)
 
 
 def parse_corpus_option(value: str) -> tuple[str, str]:
@@ -82,7 +84,8 @@ def corpora_from_env(roots: Mapping[str, str] | None = None, *, url: str | None 
     ``$INFINITY_IMAGE_API_URL``) and its API key come from the environment for every corpus. A named corpus's
     queries use the model its index records; the ``default`` corpus's may be pinned by ``$INFINITY_MODEL`` /
     ``$INFINITY_IMAGE_MODEL``. The staged search keeps the candidates of ``INFINITY_ASSETS_SEARCH_*``, its
-    readers their local copies under ``$INFINITY_ASSETS_INDEX_LOCAL_COPY``. PDF
+    readers their local copies under ``$INFINITY_ASSETS_INDEX_LOCAL_COPY`` (with the rerank's rows when
+    ``$INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS`` is on). PDF
     pages are drawn as their artifacts record they were embedded (``INFINITY_PDF_*`` for artifacts from before
     that was recorded). Raises ``ValueError`` naming the
     corpus and the setting that is wrong (a bad root, a variable that does not parse).
@@ -93,14 +96,14 @@ def corpora_from_env(roots: Mapping[str, str] | None = None, *, url: str | None 
         named = {DEFAULT_CORPUS: settings.store_settings()["root"]}
     pdf = PdfSettings.from_env()
     search = SearchSettings.from_env()
-    local_copy = directory_from_env()
+    local_copy, copy_originals = directory_from_env(), originals_from_env()
     corpora = []
     for name, root in named.items():
         try:
             store = settings.store_from_env(root=root).build_store(pdf)
             queries = {m: settings.query_settings_from_env(m, url=url, env_model=env_corpus)
                        for m in MODALITIES}
-            corpora.append(ServedCorpus(name, store, queries, search, local_copy))
+            corpora.append(ServedCorpus(name, store, queries, search, local_copy, copy_originals))
         except (ValueError, DocumentStoreError) as exc:
             where = "$INFINITY_ASSETS_ROOT" if env_corpus else f"--corpus {name}={root}"
             raise ValueError(f"corpus {name!r} ({where}): {exc}") from None

@@ -217,15 +217,16 @@ def thumbnail(image_bytes: bytes, size: int) -> bytes:
 
 class OpenReaders:
     """One :class:`IndexReader` per modality, kept open across requests (its FDE codes are read once; with
-    ``local_copy``, a directory, it keeps a copy of stage 3's column there).
+    ``local_copy``, a directory, it keeps a copy of stage 3's column there, and with ``copy_originals`` of the
+    rerank's rows too).
 
     :meth:`get` checks the table's latest version first; when a sync has committed a new one, it opens a new
     reader and hands that out, so searches still running on the old reader finish on the version they started
     on (a reader is never moved under a search).
     """
 
-    def __init__(self, store: DocumentStore, local_copy: str | None = None) -> None:
-        self.store, self.local_copy = store, local_copy
+    def __init__(self, store: DocumentStore, local_copy: str | None = None, copy_originals: bool = False) -> None:
+        self.store, self.local_copy, self.copy_originals = store, local_copy, copy_originals
         self._readers: dict[str, IndexReader] = {}
         self._lock = threading.Lock()
 
@@ -238,7 +239,8 @@ class OpenReaders:
                 if reader.table.version == reader.version:
                     return reader
             self._readers.pop(modality, None)
-            self._readers[modality] = reader = IndexReader(self.store, modality, local_copy=self.local_copy)
+            self._readers[modality] = reader = IndexReader(self.store, modality, local_copy=self.local_copy,
+                                                           copy_originals=self.copy_originals)
             return reader
 
 
