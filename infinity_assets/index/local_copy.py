@@ -59,6 +59,9 @@ HITS_FILE = "hits.arrow"
 #: Rows per batch of the scan that writes a fragment's copy (a sixteenth of them when it copies ``embedding``:
 #: 128 ColPali pages are ~34 MB).
 COPY_BATCH_ROWS = 2048
+#: Batches that scan reads ahead when it copies ``embedding`` (Lance's default, 16, would hold ~540 MB of
+#: them, whose freed buffers the C allocator keeps in part after the copy).
+COPY_READAHEAD = 2
 #: The copy's column files are read once into the OS page cache when made (``bits``, ``pooled``, ``embedding``),
 #: as long as together they take at most this share of the memory available: per-query reads then come from
 #: memory, not from the disk.
@@ -272,15 +275,17 @@ def _write(root: Path, folder: Path, fragment: Any, carry: tuple[str, ...], colu
             outputs = {column: files.enter_context(open(temporary / name, "wb"))
                        for column, (name, *_) in columns.items()}
             hits = files.enter_context(pa.ipc.new_file(str(temporary / HITS_FILE), schema))
-            batch_rows = COPY_BATCH_ROWS // 16 if "embedding" in columns else COPY_BATCH_ROWS
+            large = "embedding" in columns  # ~34 MB per batch of COPY_BATCH_ROWS // 16 ColPali pages
             for batch in fragment.to_batches(columns=[*columns, *carry], with_row_address=True,
-                                             batch_size=batch_rows):
+                                             batch_size=COPY_BATCH_ROWS // 16 if large else COPY_BATCH_ROWS,
+                                             batch_readahead=COPY_READAHEAD if large else 16):
                 hits.write_table(pa.table([batch.column(name) for name in carry], schema=schema))
                 for column, out in outputs.items():
                     values, offsets = token_rows(batch.column(column))
                     out.write(values[:offsets[-1]].tobytes())
                     lengths[column].append(np.diff(offsets))
-                addresses.append(batch.column("_rowaddr").to_numpy())
+                # a copy: a view would keep the batch's buffers (the copied columns' too) until the end
+                addresses.append(batch.column("_rowaddr").to_numpy().copy())
         for column, pieces in lengths.items():
             token_offsets = np.zeros(sum(len(p) for p in pieces) + 1, np.int64)
             np.cumsum(np.concatenate(pieces) if pieces else np.zeros(0, np.int64), out=token_offsets[1:])
