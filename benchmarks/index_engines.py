@@ -420,6 +420,34 @@ def _encode_block(job: tuple[dict[str, Any], list[str], int, int, dict[str, Any]
     return sink.getvalue().to_pybytes()
 
 
+#: Bytes on disk a bench page of the index can take at most: ColPali-sized tokens in float16 (``embedding``),
+#: int8 (``pooled``, every token when none pool) and 1-bit (``bits``), and the FDE code.
+BUILD_BYTES_PER_PAGE = corpora.PAGE_VECTORS * corpora.DIM * (2 + 1 + 1 / 8) + 1280
+#: Bytes a build leaves free on the disk at least (the page cache, the readers' copies, the system).
+BUILD_SPARE_BYTES = 5 << 30
+
+
+def check_room(pages: int, root: str) -> None:
+    """Raise before a build of ``pages`` at ``root`` (a local folder) that the disk may not hold, with what it
+    needs, what is free and the largest cached builds; a full disk would fail the run later, and whatever else
+    needs the disk."""
+    if "://" in root:
+        return
+    needed = pages * BUILD_BYTES_PER_PAGE + BUILD_SPARE_BYTES
+    folder = Path(root).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free >= needed:
+        return
+    builds = sorted(((sum(f.stat().st_size for f in b.rglob("*") if f.is_file()), b.name)
+                     for b in (corpora.CACHE / "builds").glob("*") if b.is_dir()), reverse=True)
+    largest = ", ".join(f"{name} {size / 1e9:.1f} GB" for size, name in builds[:3]) or "none"
+    raise RuntimeError(f"a build of {pages:,} pages needs up to {needed / 1e9:.1f} GB free (with "
+                       f"{BUILD_SPARE_BYTES / 1e9:.0f} GB to spare) and {free / 1e9:.1f} GB are: remove cached builds "
+                       f"under {corpora.CACHE / 'builds'} (largest: {largest}) or run fewer --index-parts")
+
+
 def build_parallel(store: Any, spec: dict[str, Any], ids: list[str], first: int, last: int, encoding: Any,
                    block: int = 250) -> None:
     """The index of pages ``first..last-1`` written as :func:`infinity_assets.index.write_index` writes it (the
@@ -435,6 +463,7 @@ def build_parallel(store: Any, spec: dict[str, Any], ids: list[str], first: int,
     from infinity_assets.index.rows import vectors_table
     from infinity_assets.index.sync import learn_background
 
+    check_room(last - first, spec["root"])
     found = None
     if encoding.background_share < 1.0 and last - first >= encoding.background_pages:
         source, _ = source_of({**spec, "ids_only": False})
