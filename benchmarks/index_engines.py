@@ -147,9 +147,11 @@ class TwoStage:
 
     def __init__(self, spec: dict[str, Any], source: corpora.PageSource, ids: list[str]) -> None:
         from infinity_assets import index
+        from infinity_assets.client.allocator import limit_arenas
         from infinity_assets.index import ivf
         from infinity_assets.storage.documents import DocumentStore
 
+        limit_arenas()  # as a search service's reader does before its first scan (the IVF update below scans)
         store = DocumentStore(spec["root"], **spec.get("store_options", {}))
         self.info: dict[str, Any] = {}
         marker = Path(spec["marker"])
