@@ -5,8 +5,9 @@ go through the table, and the rerank reads only its rows' ``embedding`` from it:
 cross the network per query, and on a local disk a read skips Lance's per-call cost. Given ``originals`` (the
 table's dtype of them), the copy holds ``embedding`` too (the rerank's unit vectors: ~265 KB per ColPali page
 in float16, the size of the table itself), and the rerank reads it from here: no query goes through the
-table. A reader reads stage 2's codes from here too (unless ``hold_bits=True``): they stay in the OS page cache, shared by every process
-that reads the copy, instead of each reader's memory: the pages a read maps are let go when it returns.
+table. A reader reads stage 2's codes from here too (unless ``hold_bits=True``): they stay in the OS page
+cache, shared by every process that reads the copy, instead of each reader's memory: the pages a read maps
+are let go when it returns.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8), with
@@ -14,9 +15,9 @@ copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hi
 ``addresses.npy`` (their row addresses, ascending), ``<column>.offsets.npy`` per column
 (row ``j`` owns tokens ``offsets[j]:offsets[j + 1]`` of each file; ``bits`` leaves out the table's
 background tokens, :mod:`~infinity_assets.index.background`) and ``hits.arrow`` (the carried columns, one row
-per copied row, an Arrow IPC file read memory-mapped). Once made, the column files are read through once, into the OS page
-cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first, ``embedding`` last). A fragment's
-data files never change and its rows are only ever deleted, so a copy named after the fragment's data files
+per copied row, an Arrow IPC file read memory-mapped). Once made, the column files are read through once,
+into the OS page cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first,
+``embedding`` last). A fragment's data files never change and its rows are only ever deleted, so a copy named after the fragment's data files
 serves every later version of the table: a sync that appends a fragment or deletes rows copies only the new
 fragments. Each version maps its live rows to the copied ones through their row addresses (read with the
 version, no column data). Copies are written to a temporary folder and renamed (a concurrent reader of the same table
@@ -48,7 +49,7 @@ DEFAULT_DIRECTORY = "~/.cache/infinity-assets/index"
 #: The copied columns: file name, item dtype, and items per token as a multiple of ``hidden_dim`` (numerator,
 #: denominator).
 COLUMNS = {"bits": ("bits.u1", "uint8", 1, 8), "pooled": ("pooled.i8", "int8", 1, 1)}
-#: ``embedding``, copied too with ``originals=True``, by the table's ``originals`` dtype.
+#: ``embedding``, copied too when a reader asks (``copy_originals``), by the table's ``originals`` dtype.
 ORIGINALS = {"float16": ("embedding.f16", "float16", 1, 1), "float32": ("embedding.f32", "float32", 1, 1)}
 #: Where a long-lived reader is told to copy ``embedding`` too: ``on`` (or ``1``, ``true``), else ``off``.
 ORIGINALS_ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS"
@@ -59,11 +60,10 @@ HITS_FILE = "hits.arrow"
 #: Rows per batch of the scan that writes a fragment's copy (a sixteenth of them when it copies ``embedding``:
 #: 128 ColPali pages are ~34 MB).
 COPY_BATCH_ROWS = 2048
-#: Batches that scan reads ahead when it copies ``embedding`` (Lance's default, 16, would hold ~540 MB of
-#: them, whose freed buffers the C allocator keeps in part after the copy).
+#: Batches that scan reads ahead when it copies ``embedding`` (Lance's default, 16, is ~540 MB of them).
 COPY_READAHEAD = 2
-#: The copy's column files are read once into the OS page cache when made (``bits``, ``pooled``, ``embedding``),
-#: as long as together they take at most this share of the memory available: per-query reads then come from
+#: The copy's column files are read once into the OS page cache when made (``bits``, ``pooled``,
+#: ``embedding``), as long as together they take at most this share of the memory available: per-query reads then come from
 #: memory, not from the disk.
 WARM_SHARE = 0.5
 #: Bytes per read of that read-ahead.
