@@ -63,7 +63,8 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _dir_bytes(path: Path) -> int:
+def dir_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 if it is not there)."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
@@ -120,7 +121,7 @@ class LanceMulti:
                                             "ann_build_seconds": time.perf_counter() - started}))
         self.info = json.loads(done.read_text())
         self.table = lancedb.connect(str(root)).open_table("t")
-        self.info["index_bytes"] = _dir_bytes(root)
+        self.info["index_bytes"] = dir_bytes(root)
 
     def search(self, query: np.ndarray, k: int) -> list[int]:
         search = self.table.search(query, vector_column_name="embedding").limit(k).select(["page"])
@@ -293,7 +294,7 @@ class QdrantEdge:
             shard.close()
             done.write_text(json.dumps({"build_seconds": time.perf_counter() - started}))
         self.info = json.loads(done.read_text())
-        self.info["index_bytes"] = _dir_bytes(root)
+        self.info["index_bytes"] = dir_bytes(root)
         self.shard = q.EdgeShard.load(str(root / "shard"))
         quantized = spec.get("quantization", True)
         self.params = q.SearchParams(quantization=q.QuantizationSearchParams(
@@ -442,8 +443,8 @@ def check_room(pages: int, root: str) -> None:
     free = shutil.disk_usage(folder).free
     if free >= needed:
         return
-    builds = sorted(((sum(f.stat().st_size for f in b.rglob("*") if f.is_file()), b.name)
-                     for b in (corpora.CACHE / "builds").glob("*") if b.is_dir()), reverse=True)
+    builds = sorted(((dir_bytes(b), b.name) for b in (corpora.CACHE / "builds").glob("*") if b.is_dir()),
+                    reverse=True)
     largest = ", ".join(f"{name} {size / 1e9:.1f} GB" for size, name in builds[:3]) or "none"
     raise RuntimeError(f"a build of {pages:,} pages needs up to {needed / 1e9:.1f} GB free (with "
                        f"{BUILD_SPARE_BYTES / 1e9:.0f} GB to spare) and {free / 1e9:.1f} GB are: remove cached builds "
@@ -549,7 +550,7 @@ class FastPlaid:
             done.write_text(json.dumps({"build_seconds": time.perf_counter() - started}))
             del docs
         self.info = json.loads(done.read_text())
-        self.info["index_bytes"] = _dir_bytes(root / "index")
+        self.info["index_bytes"] = dir_bytes(root / "index")
         self.engine = self.engine or search.FastPlaid(index=str(root / "index"), device="cpu")
         self.torch = torch
 
@@ -587,7 +588,7 @@ class Muvera:
                 np.save(root / "vectors.npy", np.concatenate(halves))
             (root / "built.json").write_text(json.dumps({"build_seconds": time.perf_counter() - started}))
         self.info = json.loads((root / "built.json").read_text())
-        self.info["index_bytes"] = _dir_bytes(root) + (spec["pages"] * corpora.PAGE_VECTORS * corpora.DIM * 2
+        self.info["index_bytes"] = dir_bytes(root) + (spec["pages"] * corpora.PAGE_VECTORS * corpora.DIM * 2
                                                        if cache is not None else 0)
         self.fde = np.load(root / "fde.npy", mmap_mode="r")
         self.offsets = np.load(root / "offsets.npy")

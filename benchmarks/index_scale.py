@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import corpora
-from benchmarks.index_engines import run_engine
+from benchmarks.index_engines import dir_bytes, run_engine
 from infinity_assets.index import local_copy
 
 SCRATCH = corpora.CACHE / "scratch"
@@ -287,7 +287,7 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
                  two_stage(size, **LAST_ROUND), size, corpora.PAGE_VECTORS, exact.get(size), known))
     small = min(cfg["sizes"])
     free = shutil.disk_usage(corpora.CACHE).free
-    if free > 3 * _dir_size(builds[small]):
+    if free > 3 * dir_bytes(Path(builds[small])):
         on_s3 = "two-stage (S3: SeaweedFS)"
         for label, root, extra in ((on_s3, builds[small], {}),
                                    (f"{on_s3}, {NO_COPY[0][11:]}", builds[small], NO_COPY[1]),
@@ -424,7 +424,7 @@ def with_originals(spec: dict[str, Any], vectors: list[np.ndarray], exact: np.nd
                    known: list[int]) -> dict[str, Any]:
     """The row of :data:`COPY_ORIGINALS` over the two-stage engine of ``spec`` (its copy removed after it),
     or an error row when the disk does not have room for that copy and as much to spare."""
-    needed, free = _dir_size(spec["root"]), shutil.disk_usage(corpora.CACHE).free
+    needed, free = dir_bytes(Path(spec["root"])), shutil.disk_usage(corpora.CACHE).free
     if free < 2 * needed:
         return {"engine": COPY_ORIGINALS[0], "pages": spec["pages"],
                 "error": f"{free / 1e9:.1f} GB free on the disk, less than twice the copy's {needed / 1e9:.1f} GB"}
@@ -433,10 +433,6 @@ def with_originals(spec: dict[str, Any], vectors: list[np.ndarray], exact: np.nd
     finally:
         shutil.rmtree(COPY_ORIGINALS[1]["local_copy"], ignore_errors=True)
     return _row(COPY_ORIGINALS[0], result, spec["pages"], corpora.PAGE_VECTORS, exact, known)
-
-
-def _dir_size(folder: str) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
 def _gt_cost(name: str, queries: list[corpora.KnownItem]) -> float | None:
