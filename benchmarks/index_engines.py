@@ -140,7 +140,8 @@ class TwoStage:
     ``last-round`` (:func:`last_round_search`: the previous release's numpy stages over the same table);
     ``spec["local_copy"]``: where the reader keeps its local copy of stage 3's column, as the search service
     does (default ``.cache/bench/copies``; made before the queries, its time in ``local_copy_seconds``), or
-    False: none; ``spec["copy_originals"]``: that copy holds the rerank's rows too (default False);
+    False: none; ``spec["copy_originals"]``: whether that copy holds the rerank's rows too (default: the
+    reader's, ``"auto"``; what it chose and why in ``local_copy_originals``);
     ``spec["hold_bits"]`` (default: the reader's, False): True holds stage 2's codes in memory
     instead of reading them from that copy; ``spec["exact_top"]``: the exact top 10 (page numbers) of the first
     queries, for which the share each stage kept is measured (``info["kept_at_10"]``; a run of its own, as
@@ -177,12 +178,13 @@ class TwoStage:
         copies = spec.get("local_copy", str(corpora.CACHE / "copies")) or None
         held = {"hold_bits": spec["hold_bits"]} if "hold_bits" in spec else {}
         self.reader = index.IndexReader(store, "images", local_copy=copies,
-                                        copy_originals=spec.get("copy_originals", False), **held)
+                                        copy_originals=spec.get("copy_originals", "auto"), **held)
         if self.reader.staged.local_copy is not None:  # a service makes it in the background; measured once made
             if not self.reader.staged.local_copy.ready(timeout=None):
                 raise RuntimeError(f"the local copy failed: {self.reader.staged.local_copy.error!r}")
             self.info["local_copy_seconds"] = self.reader.staged.local_copy.seconds
             self.info["local_copy_warmed"] = list(self.reader.staged.local_copy.warmed)
+            self.info["local_copy_originals"] = self.reader.staged.local_copy.originals_choice
         self.settings = index.SearchSettings(**spec.get("search", {}))
         self.mode = spec.get("mode", "staged")
         self.page_of = {doc: i for i, doc in enumerate(ids)}

@@ -79,6 +79,9 @@ HELD = ("two-stage, stage 2's codes held in memory (hold_bits=True; an earlier d
 #: after its row (it is about the size of the table: run only when the disk holds it twice).
 COPY_ORIGINALS = ("two-stage, the rerank's rows from the local copy too (copy_originals=True)",
                   {"copy_originals": True, "local_copy": str(SCRATCH / "originals-copies")})
+#: On S3, the rerank's rows read from the table per query (the default before ``copy_originals="auto"``).
+RERANK_FROM_S3 = ("the rerank's rows read from S3 (copy_originals=False, the previous default)",
+                  {"copy_originals": False})
 #: The IVF probed (32 lists of sqrt(pages)).
 IVF_PROBED = {"fde_probes": 32}
 DEFAULT_LABEL = "two-stage (local disk)"
@@ -290,9 +293,9 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
     if free > 3 * dir_bytes(Path(builds[small])):
         on_s3 = "two-stage (S3: SeaweedFS)"
         for label, root, extra in ((on_s3, builds[small], {}),
+                                   (f"{on_s3}, {RERANK_FROM_S3[0]}", builds[small], RERANK_FROM_S3[1]),
                                    (f"{on_s3}, {NO_COPY[0][11:]}", builds[small], NO_COPY[1]),
-                                   (f"{on_s3}, {FORMAT_2_0[0][11:]}", variants["lance-2.0"], {}),
-                                   (f"{on_s3}, {COPY_ORIGINALS[0][11:]}", builds[small], {"copy_originals": True})):
+                                   (f"{on_s3}, {FORMAT_2_0[0][11:]}", variants["lance-2.0"], RERANK_FROM_S3[1])):
             add(s3_two_stage(small, root, vectors, exact.get(small), known, label, extra))
     else:  # SeaweedFS would hold a copy of the index
         add({"engine": "two-stage (S3: SeaweedFS)", "pages": small,
@@ -464,7 +467,9 @@ def s3_two_stage(pages: int, local_root: str, vectors: list[np.ndarray], exact: 
         result = run_engine(spec, vectors, SCRATCH)
     for folder in ("seaweedfs", "seaweedfs-copies"):
         shutil.rmtree(SCRATCH / folder, ignore_errors=True)
-    return _row(label, result, pages, corpora.PAGE_VECTORS, exact, known)
+    choice = result.get("info", {}).get("local_copy_originals")
+    return _row(label, result, pages, corpora.PAGE_VECTORS, exact, known,
+                note=f"the rerank's rows: {choice}" if choice else "")
 
 
 def needles(cfg: dict[str, Any]) -> dict[str, Any]:

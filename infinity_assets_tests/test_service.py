@@ -320,12 +320,13 @@ def test_the_readers_keep_their_local_copy_where_the_environment_says(tmp_path, 
     monkeypatch.setenv("INFINITY_ASSETS_INDEX_LOCAL_COPY", "off")
     assert corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")[0].local_copy is None
     monkeypatch.delenv("INFINITY_ASSETS_INDEX_LOCAL_COPY")
-    assert not docs.copy_originals and not docs.readers.copy_originals  # unset: the rerank reads the table
-    monkeypatch.setenv("INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS", "on")
-    (copying,) = corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")
-    assert copying.copy_originals and copying.readers.copy_originals
+    assert docs.copy_originals == docs.readers.copy_originals == "auto"  # unset: copied if on S3 and they fit
+    for value, expected in (("on", True), ("off", False), ("auto", "auto")):
+        monkeypatch.setenv("INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS", value)
+        (copying,) = corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")
+        assert copying.copy_originals is expected and copying.readers.copy_originals is expected
     monkeypatch.setenv("INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS", "sometimes")
-    with pytest.raises(ValueError, match="INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS='sometimes': set it to on"):
+    with pytest.raises(ValueError, match="INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS='sometimes': set it to auto"):
         corpora_from_env({"docs": str(tmp_path)}, url="http://infinity.example:7997")
     monkeypatch.delenv("INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

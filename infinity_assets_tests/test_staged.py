@@ -18,7 +18,7 @@ import pytest
 
 from infinity_assets import InfinityEmbeddings, index
 from infinity_assets.artifacts import ArtifactWriter
-from infinity_assets.index import EncodingSettings, SearchSettings, evaluation
+from infinity_assets.index import EncodingSettings, SearchSettings, evaluation, local_copy
 from infinity_assets.index.binary import hamming_maxsim, pack_signs
 from infinity_assets.index.maxsim import normalized, stack
 from infinity_assets.pipeline import embed_partition
@@ -149,6 +149,9 @@ def test_an_index_synced_through_any_sequence_of_materializations_answers_as_a_f
         synced, rebuilt = index.IndexReader(store, "text"), index.IndexReader(fresh, "text")
         copied = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))  # stage 3 from its copy
         assert copied.staged.local_copy.ready(timeout=60), copied.staged.local_copy.error
+        # a local table: the default ("auto") leaves the rerank's rows in the table, on the same disk
+        assert not copied.staged.local_copy.originals and not list((tmp_path / "copies").glob("*/*/embedding.*"))
+        assert copied.staged.local_copy.originals_choice == "the table is on a local disk"
         # the rerank from its copy too (a directory of its own: readers of one table share one set of copied columns)
         originals = index.IndexReader(store, "text", local_copy=str(tmp_path / "originals"), copy_originals=True)
         assert originals.staged.local_copy.ready(timeout=60), originals.staged.local_copy.error
@@ -168,11 +171,14 @@ def test_an_index_synced_through_any_sequence_of_materializations_answers_as_a_f
 
 
 # ------------------------------------------------------------------------------ stage 3's local copy
-def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_path, seaweedfs, s3_bucket):
-    """On S3 a reader with a local copy reads only the rerank's ``embedding`` rows from the table per query
-    (and without holding stage 2's codes, if asked), answering as one without, hit for hit (ids, source,
-    page, snippet: the carried columns come from the copy); the next version (rows deleted, no fragment
-    rewritten) copies nothing again; a copy that cannot be made leaves the reader answering as one without."""
+def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_path, seaweedfs, s3_bucket,
+                                                                          monkeypatch):
+    """On S3 a reader with a local copy without the rerank's rows reads only those rows' ``embedding`` from
+    the table per query (and without holding stage 2's codes, if asked), answering as one without, hit for
+    hit (ids, source, page, snippet: the carried columns come from the copy); by default (``auto``) the copy
+    holds the rerank's rows too and no query reads the table, unless they would not leave the disk's reserve
+    free; the next version (rows deleted, no fragment rewritten) copies nothing again; a copy that cannot be
+    made leaves the reader answering as one without."""
     rng = np.random.default_rng(8)
     centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
     store = DocumentStore(f"s3://{s3_bucket}/copy", **seaweedfs.storage_options())
@@ -187,7 +193,7 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
         return [r.hits for r in results], sum(r.bytes_read for r in results)
 
     plain = index.IndexReader(store, "text")
-    copied = index.IndexReader(store, "text", local_copy=str(copies))
+    copied = index.IndexReader(store, "text", local_copy=str(copies), copy_originals=False)
     assert copied.staged.local_copy.ready(timeout=60), copied.staged.local_copy.error
     (folder,) = [f for f in copies.glob("*/*") if f.is_dir()]
     (want, table_bytes), (got, copy_bytes) = answers(plain), answers(copied)
@@ -195,22 +201,28 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     assert sorted(f.name for f in folder.iterdir()) == ["addresses.npy", "bits.offsets.npy", "bits.u1", "hits.arrow",
                                                         "pooled.i8", "pooled.offsets.npy"]
     assert copied.staged.resident.token_bits is None  # stage 2's codes were read from the copy, not held
-    held = index.IndexReader(store, "text", local_copy=str(copies), hold_bits=True)
+    held = index.IndexReader(store, "text", local_copy=str(copies), copy_originals=False, hold_bits=True)
     assert held.staged.local_copy.ready(timeout=60) and answers(held)[0] == want
     assert held.staged.resident.token_bits is not None
     pooled_bytes = sum(f.stat().st_size for f in folder.iterdir())
     assert copy_bytes < table_bytes, (copy_bytes, table_bytes)  # the pooled rows no longer cross the network
-    originals = index.IndexReader(store, "text", local_copy=str(tmp_path / "originals"), copy_originals=True)
+    originals = index.IndexReader(store, "text", local_copy=str(tmp_path / "originals"))  # "auto"
     assert originals.staged.local_copy.ready(timeout=60), originals.staged.local_copy.error
+    assert originals.staged.local_copy.originals_choice.startswith("the table is on object storage")
     (with_embedding,) = [f for f in (tmp_path / "originals").glob("*/*") if f.is_dir()]
     assert {"embedding.f16", "embedding.offsets.npy"} <= {f.name for f in with_embedding.iterdir()}
     assert answers(originals)[0] == want  # (the first query reads the FDE codes, held from then on)
     assert answers(originals) == (want, 0)  # the rerank's rows too come from the copy: no query reads the table
+    monkeypatch.setattr(local_copy, "RESERVE_SHARE", 1.0)  # no copy of them can leave the whole disk free
+    cramped = index.IndexReader(store, "text", local_copy=str(tmp_path / "cramped"))
+    assert cramped.staged.local_copy.ready(timeout=60), cramped.staged.local_copy.error
+    assert "would leave less than 100% of the disk" in cramped.staged.local_copy.originals_choice
+    assert not list((tmp_path / "cramped").glob("*/*/embedding.*")) and answers(cramped)[0] == want
 
     table = index.open_table(store, "text")
     table.delete("doc_id IN ('d03', 'd17', 'd42')")  # a deletion file; the fragment's data stays
     written = {f: f.stat().st_mtime_ns for f in folder.iterdir()}
-    later = index.IndexReader(store, "text", local_copy=str(copies))
+    later = index.IndexReader(store, "text", local_copy=str(copies), copy_originals=False)
     assert later.version != copied.version and later.staged.local_copy.ready(timeout=60)
     assert [f for f in copies.glob("*/*") if f.is_dir()] == [folder]
     assert {f: f.stat().st_mtime_ns for f in folder.iterdir()} == written and pooled_bytes > 0

@@ -5,9 +5,11 @@ go through the table, and the rerank reads only its rows' ``embedding`` from it:
 cross the network per query, and on a local disk a read skips Lance's per-call cost. Given ``originals`` (the
 table's dtype of them), the copy holds ``embedding`` too (the rerank's unit vectors: ~265 KB per ColPali page
 in float16, the size of the table itself), and the rerank reads it from here: no query goes through the
-table. A reader reads stage 2's codes from here too (unless ``hold_bits=True``): they stay in the OS page
-cache, shared by every process that reads the copy, instead of each reader's memory: the pages a read maps
-are let go when it returns.
+table. By default (``auto``) it does so only for a table on object storage, and only when the copy leaves
+:data:`RESERVE_SHARE` of its disk free (:func:`originals_fit`): there the rerank's rows would otherwise cross
+the network per query. A reader reads stage 2's codes from here too (unless ``hold_bits=True``): they stay
+in the OS page cache, shared by every process that reads the copy, instead of each reader's memory: the
+pages a read maps are let go when it returns.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8), with
@@ -27,6 +29,7 @@ still has their files open keeps reading them).
 from __future__ import annotations
 
 import hashlib
+import logging
 import mmap
 import os
 import shutil
@@ -43,6 +46,8 @@ import pyarrow as pa
 from infinity_assets.client.allocator import release_free_memory
 from infinity_assets.index.rows import take_runs, token_rows
 
+logger = logging.getLogger(__name__)
+
 #: Where a long-lived reader (the search service) keeps its copies: a directory, or ``off``.
 ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY"
 DEFAULT_DIRECTORY = "~/.cache/infinity-assets/index"
@@ -51,8 +56,11 @@ DEFAULT_DIRECTORY = "~/.cache/infinity-assets/index"
 COLUMNS = {"bits": ("bits.u1", "uint8", 1, 8), "pooled": ("pooled.i8", "int8", 1, 1)}
 #: ``embedding``, copied too when a reader asks (``copy_originals``), by the table's ``originals`` dtype.
 ORIGINALS = {"float16": ("embedding.f16", "float16", 1, 1), "float32": ("embedding.f32", "float32", 1, 1)}
-#: Where a long-lived reader is told to copy ``embedding`` too: ``on`` (or ``1``, ``true``), else ``off``.
+#: Whether a long-lived reader copies ``embedding`` too: ``auto`` (unset: :func:`originals_fit` decides),
+#: ``on`` (or ``1``, ``true``, ``yes``) or ``off`` (or ``0``, ``false``, ``no``).
 ORIGINALS_ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS"
+#: The share of its disk that an ``auto`` copy of ``embedding`` leaves free (else it is not copied).
+RESERVE_SHARE = 0.05
 #: Raised when the files of a copy change meaning (a copy of another format is made again, not misread).
 FORMAT = 2
 #: The file that holds the carried columns.
@@ -79,16 +87,38 @@ def directory_from_env() -> str | None:
     return str(Path(value or DEFAULT_DIRECTORY).expanduser())
 
 
-def originals_from_env() -> bool:
-    """``$INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS`` (read now): True for ``on``, ``1``, ``true`` or ``yes``,
-    False when unset or ``off``, ``0``, ``false``, ``no``; ``ValueError`` naming the variable otherwise."""
+def originals_from_env() -> bool | str:
+    """``$INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS`` (read now): ``"auto"`` when unset or ``auto``, True for
+    ``on``, ``1``, ``true`` or ``yes``, False for ``off``, ``0``, ``false``, ``no``; ``ValueError`` naming the
+    variable otherwise."""
     value = os.environ.get(ORIGINALS_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return "auto"
     if value in ("on", "1", "true", "yes"):
         return True
-    if value in ("", "off", "0", "false", "no"):
+    if value in ("off", "0", "false", "no"):
         return False
-    raise ValueError(f"${ORIGINALS_ENV}={value!r}: set it to on (the local copy holds the rerank's rows too, "
-                     "about the size of the index table) or off")
+    raise ValueError(f"${ORIGINALS_ENV}={value!r}: set it to auto (the default: the local copy holds the "
+                     "rerank's rows too when the table is on object storage and they fit), on (always; about "
+                     "the size of the index table) or off")
+
+
+def originals_fit(dataset: Any, root: Path, dtype: str, hidden_dim: int) -> tuple[bool, str]:
+    """Whether an ``auto`` copy takes ``embedding`` too, and why: only for a table on object storage (a
+    local table's rows are read from the local disk anyway), and only when the copy of the column (every
+    row's ``n_vectors`` tokens of ``hidden_dim`` items of ``dtype``) leaves :data:`RESERVE_SHARE` of the disk
+    under ``root`` free, counting the copies of it already there as free."""
+    if "://" not in str(dataset.uri) or str(dataset.uri).startswith("file://"):
+        return False, "the table is on a local disk"
+    tokens = int(np.sum(dataset.to_table(columns=["n_vectors"]).column(0).to_numpy(), dtype=np.int64))
+    needed = tokens * hidden_dim * np.dtype(dtype).itemsize
+    copied = sum(path.stat().st_size for path in root.glob("*/embedding.*") if path.is_file())
+    disk = shutil.disk_usage(root)
+    spare = disk.free + copied - needed - RESERVE_SHARE * disk.total
+    if spare < 0:
+        return False, (f"copying the rerank's rows needs {needed / 1e9:.1f} GB and would leave less than "
+                       f"{RESERVE_SHARE:.0%} of the disk under {root} free ({disk.free / 1e9:.1f} GB free)")
+    return True, f"the table is on object storage and its rerank rows ({needed / 1e9:.1f} GB) fit"
 
 
 def table_folder(directory: str | Path, table_uri: str) -> Path:
@@ -100,12 +130,16 @@ class LocalCopy:
     """The :data:`COLUMNS` (with ``originals``, ``embedding`` too, in the ``originals`` dtype: ``float16`` or
     ``float32``) and the ``carry`` columns of one pinned dataset version (``table.to_lance()``) under
     ``directory``, copied in a background thread when made (:meth:`ready` says when reads can start; until
-    then a caller reads the table)."""
+    then a caller reads the table). With ``auto_originals``, ``embedding`` is copied only where
+    :func:`originals_fit` says (decided in that thread; why in :attr:`originals_choice`)."""
 
     def __init__(self, dataset: Any, hidden_dim: int, directory: str | Path, carry: tuple[str, ...] = (),
-                 originals: str | None = None) -> None:
+                 originals: str | None = None, auto_originals: bool = False) -> None:
         self.dataset, self.hidden_dim, self.carry = dataset, hidden_dim, tuple(carry)
-        self.columns = {**COLUMNS, **({"embedding": ORIGINALS[originals]} if originals else {})}
+        self.columns = {**COLUMNS, **({"embedding": ORIGINALS[originals]} if originals and not auto_originals
+                                      else {})}
+        self._auto = originals if auto_originals else None
+        self.originals_choice = f"copy_originals={bool(originals)}"
         self.root = table_folder(directory, dataset.uri)
         self.error: Exception | None = None
         self.seconds = 0.0
@@ -123,6 +157,12 @@ class LocalCopy:
         started = time.perf_counter()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            if self._auto:
+                fits, self.originals_choice = originals_fit(self.dataset, self.root, self._auto, self.hidden_dim)
+                if fits:
+                    self.columns = {**self.columns, "embedding": ORIGINALS[self._auto]}
+                logger.info("local copy of %s: the rerank's rows %s: %s", self.dataset.uri,
+                            "copied too" if fits else "read from the table", self.originals_choice)
             self._fragments = [_FragmentCopy.open(self.root, fragment, self.carry, self.hidden_dim, self.columns)
                                for fragment in self.dataset.get_fragments()]
             kept = {copy.folder.name for copy in self._fragments}

@@ -56,7 +56,9 @@ class IndexReader:
     background for each version it opens, reusing what an earlier version copied); None: stage 3 reads the
     table. With a copy, stage 2's codes are read from it once it is ready, not held in memory, unless
     ``hold_bits=True``; with ``copy_originals=True`` the copy holds the rerank's ``embedding`` rows too
-    (about the table's size again), and no query reads the table.
+    (about the table's size again), and no query reads the table; ``"auto"`` (the default) does so only for
+    a table on object storage whose rows fit on the copy's disk
+    (:func:`~infinity_assets.index.local_copy.originals_fit`); False: never.
     Opening one caps the process's malloc arenas (:func:`~infinity_assets.client.allocator.limit_arenas`).
 
     Example::
@@ -69,7 +71,7 @@ class IndexReader:
     """
 
     def __init__(self, store: DocumentStore, modality: str, *, encoding: EncodingSettings | None = None,
-                 local_copy: str | None = None, copy_originals: bool = False, hold_bits: bool = False) -> None:
+                 local_copy: str | None = None, copy_originals: bool | str = "auto", hold_bits: bool = False) -> None:
         limit_arenas()  # before this process's first scan (see allocator.limit_arenas)
         self.store, self.modality, self.local_copy, self.hold_bits = store, modality, local_copy, hold_bits
         self.copy_originals = copy_originals

@@ -133,13 +133,14 @@ class StagedSearch:
     the ``bits`` and ``pooled`` columns are copied for stages 2 and 3
     (:class:`~infinity_assets.index.local_copy.LocalCopy`, made in the background; until it is ready stage 3
     reads the table), None: no copy; ``copy_originals``: the copy holds ``embedding`` too, and the rerank
-    reads its rows there (about the table's size again on local disk); ``hold_bits``: stage 2's codes held in
+    reads its rows there (about the table's size again on local disk), ``"auto"``: only for a table on object
+    storage whose rows fit (:func:`~infinity_assets.index.local_copy.originals_fit`); ``hold_bits``: stage 2's codes held in
     memory (True) or, with a copy, read from it per query once it is ready (False; held until then, and for
     good if it cannot be made)."""
 
     def __init__(self, dataset: Any, hidden_dim: int, encoding: EncodingSettings, *, store: Any = None,
                  modality: str = "", carry: tuple[str, ...] = (), local_copy: str | None = None,
-                 copy_originals: bool = False, hold_bits: bool = False) -> None:
+                 copy_originals: bool | str = False, hold_bits: bool = False) -> None:
         self.dataset, self.hidden_dim, self.encoding = dataset, hidden_dim, encoding
         self.hold_bits = hold_bits
         self.carry = carry
@@ -148,8 +149,11 @@ class StagedSearch:
         self.taker = RowTaker(dataset)
         self.rows = int(self.taker.starts[-1])  # the live rows, counted once per fragment
         self.pooled = "pooled" in dataset.schema.names  # False: a table from before the column (stage 3 skipped)
+        if copy_originals not in (True, False, "auto"):
+            raise ValueError(f"copy_originals={copy_originals!r}: True, False or 'auto'")
         originals = encoding.originals if copy_originals else None
-        self.local_copy = (LocalCopy(dataset, hidden_dim, local_copy, carry, originals)
+        self.local_copy = (LocalCopy(dataset, hidden_dim, local_copy, carry, originals,
+                                     auto_originals=copy_originals == "auto")
                            if local_copy and self.pooled else None)
         self._resident: Resident | None = None
         self.lists: ivf.Lists | None = None

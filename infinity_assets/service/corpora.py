@@ -43,7 +43,8 @@ class ServedCorpus:
     """One corpus of the service: its ``name``, its ``store`` (the root), how each modality's queries are
     embedded (``queries``), the candidates its staged search keeps (``search``), where its readers keep their
     local copy of stage 3's column (``local_copy``, None: none; :mod:`infinity_assets.index.local_copy`),
-    whether that copy holds the rerank's rows too (``copy_originals``), and its index readers, kept open
+    whether that copy holds the rerank's rows too (``copy_originals``: True, False or ``"auto"``,
+    :class:`~infinity_assets.index.IndexReader`), and its index readers, kept open
     across requests."""
 
     name: str
@@ -51,7 +52,7 @@ class ServedCorpus:
     queries: dict[str, settings.QuerySettings]
     search: SearchSettings = field(default_factory=SearchSettings)
     local_copy: str | None = None
-    copy_originals: bool = False
+    copy_originals: bool | str = "auto"
     readers: OpenReaders = field(init=False)
 
     def __post_init__(self) -> None:

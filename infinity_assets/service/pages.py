@@ -225,7 +225,8 @@ class OpenReaders:
     on (a reader is never moved under a search).
     """
 
-    def __init__(self, store: DocumentStore, local_copy: str | None = None, copy_originals: bool = False) -> None:
+    def __init__(self, store: DocumentStore, local_copy: str | None = None,
+                 copy_originals: bool | str = "auto") -> None:
         self.store, self.local_copy, self.copy_originals = store, local_copy, copy_originals
         self._readers: dict[str, IndexReader] = {}
         self._lock = threading.Lock()
