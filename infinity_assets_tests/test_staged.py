@@ -152,6 +152,8 @@ def test_an_index_synced_through_any_sequence_of_materializations_answers_as_a_f
         # a local table: the default ("auto") leaves the rerank's rows in the table, on the same disk
         assert not copied.staged.local_copy.originals and not list((tmp_path / "copies").glob("*/*/embedding.*"))
         assert copied.staged.local_copy.originals_choice == "the table is on a local disk"
+        with pytest.raises(ValueError, match="copy_originals='on': True, False or 'auto'"):
+            index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"), copy_originals="on")
         # the rerank from its copy too (a directory of its own: readers of one table share one set of copied columns)
         originals = index.IndexReader(store, "text", local_copy=str(tmp_path / "originals"), copy_originals=True)
         assert originals.staged.local_copy.ready(timeout=60), originals.staged.local_copy.error

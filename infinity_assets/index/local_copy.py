@@ -136,10 +136,10 @@ class LocalCopy:
     def __init__(self, dataset: Any, hidden_dim: int, directory: str | Path, carry: tuple[str, ...] = (),
                  originals: str | None = None, auto_originals: bool = False) -> None:
         self.dataset, self.hidden_dim, self.carry = dataset, hidden_dim, tuple(carry)
-        self.columns = {**COLUMNS, **({"embedding": ORIGINALS[originals]} if originals and not auto_originals
-                                      else {})}
+        asked = None if auto_originals else originals
+        self.columns = {**COLUMNS, **({"embedding": ORIGINALS[asked]} if asked else {})}
         self._auto = originals if auto_originals else None
-        self.originals_choice = f"copy_originals={bool(originals)}"
+        self.originals_choice = "not decided yet" if self._auto else f"copy_originals={bool(asked)}"
         self.root = table_folder(directory, dataset.uri)
         self.error: Exception | None = None
         self.seconds = 0.0

@@ -134,9 +134,9 @@ class StagedSearch:
     (:class:`~infinity_assets.index.local_copy.LocalCopy`, made in the background; until it is ready stage 3
     reads the table), None: no copy; ``copy_originals``: the copy holds ``embedding`` too, and the rerank
     reads its rows there (about the table's size again on local disk), ``"auto"``: only for a table on object
-    storage whose rows fit (:func:`~infinity_assets.index.local_copy.originals_fit`); ``hold_bits``: stage 2's codes held in
-    memory (True) or, with a copy, read from it per query once it is ready (False; held until then, and for
-    good if it cannot be made)."""
+    storage whose rows fit (:func:`~infinity_assets.index.local_copy.originals_fit`); ``hold_bits``: stage 2's
+    codes held in memory (True) or, with a copy, read from it per query once it is ready (False; held until
+    then, and for good if it cannot be made)."""
 
     def __init__(self, dataset: Any, hidden_dim: int, encoding: EncodingSettings, *, store: Any = None,
                  modality: str = "", carry: tuple[str, ...] = (), local_copy: str | None = None,
