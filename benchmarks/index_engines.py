@@ -182,7 +182,12 @@ class TwoStage:
         if self.reader.staged.local_copy is not None:  # a service makes it in the background; measured once made
             if not self.reader.staged.local_copy.ready(timeout=None):
                 raise RuntimeError(f"the local copy failed: {self.reader.staged.local_copy.error!r}")
+            self.reader.staged.local_copy.originals_ready(timeout=None)  # its embedding, made after the rest
+            if self.reader.staged.local_copy.originals_error is not None:
+                raise RuntimeError(f"the local copy of embedding failed: "
+                                   f"{self.reader.staged.local_copy.originals_error!r}")
             self.info["local_copy_seconds"] = self.reader.staged.local_copy.seconds
+            self.info["local_copy_originals_seconds"] = self.reader.staged.local_copy.originals_seconds
             self.info["local_copy_warmed"] = list(self.reader.staged.local_copy.warmed)
             self.info["local_copy_originals"] = self.reader.staged.local_copy.originals_choice
         self.settings = index.SearchSettings(**spec.get("search", {}))

@@ -156,7 +156,7 @@ def test_an_index_synced_through_any_sequence_of_materializations_answers_as_a_f
             index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"), copy_originals="on")
         # the rerank from its copy too (a directory of its own: readers of one table share one set of copied columns)
         originals = index.IndexReader(store, "text", local_copy=str(tmp_path / "originals"), copy_originals=True)
-        assert originals.staged.local_copy.ready(timeout=60), originals.staged.local_copy.error
+        assert originals.staged.local_copy.originals_ready(timeout=60), originals.staged.local_copy.originals_error
         for partition, doc_id in [(p, d) for p in sorted(batches) for d in sorted(batches[p])][::7]:
             own = batches[partition][doc_id][:3]
             query = own + 0.1 / np.sqrt(DIM) * rng.standard_normal(own.shape).astype(np.float32)
@@ -209,15 +209,16 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     pooled_bytes = sum(f.stat().st_size for f in folder.iterdir())
     assert copy_bytes < table_bytes, (copy_bytes, table_bytes)  # the pooled rows no longer cross the network
     originals = index.IndexReader(store, "text", local_copy=str(tmp_path / "originals"))  # "auto"
-    assert originals.staged.local_copy.ready(timeout=60), originals.staged.local_copy.error
+    assert originals.staged.local_copy.originals_ready(timeout=60), originals.staged.local_copy.originals_error
     assert originals.staged.local_copy.originals_choice.startswith("the table is on object storage")
-    (with_embedding,) = [f for f in (tmp_path / "originals").glob("*/*") if f.is_dir()]
+    (with_embedding,) = [f for f in (tmp_path / "originals").glob("*/*") if (f / "embedding.f16").exists()]
     assert {"embedding.f16", "embedding.offsets.npy"} <= {f.name for f in with_embedding.iterdir()}
     assert answers(originals)[0] == want  # (the first query reads the FDE codes, held from then on)
     assert answers(originals) == (want, 0)  # the rerank's rows too come from the copy: no query reads the table
     monkeypatch.setattr(local_copy, "RESERVE_SHARE", 1.0)  # no copy of them can leave the whole disk free
     cramped = index.IndexReader(store, "text", local_copy=str(tmp_path / "cramped"))
     assert cramped.staged.local_copy.ready(timeout=60), cramped.staged.local_copy.error
+    assert not cramped.staged.local_copy.originals_ready(timeout=60)
     assert "would leave less than 100% of the disk" in cramped.staged.local_copy.originals_choice
     assert not list((tmp_path / "cramped").glob("*/*/embedding.*")) and answers(cramped)[0] == want
 
@@ -249,7 +250,7 @@ def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go
     want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
     release = threading.Event()
     warm = local_copy.LocalCopy._warm
-    monkeypatch.setattr(local_copy.LocalCopy, "_warm", lambda copy: release.wait(60) and warm(copy))
+    monkeypatch.setattr(local_copy.LocalCopy, "_warm", lambda copy, *args: release.wait(60) and warm(copy, *args))
     reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
     assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
     assert not reader.staged.local_copy.ready() and reader.staged.resident.token_bits is not None
@@ -269,6 +270,47 @@ def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go
     monkeypatch.setattr(local_copy, "_available_memory", lambda: bits_bytes + 1)
     partly = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
     assert partly.staged.local_copy.ready(timeout=60) and partly.staged.local_copy.warmed == ("bits",)
+
+
+def test_the_rerank_rows_are_copied_after_the_rest_and_a_failed_copy_of_them_loses_nothing(tmp_path, monkeypatch):
+    """With ``copy_originals`` the copy serves stages 2-3 as soon as their columns are made; the rerank's rows
+    are copied after them, into folders of their own, and until then the rerank reads the table; once they
+    are copied no query reads the table. A copy of them that fails (a full disk) leaves the rest of the copy
+    serving and the rerank reading the table: the answers are the table's throughout."""
+    from infinity_assets.index import local_copy
+
+    store, rng, centres = topic_index(tmp_path, seed=12, documents=40)
+    queries = [topic_vectors(rng, centres, 3) for _ in range(4)]
+    want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
+    write, release = local_copy._write, threading.Event()
+
+    def held_write(root, folder, fragment, carry, columns):
+        if "embedding" in columns:
+            assert release.wait(60)
+        write(root, folder, fragment, carry, columns)
+
+    monkeypatch.setattr(local_copy, "_write", held_write)
+    reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"), copy_originals=True)
+    assert reader.staged.local_copy.ready(timeout=60), reader.staged.local_copy.error
+    assert not reader.staged.local_copy.originals_ready()
+    assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
+    release.set()
+    assert reader.staged.local_copy.originals_ready(timeout=60), reader.staged.local_copy.originals_error
+    assert len([f for f in (tmp_path / "copies").glob("*/*") if f.is_dir()]) == 2
+    monkeypatch.setattr(reader.staged.taker, "take", None)  # a read of the table would fail
+    assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
+
+    def full_disk(root, folder, fragment, carry, columns):
+        if "embedding" in columns:
+            raise OSError(28, "No space left on device")
+        write(root, folder, fragment, carry, columns)
+
+    monkeypatch.setattr(local_copy, "_write", full_disk)
+    broken = index.IndexReader(store, "text", local_copy=str(tmp_path / "broken"), copy_originals=True)
+    assert broken.staged.local_copy.ready(timeout=60), broken.staged.local_copy.error
+    assert not broken.staged.local_copy.originals_ready(timeout=60)
+    assert isinstance(broken.staged.local_copy.originals_error, OSError)
+    assert [broken.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
 
 
 def _mapped_kb(path) -> int:
@@ -400,7 +442,7 @@ def test_a_new_encoding_rebuilds_the_table_in_one_commit(tmp_path):
     assert str(table.schema.field("embedding").type) == f"list<item: fixed_size_list<item: float>[{DIM}]>"
     assert index.IndexReader(store, "text", encoding=other).rows == 10
     copied = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"), copy_originals=True)
-    assert copied.staged.local_copy.ready(timeout=60), copied.staged.local_copy.error
+    assert copied.staged.local_copy.originals_ready(timeout=60), copied.staged.local_copy.originals_error
     assert list((tmp_path / "copies").glob("*/*/embedding.f32"))  # the rerank's float32 rows, copied as they are
     query = normalized(np.random.default_rng(4).standard_normal((3, DIM)).astype(np.float32))
     assert copied.search(query, k=4) == index.IndexReader(store, "text").search(query, k=4)

@@ -4,27 +4,28 @@ memory-mapped files, and of the columns a hit returns (``carry``: ids, page, tex
 go through the table, and the rerank reads only its rows' ``embedding`` from it: on object storage only those
 cross the network per query, and on a local disk a read skips Lance's per-call cost. Given ``originals`` (the
 table's dtype of them), the copy holds ``embedding`` too (the rerank's unit vectors: ~265 KB per ColPali page
-in float16, the size of the table itself), and the rerank reads it from here: no query goes through the
-table. By default (``auto``) it does so only for a table on object storage, and only when the copy leaves
+in float16, the size of the table itself), copied once the rest is ready (so stages 2-3 do not wait for
+it), and from then on the rerank reads it from here: no query goes through the table. By default (``auto``) it does so only for a table on object storage, and only when the copy leaves
 :data:`RESERVE_SHARE` of its disk free (:func:`originals_fit`): there the rerank's rows would otherwise cross
 the network per query. A reader reads stage 2's codes from here too (unless ``hold_bits=True``): they stay
 in the OS page cache, shared by every process that reads the copy, instead of each reader's memory: the
 pages a read maps are let go when it returns.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
-copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8), with
-``originals`` ``embedding.f16`` or ``embedding.f32`` (every token, in the table's ``originals`` dtype),
-``addresses.npy`` (their row addresses, ascending), ``<column>.offsets.npy`` per column
+copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8), or, in a
+folder of its own per fragment, ``embedding.f16`` or ``embedding.f32`` (every token, in the table's
+``originals`` dtype); in each folder ``addresses.npy`` (their row addresses, ascending), ``<column>.offsets.npy`` per column
 (row ``j`` owns tokens ``offsets[j]:offsets[j + 1]`` of each file; ``bits`` leaves out the table's
 background tokens, :mod:`~infinity_assets.index.background`) and ``hits.arrow`` (the carried columns, one row
 per copied row, an Arrow IPC file read memory-mapped). Once made, the column files are read through once,
 into the OS page cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first,
-``embedding`` last). A fragment's data files never change and its rows are only ever deleted, so a copy named after the fragment's data files
-serves every later version of the table: a sync that appends a fragment or deletes rows copies only the new
-fragments. Each version maps its live rows to the copied ones through their row addresses (read with the
-version, no column data). Copies are written to a temporary folder and renamed (a concurrent reader of the same table
-keeps whichever lands first); fragments no version being copied uses any more are removed (a reader that
-still has their files open keeps reading them).
+``embedding`` last). A fragment's data files never change and its rows are only ever deleted, so a copy
+named after the fragment's data files serves every later version of the table: a sync that appends a
+fragment or deletes rows copies only the new fragments. Each version maps its live rows to the copied ones
+through their row addresses (read with the version, no column data). Copies are written to a temporary
+folder and renamed (a concurrent reader of the same table keeps whichever lands first); folders no version
+being copied uses any more are removed (a reader that still has their files open keeps reading them), and
+so are the ``embedding`` folders when a reader of the table copies without them.
 """
 from __future__ import annotations
 
@@ -127,25 +128,27 @@ def table_folder(directory: str | Path, table_uri: str) -> Path:
 
 
 class LocalCopy:
-    """The :data:`COLUMNS` (with ``originals``, ``embedding`` too, in the ``originals`` dtype: ``float16`` or
-    ``float32``) and the ``carry`` columns of one pinned dataset version (``table.to_lance()``) under
+    """The :data:`COLUMNS` and the ``carry`` columns of one pinned dataset version (``table.to_lance()``) under
     ``directory``, copied in a background thread when made (:meth:`ready` says when reads can start; until
-    then a caller reads the table). With ``auto_originals``, ``embedding`` is copied only where
-    :func:`originals_fit` says (decided in that thread; why in :attr:`originals_choice`)."""
+    then a caller reads the table); with ``originals``, then ``embedding`` too, in that dtype (``float16`` or
+    ``float32``), in folders of its own (:meth:`originals_ready` says when the rerank can read it; until then
+    it reads the table). With ``auto_originals``, ``embedding`` is copied only where :func:`originals_fit`
+    says (decided in that thread; why in :attr:`originals_choice`)."""
 
     def __init__(self, dataset: Any, hidden_dim: int, directory: str | Path, carry: tuple[str, ...] = (),
                  originals: str | None = None, auto_originals: bool = False) -> None:
         self.dataset, self.hidden_dim, self.carry = dataset, hidden_dim, tuple(carry)
-        asked = None if auto_originals else originals
-        self.columns = {**COLUMNS, **({"embedding": ORIGINALS[asked]} if asked else {})}
-        self._auto = originals if auto_originals else None
-        self.originals_choice = "not decided yet" if self._auto else f"copy_originals={bool(asked)}"
+        self.columns = dict(COLUMNS)  # with "embedding" once that is copied
+        self._originals, self._auto = originals, auto_originals
+        self.originals_choice = "not decided yet" if auto_originals else f"copy_originals={bool(originals)}"
         self.root = table_folder(directory, dataset.uri)
         self.error: Exception | None = None
-        self.seconds = 0.0
+        self.originals_error: Exception | None = None
+        self.seconds = self.originals_seconds = 0.0  # the time to make the copy, and then its embedding
         self.warmed: tuple[str, ...] = ()  # the columns whose files were read into the OS page cache
-        self._done = threading.Event()
+        self._done, self._originals_done = threading.Event(), threading.Event()
         self._fragments: list[_FragmentCopy] = []
+        self._embedding: list[_FragmentCopy] = []
         threading.Thread(target=self._copy, name="index-copy", daemon=True).start()
 
     def ready(self, timeout: float | None = 0) -> bool:
@@ -153,28 +156,57 @@ class LocalCopy:
         it is being made or if making it failed (:attr:`error`)."""
         return self._done.wait(timeout) and self.error is None
 
+    def originals_ready(self, timeout: float | None = 0) -> bool:
+        """True once the copy of ``embedding`` can be read (waiting up to ``timeout`` seconds; None: until it
+        is or is not to be); False while it is being made, when it is not made (:attr:`originals_choice`) or
+        if making it failed (:attr:`originals_error`)."""
+        return self._originals_done.wait(timeout) and self.originals
+
     def _copy(self) -> None:
         started = time.perf_counter()
+        fragments, embedding = [], None
+        self._budget = WARM_SHARE * _available_memory()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            if self._auto:
-                fits, self.originals_choice = originals_fit(self.dataset, self.root, self._auto, self.hidden_dim)
-                if fits:
-                    self.columns = {**self.columns, "embedding": ORIGINALS[self._auto]}
-                logger.info("local copy of %s: the rerank's rows %s: %s", self.dataset.uri,
-                            "copied too" if fits else "read from the table", self.originals_choice)
-            self._fragments = [_FragmentCopy.open(self.root, fragment, self.carry, self.hidden_dim, self.columns)
-                               for fragment in self.dataset.get_fragments()]
+            embedding = self._embedding_columns()
+            fragments = self.dataset.get_fragments()
+            self._fragments = [_FragmentCopy.open(self.root, fragment, self.carry, self.hidden_dim, COLUMNS)
+                               for fragment in fragments]
             kept = {copy.folder.name for copy in self._fragments}
+            kept |= {_FragmentCopy.name(fragment, (), embedding) for fragment in fragments} if embedding else set()
             for stale in self.root.iterdir():
                 if stale.name not in kept and not stale.name.startswith("."):
                     shutil.rmtree(stale, ignore_errors=True)
-            self.warmed = self._warm()
+            self.warmed = self._warm(self._fragments, COLUMNS)
         except Exception as error:  # noqa: BLE001 -- kept on .error; the search reads the table instead
             self.error = error
         release_free_memory()  # the scan's freed read buffers
         self.seconds = time.perf_counter() - started
         self._done.set()
+        if embedding and self.error is None:
+            try:
+                self._embedding = [_FragmentCopy.open(self.root, fragment, (), self.hidden_dim, embedding)
+                                   for fragment in fragments]
+                self.columns = {**COLUMNS, **embedding}
+                self.warmed += self._warm(self._embedding, embedding)
+            except Exception as error:  # noqa: BLE001 -- kept on .originals_error; the rerank reads the table
+                self.originals_error = error
+            release_free_memory()
+            self.originals_seconds = time.perf_counter() - started - self.seconds
+        self._originals_done.set()
+
+    def _embedding_columns(self) -> dict[str, tuple] | None:
+        """``{"embedding": ...}`` of the :data:`ORIGINALS` the copy is to hold, None: none (with
+        ``auto_originals``, as :func:`originals_fit` decides, logged)."""
+        if not self._originals:
+            return None
+        if self._auto:
+            fits, self.originals_choice = originals_fit(self.dataset, self.root, self._originals, self.hidden_dim)
+            logger.info("local copy of %s: the rerank's rows %s: %s", self.dataset.uri,
+                        "copied too" if fits else "read from the table", self.originals_choice)
+            if not fits:
+                return None
+        return {"embedding": ORIGINALS[self._originals]}
 
     def rows(self, fragment_rows: list[tuple[int, np.ndarray]], column: str) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens, offsets)`` of ``column`` for the rows given as ``(fragment number, positions among its
@@ -185,9 +217,10 @@ class LocalCopy:
         (:meth:`_FragmentCopy.release`): a read leaves nothing of the copy in the reader's memory."""
         name, dtype, numerator, denominator = self.columns[column]
         width = self.hidden_dim * numerator // denominator
+        copies = self._embedding if column == "embedding" else self._fragments
         tokens, counts = [], []
         for number, local in fragment_rows:
-            copy = self._fragments[number]
+            copy = copies[number]
             starts, lengths = copy.ranges(local, column)
             tokens.append(take_runs(copy.mapped[name], starts, lengths))
             copy.release()
@@ -202,14 +235,15 @@ class LocalCopy:
         """Whether the copy holds ``embedding`` (the rerank reads it here)."""
         return "embedding" in self.columns
 
-    def _warm(self) -> tuple[str, ...]:
-        """Read the copied columns' files through once, column by column, while together they take at most
-        :data:`WARM_SHARE` of the memory available; the columns read."""
-        budget, buffer, warmed = WARM_SHARE * _available_memory(), bytearray(WARM_CHUNK_BYTES), []
-        for column, (name, *_) in self.columns.items():
-            files = [copy.folder / name for copy in self._fragments]
-            budget -= sum(os.path.getsize(path) for path in files)
-            if budget < 0:
+    def _warm(self, copies: list[_FragmentCopy], columns: dict[str, tuple]) -> tuple[str, ...]:
+        """Read ``columns``' files of ``copies`` through once, column by column, while they and the columns
+        read before take at most :data:`WARM_SHARE` of the memory available when the copy began (what is
+        left: ``_budget``); the columns read."""
+        buffer, warmed = bytearray(WARM_CHUNK_BYTES), []
+        for column, (name, *_) in columns.items():
+            files = [copy.folder / name for copy in copies]
+            self._budget -= sum(os.path.getsize(path) for path in files)
+            if self._budget < 0:
                 break
             for path in files:
                 _read_through(path, buffer)
@@ -252,18 +286,23 @@ class _FragmentCopy:
         for mapping in self._maps:
             mapping.madvise(mmap.MADV_DONTNEED)
 
+    @staticmethod
+    def name(fragment: Any, carry: tuple[str, ...], columns: dict[str, tuple]) -> str:
+        """The folder name of the fragment's copy of ``columns`` and ``carry``: a hash of the fragment's data
+        files (which never change) and of what is copied."""
+        files = sorted(str(getattr(f, "path", f)) for f in fragment.data_files())
+        originals = f":{columns['embedding'][0]}" if "embedding" in columns else ""
+        key = f"{FORMAT}:{fragment.fragment_id}:{files}:{list(carry)}{originals}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
     @classmethod
     def open(cls, root: Path, fragment: Any, carry: tuple[str, ...], hidden_dim: int,
              columns: dict[str, tuple]) -> _FragmentCopy:
         """The fragment's copy under ``root`` (with ``columns`` and the ``carry`` columns), written first if
         there is none (or it lacks a live row)."""
-        files = sorted(str(getattr(f, "path", f)) for f in fragment.data_files())
-        originals = f":{columns['embedding'][0]}" if "embedding" in columns else ""
-        key = f"{FORMAT}:{fragment.fragment_id}:{files}:{list(carry)}{originals}"
-        name = hashlib.sha256(key.encode()).hexdigest()[:16]
         live = np.concatenate([batch.column("_rowaddr").to_numpy() for batch in
                                fragment.to_batches(columns=[], with_row_address=True)] or [np.zeros(0, np.uint64)])
-        folder = root / name
+        folder = root / cls.name(fragment, carry, columns)
         for _ in range(2):
             if (folder / "addresses.npy").exists():
                 addresses = np.load(folder / "addresses.npy")
