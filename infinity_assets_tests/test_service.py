@@ -180,6 +180,8 @@ def test_corpora_lists_each_corpus_with_the_model_of_each_index(two, corpus, sec
     body = answer.json()
     assert body["default"] == "docs" and [c["name"] for c in body["corpora"]] == ["docs", "memos"]
     docs, memos = body["corpora"]
+    copies = [index.pop("local_copy") for c in (docs, memos) for index in c["indexes"].values()]
+    assert all(c["copy"] in ("copying", "ready") for c in copies), copies  # made in the background
     assert docs["root"] == f"s3://{corpus.bucket}" and memos["root"] == f"s3://{second.bucket}"
     assert docs["modalities"] == memos["modalities"] == ["text", "images"]
     assert docs["indexes"] == {
@@ -188,6 +190,12 @@ def test_corpora_lists_each_corpus_with_the_model_of_each_index(two, corpus, sec
     assert memos["indexes"] == {
         "text": {"model": "minilm-colbert", "hidden_dim": 384, "documents": 1, "query_model": "minilm-colbert"},
         "images": {"model": "colqwen2-tiny", "hidden_dim": 128, "documents": 3, "query_model": "colqwen2-tiny"}}
+    # on S3 the copies hold the rerank's rows too by default, once made ("auto": they fit on the disk)
+    deadline = time.monotonic() + 60
+    while copies != [{"copy": "ready", "rerank_rows": "the copy"}] * 4:
+        assert time.monotonic() < deadline, copies
+        time.sleep(0.2)
+        copies = [index["local_copy"] for c in two.get("/corpora").json()["corpora"] for index in c["indexes"].values()]
 
 
 @pytest.mark.parametrize("modality", ["text", "images"])

@@ -221,6 +221,9 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     assert not cramped.staged.local_copy.originals_ready(timeout=60)
     assert "would leave less than 100% of the disk" in cramped.staged.local_copy.originals_choice
     assert not list((tmp_path / "cramped").glob("*/*/embedding.*")) and answers(cramped)[0] == want
+    assert cramped.copy_status()["rerank_rows"].startswith("the table: copying the rerank's rows needs")
+    assert copied.copy_status() == {"copy": "ready", "rerank_rows": "the table: copy_originals=False"}
+    assert plain.copy_status() == {"copy": "off"}
 
     table = index.open_table(store, "text")
     table.delete("doc_id IN ('d03', 'd17', 'd42')")  # a deletion file; the fragment's data stays
@@ -293,9 +296,11 @@ def test_the_rerank_rows_are_copied_after_the_rest_and_a_failed_copy_of_them_los
     reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"), copy_originals=True)
     assert reader.staged.local_copy.ready(timeout=60), reader.staged.local_copy.error
     assert not reader.staged.local_copy.originals_ready()
+    assert reader.copy_status() == {"copy": "ready", "rerank_rows": "the table until they are copied"}
     assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
     release.set()
     assert reader.staged.local_copy.originals_ready(timeout=60), reader.staged.local_copy.originals_error
+    assert reader.copy_status() == {"copy": "ready", "rerank_rows": "the copy"}
     assert len([f for f in (tmp_path / "copies").glob("*/*") if f.is_dir()]) == 2
     monkeypatch.setattr(reader.staged.taker, "take", None)  # a read of the table would fail
     assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
@@ -310,6 +315,8 @@ def test_the_rerank_rows_are_copied_after_the_rest_and_a_failed_copy_of_them_los
     assert broken.staged.local_copy.ready(timeout=60), broken.staged.local_copy.error
     assert not broken.staged.local_copy.originals_ready(timeout=60)
     assert isinstance(broken.staged.local_copy.originals_error, OSError)
+    assert broken.copy_status() == {"copy": "ready", "rerank_rows": "the table: copying them failed: "
+                                                                    "[Errno 28] No space left on device"}
     assert [broken.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
 
 

@@ -140,12 +140,14 @@ class LocalCopy:
         self.dataset, self.hidden_dim, self.carry = dataset, hidden_dim, tuple(carry)
         self.columns = dict(COLUMNS)  # with "embedding" once that is copied
         self._originals, self._auto = originals, auto_originals
+        self._wanted: bool | None = None if auto_originals else bool(originals)  # embedding to be copied
         self.originals_choice = "not decided yet" if auto_originals else f"copy_originals={bool(originals)}"
         self.root = table_folder(directory, dataset.uri)
         self.error: Exception | None = None
         self.originals_error: Exception | None = None
         self.seconds = self.originals_seconds = 0.0  # the time to make the copy, and then its embedding
         self.warmed: tuple[str, ...] = ()  # the columns whose files were read into the OS page cache
+        self._budget = 0.0  # bytes of the copy still to be read into the page cache at most (set as it begins)
         self._done, self._originals_done = threading.Event(), threading.Event()
         self._fragments: list[_FragmentCopy] = []
         self._embedding: list[_FragmentCopy] = []
@@ -204,6 +206,7 @@ class LocalCopy:
             fits, self.originals_choice = originals_fit(self.dataset, self.root, self._originals, self.hidden_dim)
             logger.info("local copy of %s: the rerank's rows %s: %s", self.dataset.uri,
                         "copied too" if fits else "read from the table", self.originals_choice)
+            self._wanted = fits
             if not fits:
                 return None
         return {"embedding": ORIGINALS[self._originals]}
@@ -229,6 +232,21 @@ class LocalCopy:
         np.cumsum(np.concatenate(counts) if counts else np.zeros(0, np.int64), out=offsets[1:])
         out = np.concatenate(tokens) if len(tokens) > 1 else tokens[0] if tokens else np.zeros(0, _item(dtype, width))
         return out.view(dtype).reshape(-1, width), offsets
+
+    def status(self) -> dict[str, str]:
+        """Where the copy stands, as a service reports it: ``copy`` (``copying``, ``ready`` or ``failed: ...``)
+        and where the rerank reads its rows, ``rerank_rows`` (``the copy``, ``the table until they are
+        copied``, or ``the table: ...`` saying why)."""
+        copy = "copying" if not self._done.is_set() else f"failed: {self.error}" if self.error else "ready"
+        if self.originals:
+            rerank = "the copy"
+        elif self.originals_error is not None:
+            rerank = f"the table: copying them failed: {self.originals_error}"
+        elif self._wanted is False or self._originals_done.is_set():
+            rerank = f"the table: {self.originals_choice}"
+        else:
+            rerank = "the table until they are copied"
+        return {"copy": copy, "rerank_rows": rerank}
 
     @property
     def originals(self) -> bool:

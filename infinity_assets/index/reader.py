@@ -150,6 +150,12 @@ class IndexReader:
         return SearchResult(hits, timings, ranking.candidates, _io_bytes(self.dataset), ranking.scanned,
                             ranking.positions, ranking.kept)
 
+    def copy_status(self) -> dict[str, str]:
+        """Where the reader's local copy stands (:meth:`LocalCopy.status
+        <infinity_assets.index.local_copy.LocalCopy.status>`); ``{"copy": "off"}`` without one."""
+        copy = self.staged.local_copy
+        return copy.status() if copy is not None else {"copy": "off"}
+
     def bytes_per_page(self) -> dict[str, float]:
         """Bytes on disk per indexed document, by column, plus ``stages_1_2`` (what the first two stages read:
         ``fde`` and ``bits``) and ``total``."""

@@ -110,7 +110,8 @@ class Service:
 
     def catalog(self) -> list[dict[str, Any]]:
         """What ``GET /corpora`` answers: each corpus's name, root and, per modality, its index's model,
-        hidden_dim and documents, or why it cannot answer (blocking: opens the readers)."""
+        hidden_dim, documents and where its reader's local copy stands, or why it cannot answer (blocking:
+        opens the readers)."""
         answer = []
         for corpus in self.corpora.values():
             indexes: dict[str, Any] = {}
@@ -122,7 +123,8 @@ class Service:
                     continue
                 indexes[modality] = {"model": reader.model, "hidden_dim": reader.hidden_dim,
                                      "documents": reader.rows,
-                                     "query_model": corpus.queries[modality].model or reader.model}
+                                     "query_model": corpus.queries[modality].model or reader.model,
+                                     "local_copy": reader.copy_status()}
             answer.append({"name": corpus.name, "root": redact(corpus.store.root_uri, self.hidden()),
                            "modalities": [m for m in MODALITIES if "model" in indexes[m]],
                            "indexes": indexes})

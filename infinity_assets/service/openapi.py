@@ -93,9 +93,14 @@ def openapi_schema(settings: ServiceSettings, corpora: list[str] | None = None) 
                     "corpora": {"type": "array", "items": {"type": "string"},
                                 "description": "The corpora served (when the one asked for is not)."}}},
                 "Index": {"type": "object", "description": "An index that answers (model, hidden_dim, "
-                          "documents, query_model) or why it cannot (error).", "properties": {
+                          "documents, query_model, local_copy) or why it cannot (error).", "properties": {
                               "model": {"type": "string"}, "hidden_dim": {"type": "integer"},
                               "documents": {"type": "integer"}, "query_model": {"type": "string"},
+                              "local_copy": {"type": "object", "description": "Where the reader's local copy "
+                                             "stands (copy: off, copying, ready or failed) and where the "
+                                             "rerank reads its rows (rerank_rows: the copy or the table, and "
+                                             "why).", "properties": {"copy": {"type": "string"},
+                                                                      "rerank_rows": {"type": "string"}}},
                               "error": {"type": "string"}}},
                 "Corpora": {"type": "object", "required": ["default", "corpora"], "properties": {
                     "default": {"type": "string"},
