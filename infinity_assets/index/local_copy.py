@@ -1,31 +1,32 @@
 """A local copy of the columns stages 2 and 3 read per candidate (``bits``: the pooled tokens' 1-bit codes;
 ``pooled``: the same tokens in int8) of one pinned table version, read per query by position from flat
-memory-mapped files, and of the columns a hit returns (``carry``: ids, page, text). Stage 3 then does not
-go through the table, and the rerank reads only its rows' ``embedding`` from it: on object storage only those
+memory-mapped files, and of the columns a hit returns (``carry``: ids, page, text). Stage 3 then does not go
+through the table, and the rerank reads only its rows' ``embedding`` from it: on object storage only those
 cross the network per query, and on a local disk a read skips Lance's per-call cost. Given ``originals`` (the
 table's dtype of them), the copy holds ``embedding`` too (the rerank's unit vectors: ~265 KB per ColPali page
-in float16, the size of the table itself), copied once the rest is ready (so stages 2-3 do not wait for
-it), and from then on the rerank reads it from here: no query goes through the table. By default (``auto``) it does so only for a table on object storage, and only when the copy leaves
-:data:`RESERVE_SHARE` of its disk free (:func:`originals_fit`): there the rerank's rows would otherwise cross
-the network per query. A reader reads stage 2's codes from here too (unless ``hold_bits=True``): they stay
-in the OS page cache, shared by every process that reads the copy, instead of each reader's memory: the
-pages a read maps are let go when it returns.
+in float16, the size of the table itself), copied once the rest is ready (so stages 2-3 do not wait for it),
+and from then on the rerank reads it from here: no query goes through the table. By default (``auto``) it does
+so only for a table on object storage, and only when the copy leaves :data:`RESERVE_SHARE` of its disk free
+(:func:`originals_fit`): there the rerank's rows would otherwise cross the network per query. A reader reads
+stage 2's codes from here too (unless ``hold_bits=True``): they stay in the OS page cache, shared by every
+process that reads the copy, instead of each reader's memory: the pages a read maps are let go when it
+returns.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8), or, in a
 folder of its own per fragment, ``embedding.f16`` or ``embedding.f32`` (every token, in the table's
-``originals`` dtype); in each folder ``addresses.npy`` (their row addresses, ascending), ``<column>.offsets.npy`` per column
-(row ``j`` owns tokens ``offsets[j]:offsets[j + 1]`` of each file; ``bits`` leaves out the table's
-background tokens, :mod:`~infinity_assets.index.background`) and ``hits.arrow`` (the carried columns, one row
-per copied row, an Arrow IPC file read memory-mapped). Once made, the column files are read through once,
-into the OS page cache, while they take at most :data:`WARM_SHARE` of the memory available (``bits`` first,
-``embedding`` last). A fragment's data files never change and its rows are only ever deleted, so a copy
-named after the fragment's data files serves every later version of the table: a sync that appends a
-fragment or deletes rows copies only the new fragments. Each version maps its live rows to the copied ones
-through their row addresses (read with the version, no column data). Copies are written to a temporary
-folder and renamed (a concurrent reader of the same table keeps whichever lands first); folders no version
-being copied uses any more are removed (a reader that still has their files open keeps reading them), and
-so are the ``embedding`` folders when a reader of the table copies without them.
+``originals`` dtype); in each folder ``addresses.npy`` (their row addresses, ascending),
+``<column>.offsets.npy`` per column (row ``j`` owns tokens ``offsets[j]:offsets[j + 1]`` of each file;
+``bits`` leaves out the table's background tokens, :mod:`~infinity_assets.index.background`) and
+``hits.arrow`` (the carried columns, one row per copied row, an Arrow IPC file read memory-mapped). Once made,
+the column files are read through once, into the OS page cache, while they take at most :data:`WARM_SHARE` of
+the memory available (``bits`` first, ``embedding`` last). A fragment's data files never change and its rows
+are only ever deleted, so a copy named after the fragment's data files serves every later version of the
+table: a sync that appends a fragment or deletes rows copies only the new fragments. Each version maps its
+live rows to the copied ones through their row addresses (read with the version, no column data). Copies are
+written to a temporary folder and renamed (a concurrent reader of the same table keeps whichever lands first);
+folders no version being copied uses any more are removed (a reader that still has their files open keeps
+reading them), and so are the ``embedding`` folders when a reader of the table copies without them.
 """
 from __future__ import annotations
 
@@ -128,12 +129,12 @@ def table_folder(directory: str | Path, table_uri: str) -> Path:
 
 
 class LocalCopy:
-    """The :data:`COLUMNS` and the ``carry`` columns of one pinned dataset version (``table.to_lance()``) under
-    ``directory``, copied in a background thread when made (:meth:`ready` says when reads can start; until
-    then a caller reads the table); with ``originals``, then ``embedding`` too, in that dtype (``float16`` or
-    ``float32``), in folders of its own (:meth:`originals_ready` says when the rerank can read it; until then
-    it reads the table). With ``auto_originals``, ``embedding`` is copied only where :func:`originals_fit`
-    says (decided in that thread; why in :attr:`originals_choice`)."""
+    """The :data:`COLUMNS` and the ``carry`` columns of one pinned dataset version (``table.to_lance()``)
+    under ``directory``, copied in a background thread when made (:meth:`ready` says when reads can start;
+    until then a caller reads the table); with ``originals``, then ``embedding`` too, in that dtype
+    (``float16`` or ``float32``), in folders of its own (:meth:`originals_ready` says when the rerank can read
+    it; until then it reads the table). With ``auto_originals``, ``embedding`` is copied only where
+    :func:`originals_fit` says (decided in that thread; why in :attr:`originals_choice`)."""
 
     def __init__(self, dataset: Any, hidden_dim: int, directory: str | Path, carry: tuple[str, ...] = (),
                  originals: str | None = None, auto_originals: bool = False) -> None:
@@ -147,7 +148,7 @@ class LocalCopy:
         self.originals_error: Exception | None = None
         self.seconds = self.originals_seconds = 0.0  # the time to make the copy, and then its embedding
         self.warmed: tuple[str, ...] = ()  # the columns whose files were read into the OS page cache
-        self._budget = 0.0  # bytes of the copy still to be read into the page cache at most (set as it begins)
+        self._budget = 0.0  # bytes of the copy it may still read into the page cache (set as it begins)
         self._done, self._originals_done = threading.Event(), threading.Event()
         self._fragments: list[_FragmentCopy] = []
         self._embedding: list[_FragmentCopy] = []
@@ -175,7 +176,8 @@ class LocalCopy:
             self._fragments = [_FragmentCopy.open(self.root, fragment, self.carry, self.hidden_dim, COLUMNS)
                                for fragment in fragments]
             kept = {copy.folder.name for copy in self._fragments}
-            kept |= {_FragmentCopy.name(fragment, (), embedding) for fragment in fragments} if embedding else set()
+            if embedding:  # kept for the copy of embedding made next
+                kept |= {_FragmentCopy.name(fragment, (), embedding) for fragment in fragments}
             for stale in self.root.iterdir():
                 if stale.name not in kept and not stale.name.startswith("."):
                     shutil.rmtree(stale, ignore_errors=True)
@@ -203,7 +205,8 @@ class LocalCopy:
         if not self._originals:
             return None
         if self._auto:
-            fits, self.originals_choice = originals_fit(self.dataset, self.root, self._originals, self.hidden_dim)
+            fits, self.originals_choice = originals_fit(self.dataset, self.root, self._originals,
+                                                        self.hidden_dim)
             logger.info("local copy of %s: the rerank's rows %s: %s", self.dataset.uri,
                         "copied too" if fits else "read from the table", self.originals_choice)
             self._wanted = fits
@@ -234,8 +237,8 @@ class LocalCopy:
         return out.view(dtype).reshape(-1, width), offsets
 
     def status(self) -> dict[str, str]:
-        """Where the copy stands, as a service reports it: ``copy`` (``copying``, ``ready`` or ``failed: ...``)
-        and where the rerank reads its rows, ``rerank_rows`` (``the copy``, ``the table until they are
+        """Where the copy stands, as a service reports it: ``copy`` (``copying``, ``ready`` or ``failed:
+        ...``) and where the rerank reads its rows, ``rerank_rows`` (``the copy``, ``the table until they are
         copied``, or ``the table: ...`` saying why)."""
         copy = "copying" if not self._done.is_set() else f"failed: {self.error}" if self.error else "ready"
         if self.originals:

@@ -71,7 +71,8 @@ class IndexReader:
     """
 
     def __init__(self, store: DocumentStore, modality: str, *, encoding: EncodingSettings | None = None,
-                 local_copy: str | None = None, copy_originals: bool | str = "auto", hold_bits: bool = False) -> None:
+                 local_copy: str | None = None, copy_originals: bool | str = "auto",
+                 hold_bits: bool = False) -> None:
         limit_arenas()  # before this process's first scan (see allocator.limit_arenas)
         self.store, self.modality, self.local_copy, self.hold_bits = store, modality, local_copy, hold_bits
         self.copy_originals = copy_originals
