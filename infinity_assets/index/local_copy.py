@@ -167,14 +167,15 @@ class LocalCopy:
 
     def _copy(self) -> None:
         started = time.perf_counter()
-        fragments, embedding = [], None
+        fragments, live, embedding = [], [], None
         self._budget = WARM_SHARE * _available_memory()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             embedding = self._embedding_columns()
             fragments = self.dataset.get_fragments()
-            self._fragments = [_FragmentCopy.open(self.root, fragment, self.carry, self.hidden_dim, COLUMNS)
-                               for fragment in fragments]
+            live = [_FragmentCopy.live_addresses(fragment) for fragment in fragments]  # for both copies
+            self._fragments = [_FragmentCopy.open(self.root, fragment, rows, self.carry, self.hidden_dim,
+                                                  COLUMNS) for fragment, rows in zip(fragments, live)]
             kept = {copy.folder.name for copy in self._fragments}
             if embedding:  # kept for the copy of embedding made next
                 kept |= {_FragmentCopy.name(fragment, (), embedding) for fragment in fragments}
@@ -189,8 +190,8 @@ class LocalCopy:
         self._done.set()
         if embedding and self.error is None:
             try:
-                self._embedding = [_FragmentCopy.open(self.root, fragment, (), self.hidden_dim, embedding)
-                                   for fragment in fragments]
+                self._embedding = [_FragmentCopy.open(self.root, fragment, rows, (), self.hidden_dim,
+                                                      embedding) for fragment, rows in zip(fragments, live)]
                 self.columns = {**COLUMNS, **embedding}
                 self.warmed += self._warm(self._embedding, embedding)
             except Exception as error:  # noqa: BLE001 -- kept on .originals_error; the rerank reads the table
@@ -316,13 +317,17 @@ class _FragmentCopy:
         key = f"{FORMAT}:{fragment.fragment_id}:{files}:{list(carry)}{originals}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
+    @staticmethod
+    def live_addresses(fragment: Any) -> np.ndarray:
+        """The row addresses of the fragment's live rows in the pinned version (no column data read)."""
+        return np.concatenate([batch.column("_rowaddr").to_numpy() for batch in
+                               fragment.to_batches(columns=[], with_row_address=True)] or [np.zeros(0, np.uint64)])
+
     @classmethod
-    def open(cls, root: Path, fragment: Any, carry: tuple[str, ...], hidden_dim: int,
+    def open(cls, root: Path, fragment: Any, live: np.ndarray, carry: tuple[str, ...], hidden_dim: int,
              columns: dict[str, tuple]) -> _FragmentCopy:
         """The fragment's copy under ``root`` (with ``columns`` and the ``carry`` columns), written first if
-        there is none (or it lacks a live row)."""
-        live = np.concatenate([batch.column("_rowaddr").to_numpy() for batch in
-                               fragment.to_batches(columns=[], with_row_address=True)] or [np.zeros(0, np.uint64)])
+        there is none (or it lacks one of the ``live`` row addresses, :meth:`live_addresses`)."""
         folder = root / cls.name(fragment, carry, columns)
         for _ in range(2):
             if (folder / "addresses.npy").exists():
