@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -349,6 +350,41 @@ def test_the_copys_mapped_pages_are_let_go_after_each_read(tmp_path):
     np.asarray(copy.mapped["pooled.i8"]).view(np.int8).sum()  # a read that is not let go stays mapped
     assert _mapped_kb(folder / "pooled.i8") > 0
 
+
+
+def test_auto_counts_finished_copies_of_the_rerank_rows_as_free_but_not_one_still_being_written(
+        tmp_path, monkeypatch):
+    """``copy_originals="auto"`` weighs the copy of ``embedding`` against the disk's free space: a finished
+    copy of it under the table's folder is replaced, so its bytes count as free; another reader's temporary
+    folder is not (it stays once renamed). A local table is never copied. The disk's size is injected."""
+    import pyarrow as pa
+
+    class Dataset:  # what originals_fit reads of a pinned dataset: its URI and the n_vectors column
+        def __init__(self, uri: str) -> None:
+            self.uri = uri
+
+        def to_table(self, columns: list[str]) -> pa.Table:
+            assert columns == ["n_vectors"]
+            return pa.table({"n_vectors": [10, 20]})  # 30 tokens x 4 float16 items: 240 bytes to copy
+
+    monkeypatch.setattr(local_copy.shutil, "disk_usage",
+                        lambda path: types.SimpleNamespace(total=10_000, used=9_400, free=600))
+    # free 600 - needed 240 - reserve 500 = -140: fits only with more than 140 bytes of finished copies
+    s3 = Dataset("s3://bucket/index/text.lance")
+    assert local_copy.originals_fit(s3, tmp_path, "float16", 4)[0] is False
+    writing = tmp_path / ".copy-1234"
+    writing.mkdir()
+    (writing / "embedding.f16").write_bytes(b"\0" * 200)
+    fits, why = local_copy.originals_fit(s3, tmp_path, "float16", 4)
+    assert not fits and "would leave less than 5% of the disk" in why
+    finished = tmp_path / "0-embedding"
+    finished.mkdir()
+    (finished / "embedding.f16").write_bytes(b"\0" * 200)
+    assert local_copy.originals_fit(s3, tmp_path, "float16", 4) == (
+        True, "the table is on object storage and its rerank rows (0.0 GB) fit")
+    for local in (str(tmp_path / "text.lance"), f"file://{tmp_path}/text.lance"):
+        assert local_copy.originals_fit(Dataset(local), tmp_path, "float16", 4) == (
+            False, "the table is on a local disk")
 
 # ------------------------------------------------------------------------------ where the recall is lost
 def test_the_drift_measurement_names_the_stage_that_loses_the_exact_top_k(tmp_path):

@@ -109,12 +109,14 @@ def originals_fit(dataset: Any, root: Path, dtype: str, hidden_dim: int) -> tupl
     """Whether an ``auto`` copy takes ``embedding`` too, and why: only for a table on object storage (a
     local table's rows are read from the local disk anyway), and only when the copy of the column (every
     row's ``n_vectors`` tokens of ``hidden_dim`` items of ``dtype``) leaves :data:`RESERVE_SHARE` of the disk
-    under ``root`` free, counting the copies of it already there as free."""
+    under ``root`` free, counting the finished copies of it already there as free (not a temporary folder
+    another reader is still writing: it stays once renamed)."""
     if "://" not in str(dataset.uri) or str(dataset.uri).startswith("file://"):
         return False, "the table is on a local disk"
     tokens = int(np.sum(dataset.to_table(columns=["n_vectors"]).column(0).to_numpy(), dtype=np.int64))
     needed = tokens * hidden_dim * np.dtype(dtype).itemsize
-    copied = sum(path.stat().st_size for path in root.glob("*/embedding.*") if path.is_file())
+    copied = sum(path.stat().st_size for path in root.glob("*/embedding.*")
+                 if path.is_file() and not path.parent.name.startswith("."))
     disk = shutil.disk_usage(root)
     spare = disk.free + copied - needed - RESERVE_SHARE * disk.total
     if spare < 0:

@@ -41,8 +41,9 @@ import dagster as dg
 
 # The one private Dagster import of the package: a sensor can request a backfill (a burst of changed batches
 # as one backfill, run by the asset's backfill policy) only through RunRequest.for_asset_graph_subset, whose
-# argument has no public constructor in Dagster 1.13. Version-guarded here (a Dagster that moved it fails to
-# load with this reason, not in a tick) and by test_sensor_backfill_api_exists.
+# argument has no public constructor in Dagster 1.13 (upstream: dagster-io/dagster#22681 added the request
+# and kept AssetGraphSubset private until it has friendlier constructors). Version-guarded here (a Dagster
+# that moved it fails to load with this reason, not in a tick) and by test_sensor_backfill_api_exists.
 try:
     from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 except ImportError as exc:  # pragma: no cover - only with a Dagster other than the pinned 1.13
