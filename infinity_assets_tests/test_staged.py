@@ -297,7 +297,10 @@ def test_the_rerank_rows_are_copied_after_the_rest_and_a_failed_copy_of_them_los
     reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"), copy_originals=True)
     assert reader.staged.local_copy.ready(timeout=60), reader.staged.local_copy.error
     assert not reader.staged.local_copy.originals_ready()
-    assert reader.copy_status() == {"copy": "ready", "rerank_rows": "the table until they are copied"}
+    fragments = len(reader.staged.dataset.get_fragments())
+    assert reader.copy_status() == {"copy": "ready", "rerank_rows": "the table until they are copied",
+                                    "progress": f"0 of {fragments} fragment{'s' * (fragments > 1)} of "
+                                                "embedding copied"}
     assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
     release.set()
     assert reader.staged.local_copy.originals_ready(timeout=60), reader.staged.local_copy.originals_error

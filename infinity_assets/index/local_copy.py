@@ -154,6 +154,7 @@ class LocalCopy:
         self._done, self._originals_done = threading.Event(), threading.Event()
         self._fragments: list[_FragmentCopy] = []
         self._embedding: list[_FragmentCopy] = []
+        self._progress: str | None = None  # which fragment the copy is at, while it copies
         threading.Thread(target=self._copy, name="index-copy", daemon=True).start()
 
     def ready(self, timeout: float | None = 0) -> bool:
@@ -176,8 +177,7 @@ class LocalCopy:
             embedding = self._embedding_columns()
             fragments = self.dataset.get_fragments()
             live = [_FragmentCopy.live_addresses(fragment) for fragment in fragments]  # for both copies
-            self._fragments = [_FragmentCopy.open(self.root, fragment, rows, self.carry, self.hidden_dim,
-                                                  COLUMNS) for fragment, rows in zip(fragments, live)]
+            self._fragments = self._open(fragments, live, self.carry, COLUMNS, "")
             kept = {copy.folder.name for copy in self._fragments}
             if embedding:  # kept for the copy of embedding made next
                 kept |= {_FragmentCopy.name(fragment, (), embedding) for fragment in fragments}
@@ -192,8 +192,7 @@ class LocalCopy:
         self._done.set()
         if embedding and self.error is None:
             try:
-                self._embedding = [_FragmentCopy.open(self.root, fragment, rows, (), self.hidden_dim,
-                                                      embedding) for fragment, rows in zip(fragments, live)]
+                self._embedding = self._open(fragments, live, (), embedding, " of embedding")
                 self.columns = {**COLUMNS, **embedding}
                 self.warmed += self._warm(self._embedding, embedding)
             except Exception as error:  # noqa: BLE001 -- kept on .originals_error; the rerank reads the table
@@ -201,6 +200,20 @@ class LocalCopy:
             release_free_memory()
             self.originals_seconds = time.perf_counter() - started - self.seconds
         self._originals_done.set()
+
+    def _open(self, fragments: list[Any], live: list[np.ndarray], carry: tuple[str, ...],
+              columns: dict[str, tuple], what: str) -> list[_FragmentCopy]:
+        """Each fragment's copy of ``columns`` and ``carry`` (:meth:`_FragmentCopy.open`), in order, the
+        count of those done (``what``: of which columns) in :meth:`status` until the last is."""
+        copies: list[_FragmentCopy] = []
+        try:
+            for fragment, rows in zip(fragments, live):
+                plural = "" if len(fragments) == 1 else "s"
+                self._progress = f"{len(copies)} of {len(fragments)} fragment{plural}{what} copied"
+                copies.append(_FragmentCopy.open(self.root, fragment, rows, carry, self.hidden_dim, columns))
+        finally:
+            self._progress = None
+        return copies
 
     def _embedding_columns(self) -> dict[str, tuple] | None:
         """``{"embedding": ...}`` of the :data:`ORIGINALS` the copy is to hold, None: none (with
@@ -241,8 +254,9 @@ class LocalCopy:
 
     def status(self) -> dict[str, str]:
         """Where the copy stands, as a service reports it: ``copy`` (``copying``, ``ready`` or ``failed:
-        ...``) and where the rerank reads its rows, ``rerank_rows`` (``the copy``, ``the table until they are
-        copied``, or ``the table: ...`` saying why)."""
+        ...``), where the rerank reads its rows, ``rerank_rows`` (``the copy``, ``the table until they are
+        copied``, or ``the table: ...`` saying why), and while a column is being copied, ``progress`` (``12 of
+        40 fragments of embedding copied``)."""
         copy = "copying" if not self._done.is_set() else f"failed: {self.error}" if self.error else "ready"
         if self.originals:
             rerank = "the copy"
@@ -252,7 +266,8 @@ class LocalCopy:
             rerank = f"the table: {self.originals_choice}"
         else:
             rerank = "the table until they are copied"
-        return {"copy": copy, "rerank_rows": rerank}
+        progress = self._progress
+        return {"copy": copy, "rerank_rows": rerank, **({"progress": progress} if progress else {})}
 
     @property
     def originals(self) -> bool:

@@ -97,10 +97,13 @@ def openapi_schema(settings: ServiceSettings, corpora: list[str] | None = None) 
                               "model": {"type": "string"}, "hidden_dim": {"type": "integer"},
                               "documents": {"type": "integer"}, "query_model": {"type": "string"},
                               "local_copy": {"type": "object", "description": "Where the reader's local copy "
-                                             "stands (copy: off, copying, ready or failed) and where the "
+                                             "stands (copy: off, copying, ready or failed), where the "
                                              "rerank reads its rows (rerank_rows: the copy or the table, and "
-                                             "why).", "properties": {"copy": {"type": "string"},
-                                                                      "rerank_rows": {"type": "string"}}},
+                                             "why) and, while a column is being copied, how far it is "
+                                             "(progress: 12 of 40 fragments of embedding copied).",
+                                             "properties": {"copy": {"type": "string"},
+                                                            "rerank_rows": {"type": "string"},
+                                                            "progress": {"type": "string"}}},
                               "error": {"type": "string"}}},
                 "Corpora": {"type": "object", "required": ["default", "corpora"], "properties": {
                     "default": {"type": "string"},
