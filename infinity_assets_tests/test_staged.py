@@ -242,6 +242,52 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     assert broken.staged.resident.token_bits is not None  # held in memory, as without a copy
 
 
+def test_readers_of_two_s3_tables_opened_at_once_do_not_both_take_the_disk_for_their_rerank_rows(
+        tmp_path, seaweedfs, s3_bucket, monkeypatch):
+    """With ``copy_originals="auto"``, a reader counts the rerank rows another table's reader in the same
+    process is still copying as already on the disk: where the disk holds one copy and its reserve, the
+    second table's reader leaves its rows in the table and says why, instead of both filling the disk. A
+    second reader of the same table (the next version, say) writes the same files and still copies; once the
+    first copy is done, the other table's next reader copies too. The disk's size is injected."""
+    rng = np.random.default_rng(13)
+    centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
+    stores = {}
+    for name in ("a", "b"):
+        stores[name] = DocumentStore(f"s3://{s3_bucket}/{name}", **seaweedfs.storage_options())
+        publish(stores[name], "b", {f"{name}{i:02d}": topic_vectors(rng, centres, 9) for i in range(20)})
+        index.sync_index(stores[name], "text")
+    needed = 20 * 9 * DIM * 2  # each table's rerank rows in float16
+    # a reserve of one copy (5% of the disk) and room for one more and a half
+    monkeypatch.setattr(local_copy.shutil, "disk_usage",
+                        lambda path: types.SimpleNamespace(total=20 * needed, used=0, free=int(2.5 * needed)))
+    write, release = local_copy._write, threading.Event()
+
+    def held_write(root, folder, fragment, carry, columns):
+        if "embedding" in columns:
+            assert release.wait(60)
+        write(root, folder, fragment, carry, columns)
+
+    monkeypatch.setattr(local_copy, "_write", held_write)
+    copies = str(tmp_path / "copies")
+    first = index.IndexReader(stores["a"], "text", local_copy=copies)
+    assert first.staged.local_copy.ready(timeout=60), first.staged.local_copy.error
+    assert first.staged.local_copy.originals_choice.startswith("the table is on object storage")
+    other = index.IndexReader(stores["b"], "text", local_copy=copies)
+    assert not other.staged.local_copy.originals_ready(timeout=60)
+    assert other.staged.local_copy.originals_choice.endswith("GB of it promised to other copies being made)")
+    assert other.copy_status()["rerank_rows"].startswith("the table: copying the rerank's rows needs")
+    again = index.IndexReader(stores["a"], "text", local_copy=copies)  # the same table: the same files
+    assert again.staged.local_copy.ready(timeout=60)
+    assert again.staged.local_copy.originals_choice.startswith("the table is on object storage")
+    release.set()
+    for reader in (first, again):
+        assert reader.staged.local_copy.originals_ready(timeout=60), reader.staged.local_copy.originals_error
+    later = index.IndexReader(stores["b"], "text", local_copy=copies)
+    assert later.staged.local_copy.originals_ready(timeout=60), later.staged.local_copy.originals_choice
+    for reader in (first, later):  # every promise given back once its copy is made
+        assert reader.staged.local_copy.root not in local_copy._promised
+
+
 def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go(tmp_path, monkeypatch):
     """While the local copy is being made the reader holds stage 2's codes (no per-query read of them from
     the table); once it is ready (its files read into the page cache when they fit) the reader drops them
@@ -375,19 +421,22 @@ def test_auto_counts_finished_copies_of_the_rerank_rows_as_free_but_not_one_stil
     # free 600 - needed 240 - reserve 500 = -140: fits only with more than 140 bytes of finished copies
     s3 = Dataset("s3://bucket/index/text.lance")
     assert local_copy.originals_fit(s3, tmp_path, "float16", 4)[0] is False
+    assert local_copy.originals_fit(s3, tmp_path, "float16", 4)[2] == 240
     writing = tmp_path / ".copy-1234"
     writing.mkdir()
     (writing / "embedding.f16").write_bytes(b"\0" * 200)
-    fits, why = local_copy.originals_fit(s3, tmp_path, "float16", 4)
+    fits, why, _ = local_copy.originals_fit(s3, tmp_path, "float16", 4)
     assert not fits and "would leave less than 5% of the disk" in why
     finished = tmp_path / "0-embedding"
     finished.mkdir()
     (finished / "embedding.f16").write_bytes(b"\0" * 200)
     assert local_copy.originals_fit(s3, tmp_path, "float16", 4) == (
-        True, "the table is on object storage and its rerank rows (0.0 GB) fit")
+        True, "the table is on object storage and its rerank rows (0.0 GB) fit", 240)
+    fits, why, _ = local_copy.originals_fit(s3, tmp_path, "float16", 4, promised=100)  # another copy's
+    assert not fits and why.endswith("0.0 GB of it promised to other copies being made)")
     for local in (str(tmp_path / "text.lance"), f"file://{tmp_path}/text.lance"):
         assert local_copy.originals_fit(Dataset(local), tmp_path, "float16", 4) == (
-            False, "the table is on a local disk")
+            False, "the table is on a local disk", 0)
 
 # ------------------------------------------------------------------------------ where the recall is lost
 def test_the_drift_measurement_names_the_stage_that_loses_the_exact_top_k(tmp_path):

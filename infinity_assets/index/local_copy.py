@@ -7,7 +7,8 @@ table's dtype of them), the copy holds ``embedding`` too (the rerank's unit vect
 in float16, the size of the table itself), copied once the rest is ready (so stages 2-3 do not wait for it),
 and from then on the rerank reads it from here: no query goes through the table. By default (``auto``) it does
 so only for a table on object storage, and only when the copy leaves :data:`RESERVE_SHARE` of its disk free
-(:func:`originals_fit`): there the rerank's rows would otherwise cross the network per query. A reader reads
+(:func:`originals_fit`; the copies of other tables this process is still making counted as used): there the
+rerank's rows would otherwise cross the network per query. A reader reads
 stage 2's codes from here too (unless ``hold_bits=True``): they stay in the OS page cache, shared by every
 process that reads the copy, instead of each reader's memory: the pages a read maps are let go when it
 returns.
@@ -63,6 +64,17 @@ ORIGINALS = {"float16": ("embedding.f16", "float16", 1, 1), "float32": ("embeddi
 ORIGINALS_ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS"
 #: The share of its disk that an ``auto`` copy of ``embedding`` leaves free (else it is not copied).
 RESERVE_SHARE = 0.05
+#: The ``auto`` copies of ``embedding`` this process has decided to make and not yet finished, by table
+#: folder: its disk (``st_dev``) and each copy's bytes. Readers of other tables that open at once (a service's
+#: corpora) count them as used; readers of the same table (two versions) write the same files, so they do not.
+_promised: dict[Path, tuple[int, list[int]]] = {}
+_promised_lock = threading.Lock()
+
+
+def _promised_elsewhere(root: Path, disk: int) -> int:
+    """Bytes promised to copies of other tables on ``disk`` (:data:`_promised`; the caller holds its lock)."""
+    return sum(max(sizes) for folder, (device, sizes) in _promised.items()
+               if device == disk and folder != root)
 #: Raised when the files of a copy change meaning (a copy of another format is made again, not misread).
 FORMAT = 2
 #: The file that holds the carried columns.
@@ -105,24 +117,28 @@ def originals_from_env() -> bool | str:
                      "the size of the index table) or off")
 
 
-def originals_fit(dataset: Any, root: Path, dtype: str, hidden_dim: int) -> tuple[bool, str]:
-    """Whether an ``auto`` copy takes ``embedding`` too, and why: only for a table on object storage (a
-    local table's rows are read from the local disk anyway), and only when the copy of the column (every
-    row's ``n_vectors`` tokens of ``hidden_dim`` items of ``dtype``) leaves :data:`RESERVE_SHARE` of the disk
-    under ``root`` free, counting the finished copies of it already there as free (not a temporary folder
-    another reader is still writing: it stays once renamed)."""
+def originals_fit(dataset: Any, root: Path, dtype: str, hidden_dim: int,
+                  promised: int = 0) -> tuple[bool, str, int]:
+    """Whether an ``auto`` copy takes ``embedding`` too, why, and the bytes that copy takes: only for a table
+    on object storage (a local table's rows are read from the local disk anyway), and only when the copy of
+    the column (every row's ``n_vectors`` tokens of ``hidden_dim`` items of ``dtype``) leaves
+    :data:`RESERVE_SHARE` of the disk under ``root`` free, counting the finished copies of it already there
+    as free (not a temporary folder another reader is still writing: it stays once renamed) and ``promised``
+    bytes (other copies being made on that disk) as used."""
     if "://" not in str(dataset.uri) or str(dataset.uri).startswith("file://"):
-        return False, "the table is on a local disk"
+        return False, "the table is on a local disk", 0
     tokens = int(np.sum(dataset.to_table(columns=["n_vectors"]).column(0).to_numpy(), dtype=np.int64))
     needed = tokens * hidden_dim * np.dtype(dtype).itemsize
     copied = sum(path.stat().st_size for path in root.glob("*/embedding.*")
                  if path.is_file() and not path.parent.name.startswith("."))
     disk = shutil.disk_usage(root)
-    spare = disk.free + copied - needed - RESERVE_SHARE * disk.total
+    spare = disk.free + copied - promised - needed - RESERVE_SHARE * disk.total
     if spare < 0:
+        others = f", {promised / 1e9:.1f} GB of it promised to other copies being made" if promised else ""
         return False, (f"copying the rerank's rows needs {needed / 1e9:.1f} GB and would leave less than "
-                       f"{RESERVE_SHARE:.0%} of the disk under {root} free ({disk.free / 1e9:.1f} GB free)")
-    return True, f"the table is on object storage and its rerank rows ({needed / 1e9:.1f} GB) fit"
+                       f"{RESERVE_SHARE:.0%} of the disk under {root} free ({disk.free / 1e9:.1f} GB free"
+                       f"{others})"), needed
+    return True, f"the table is on object storage and its rerank rows ({needed / 1e9:.1f} GB) fit", needed
 
 
 def table_folder(directory: str | Path, table_uri: str) -> Path:
@@ -155,6 +171,7 @@ class LocalCopy:
         self._fragments: list[_FragmentCopy] = []
         self._embedding: list[_FragmentCopy] = []
         self._progress: str | None = None  # which fragment the copy is at, while it copies
+        self._promise = 0  # the bytes this copy holds in _promised
         threading.Thread(target=self._copy, name="index-copy", daemon=True).start()
 
     def ready(self, timeout: float | None = 0) -> bool:
@@ -199,6 +216,12 @@ class LocalCopy:
                 self.originals_error = error
             release_free_memory()
             self.originals_seconds = time.perf_counter() - started - self.seconds
+        if self._promise:  # copied, failed or never begun: the bytes are on the disk or not at all
+            with _promised_lock:
+                sizes = _promised[self.root][1]
+                sizes.remove(self._promise)
+                if not sizes:
+                    del _promised[self.root]
         self._originals_done.set()
 
     def _open(self, fragments: list[Any], live: list[np.ndarray], carry: tuple[str, ...],
@@ -221,8 +244,14 @@ class LocalCopy:
         if not self._originals:
             return None
         if self._auto:
-            fits, self.originals_choice = originals_fit(self.dataset, self.root, self._originals,
-                                                        self.hidden_dim)
+            disk = os.stat(self.root).st_dev
+            with _promised_lock:  # one decision at a time, each counting the copies decided before it
+                fits, self.originals_choice, needed = originals_fit(self.dataset, self.root, self._originals,
+                                                                    self.hidden_dim,
+                                                                    _promised_elsewhere(self.root, disk))
+                if fits and needed:
+                    _promised.setdefault(self.root, (disk, []))[1].append(needed)
+                    self._promise = needed
             logger.info("local copy of %s: the rerank's rows %s: %s", self.dataset.uri,
                         "copied too" if fits else "read from the table", self.originals_choice)
             self._wanted = fits
