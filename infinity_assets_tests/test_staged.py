@@ -430,9 +430,11 @@ def test_auto_counts_finished_copies_of_the_rerank_rows_as_free_but_not_one_stil
     finished = tmp_path / "0-embedding"
     finished.mkdir()
     (finished / "embedding.f16").write_bytes(b"\0" * 200)
-    assert local_copy.originals_fit(s3, tmp_path, "float16", 4) == (
-        True, "the table is on object storage and its rerank rows (0.0 GB) fit", 240)
-    fits, why, _ = local_copy.originals_fit(s3, tmp_path, "float16", 4, promised=100)  # another copy's
+    assert local_copy.originals_fit(s3, tmp_path, "float16", 4) == (  # it adds what is not copied yet
+        True, "the table is on object storage and its rerank rows (0.0 GB) fit", 40)
+    (finished / "embedding.offsets.npy").write_bytes(b"\0" * 40)  # a copy made before (a restart) adds none
+    assert local_copy.originals_fit(s3, tmp_path, "float16", 4)[::2] == (True, 0)
+    fits, why, _ = local_copy.originals_fit(s3, tmp_path, "float16", 4, promised=200)  # another copy's
     assert not fits and why.endswith("0.0 GB of it promised to other copies being made)")
     for local in (str(tmp_path / "text.lance"), f"file://{tmp_path}/text.lance"):
         assert local_copy.originals_fit(Dataset(local), tmp_path, "float16", 4) == (

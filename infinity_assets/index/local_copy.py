@@ -119,9 +119,9 @@ def originals_from_env() -> bool | str:
 
 def originals_fit(dataset: Any, root: Path, dtype: str, hidden_dim: int,
                   promised: int = 0) -> tuple[bool, str, int]:
-    """Whether an ``auto`` copy takes ``embedding`` too, why, and the bytes that copy takes: only for a table
-    on object storage (a local table's rows are read from the local disk anyway), and only when the copy of
-    the column (every row's ``n_vectors`` tokens of ``hidden_dim`` items of ``dtype``) leaves
+    """Whether an ``auto`` copy takes ``embedding`` too, why, and the bytes it would add to the disk: only
+    for a table on object storage (a local table's rows are read from the local disk anyway), and only when
+    the copy of the column (every row's ``n_vectors`` tokens of ``hidden_dim`` items of ``dtype``) leaves
     :data:`RESERVE_SHARE` of the disk under ``root`` free, counting the finished copies of it already there
     as free (not a temporary folder another reader is still writing: it stays once renamed) and ``promised``
     bytes (other copies being made on that disk) as used."""
@@ -131,14 +131,13 @@ def originals_fit(dataset: Any, root: Path, dtype: str, hidden_dim: int,
     needed = tokens * hidden_dim * np.dtype(dtype).itemsize
     copied = sum(path.stat().st_size for path in root.glob("*/embedding.*")
                  if path.is_file() and not path.parent.name.startswith("."))
-    disk = shutil.disk_usage(root)
-    spare = disk.free + copied - promised - needed - RESERVE_SHARE * disk.total
-    if spare < 0:
+    disk, adds = shutil.disk_usage(root), max(0, needed - copied)
+    if disk.free - promised - adds < RESERVE_SHARE * disk.total:
         others = f", {promised / 1e9:.1f} GB of it promised to other copies being made" if promised else ""
         return False, (f"copying the rerank's rows needs {needed / 1e9:.1f} GB and would leave less than "
                        f"{RESERVE_SHARE:.0%} of the disk under {root} free ({disk.free / 1e9:.1f} GB free"
-                       f"{others})"), needed
-    return True, f"the table is on object storage and its rerank rows ({needed / 1e9:.1f} GB) fit", needed
+                       f"{others})"), adds
+    return True, f"the table is on object storage and its rerank rows ({needed / 1e9:.1f} GB) fit", adds
 
 
 def table_folder(directory: str | Path, table_uri: str) -> Path:
@@ -246,12 +245,12 @@ class LocalCopy:
         if self._auto:
             disk = os.stat(self.root).st_dev
             with _promised_lock:  # one decision at a time, each counting the copies decided before it
-                fits, self.originals_choice, needed = originals_fit(self.dataset, self.root, self._originals,
-                                                                    self.hidden_dim,
-                                                                    _promised_elsewhere(self.root, disk))
-                if fits and needed:
-                    _promised.setdefault(self.root, (disk, []))[1].append(needed)
-                    self._promise = needed
+                elsewhere = _promised_elsewhere(self.root, disk)
+                fits, self.originals_choice, adds = originals_fit(self.dataset, self.root, self._originals,
+                                                                  self.hidden_dim, elsewhere)
+                if fits and adds:  # a copy already made (a restart) adds nothing
+                    _promised.setdefault(self.root, (disk, []))[1].append(adds)
+                    self._promise = adds
             logger.info("local copy of %s: the rerank's rows %s: %s", self.dataset.uri,
                         "copied too" if fits else "read from the table", self.originals_choice)
             self._wanted = fits
