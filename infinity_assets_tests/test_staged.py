@@ -105,6 +105,20 @@ def topic_index(tmp_path: Path, seed: int, documents: int) -> tuple[DocumentStor
     return store, rng, centres
 
 
+def hold_embedding_copies(monkeypatch) -> threading.Event:
+    """Make every local copy of ``embedding`` wait until the returned event is set (the other columns are
+    copied at once)."""
+    write, release = local_copy._write, threading.Event()
+
+    def held_write(root, folder, fragment, carry, columns):
+        if "embedding" in columns:
+            assert release.wait(60)
+        write(root, folder, fragment, carry, columns)
+
+    monkeypatch.setattr(local_copy, "_write", held_write)
+    return release
+
+
 def fresh_build(store: DocumentStore, tmp_path: Path, step: int) -> DocumentStore:
     """A new store holding copies of ``store``'s artifacts, indexed from scratch."""
     fresh = DocumentStore(str(tmp_path / f"fresh-{step}"))
@@ -260,14 +274,7 @@ def test_readers_of_two_s3_tables_opened_at_once_do_not_both_take_the_disk_for_t
     # a reserve of one copy (5% of the disk) and room for one more and a half
     monkeypatch.setattr(local_copy.shutil, "disk_usage",
                         lambda path: types.SimpleNamespace(total=20 * needed, used=0, free=int(2.5 * needed)))
-    write, release = local_copy._write, threading.Event()
-
-    def held_write(root, folder, fragment, carry, columns):
-        if "embedding" in columns:
-            assert release.wait(60)
-        write(root, folder, fragment, carry, columns)
-
-    monkeypatch.setattr(local_copy, "_write", held_write)
+    release = hold_embedding_copies(monkeypatch)
     copies = str(tmp_path / "copies")
     first = index.IndexReader(stores["a"], "text", local_copy=copies)
     assert first.staged.local_copy.ready(timeout=60), first.staged.local_copy.error
@@ -332,14 +339,7 @@ def test_the_rerank_rows_are_copied_after_the_rest_and_a_failed_copy_of_them_los
     store, rng, centres = topic_index(tmp_path, seed=12, documents=40)
     queries = [topic_vectors(rng, centres, 3) for _ in range(4)]
     want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
-    write, release = local_copy._write, threading.Event()
-
-    def held_write(root, folder, fragment, carry, columns):
-        if "embedding" in columns:
-            assert release.wait(60)
-        write(root, folder, fragment, carry, columns)
-
-    monkeypatch.setattr(local_copy, "_write", held_write)
+    write, release = local_copy._write, hold_embedding_copies(monkeypatch)
     reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"), copy_originals=True)
     assert reader.staged.local_copy.ready(timeout=60), reader.staged.local_copy.error
     assert not reader.staged.local_copy.originals_ready()

@@ -8,10 +8,9 @@ in float16, the size of the table itself), copied once the rest is ready (so sta
 and from then on the rerank reads it from here: no query goes through the table. By default (``auto``) it does
 so only for a table on object storage, and only when the copy leaves :data:`RESERVE_SHARE` of its disk free
 (:func:`originals_fit`; the copies of other tables this process is still making counted as used): there the
-rerank's rows would otherwise cross the network per query. A reader reads
-stage 2's codes from here too (unless ``hold_bits=True``): they stay in the OS page cache, shared by every
-process that reads the copy, instead of each reader's memory: the pages a read maps are let go when it
-returns.
+rerank's rows would otherwise cross the network per query. A reader reads stage 2's codes from here too
+(unless ``hold_bits=True``): they stay in the OS page cache, shared by every process that reads the copy,
+instead of each reader's memory: the pages a read maps are let go when it returns.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8), or, in a
@@ -64,17 +63,6 @@ ORIGINALS = {"float16": ("embedding.f16", "float16", 1, 1), "float32": ("embeddi
 ORIGINALS_ENV = "INFINITY_ASSETS_INDEX_LOCAL_COPY_ORIGINALS"
 #: The share of its disk that an ``auto`` copy of ``embedding`` leaves free (else it is not copied).
 RESERVE_SHARE = 0.05
-#: The ``auto`` copies of ``embedding`` this process has decided to make and not yet finished, by table
-#: folder: its disk (``st_dev``) and each copy's bytes. Readers of other tables that open at once (a service's
-#: corpora) count them as used; readers of the same table (two versions) write the same files, so they do not.
-_promised: dict[Path, tuple[int, list[int]]] = {}
-_promised_lock = threading.Lock()
-
-
-def _promised_elsewhere(root: Path, disk: int) -> int:
-    """Bytes promised to copies of other tables on ``disk`` (:data:`_promised`; the caller holds its lock)."""
-    return sum(max(sizes) for folder, (device, sizes) in _promised.items()
-               if device == disk and folder != root)
 #: Raised when the files of a copy change meaning (a copy of another format is made again, not misread).
 FORMAT = 2
 #: The file that holds the carried columns.
@@ -115,6 +103,19 @@ def originals_from_env() -> bool | str:
     raise ValueError(f"${ORIGINALS_ENV}={value!r}: set it to auto (the default: the local copy holds the "
                      "rerank's rows too when the table is on object storage and they fit), on (always; about "
                      "the size of the index table) or off")
+
+
+#: The ``auto`` copies of ``embedding`` this process has decided to make and not yet finished, by table
+#: folder: its disk (``st_dev``) and each copy's bytes. Readers of other tables that open at once (a service's
+#: corpora) count them as used; readers of the same table (two versions) write the same files, so they do not.
+_promised: dict[Path, tuple[int, list[int]]] = {}
+_promised_lock = threading.Lock()
+
+
+def _promised_elsewhere(root: Path, disk: int) -> int:
+    """Bytes promised to copies of other tables on ``disk`` (:data:`_promised`; the caller holds its lock)."""
+    return sum(max(sizes) for folder, (device, sizes) in _promised.items()
+               if device == disk and folder != root)
 
 
 def originals_fit(dataset: Any, root: Path, dtype: str, hidden_dim: int,
