@@ -22,6 +22,7 @@ from infinity_assets.artifacts import ArtifactWriter
 from infinity_assets.index import EncodingSettings, SearchSettings, evaluation, local_copy
 from infinity_assets.index.binary import hamming_maxsim, pack_signs
 from infinity_assets.index.maxsim import normalized, stack
+from infinity_assets.index.schema import column_bytes
 from infinity_assets.pipeline import embed_partition
 from infinity_assets.storage.documents import DocumentStore
 
@@ -230,11 +231,14 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     assert {"embedding.f16", "embedding.offsets.npy"} <= {f.name for f in with_embedding.iterdir()}
     assert answers(originals)[0] == want  # (the first query reads the FDE codes, held from then on)
     assert answers(originals) == (want, 0)  # the rerank's rows too come from the copy: no query reads the table
-    monkeypatch.setattr(local_copy, "RESERVE_SHARE", 1.0)  # no copy of them can leave the whole disk free
+    sizes = column_bytes(index.open_table(store, "text").to_lance())
+    rest, rows = sum(v for k, v in sizes.items() if k not in ("embedding", "fde")), sizes["embedding"]
+    monkeypatch.setattr(local_copy.shutil, "disk_usage", lambda path: types.SimpleNamespace(
+        total=20 * rows, used=0, free=rows + rest + rows // 2))  # room for the rest of the copy, not the rows
     cramped = index.IndexReader(store, "text", local_copy=str(tmp_path / "cramped"))
     assert cramped.staged.local_copy.ready(timeout=60), cramped.staged.local_copy.error
     assert not cramped.staged.local_copy.originals_ready(timeout=60)
-    assert "would leave less than 100% of the disk" in cramped.staged.local_copy.originals_choice
+    assert "would leave less than 5% of the disk" in cramped.staged.local_copy.originals_choice
     assert not list((tmp_path / "cramped").glob("*/*/embedding.*")) and answers(cramped)[0] == want
     assert cramped.copy_status()["rerank_rows"].startswith("the table: copying the rerank's rows needs")
     assert copied.copy_status() == {"copy": "ready", "rerank_rows": "the table: copy_originals=False"}
@@ -270,10 +274,12 @@ def test_readers_of_two_s3_tables_opened_at_once_do_not_both_take_the_disk_for_t
         stores[name] = DocumentStore(f"s3://{s3_bucket}/{name}", **seaweedfs.storage_options())
         publish(stores[name], "b", {f"{name}{i:02d}": topic_vectors(rng, centres, 9) for i in range(20)})
         index.sync_index(stores[name], "text")
-    needed = 20 * 9 * DIM * 2  # each table's rerank rows in float16
-    # a reserve of one copy (5% of the disk) and room for one more and a half
-    monkeypatch.setattr(local_copy.shutil, "disk_usage",
-                        lambda path: types.SimpleNamespace(total=20 * needed, used=0, free=int(2.5 * needed)))
+    sizes = [column_bytes(index.open_table(store, "text").to_lance()) for store in stores.values()]
+    rows = max(s["embedding"] for s in sizes)  # each table's rerank rows
+    rest = max(sum(v for k, v in s.items() if k not in ("embedding", "fde")) for s in sizes)  # other columns
+    # a reserve of one copy of the rows (5% of the disk), both tables' other columns and 1.5 copies of rows
+    monkeypatch.setattr(local_copy.shutil, "disk_usage", lambda path: types.SimpleNamespace(
+        total=20 * rows, used=0, free=rows + 2 * rest + rows * 3 // 2))
     release = hold_embedding_copies(monkeypatch)
     copies = str(tmp_path / "copies")
     first = index.IndexReader(stores["a"], "text", local_copy=copies)
@@ -405,40 +411,50 @@ def test_auto_counts_finished_copies_of_the_rerank_rows_as_free_but_not_one_stil
         tmp_path, monkeypatch):
     """``copy_originals="auto"`` weighs the copy of ``embedding`` against the disk's free space: a finished
     copy of it under the table's folder is replaced, so its bytes count as free; another reader's temporary
-    folder is not (it stays once renamed). A local table is never copied. The disk's size is injected."""
-    import pyarrow as pa
-
-    class Dataset:  # what originals_fit reads of a pinned dataset: its URI and the n_vectors column
-        def __init__(self, uri: str) -> None:
-            self.uri = uri
-
-        def to_table(self, columns: list[str]) -> pa.Table:
-            assert columns == ["n_vectors"]
-            return pa.table({"n_vectors": [10, 20]})  # 30 tokens x 4 float16 items: 240 bytes to copy
-
+    folder is not (it stays once renamed); bytes promised to other copies count as used. A local table is
+    never copied. The disk's size is injected."""
     monkeypatch.setattr(local_copy.shutil, "disk_usage",
                         lambda path: types.SimpleNamespace(total=10_000, used=9_400, free=600))
     # free 600 - needed 240 - reserve 500 = -140: fits only with more than 140 bytes of finished copies
-    s3 = Dataset("s3://bucket/index/text.lance")
-    assert local_copy.originals_fit(s3, tmp_path, "float16", 4)[0] is False
-    assert local_copy.originals_fit(s3, tmp_path, "float16", 4)[2] == 240
+    s3 = types.SimpleNamespace(uri="s3://bucket/index/text.lance")
+    assert local_copy.originals_fit(s3, tmp_path, 240)[::2] == (False, 240)
     writing = tmp_path / ".copy-1234"
     writing.mkdir()
     (writing / "embedding.f16").write_bytes(b"\0" * 200)
-    fits, why, _ = local_copy.originals_fit(s3, tmp_path, "float16", 4)
+    fits, why, _ = local_copy.originals_fit(s3, tmp_path, 240)
     assert not fits and "would leave less than 5% of the disk" in why
     finished = tmp_path / "0-embedding"
     finished.mkdir()
     (finished / "embedding.f16").write_bytes(b"\0" * 200)
-    assert local_copy.originals_fit(s3, tmp_path, "float16", 4) == (  # it adds what is not copied yet
+    assert local_copy.originals_fit(s3, tmp_path, 240) == (  # it adds what is not copied yet
         True, "the table is on object storage and its rerank rows (0.0 GB) fit", 40)
     (finished / "embedding.offsets.npy").write_bytes(b"\0" * 40)  # a copy made before (a restart) adds none
-    assert local_copy.originals_fit(s3, tmp_path, "float16", 4)[::2] == (True, 0)
-    fits, why, _ = local_copy.originals_fit(s3, tmp_path, "float16", 4, promised=200)  # another copy's
+    assert local_copy.originals_fit(s3, tmp_path, 240)[::2] == (True, 0)
+    fits, why, _ = local_copy.originals_fit(s3, tmp_path, 240, promised=200)  # another copy's
     assert not fits and why.endswith("0.0 GB of it promised to other copies being made)")
     for local in (str(tmp_path / "text.lance"), f"file://{tmp_path}/text.lance"):
-        assert local_copy.originals_fit(Dataset(local), tmp_path, "float16", 4) == (
+        assert local_copy.originals_fit(types.SimpleNamespace(uri=local), tmp_path, 240) == (
             False, "the table is on a local disk", 0)
+
+
+def test_a_copy_that_would_take_the_disks_reserve_is_not_made_and_the_search_reads_the_table(
+        tmp_path, monkeypatch):
+    """The copy of the columns stages 2-3 read (any table) is made only if it leaves 5% of its disk free:
+    otherwise the copy fails saying so before writing anything, and the search answers from the table."""
+    store, rng, centres = topic_index(tmp_path, seed=14, documents=30)
+    queries = [topic_vectors(rng, centres, 3) for _ in range(3)]
+    want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
+    monkeypatch.setattr(local_copy.shutil, "disk_usage",  # 100 bytes above the reserve
+                        lambda path: types.SimpleNamespace(total=100_000, used=0, free=5_100))
+    reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
+    assert not reader.staged.local_copy.ready(timeout=60)
+    assert str(reader.staged.local_copy.error).startswith("the copy of the columns stages 2-3 read needs ")
+    assert "would leave less than 5% of the disk" in str(reader.staged.local_copy.error)
+    assert reader.copy_status()["rerank_rows"] == "the table: the copy failed"
+    assert reader.copy_status()["copy"].startswith("failed: the copy of the columns stages 2-3 read needs")
+    assert not [f for f in (tmp_path / "copies").rglob("*") if f.is_file()]
+    assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
+
 
 # ------------------------------------------------------------------------------ where the recall is lost
 def test_the_drift_measurement_names_the_stage_that_loses_the_exact_top_k(tmp_path):

@@ -10,7 +10,9 @@ so only for a table on object storage, and only when the copy leaves :data:`RESE
 (:func:`originals_fit`; the copies of other tables this process is still making counted as used): there the
 rerank's rows would otherwise cross the network per query. A reader reads stage 2's codes from here too
 (unless ``hold_bits=True``): they stay in the OS page cache, shared by every process that reads the copy,
-instead of each reader's memory: the pages a read maps are let go when it returns.
+instead of each reader's memory: the pages a read maps are let go when it returns. No copy is made that
+would leave less than :data:`RESERVE_SHARE` of its disk free (:func:`disk_room`): the search then reads the
+table.
 
 The copy is kept per fragment, in ``<directory>/<table>/<fragment>/``: ``bits.u1`` and ``pooled.i8`` (every
 copied row's pooled tokens, ``(tokens, hidden_dim / 8)`` uint8 and ``(tokens, hidden_dim)`` int8), or, in a
@@ -47,6 +49,7 @@ import pyarrow as pa
 
 from infinity_assets.client.allocator import release_free_memory
 from infinity_assets.index.rows import take_runs, token_rows
+from infinity_assets.index.schema import column_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +108,9 @@ def originals_from_env() -> bool | str:
                      "the size of the index table) or off")
 
 
-#: The ``auto`` copies of ``embedding`` this process has decided to make and not yet finished, by table
-#: folder: its disk (``st_dev``) and each copy's bytes. Readers of other tables that open at once (a service's
-#: corpora) count them as used; readers of the same table (two versions) write the same files, so they do not.
+#: The copies this process has decided to make and not yet finished, by table folder: its disk (``st_dev``)
+#: and the bytes each copy adds. Readers of other tables that open at once (a service's corpora) count them as
+#: used; readers of the same table (two versions) write the same files, so they do not.
 _promised: dict[Path, tuple[int, list[int]]] = {}
 _promised_lock = threading.Lock()
 
@@ -118,26 +121,35 @@ def _promised_elsewhere(root: Path, disk: int) -> int:
                if device == disk and folder != root)
 
 
-def originals_fit(dataset: Any, root: Path, dtype: str, hidden_dim: int,
-                  promised: int = 0) -> tuple[bool, str, int]:
-    """Whether an ``auto`` copy takes ``embedding`` too, why, and the bytes it would add to the disk: only
-    for a table on object storage (a local table's rows are read from the local disk anyway), and only when
-    the copy of the column (every row's ``n_vectors`` tokens of ``hidden_dim`` items of ``dtype``) leaves
-    :data:`RESERVE_SHARE` of the disk under ``root`` free, counting the finished copies of it already there
-    as free (not a temporary folder another reader is still writing: it stays once renamed) and ``promised``
-    bytes (other copies being made on that disk) as used."""
+def _copied(root: Path, *patterns: str) -> int:
+    """Bytes of the files matching ``patterns`` in the finished copies under ``root`` (not in a temporary
+    folder another reader is still writing: it stays once renamed)."""
+    return sum(path.stat().st_size for pattern in patterns for path in root.glob(f"*/{pattern}")
+               if path.is_file() and not path.parent.name.startswith("."))
+
+
+def disk_room(root: Path, needed: int, copied: int, promised: int = 0) -> tuple[str | None, int]:
+    """Why a copy of ``needed`` bytes under ``root`` would leave less than :data:`RESERVE_SHARE` of its disk
+    free (None: it would not), and the bytes it adds: ``copied`` bytes of it are there already, ``promised``
+    bytes of other copies being made count as used."""
+    disk, adds = shutil.disk_usage(root), max(0, needed - copied)
+    if disk.free - promised - adds >= RESERVE_SHARE * disk.total:
+        return None, adds
+    others = f", {promised / 1e9:.1f} GB of it promised to other copies being made" if promised else ""
+    return (f"would leave less than {RESERVE_SHARE:.0%} of the disk under {root} free "
+            f"({disk.free / 1e9:.1f} GB free{others})"), adds
+
+
+def originals_fit(dataset: Any, root: Path, needed: int, promised: int = 0) -> tuple[bool, str, int]:
+    """Whether an ``auto`` copy takes ``embedding`` (``needed`` bytes in the table) too, why, and the bytes
+    it would add to the disk: only for a table on object storage (a local table's rows are read from the
+    local disk anyway), and only when the copy leaves :data:`RESERVE_SHARE` of the disk under ``root`` free
+    (:func:`disk_room`: the finished copies of it there count as free, ``promised`` bytes as used)."""
     if "://" not in str(dataset.uri) or str(dataset.uri).startswith("file://"):
         return False, "the table is on a local disk", 0
-    tokens = int(np.sum(dataset.to_table(columns=["n_vectors"]).column(0).to_numpy(), dtype=np.int64))
-    needed = tokens * hidden_dim * np.dtype(dtype).itemsize
-    copied = sum(path.stat().st_size for path in root.glob("*/embedding.*")
-                 if path.is_file() and not path.parent.name.startswith("."))
-    disk, adds = shutil.disk_usage(root), max(0, needed - copied)
-    if disk.free - promised - adds < RESERVE_SHARE * disk.total:
-        others = f", {promised / 1e9:.1f} GB of it promised to other copies being made" if promised else ""
-        return False, (f"copying the rerank's rows needs {needed / 1e9:.1f} GB and would leave less than "
-                       f"{RESERVE_SHARE:.0%} of the disk under {root} free ({disk.free / 1e9:.1f} GB free"
-                       f"{others})"), adds
+    why, adds = disk_room(root, needed, _copied(root, "embedding.*"), promised)
+    if why:
+        return False, f"copying the rerank's rows needs {needed / 1e9:.1f} GB and {why}", adds
     return True, f"the table is on object storage and its rerank rows ({needed / 1e9:.1f} GB) fit", adds
 
 
@@ -191,7 +203,7 @@ class LocalCopy:
         self._budget = WARM_SHARE * _available_memory()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            embedding = self._embedding_columns()
+            embedding = self._reserve()
             fragments = self.dataset.get_fragments()
             live = [_FragmentCopy.live_addresses(fragment) for fragment in fragments]  # for both copies
             self._fragments = self._open(fragments, live, self.carry, COLUMNS, "")
@@ -238,26 +250,33 @@ class LocalCopy:
             self._progress = None
         return copies
 
-    def _embedding_columns(self) -> dict[str, tuple] | None:
-        """``{"embedding": ...}`` of the :data:`ORIGINALS` the copy is to hold, None: none (with
-        ``auto_originals``, as :func:`originals_fit` decides, logged)."""
-        if not self._originals:
-            return None
-        if self._auto:
-            disk = os.stat(self.root).st_dev
-            with _promised_lock:  # one decision at a time, each counting the copies decided before it
-                elsewhere = _promised_elsewhere(self.root, disk)
-                fits, self.originals_choice, adds = originals_fit(self.dataset, self.root, self._originals,
-                                                                  self.hidden_dim, elsewhere)
-                if fits and adds:  # a copy already made (a restart) adds nothing
-                    _promised.setdefault(self.root, (disk, []))[1].append(adds)
-                    self._promise = adds
+    def _reserve(self) -> dict[str, tuple] | None:
+        """Check that the copy leaves :data:`RESERVE_SHARE` of its disk free (OSError if not: the search then
+        reads the table) and decide whether it takes ``embedding`` too: its columns then (:data:`ORIGINALS`),
+        else None (with ``auto_originals``, as :func:`originals_fit` decides, logged). The bytes the copy
+        adds are promised (:data:`_promised`) until it is done, so other tables' copies count them."""
+        disk, sizes = os.stat(self.root).st_dev, column_bytes(self.dataset)
+        needed = sum(sizes.get(name, 0) for name in (*COLUMNS, *self.carry))
+        embedding = {"embedding": ORIGINALS[self._originals]} if self._originals else None
+        with _promised_lock:  # one decision at a time, each counting the copies decided before it
+            elsewhere = _promised_elsewhere(self.root, disk)
+            why, adds = disk_room(self.root, needed, _copied(self.root, "bits.*", "pooled.*", HITS_FILE),
+                                  elsewhere)
+            if why:
+                raise OSError(f"the copy of the columns stages 2-3 read needs {needed / 1e9:.1f} GB and "
+                              f"{why}")
+            if embedding and self._auto:
+                fits, self.originals_choice, more = originals_fit(self.dataset, self.root, sizes["embedding"],
+                                                                  elsewhere + adds)
+                self._wanted, adds = fits, adds + (more if fits else 0)
+                embedding = embedding if fits else None
+            if adds:  # a copy already made (a restart) adds nothing
+                _promised.setdefault(self.root, (disk, []))[1].append(adds)
+                self._promise = adds
+        if self._auto and self._originals:
             logger.info("local copy of %s: the rerank's rows %s: %s", self.dataset.uri,
-                        "copied too" if fits else "read from the table", self.originals_choice)
-            self._wanted = fits
-            if not fits:
-                return None
-        return {"embedding": ORIGINALS[self._originals]}
+                        "copied too" if embedding else "read from the table", self.originals_choice)
+        return embedding
 
     def rows(self, fragment_rows: list[tuple[int, np.ndarray]], column: str) -> tuple[np.ndarray, np.ndarray]:
         """``(tokens, offsets)`` of ``column`` for the rows given as ``(fragment number, positions among its
@@ -289,6 +308,8 @@ class LocalCopy:
         copy = "copying" if not self._done.is_set() else f"failed: {self.error}" if self.error else "ready"
         if self.originals:
             rerank = "the copy"
+        elif self.error is not None:
+            rerank = "the table: the copy failed"
         elif self.originals_error is not None:
             rerank = f"the table: copying them failed: {self.originals_error}"
         elif self._wanted is False or self._originals_done.is_set():

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from infinity_assets.client.allocator import limit_arenas
 from infinity_assets.index.hits import Hit, add_snippets
@@ -22,6 +21,7 @@ from infinity_assets.index.schema import (
     TABLES,
     EncodingSettings,
     SearchIndexError,
+    column_bytes,
     index_uri,
     open_table,
     table_encoding,
@@ -160,25 +160,11 @@ class IndexReader:
     def bytes_per_page(self) -> dict[str, float]:
         """Bytes on disk per indexed document, by column, plus ``stages_1_2`` (what the first two stages read:
         ``fde`` and ``bits``) and ``total``."""
-        by_id = {f.id: f.bytes_on_disk for f in self.dataset.stats.data_stats().fields}
-        per, next_id = {}, 0
-        for top in self.dataset.schema:
-            count = _lance_field_count(top.type)
-            per[top.name] = sum(by_id.get(i, 0) for i in range(next_id, next_id + count)) / self.rows
-            next_id += count
+        sizes = column_bytes(self.dataset)
+        per = {name: size / self.rows for name, size in sizes.items()}
         per["stages_1_2"] = per.get("fde", 0.0) + per.get("bits", 0.0)
-        per["total"] = sum(by_id.values()) / self.rows
+        per["total"] = sum(sizes.values()) / self.rows
         return per
-
-
-def _lance_field_count(kind: pa.DataType) -> int:
-    """Field ids Lance gives a column of type ``kind`` (depth first: lists and structs have child fields, a
-    fixed-size list of numbers is one leaf)."""
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return 1 + _lance_field_count(kind.value_type)
-    if pa.types.is_struct(kind):
-        return 1 + sum(_lance_field_count(kind.field(i).type) for i in range(kind.num_fields))
-    return 1
 
 
 def _io_bytes(dataset: Any) -> int | None:

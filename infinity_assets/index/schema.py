@@ -256,3 +256,25 @@ def table_background(table: Any) -> str:
     """The name of an index table's background clusters, "" if it has none (too small when built, from
     before they existed, or ``background_share=1.0``)."""
     return (table.schema.metadata or {}).get(META_BACKGROUND, b"").decode()
+
+
+def column_bytes(dataset: Any) -> dict[str, int]:
+    """Bytes on disk of each column of a pinned dataset version (``table.to_lance()``), from Lance's data
+    statistics (a list column's child fields counted with it)."""
+    by_id = {field.id: field.bytes_on_disk for field in dataset.stats.data_stats().fields}
+    sizes, next_id = {}, 0
+    for column in dataset.schema:
+        count = _lance_field_count(column.type)
+        sizes[column.name] = sum(by_id.get(i, 0) for i in range(next_id, next_id + count))
+        next_id += count
+    return sizes
+
+
+def _lance_field_count(kind: pa.DataType) -> int:
+    """Field ids Lance gives a column of type ``kind`` (depth first: lists and structs have child fields, a
+    fixed-size list of numbers is one leaf)."""
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return 1 + _lance_field_count(kind.value_type)
+    if pa.types.is_struct(kind):
+        return 1 + sum(_lance_field_count(kind.field(i).type) for i in range(kind.num_fields))
+    return 1
