@@ -268,8 +268,11 @@ class LocalCopy:
             if embedding and self._auto:
                 fits, self.originals_choice, more = originals_fit(self.dataset, self.root, sizes["embedding"],
                                                                   elsewhere + adds)
-                self._wanted, adds = fits, adds + (more if fits else 0)
-                embedding = embedding if fits else None
+                self._wanted = fits
+                if fits:
+                    adds += more
+                else:
+                    embedding = None
             if adds:  # a copy already made (a restart) adds nothing
                 _promised.setdefault(self.root, (disk, []))[1].append(adds)
                 self._promise = adds
