@@ -440,19 +440,24 @@ def test_auto_counts_finished_copies_of_the_rerank_rows_as_free_but_not_one_stil
 def test_a_copy_that_would_take_the_disks_reserve_is_not_made_and_the_search_reads_the_table(
         tmp_path, monkeypatch):
     """The copy of the columns stages 2-3 read (any table) is made only if it leaves 5% of its disk free:
-    otherwise the copy fails saying so before writing anything, and the search answers from the table."""
+    otherwise the copy fails saying so before writing anything, and the search answers from the table. An
+    older version's copy there does not count as free: it is removed only after the new one is written."""
     store, rng, centres = topic_index(tmp_path, seed=14, documents=30)
     queries = [topic_vectors(rng, centres, 3) for _ in range(3)]
     want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
     monkeypatch.setattr(local_copy.shutil, "disk_usage",  # 100 bytes above the reserve
                         lambda path: types.SimpleNamespace(total=100_000, used=0, free=5_100))
+    uri = index.open_table(store, "text").to_lance().uri
+    stale = local_copy.table_folder(tmp_path / "copies", uri) / "old"
+    stale.mkdir(parents=True)
+    (stale / "pooled.i8").write_bytes(b"\0" * 1_000_000)  # more than this copy needs
     reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
     assert not reader.staged.local_copy.ready(timeout=60)
     assert str(reader.staged.local_copy.error).startswith("the copy of the columns stages 2-3 read needs ")
     assert "would leave less than 5% of the disk" in str(reader.staged.local_copy.error)
     assert reader.copy_status()["rerank_rows"] == "the table: the copy failed"
     assert reader.copy_status()["copy"].startswith("failed: the copy of the columns stages 2-3 read needs")
-    assert not [f for f in (tmp_path / "copies").rglob("*") if f.is_file()]
+    assert [f for f in (tmp_path / "copies").rglob("*") if f.is_file()] == [stale / "pooled.i8"]
     assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
 
 

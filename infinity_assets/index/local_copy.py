@@ -40,6 +40,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -121,11 +122,16 @@ def _promised_elsewhere(root: Path, disk: int) -> int:
                if device == disk and folder != root)
 
 
-def _copied(root: Path, *patterns: str) -> int:
-    """Bytes of the files matching ``patterns`` in the finished copies under ``root`` (not in a temporary
-    folder another reader is still writing: it stays once renamed)."""
-    return sum(path.stat().st_size for pattern in patterns for path in root.glob(f"*/{pattern}")
-               if path.is_file() and not path.parent.name.startswith("."))
+def _copied(folders: Iterable[Path], *patterns: str) -> int:
+    """Bytes of the files matching ``patterns`` in those of ``folders`` that exist."""
+    return sum(path.stat().st_size for folder in folders for pattern in patterns
+               for path in folder.glob(pattern) if path.is_file())
+
+
+def _finished(root: Path) -> list[Path]:
+    """The folders of finished copies under ``root`` (not a temporary folder another reader is still writing:
+    it stays once renamed)."""
+    return [folder for folder in root.iterdir() if folder.is_dir() and not folder.name.startswith(".")]
 
 
 def disk_room(root: Path, needed: int, copied: int, promised: int = 0) -> tuple[str | None, int]:
@@ -144,10 +150,11 @@ def originals_fit(dataset: Any, root: Path, needed: int, promised: int = 0) -> t
     """Whether an ``auto`` copy takes ``embedding`` (``needed`` bytes in the table) too, why, and the bytes
     it would add to the disk: only for a table on object storage (a local table's rows are read from the
     local disk anyway), and only when the copy leaves :data:`RESERVE_SHARE` of the disk under ``root`` free
-    (:func:`disk_room`: the finished copies of it there count as free, ``promised`` bytes as used)."""
+    (:func:`disk_room`: the finished copies of it there count as free, since those this version does not use
+    are removed before it is copied; ``promised`` bytes count as used)."""
     if "://" not in str(dataset.uri) or str(dataset.uri).startswith("file://"):
         return False, "the table is on a local disk", 0
-    why, adds = disk_room(root, needed, _copied(root, "embedding.*"), promised)
+    why, adds = disk_room(root, needed, _copied(_finished(root), "embedding.*"), promised)
     if why:
         return False, f"copying the rerank's rows needs {needed / 1e9:.1f} GB and {why}", adds
     return True, f"the table is on object storage and its rerank rows ({needed / 1e9:.1f} GB) fit", adds
@@ -203,8 +210,8 @@ class LocalCopy:
         self._budget = WARM_SHARE * _available_memory()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            embedding = self._reserve()
             fragments = self.dataset.get_fragments()
+            embedding = self._reserve(fragments)
             live = [_FragmentCopy.live_addresses(fragment) for fragment in fragments]  # for both copies
             self._fragments = self._open(fragments, live, self.carry, COLUMNS, "")
             kept = {copy.folder.name for copy in self._fragments}
@@ -250,18 +257,20 @@ class LocalCopy:
             self._progress = None
         return copies
 
-    def _reserve(self) -> dict[str, tuple] | None:
-        """Check that the copy leaves :data:`RESERVE_SHARE` of its disk free (OSError if not: the search then
-        reads the table) and decide whether it takes ``embedding`` too: its columns then (:data:`ORIGINALS`),
-        else None (with ``auto_originals``, as :func:`originals_fit` decides, logged). The bytes the copy
-        adds are promised (:data:`_promised`) until it is done, so other tables' copies count them."""
+    def _reserve(self, fragments: list[Any]) -> dict[str, tuple] | None:
+        """Check that the copy of ``fragments`` leaves :data:`RESERVE_SHARE` of its disk free (OSError if not:
+        the search then reads the table; the folders it reuses count as free) and decide whether it takes
+        ``embedding`` too: its columns then (:data:`ORIGINALS`), else None (with ``auto_originals``, as
+        :func:`originals_fit` decides, logged). The bytes the copy adds are promised (:data:`_promised`)
+        until it is done, so other tables' copies count them."""
         disk, sizes = os.stat(self.root).st_dev, column_bytes(self.dataset)
         needed = sum(sizes.get(name, 0) for name in (*COLUMNS, *self.carry))
+        reused = [self.root / _FragmentCopy.name(fragment, self.carry, COLUMNS) for fragment in fragments]
         embedding = {"embedding": ORIGINALS[self._originals]} if self._originals else None
         with _promised_lock:  # one decision at a time, each counting the copies decided before it
             elsewhere = _promised_elsewhere(self.root, disk)
-            why, adds = disk_room(self.root, needed, _copied(self.root, "bits.*", "pooled.*", HITS_FILE),
-                                  elsewhere)
+            copied = _copied(reused, "bits.*", "pooled.*", HITS_FILE)
+            why, adds = disk_room(self.root, needed, copied, elsewhere)
             if why:
                 raise OSError(f"the copy of the columns stages 2-3 read needs {needed / 1e9:.1f} GB and "
                               f"{why}")
