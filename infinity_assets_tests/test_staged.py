@@ -441,7 +441,8 @@ def test_a_copy_that_would_take_the_disks_reserve_is_not_made_and_the_search_rea
         tmp_path, monkeypatch):
     """The copy of the columns stages 2-3 read (any table) is made only if it leaves 5% of its disk free:
     otherwise the copy fails saying so before writing anything, and the search answers from the table. An
-    older version's copy there does not count as free: it is removed only after the new one is written."""
+    older version's copy there does not count as free: it is removed only after the new one is written. The
+    rerank's rows asked for outright (``copy_originals=True``) are not copied past the reserve either."""
     store, rng, centres = topic_index(tmp_path, seed=14, documents=30)
     queries = [topic_vectors(rng, centres, 3) for _ in range(3)]
     want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
@@ -459,6 +460,16 @@ def test_a_copy_that_would_take_the_disks_reserve_is_not_made_and_the_search_rea
     assert reader.copy_status()["copy"].startswith("failed: the copy of the columns stages 2-3 read needs")
     assert [f for f in (tmp_path / "copies").rglob("*") if f.is_file()] == [stale / "pooled.i8"]
     assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
+    sizes = column_bytes(index.open_table(store, "text").to_lance())
+    rest, rows = sum(v for k, v in sizes.items() if k not in ("embedding", "fde")), sizes["embedding"]
+    monkeypatch.setattr(local_copy.shutil, "disk_usage", lambda path: types.SimpleNamespace(
+        total=20 * rows, used=0, free=rows + rest + rows // 2))  # room for the rest of the copy, not the rows
+    asked = index.IndexReader(store, "text", local_copy=str(tmp_path / "asked"), copy_originals=True)
+    assert asked.staged.local_copy.ready(timeout=60), asked.staged.local_copy.error
+    assert not asked.staged.local_copy.originals_ready(timeout=60)  # asked for outright: still not past it
+    assert asked.copy_status()["rerank_rows"].startswith(
+        "the table: copy_originals=True, but copying the rerank's rows needs ")
+    assert [asked.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
 
 
 # ------------------------------------------------------------------------------ where the recall is lost

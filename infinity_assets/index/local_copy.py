@@ -146,13 +146,14 @@ def disk_room(root: Path, needed: int, copied: int, promised: int = 0) -> tuple[
             f"({disk.free / 1e9:.1f} GB free{others})"), adds
 
 
-def originals_fit(dataset: Any, root: Path, needed: int, promised: int = 0) -> tuple[bool, str, int]:
+def originals_fit(dataset: Any, root: Path, needed: int, promised: int = 0,
+                  local_too: bool = False) -> tuple[bool, str, int]:
     """Whether an ``auto`` copy takes ``embedding`` (``needed`` bytes in the table) too, why, and the bytes
     it would add to the disk: only for a table on object storage (a local table's rows are read from the
-    local disk anyway), and only when the copy leaves :data:`RESERVE_SHARE` of the disk under ``root`` free
-    (:func:`disk_room`: the finished copies of it there count as free, since those this version does not use
-    are removed before it is copied; ``promised`` bytes count as used)."""
-    if "://" not in str(dataset.uri) or str(dataset.uri).startswith("file://"):
+    local disk anyway; ``local_too``: for any table), and only when the copy leaves :data:`RESERVE_SHARE` of
+    the disk under ``root`` free (:func:`disk_room`: the finished copies of it there count as free, since
+    those this version does not use are removed before it is copied; ``promised`` bytes count as used)."""
+    if not local_too and ("://" not in str(dataset.uri) or str(dataset.uri).startswith("file://")):
         return False, "the table is on a local disk", 0
     why, adds = disk_room(root, needed, _copied(_finished(root), "embedding.*"), promised)
     if why:
@@ -260,9 +261,10 @@ class LocalCopy:
     def _reserve(self, fragments: list[Any]) -> dict[str, tuple] | None:
         """Check that the copy of ``fragments`` leaves :data:`RESERVE_SHARE` of its disk free (OSError if not:
         the search then reads the table; the folders it reuses count as free) and decide whether it takes
-        ``embedding`` too: its columns then (:data:`ORIGINALS`), else None (with ``auto_originals``, as
-        :func:`originals_fit` decides, logged). The bytes the copy adds are promised (:data:`_promised`)
-        until it is done, so other tables' copies count them."""
+        ``embedding`` too: its columns then (:data:`ORIGINALS`), else None (as :func:`originals_fit`
+        decides, logged; with ``originals`` asked for outright, only whether they leave the reserve). The
+        bytes the copy adds are promised (:data:`_promised`) until it is done, so other tables' copies count
+        them."""
         disk, sizes = os.stat(self.root).st_dev, column_bytes(self.dataset)
         needed = sum(sizes.get(name, 0) for name in (*COLUMNS, *self.carry))
         reused = [self.root / _FragmentCopy.name(fragment, self.carry, COLUMNS) for fragment in fragments]
@@ -274,9 +276,11 @@ class LocalCopy:
             if why:
                 raise OSError(f"the copy of the columns stages 2-3 read needs {needed / 1e9:.1f} GB and "
                               f"{why}")
-            if embedding and self._auto:
-                fits, self.originals_choice, more = originals_fit(self.dataset, self.root, sizes["embedding"],
-                                                                  elsewhere + adds)
+            if embedding:
+                fits, choice, more = originals_fit(self.dataset, self.root, sizes["embedding"],
+                                                   elsewhere + adds, local_too=not self._auto)
+                if self._auto or not fits:
+                    self.originals_choice = choice if self._auto else f"{self.originals_choice}, but {choice}"
                 self._wanted = fits
                 if fits:
                     adds += more
@@ -285,7 +289,7 @@ class LocalCopy:
             if adds:  # a copy already made (a restart) adds nothing
                 _promised.setdefault(self.root, (disk, []))[1].append(adds)
                 self._promise = adds
-        if self._auto and self._originals:
+        if self._originals and (self._auto or not embedding):
             logger.info("local copy of %s: the rerank's rows %s: %s", self.dataset.uri,
                         "copied too" if embedding else "read from the table", self.originals_choice)
         return embedding

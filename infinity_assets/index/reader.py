@@ -56,8 +56,8 @@ class IndexReader:
     background for each version it opens, reusing what an earlier version copied); None: stage 3 reads the
     table. With a copy, stage 2's codes are read from it once it is ready, not held in memory, unless
     ``hold_bits=True``; with ``copy_originals=True`` the copy holds the rerank's ``embedding`` rows too
-    (about the table's size again), and no query reads the table; ``"auto"`` (the default) does so only for
-    a table on object storage whose rows fit on the copy's disk
+    (about the table's size again) where they leave the disk's reserve, and no query reads the table;
+    ``"auto"`` (the default) does so only for a table on object storage whose rows fit on the copy's disk
     (:func:`~infinity_assets.index.local_copy.originals_fit`); False: never.
     Opening one caps the process's malloc arenas (:func:`~infinity_assets.client.allocator.limit_arenas`).
 
