@@ -197,7 +197,7 @@ def _print(row: dict[str, Any]) -> None:
 def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
     """(c): every engine on the synthetic pages (tight token mix), ground truth at ``gt_pages``."""
     corpus = corpora.SyntheticPages()
-    top = max(cfg["sizes"])
+    top, s3 = max(cfg["sizes"]), s3_pages(cfg)  # a bad S3 size stops the run before it builds anything
     source = corpora.SyntheticSource(corpus, cached=top)
     queries = corpora.synthetic_queries(corpus, cfg["query_pages"], cfg["queries"])
     vectors, known = [q.vectors for q in queries], [q.page for q in queries]
@@ -290,15 +290,17 @@ def synthetic(cfg: dict[str, Any]) -> dict[str, Any]:
                  two_stage(size, **LAST_ROUND), size, corpora.PAGE_VECTORS, exact.get(size), known))
     small = min(cfg["sizes"])
     free = shutil.disk_usage(corpora.CACHE).free
-    if free > 3 * dir_bytes(Path(builds[small])):
+    if free > 3 * dir_bytes(Path(builds[s3])):
         on_s3 = "two-stage (S3: SeaweedFS)"
-        for label, root, extra in ((on_s3, builds[small], {}),
-                                   (f"{on_s3}, {RERANK_FROM_S3[0]}", builds[small], RERANK_FROM_S3[1]),
-                                   (f"{on_s3}, {NO_COPY[0][11:]}", builds[small], NO_COPY[1]),
-                                   (f"{on_s3}, {FORMAT_2_0[0][11:]}", variants["lance-2.0"], RERANK_FROM_S3[1])):
-            add(s3_two_stage(small, root, vectors, exact.get(small), known, label, extra))
-    else:  # SeaweedFS would hold a copy of the index
-        add({"engine": "two-stage (S3: SeaweedFS)", "pages": small,
+        rows_on_s3 = [(on_s3, builds[s3], {}),
+                      (f"{on_s3}, {RERANK_FROM_S3[0]}", builds[s3], RERANK_FROM_S3[1]),
+                      (f"{on_s3}, {NO_COPY[0][11:]}", builds[s3], NO_COPY[1])]
+        if s3 == small:  # the file format 2.0 build is of the smallest table only
+            rows_on_s3.append((f"{on_s3}, {FORMAT_2_0[0][11:]}", variants["lance-2.0"], RERANK_FROM_S3[1]))
+        for label, root, extra in rows_on_s3:
+            add(s3_two_stage(s3, root, vectors, exact.get(s3), known, label, extra))
+    else:  # SeaweedFS would hold a copy of the index, and the reader a copy of its rerank rows
+        add({"engine": "two-stage (S3: SeaweedFS)", "pages": s3,
              "error": f"{free / 1e9:.1f} GB free on the disk, less than 3 copies of the index: not uploaded"})
     n = cfg["public_pages"]
     add({"engine": "fast-plaid (PLAID)", "pages": n, "error": FAST_PLAID})
@@ -443,6 +445,20 @@ def _gt_cost(name: str, queries: list[corpora.KnownItem]) -> float | None:
     folder = corpora.CACHE / "ground-truth" / f"{name}-{corpora._queries_key(queries)}"
     costs = [float(p.read_text()) for p in folder.glob("*.cpu")]
     return 1000 * sum(costs) / (len(costs) * corpora.GT_CHUNK) if costs else None
+
+
+#: The synthetic table the S3 rows upload (one of the run's sizes; default: the smallest).
+S3_PAGES_VARIABLE = "INFINITY_BENCH_INDEX_S3_PAGES"
+
+
+def s3_pages(cfg: dict[str, Any]) -> int:
+    """The pages of the table the S3 rows search: ``$INFINITY_BENCH_INDEX_S3_PAGES`` (one of ``cfg``'s sizes,
+    ValueError otherwise), else the smallest."""
+    pages = int(os.environ.get(S3_PAGES_VARIABLE) or min(cfg["sizes"]))
+    if pages not in cfg["sizes"]:
+        raise ValueError(f"${S3_PAGES_VARIABLE}={pages}: the S3 rows search one of the run's tables, "
+                         f"{list(cfg['sizes'])} (--index-pages sets the largest)")
+    return pages
 
 
 def s3_two_stage(pages: int, local_root: str, vectors: list[np.ndarray], exact: np.ndarray | None,

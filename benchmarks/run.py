@@ -104,10 +104,15 @@ def main() -> int:
     parser.add_argument("--index-pages", type=int, default=None,
                         help="the index section's largest synthetic table (default 100,000); results go to "
                              "benchmarks/results/index-<pages>/, not over the full run's")
+    parser.add_argument("--index-s3-pages", type=int, default=None,
+                        help="the synthetic table the index section's S3 rows upload to SeaweedFS and "
+                             "search (one of its sizes; default the smallest); needs ~3x its size free")
     parser.add_argument("--index-parts", default=None,
                         help="comma-separated parts of the index section to run (default: all); results "
                              "go to benchmarks/results/index-<pages>-<parts>/")
     args = parser.parse_args()
+    if args.index_s3_pages:  # read where the S3 rows run, in this process or a part's own
+        os.environ[index_scale.S3_PAGES_VARIABLE] = str(args.index_s3_pages)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
