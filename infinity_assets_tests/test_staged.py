@@ -106,6 +106,15 @@ def topic_index(tmp_path: Path, seed: int, documents: int) -> tuple[DocumentStor
     return store, rng, centres
 
 
+def disk_without_room_for_the_rerank_rows(monkeypatch, store: DocumentStore) -> None:
+    """Inject a disk whose 5% reserve is one copy of the text table's rerank rows, with room beyond it for
+    the rest of the copy and half of those rows."""
+    sizes = column_bytes(index.open_table(store, "text").to_lance())
+    rest, rows = sum(v for k, v in sizes.items() if k not in ("embedding", "fde")), sizes["embedding"]
+    monkeypatch.setattr(local_copy.shutil, "disk_usage", lambda path: types.SimpleNamespace(
+        total=20 * rows, used=0, free=rows + rest + rows // 2))
+
+
 def hold_embedding_copies(monkeypatch) -> threading.Event:
     """Make every local copy of ``embedding`` wait until the returned event is set (the other columns are
     copied at once)."""
@@ -231,10 +240,7 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     assert {"embedding.f16", "embedding.offsets.npy"} <= {f.name for f in with_embedding.iterdir()}
     assert answers(originals)[0] == want  # (the first query reads the FDE codes, held from then on)
     assert answers(originals) == (want, 0)  # the rerank's rows too come from the copy: no query reads the table
-    sizes = column_bytes(index.open_table(store, "text").to_lance())
-    rest, rows = sum(v for k, v in sizes.items() if k not in ("embedding", "fde")), sizes["embedding"]
-    monkeypatch.setattr(local_copy.shutil, "disk_usage", lambda path: types.SimpleNamespace(
-        total=20 * rows, used=0, free=rows + rest + rows // 2))  # room for the rest of the copy, not the rows
+    disk_without_room_for_the_rerank_rows(monkeypatch, store)
     cramped = index.IndexReader(store, "text", local_copy=str(tmp_path / "cramped"))
     assert cramped.staged.local_copy.ready(timeout=60), cramped.staged.local_copy.error
     assert not cramped.staged.local_copy.originals_ready(timeout=60)
@@ -460,10 +466,7 @@ def test_a_copy_that_would_take_the_disks_reserve_is_not_made_and_the_search_rea
     assert reader.copy_status()["copy"].startswith("failed: the copy of the columns stages 2-3 read needs")
     assert [f for f in (tmp_path / "copies").rglob("*") if f.is_file()] == [stale / "pooled.i8"]
     assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
-    sizes = column_bytes(index.open_table(store, "text").to_lance())
-    rest, rows = sum(v for k, v in sizes.items() if k not in ("embedding", "fde")), sizes["embedding"]
-    monkeypatch.setattr(local_copy.shutil, "disk_usage", lambda path: types.SimpleNamespace(
-        total=20 * rows, used=0, free=rows + rest + rows // 2))  # room for the rest of the copy, not the rows
+    disk_without_room_for_the_rerank_rows(monkeypatch, store)
     asked = index.IndexReader(store, "text", local_copy=str(tmp_path / "asked"), copy_originals=True)
     assert asked.staged.local_copy.ready(timeout=60), asked.staged.local_copy.error
     assert not asked.staged.local_copy.originals_ready(timeout=60)  # asked for outright: still not past it

@@ -218,8 +218,8 @@ class LocalCopy:
             kept = {copy.folder.name for copy in self._fragments}
             if embedding:  # kept for the copy of embedding made next
                 kept |= {_FragmentCopy.name(fragment, (), embedding) for fragment in fragments}
-            for stale in self.root.iterdir():
-                if stale.name not in kept and not stale.name.startswith("."):
+            for stale in _finished(self.root):
+                if stale.name not in kept:
                     shutil.rmtree(stale, ignore_errors=True)
             self.warmed = self._warm(self._fragments, COLUMNS)
         except Exception as error:  # noqa: BLE001 -- kept on .error; the search reads the table instead
@@ -249,10 +249,10 @@ class LocalCopy:
         """Each fragment's copy of ``columns`` and ``carry`` (:meth:`_FragmentCopy.open`), in order, the
         count of those done (``what``: of which columns) in :meth:`status` until the last is."""
         copies: list[_FragmentCopy] = []
+        of = f"of {len(fragments)} fragment{'' if len(fragments) == 1 else 's'}{what} copied"
         try:
             for fragment, rows in zip(fragments, live):
-                plural = "" if len(fragments) == 1 else "s"
-                self._progress = f"{len(copies)} of {len(fragments)} fragment{plural}{what} copied"
+                self._progress = f"{len(copies)} {of}"
                 copies.append(_FragmentCopy.open(self.root, fragment, rows, carry, self.hidden_dim, columns))
         finally:
             self._progress = None
