@@ -266,14 +266,12 @@ def test_the_local_copy_serves_stage_3_on_s3_and_a_later_version_reuses_it(tmp_p
     assert broken.staged.resident.token_bits is not None  # held in memory, as without a copy
 
 
-def test_readers_of_two_s3_tables_opened_at_once_do_not_both_take_the_disk_for_their_rerank_rows(
-        tmp_path, seaweedfs, s3_bucket, monkeypatch):
-    """With ``copy_originals="auto"``, a reader counts the rerank rows another table's reader in the same
-    process is still copying as already on the disk: where the disk holds one copy and its reserve, the
-    second table's reader leaves its rows in the table and says why, instead of both filling the disk. A
-    second reader of the same table (the next version, say) writes the same files and still copies; once the
-    first copy is done, the other table's next reader copies too. The disk's size is injected."""
-    rng = np.random.default_rng(13)
+def two_s3_tables_and_a_disk_for_one_copy(seaweedfs, s3_bucket, monkeypatch,
+                                          seed: int) -> tuple[dict[str, DocumentStore], dict[str, int]]:
+    """Two text tables ``a`` and ``b`` on S3, and an injected disk (returned, ``shutil.disk_usage``'s fields)
+    whose 5% reserve is one copy of the rerank rows, with room beyond it for both tables' other columns and
+    1.5 copies of the rows: one table's rerank rows fit, not both."""
+    rng = np.random.default_rng(seed)
     centres = normalized(rng.standard_normal((6, DIM)).astype(np.float32))
     stores = {}
     for name in ("a", "b"):
@@ -283,9 +281,24 @@ def test_readers_of_two_s3_tables_opened_at_once_do_not_both_take_the_disk_for_t
     sizes = [column_bytes(index.open_table(store, "text").to_lance()) for store in stores.values()]
     rows = max(s["embedding"] for s in sizes)  # each table's rerank rows
     rest = max(sum(v for k, v in s.items() if k not in ("embedding", "fde")) for s in sizes)  # other columns
-    # a reserve of one copy of the rows (5% of the disk), both tables' other columns and 1.5 copies of rows
-    monkeypatch.setattr(local_copy.shutil, "disk_usage", lambda path: types.SimpleNamespace(
-        total=20 * rows, used=0, free=rows + 2 * rest + rows * 3 // 2))
+    disk = {"total": 20 * rows, "used": 0, "free": rows + 2 * rest + rows * 3 // 2}
+    monkeypatch.setattr(local_copy.shutil, "disk_usage", lambda path: types.SimpleNamespace(**disk))
+    return stores, disk
+
+
+def no_promises_left(copies: Path) -> bool:
+    """Whether every copy under ``copies`` has given its promise back (or none was made)."""
+    return not list((copies / local_copy.PROMISES).glob("*.json"))
+
+
+def test_readers_of_two_s3_tables_opened_at_once_do_not_both_take_the_disk_for_their_rerank_rows(
+        tmp_path, seaweedfs, s3_bucket, monkeypatch):
+    """With ``copy_originals="auto"``, a reader counts the rerank rows another table's reader is still
+    copying as already on the disk: where the disk holds one copy and its reserve, the second table's reader
+    leaves its rows in the table and says why, instead of both filling the disk. A second reader of the same
+    table (the next version, say) writes the same files and still copies; once the first copy is done, the
+    other table's next reader copies too. The disk's size is injected."""
+    stores, _ = two_s3_tables_and_a_disk_for_one_copy(seaweedfs, s3_bucket, monkeypatch, seed=13)
     release = hold_embedding_copies(monkeypatch)
     copies = str(tmp_path / "copies")
     first = index.IndexReader(stores["a"], "text", local_copy=copies)
@@ -303,8 +316,60 @@ def test_readers_of_two_s3_tables_opened_at_once_do_not_both_take_the_disk_for_t
         assert reader.staged.local_copy.originals_ready(timeout=60), reader.staged.local_copy.originals_error
     later = index.IndexReader(stores["b"], "text", local_copy=copies)
     assert later.staged.local_copy.originals_ready(timeout=60), later.staged.local_copy.originals_choice
-    for reader in (first, later):  # every promise given back once its copy is made
-        assert reader.staged.local_copy.root not in local_copy._promised
+    assert no_promises_left(tmp_path / "copies")  # every promise given back once its copy is made
+
+
+#: A reader of table ``a`` in a process of its own, on the same injected disk, whose copy of the rerank rows
+#: never ends: it prints its choice once the rest is copied, then waits to be killed.
+OTHER_PROCESS = """
+import json, sys, threading, types
+from infinity_assets import index
+from infinity_assets.index import local_copy
+from infinity_assets.storage.documents import DocumentStore
+
+uri, options, disk, copies = json.loads(sys.argv[1])
+local_copy.shutil.disk_usage = lambda path: types.SimpleNamespace(**disk)
+write, never = local_copy._write, threading.Event()
+def held_write(root, folder, fragment, carry, columns):
+    if "embedding" in columns:
+        never.wait()
+    write(root, folder, fragment, carry, columns)
+local_copy._write = held_write
+reader = index.IndexReader(DocumentStore(uri, **options), "text", local_copy=copies)
+assert reader.staged.local_copy.ready(timeout=60), reader.staged.local_copy.error
+print(reader.staged.local_copy.originals_choice, flush=True)
+never.wait()
+"""
+
+
+def test_a_reader_counts_the_rerank_rows_another_process_is_copying_until_that_process_dies(
+        tmp_path, seaweedfs, s3_bucket, monkeypatch):
+    """Two processes sharing a copies directory (two services, say): while one copies table ``a``'s rerank
+    rows, a reader of table ``b`` in the other counts them as used and leaves its own in the table, saying
+    why. Killed mid-copy, the first process gives nothing back, but the kernel drops the lock its promise
+    held: the next reader of ``b`` no longer counts it, removes it and copies. The disk's size is injected
+    in both."""
+    stores, disk = two_s3_tables_and_a_disk_for_one_copy(seaweedfs, s3_bucket, monkeypatch, seed=15)
+    copies = tmp_path / "copies"
+    argument = json.dumps([f"s3://{s3_bucket}/a", seaweedfs.storage_options(), disk, str(copies)])
+    other_process = subprocess.Popen([sys.executable, "-c", OTHER_PROCESS, argument], cwd=REPO,
+                                     stdout=subprocess.PIPE, text=True)
+    try:
+        assert other_process.stdout.readline().startswith("the table is on object storage")
+        reader = index.IndexReader(stores["b"], "text", local_copy=str(copies))
+        assert reader.staged.local_copy.ready(timeout=60), reader.staged.local_copy.error
+        assert not reader.staged.local_copy.originals_ready(timeout=60)
+        choice = reader.staged.local_copy.originals_choice
+        assert choice.endswith("GB of it promised to other copies being made)")
+        assert not no_promises_left(copies)  # the other process's
+    finally:
+        other_process.kill()
+        other_process.wait(timeout=60)
+    disk["free"] -= sum(f.stat().st_size for f in reader.staged.local_copy.root.rglob("*") if f.is_file())
+    later = index.IndexReader(stores["b"], "text", local_copy=str(copies))  # (room for one copy of the rows)
+    assert later.staged.local_copy.originals_ready(timeout=60), later.staged.local_copy.originals_choice
+    assert later.staged.local_copy.originals_choice.startswith("the table is on object storage")
+    assert no_promises_left(copies)
 
 
 def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go(tmp_path, monkeypatch):
@@ -464,7 +529,9 @@ def test_a_copy_that_would_take_the_disks_reserve_is_not_made_and_the_search_rea
     assert "would leave less than 5% of the disk" in str(reader.staged.local_copy.error)
     assert reader.copy_status()["rerank_rows"] == "the table: the copy failed"
     assert reader.copy_status()["copy"].startswith("failed: the copy of the columns stages 2-3 read needs")
-    assert [f for f in (tmp_path / "copies").rglob("*") if f.is_file()] == [stale / "pooled.i8"]
+    written = [f for f in (tmp_path / "copies").rglob("*") if f.is_file()
+               and local_copy.PROMISES not in f.parts]
+    assert written == [stale / "pooled.i8"] and no_promises_left(tmp_path / "copies")
     assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
     disk_without_room_for_the_rerank_rows(monkeypatch, store)
     asked = index.IndexReader(store, "text", local_copy=str(tmp_path / "asked"), copy_originals=True)

@@ -7,8 +7,8 @@ table's dtype of them), the copy holds ``embedding`` too (the rerank's unit vect
 in float16, the size of the table itself), copied once the rest is ready (so stages 2-3 do not wait for it),
 and from then on the rerank reads it from here: no query goes through the table. By default (``auto``) it does
 so only for a table on object storage, and only when the copy leaves :data:`RESERVE_SHARE` of its disk free
-(:func:`originals_fit`; the copies of other tables this process is still making counted as used): there the
-rerank's rows would otherwise cross the network per query. A reader reads stage 2's codes from here too
+(:func:`originals_fit`; the copies of other tables still being made, by any process, counted as used): there
+the rerank's rows would otherwise cross the network per query. A reader reads stage 2's codes from here too
 (unless ``hold_bits=True``): they stay in the OS page cache, shared by every process that reads the copy,
 instead of each reader's memory: the pages a read maps are let go when it returns. No copy is made that
 would leave less than :data:`RESERVE_SHARE` of its disk free (:func:`disk_room`): the search then reads the
@@ -28,11 +28,14 @@ table: a sync that appends a fragment or deletes rows copies only the new fragme
 live rows to the copied ones through their row addresses (read with the version, no column data). Copies are
 written to a temporary folder and renamed (a concurrent reader of the same table keeps whichever lands first);
 folders no version being copied uses any more are removed (a reader that still has their files open keeps
-reading them), and so are the ``embedding`` folders when a reader of the table copies without them.
+reading them), and so are the ``embedding`` folders when a reader of the table copies without them. While a
+copy is being made, a file in ``<directory>/.promises/`` says what it adds to the disk (:class:`_Promise`).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import logging
 import mmap
 import os
@@ -40,8 +43,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
-from contextlib import ExitStack
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,17 +113,59 @@ def originals_from_env() -> bool | str:
                      "the size of the index table) or off")
 
 
-#: The copies this process has decided to make and not yet finished, by table folder: its disk (``st_dev``)
-#: and the bytes each copy adds. Readers of other tables that open at once (a service's corpora) count them as
-#: used; readers of the same table (two versions) write the same files, so they do not.
-_promised: dict[Path, tuple[int, list[int]]] = {}
-_promised_lock = threading.Lock()
+#: The folder, beside the tables' folders, where each copy being made says what it adds to the disk.
+PROMISES = ".promises"
 
 
-def _promised_elsewhere(root: Path, disk: int) -> int:
-    """Bytes promised to copies of other tables on ``disk`` (:data:`_promised`; the caller holds its lock)."""
-    return sum(max(sizes) for folder, (device, sizes) in _promised.items()
-               if device == disk and folder != root)
+@contextmanager
+def _deciding(directory: Path) -> Iterator[Path]:
+    """The promises' folder under ``directory``, held (an ``flock`` on its ``.lock``) for one decision at a
+    time by any thread of any process: each decision counts the copies decided before it."""
+    folder = directory / PROMISES
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield folder
+
+
+class _Promise:
+    """What a copy being made adds to its disk: a file in the promises' folder that holds an ``flock`` while
+    the copy lasts. Readers of other tables, in this process or another, count it as used until it is given
+    back (:meth:`release`) or its process dies (the kernel drops the lock, and the next decision removes the
+    file). Readers of the same table (two versions) write the same files, so they do not count it."""
+
+    def __init__(self, folder: Path, table: str, disk: int, size: int) -> None:
+        self.path = folder / f"{uuid.uuid4().hex}.json"
+        self._file = open(self.path, "x")  # noqa: SIM115 -- kept open while the copy lasts: it holds the lock
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        self._file.write(json.dumps({"table": table, "disk": disk, "bytes": size}))
+        self._file.flush()
+
+    def release(self) -> None:
+        """Give the promise back: the copy is on the disk, or it failed."""
+        self.path.unlink(missing_ok=True)
+        self._file.close()
+
+
+def _promised_elsewhere(folder: Path, table: str, disk: int) -> int:
+    """Bytes promised to copies of tables other than ``table`` on ``disk`` (inside :func:`_deciding`), the
+    largest promise per table; the promise of a holder that died is removed."""
+    largest: dict[str, int] = {}
+    for path in folder.glob("*.json"):
+        try:
+            with open(path) as file:
+                try:
+                    fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:  # its copy is still being made
+                    promise = json.load(file)
+                else:
+                    path.unlink()
+                    continue
+        except (FileNotFoundError, ValueError):  # given back meanwhile
+            continue
+        if promise["disk"] == disk and promise["table"] != table:
+            largest[promise["table"]] = max(largest.get(promise["table"], 0), promise["bytes"])
+    return sum(largest.values())
 
 
 def _copied(folders: Iterable[Path], *patterns: str) -> int:
@@ -191,7 +237,7 @@ class LocalCopy:
         self._fragments: list[_FragmentCopy] = []
         self._embedding: list[_FragmentCopy] = []
         self._progress: str | None = None  # which fragment the copy is at, while it copies
-        self._promise = 0  # the bytes this copy holds in _promised
+        self._promise: _Promise | None = None  # what this copy adds to the disk, while it is made
         threading.Thread(target=self._copy, name="index-copy", daemon=True).start()
 
     def ready(self, timeout: float | None = 0) -> bool:
@@ -237,11 +283,7 @@ class LocalCopy:
             release_free_memory()
             self.originals_seconds = time.perf_counter() - started - self.seconds
         if self._promise:  # copied, failed or never begun: the bytes are on the disk or not at all
-            with _promised_lock:
-                sizes = _promised[self.root][1]
-                sizes.remove(self._promise)
-                if not sizes:
-                    del _promised[self.root]
+            self._promise.release()
         self._originals_done.set()
 
     def _open(self, fragments: list[Any], live: list[np.ndarray], carry: tuple[str, ...],
@@ -263,14 +305,14 @@ class LocalCopy:
         the search then reads the table; the folders it reuses count as free) and decide whether it takes
         ``embedding`` too: its columns then (:data:`ORIGINALS`), else None (as :func:`originals_fit`
         decides, logged; with ``originals`` asked for outright, only whether they leave the reserve). The
-        bytes the copy adds are promised (:data:`_promised`) until it is done, so other tables' copies count
-        them."""
+        bytes the copy adds are promised (:class:`_Promise`) until it is done, so copies of other tables, in
+        any process, count them."""
         disk, sizes = os.stat(self.root).st_dev, column_bytes(self.dataset)
         needed = sum(sizes.get(name, 0) for name in (*COLUMNS, *self.carry))
         reused = [self.root / _FragmentCopy.name(fragment, self.carry, COLUMNS) for fragment in fragments]
         embedding = {"embedding": ORIGINALS[self._originals]} if self._originals else None
-        with _promised_lock:  # one decision at a time, each counting the copies decided before it
-            elsewhere = _promised_elsewhere(self.root, disk)
+        with _deciding(self.root.parent) as promises:
+            elsewhere = _promised_elsewhere(promises, self.root.name, disk)
             copied = _copied(reused, "bits.*", "pooled.*", HITS_FILE)
             why, adds = disk_room(self.root, needed, copied, elsewhere)
             if why:
@@ -287,8 +329,7 @@ class LocalCopy:
                 else:
                     embedding = None
             if adds:  # a copy already made (a restart) adds nothing
-                _promised.setdefault(self.root, (disk, []))[1].append(adds)
-                self._promise = adds
+                self._promise = _Promise(promises, self.root.name, disk, adds)
         if self._originals and (self._auto or not embedding):
             logger.info("local copy of %s: the rerank's rows %s: %s", self.dataset.uri,
                         "copied too" if embedding else "read from the table", self.originals_choice)
