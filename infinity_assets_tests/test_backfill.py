@@ -1,20 +1,25 @@
 """Backfill runs: one run embeds a range of batches, each materialized, checked and versioned on its own.
 
 Real Infinity server, a real Dagster instance; the run is started with the partition-range tags a backfill's
-run gets (the daemon's part is in test_deployment.py).
+run gets (the daemon's part is in test_deployment.py); staleness is read from a real webserver, as the UI
+shows it.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
-from dagster._core.definitions.data_version import StaleStatus
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from infinity_assets import artifacts, definitions
 from infinity_assets.corpus import ClientSettings, CorpusSpec, StoreSettings
@@ -23,11 +28,33 @@ from infinity_assets.orchestration.lineage import observation
 from infinity_assets.orchestration.schedules import current_data_versions, materialized_data_versions
 from infinity_assets.settings import corpus_from_env
 from infinity_assets.storage.documents import DocumentStore
+from infinity_assets_dev.ports import free_port
 
+REPO = Path(__file__).resolve().parents[1]
 MODEL = "minilm-colbert-128"
 BATCHES = [f"batch-{i}" for i in range(6)]
 BROKEN = "batch-3"
 EMBEDDINGS, RAW = dg.AssetKey(["t", "text_embeddings"]), dg.AssetKey(["t", "raw_text_documents"])
+#: The run tags of a backfill's run of a range of partitions (as the UI lists them on the run).
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+#: What the UI asks the webserver for an asset's partitions' staleness.
+STALENESS = """query Stale($path: [String!]!, $partitions: [String!]) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode { staleStatusByPartition(partitions: $partitions) }
+  }
+}"""
+#: A code location of the corpus of a ``Setup`` (its root and server formatted in).
+LOCATION = """from infinity_assets.orchestration import build_corpus_definitions
+from infinity_assets_tests.test_backfill import corpus
+
+defs = build_corpus_definitions(corpus({root!r}, {url!r}))
+"""
+
+
+def corpus(root: str, url: str) -> CorpusSpec:
+    """The corpus ``t``: text batches under ``root``, embedded by the server at ``url``."""
+    return CorpusSpec(name="t", store=StoreSettings(root=root),
+                      text=ClientSettings(url=url, model_name=MODEL, hidden_dim=128))
 
 
 @dataclass
@@ -39,6 +66,7 @@ class Setup:
     instance: dg.DagsterInstance
     store: DocumentStore
     root: Path
+    home: Path  # the instance's DAGSTER_HOME
 
     def assets(self) -> list:
         """The raw documents, the embeddings and their checks (what a backfill run of the asset loads)."""
@@ -68,20 +96,59 @@ def setup(tmp_path, infinity_server):
     # A real fault for one batch only: its artifact cannot be published (a folder holds its place).
     (root / "embeddings" / "text" / f"{BROKEN}.parquet").mkdir(parents=True)
     (root / "embeddings" / "text" / f"{BROKEN}.parquet" / "keep").write_text("")
-    spec = CorpusSpec(name="t", store=StoreSettings(root=str(root)),
-                      text=ClientSettings(url=infinity_server.url, model_name=MODEL, hidden_dim=128))
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(spec.modality("text").partitions_name, BATCHES)
-    setup = Setup(spec, build_corpus_definitions(spec), instance, spec.build_store(), root)
-    setup.observe(BATCHES)
-    yield setup
-    instance.dispose()
+    spec = corpus(str(root), infinity_server.url)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        instance.add_dynamic_partitions(spec.modality("text").partitions_name, BATCHES)
+        setup = Setup(spec, build_corpus_definitions(spec), instance, spec.build_store(), root, home)
+        setup.observe(BATCHES)
+        yield setup
+
+
+@contextmanager
+def webserver(setup: Setup, tmp_path: Path) -> Iterator[str]:
+    """A real ``dagster-webserver`` on the setup's instance serving its corpus; yields its URL."""
+    location = tmp_path / "location.py"
+    location.write_text(LOCATION.format(root=str(setup.root), url=setup.spec.text.url))
+    url = f"http://127.0.0.1:{free_port()}"
+    with open(tmp_path / "webserver.log", "wb") as log:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "dagster-webserver"), "-h", "127.0.0.1",
+                                    "-p", url.rsplit(":", 1)[1], "-f", str(location)],
+                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "DAGSTER_HOME": str(setup.home)})
+    try:
+        deadline = time.monotonic() + 180
+        while not _answers(url):
+            assert process.poll() is None and time.monotonic() < deadline, (
+                (tmp_path / "webserver.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def _answers(url: str) -> bool:
+    """Whether the webserver at ``url`` answers GraphQL with its code location loaded."""
+    try:
+        return stale_statuses(url, BATCHES[:1]) is not None
+    except (httpx.HTTPError, KeyError, TypeError):
+        return False
+
+
+def stale_statuses(url: str, batches: list[str]) -> list[str] | None:
+    """The staleness of the embeddings' ``batches`` that the UI shows (``FRESH``, ``STALE``, ``MISSING``)."""
+    response = httpx.post(f"{url}/graphql", timeout=60, json={
+        "query": STALENESS, "variables": {"path": EMBEDDINGS.path, "partitions": batches}})
+    response.raise_for_status()
+    return response.json()["data"]["assetNodeOrError"]["staleStatusByPartition"]
 
 
 def backfill_run(setup: Setup, first: str, last: str) -> dg.ExecuteInProcessResult:
     return dg.materialize(setup.assets(), instance=setup.instance, raise_on_error=False,
                           selection=dg.AssetSelection.assets(EMBEDDINGS),
-                          tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last})
+                          tags={RANGE_START: first, RANGE_END: last})
 
 
 def test_a_range_run_materializes_each_batch_once_and_fails_only_the_broken_one(setup):
@@ -117,24 +184,19 @@ def test_a_range_run_materializes_each_batch_once_and_fails_only_the_broken_one(
     assert blocking.passed and "0 of 10 documents of 5 batches failed" in blocking.description
 
 
-def test_a_batch_embedded_by_a_range_run_goes_stale_like_one_embedded_alone(setup):
+def test_a_batch_embedded_by_a_range_run_goes_stale_like_one_embedded_alone(setup, tmp_path):
     root = setup.root
     (root / "embeddings" / "text" / f"{BROKEN}.parquet" / "keep").unlink()
     (root / "embeddings" / "text" / f"{BROKEN}.parquet").rmdir()
     assert backfill_run(setup, BATCHES[0], BATCHES[2]).success
     assert dg.materialize(setup.assets(), instance=setup.instance, partition_key=BATCHES[3],
                           selection=dg.AssetSelection.assets(EMBEDDINGS)).success
-    graph = setup.assets()[:2]
-
-    def status(batch: str) -> StaleStatus:  # what the UI shows
-        return get_stale_status_resolver(setup.instance, graph).get_status(EMBEDDINGS, batch)
-
-    assert [status(b) for b in BATCHES[:4]] == [StaleStatus.FRESH] * 4
-    (root / "raw" / "text" / BATCHES[1] / "one.txt").write_text("changed")
-    (root / "raw" / "text" / BATCHES[3] / "one.txt").write_text("changed")
-    setup.observe([BATCHES[1], BATCHES[3]])
-    assert [status(b) for b in BATCHES[:4]] == [StaleStatus.FRESH, StaleStatus.STALE, StaleStatus.FRESH,
-                                                StaleStatus.STALE]
+    with webserver(setup, tmp_path) as url:  # what the UI shows
+        assert stale_statuses(url, BATCHES[:5]) == ["FRESH"] * 4 + ["MISSING"]
+        (root / "raw" / "text" / BATCHES[1] / "one.txt").write_text("changed")
+        (root / "raw" / "text" / BATCHES[3] / "one.txt").write_text("changed")
+        setup.observe([BATCHES[1], BATCHES[3]])
+        assert stale_statuses(url, BATCHES[:4]) == ["FRESH", "STALE", "FRESH", "STALE"]
 
 
 def test_partitions_per_backfill_run_is_a_corpus_setting(tmp_path):
