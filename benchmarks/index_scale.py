@@ -447,7 +447,8 @@ def s3_pages(cfg: dict[str, Any]) -> int:
 
 
 def s3_two_stage(pages: int, local_root: str, searches: list[tuple[str, dict[str, Any]]],
-                 vectors: list[np.ndarray], exact: np.ndarray | None, known: list[int]) -> list[dict[str, Any]]:
+                 vectors: list[np.ndarray], exact: np.ndarray | None,
+                 known: list[int]) -> list[dict[str, Any]]:
     """The local two-stage index of ``pages`` uploaded once, as it is, to SeaweedFS (S3), and searched there
     by each of ``searches`` (its label, more of the engine's spec), each reader making local copies of its
     own (removed after its row)."""
@@ -466,8 +467,8 @@ def s3_two_stage(pages: int, local_root: str, searches: list[tuple[str, dict[str
         marker = SCRATCH / f"s3-{bucket}.json"
         marker.write_text(json.dumps({"build_seconds": None, "upload_seconds": upload}))
         for label, extra in searches:
-            spec = {"engine": "two-stage", "corpus": "synthetic", "pages": pages, "root": f"s3://{bucket}/bench",
-                    "store_options": options, "marker": str(marker),
+            spec = {"engine": "two-stage", "corpus": "synthetic", "pages": pages,
+                    "root": f"s3://{bucket}/bench", "store_options": options, "marker": str(marker),
                     "local_copy": str(SCRATCH / "seaweedfs-copies"), **extra}
             try:
                 result = run_engine(spec, vectors, SCRATCH)
@@ -485,7 +486,7 @@ def on_s3(cfg: dict[str, Any]) -> dict[str, Any]:
     """The S3 rows: the tight mix's two-stage table of :func:`s3_pages` pages (built first if the synthetic
     part has not) uploaded as it is to SeaweedFS and searched there, against exact at that size; the rerank's
     rows copied or not as ``copy_originals="auto"`` decides on the disk left."""
-    corpus, top, pages, version = corpora.SyntheticPages(), max(cfg["sizes"]), s3_pages(cfg), _engine_version()
+    corpus, top, pages = corpora.SyntheticPages(), max(cfg["sizes"]), s3_pages(cfg)
     queries = corpora.synthetic_queries(corpus, cfg["query_pages"], cfg["queries"])
     vectors, known = [q.vectors for q in queries], [q.page for q in queries]
     exact = None
@@ -499,15 +500,16 @@ def on_s3(cfg: dict[str, Any]) -> dict[str, Any]:
         builds["lance-2.0-synthetic"] = [(f"{on_s3}, {FORMAT_2_0[0][11:]}", RERANK_FROM_S3[1])]
     rows: list[dict[str, Any]] = []
     for name, searches in builds.items():
-        root = _build_root("two-stage", f"{name}-{pages}", version)
+        root = _build_root("two-stage", f"{name}-{pages}", _engine_version())
         spec = {"engine": "two-stage", "corpus": "synthetic", "mix": "tight", "cached": top, "pages": pages,
                 "root": root, "marker": root + "/built.json",
                 **({"file_version": "2.0"} if name.startswith("lance-2.0") else {})}
         built = {} if Path(spec["marker"]).exists() else run_engine({**spec, "build_only": True}, [], SCRATCH)
-        needed = 1.2 * dir_bytes(Path(root))  # SeaweedFS's copy of the table, the reader's of stages 1-3's columns
-        free = shutil.disk_usage(corpora.CACHE).free
-        error = built.get("error") or (f"{free / 1e9:.1f} GB free on the disk, less than the {needed / 1e9:.1f} GB "
-                                       "the table's upload and the reader's copies need" if free < needed else "")
+        # room for SeaweedFS's copy of the table and the reader's copies of stages 1-3's columns
+        needed, free = 1.2 * dir_bytes(Path(root)), shutil.disk_usage(corpora.CACHE).free
+        no_room = (f"{free / 1e9:.1f} GB free on the disk, less than the {needed / 1e9:.1f} GB the table's "
+                   "upload and the reader's copies need")
+        error = built.get("error") or (no_room if free < needed else "")
         if error:
             for label, _ in searches:
                 rows.append({"engine": label, "pages": pages, "error": error})
@@ -641,8 +643,8 @@ def mix_sync_cost(cfg: dict[str, Any], mix: str) -> dict[str, Any]:
     return out
 
 
-SECTIONS = {"synthetic": synthetic, "s3": on_s3, "loose": loose, "million": million, "needles": needles, "real": real,
-            "sync": sync_cost, "table_sync": table_sync}
+SECTIONS = {"synthetic": synthetic, "s3": on_s3, "loose": loose, "million": million, "needles": needles,
+            "real": real, "sync": sync_cost, "table_sync": table_sync}
 
 
 @functools.cache
@@ -955,9 +957,9 @@ def markdown(results: dict[str, Any]) -> list[str]:
         lines += _table(syn["rows"], base)
     on_s3_results = results.get("s3")
     if on_s3_results:
-        lines += ["", f"### (c) on S3: the tight mix's {on_s3_results['pages']:,}-page table in SeaweedFS", "",
-                  "The local table uploaded as it is (`upload_seconds`); the reader copies stages 1-3's columns "
-                  "to its local disk, and the rerank's rows where `copy_originals=\"auto\"` finds room (the note "
+        lines += ["", f"### (c) on S3: the tight mix's {on_s3_results['pages']:,}-page table in SeaweedFS",
+                  "", "The local table uploaded as it is; the reader copies stages 1-3's columns to its "
+                  "local disk, and the rerank's rows where `copy_originals=\"auto\"` finds room (the note "
                   "says what it chose); recall against exact at that size.", ""]
         lines += _table(on_s3_results["rows"], {})
     loose_results = results.get("loose")
