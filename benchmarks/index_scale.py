@@ -105,12 +105,14 @@ FAST_PLAID = ("does not install with torch pinned to 2.13.0: fast-plaid 1.7.0 re
 
 
 def _engine_version() -> str:
-    """The row format and default encoding of the two-stage index: a cached build is reused by any code that
-    writes the same rows (a change of the search code, or of the first-stage sidecar, does not rebuild)."""
+    """The row format, default encoding and data file bound of the two-stage index: a cached build is reused by
+    any code that writes the same rows (a change of the search code, or of the first-stage sidecar, does not
+    rebuild)."""
     from infinity_assets.index.rows import ROW_FORMAT
-    from infinity_assets.index.schema import FILE_VERSION, EncodingSettings
+    from infinity_assets.index.schema import DATA_FILE_BYTES, FILE_VERSION, EncodingSettings
 
-    digest = hashlib.sha256(f"{ROW_FORMAT}:{EncodingSettings().rows_json()}:{FILE_VERSION}".encode())
+    key = f"{ROW_FORMAT}:{EncodingSettings().rows_json()}:{FILE_VERSION}:{DATA_FILE_BYTES}"
+    digest = hashlib.sha256(key.encode())
     return digest.hexdigest()[:12]
 
 

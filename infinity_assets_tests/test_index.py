@@ -6,6 +6,7 @@ Infinity server with the real MiniLM weights.
 from __future__ import annotations
 
 import json
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 
@@ -256,6 +257,45 @@ def test_maintenance_merges_small_fragments_rewrites_a_large_one_only_for_its_de
     table = index.open_table(store, "text")
     assert all(fragment.num_deletions == 0 for fragment in table.to_lance().get_fragments())
     assert len(table.list_versions()) <= 2, "old versions were not cleaned up"
+    assert_index_equals_artifacts(store)
+
+
+def test_a_table_is_written_in_bounded_data_files_and_a_full_one_is_never_compacted(tmp_path, monkeypatch):
+    """A sync writes the table in data files of about DATA_FILE_BYTES at most (so an object store reads
+    ranges of objects of that size, not of the whole table's) and answers as a table in one file does; the
+    compaction after later syncs merges the small fragments within the bound and leaves the full ones."""
+    from infinity_assets.storage.documents import DocumentStore
+
+    whole = store_root_local(tmp_path)
+    write_artifact(whole, "a", [f"a{i}" for i in range(3000)])
+    index.sync_index(whole, "text")
+    queries = [RNG.standard_normal((4, DIM)).astype(np.float32) for _ in range(5)]
+
+    def answers(store) -> list[list[tuple[str, float]]]:
+        reader = index.IndexReader(store, "text")
+        return [[(h.doc_id, round(h.score, 4)) for h in reader.search(q, k=5)] for q in queries]
+
+    shutil.copytree(tmp_path / "store", tmp_path / "split", ignore=shutil.ignore_patterns("index"))
+    store = DocumentStore(str(tmp_path / "split"))
+    bound = 1024 * 1024
+    monkeypatch.setattr(index.schema, "DATA_FILE_BYTES", bound)
+    monkeypatch.setattr(compaction, "DATA_FILE_BYTES", bound)
+    index.sync_index(store, "text")
+
+    def data_files() -> dict[str, int]:
+        fragments = index.open_table(store, "text").to_lance().get_fragments()
+        return {file.path: file.file_size_bytes for fragment in fragments for file in fragment.data_files()}
+
+    full = data_files()
+    assert len(full) >= 4, full
+    assert max(full.values()) < 2 * bound, full  # (the bound is checked between the writer's batches)
+    assert_index_equals_artifacts(store)
+    assert answers(store) == answers(whole)
+    for number in range(compaction.SMALL_FRAGMENTS):
+        write_artifact(store, f"s{number}", [f"s{number}-{i}" for i in range(10)])
+        report = index.sync_index(store, "text", cleanup_older_than=timedelta(0))
+    assert report.compaction["fragments_removed"] == compaction.SMALL_FRAGMENTS, (report.compaction, data_files())
+    assert set(full) <= set(data_files()), "the compaction rewrote full data files"
     assert_index_equals_artifacts(store)
 
 

@@ -30,6 +30,7 @@ from infinity_assets.index.schema import (
     table_background,
     table_encoding,
     table_settings,
+    write_rows,
 )
 from infinity_assets.index.sync import SyncReport, add_missing_columns, learn_background
 from infinity_assets.storage.documents import DocumentStore
@@ -80,7 +81,8 @@ def write_index(store: DocumentStore, modality: str,
             schema = index_schema(hidden_dim, model, modality, encoding, name)
             lock.check()
             report.added_columns = add_missing_columns(table, schema, encoding)
-            table.add(pa.RecordBatchReader.from_batches(schema, rows(checked(), schema, found)))
+            added = pa.RecordBatchReader.from_batches(schema, rows(checked(), schema, found))
+            table = write_rows(store, modality, added, schema, "append")
         else:
             pending = checked()
             first = _first_pages(pending)

@@ -4,8 +4,9 @@ Every sync that writes adds a fragment (its upserted rows) and marks the changed
 deleted. Lance's default compaction, which LanceDB's ``optimize()`` runs, counts as small every fragment
 under 1,048,576 rows and merges it with its small neighbours: after a sync of a few pages into a table built
 in one fragment it rewrites the whole table (26 GB for 100,000 ColPali pages). Here a fragment is small when
-it holds fewer than an eighth of the table's rows (at least :data:`MIN_SMALL_ROWS`), and the small ones are
-merged once :data:`SMALL_FRAGMENTS` of them have accumulated, so a row is rewritten a few times in its life,
+it holds fewer than an eighth of the table's rows (at least :data:`MIN_SMALL_ROWS`) in data files of less than
+an eighth of :data:`~infinity_assets.index.schema.DATA_FILE_BYTES` (a table is written in files of that bound:
+a full one is never small), and the small ones are merged, again within the bound, once :data:`SMALL_FRAGMENTS` of them have accumulated, so a row is rewritten a few times in its life,
 not at every sync. A fragment whose deleted rows exceed :data:`DELETED_SHARE` of it is rewritten without
 them (Lance's threshold), whatever its size: that is what gives their bytes back. Then versions older than
 ``cleanup_older_than`` are removed. The index has no Lance indices to optimize (its IVF lives beside it).
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+
+from infinity_assets.index.schema import DATA_FILE_BYTES
 
 #: A fragment with fewer rows than the table's divided by this is small (merged with its small neighbours).
 SMALL_DIVISOR = 8
@@ -35,16 +38,22 @@ def compact(table: Any, cleanup_older_than: timedelta) -> dict[str, int]:
     fragments = dataset.get_fragments()
     live = [f.physical_rows - f.num_deletions for f in fragments]
     small_rows = max(MIN_SMALL_ROWS, sum(live) // SMALL_DIVISOR)
-    small = {f.fragment_id for f, rows in zip(fragments, live) if rows < small_rows}
+    small = {f.fragment_id for f, rows in zip(fragments, live)
+             if rows < small_rows and _file_bytes(f) < DATA_FILE_BYTES // SMALL_DIVISOR}
     with_deletions = {f.fragment_id for f in fragments if f.num_deletions > DELETED_SHARE * f.physical_rows}
     chosen = (small if len(small) >= SMALL_FRAGMENTS else set()) | with_deletions
     done = {"fragments": len(fragments), "small": len(small), "with_deletions": len(with_deletions),
             "fragments_removed": 0, "fragments_added": 0}
     if chosen:  # the others are left out; Lance's default target keeps a rewritten large fragment whole
         metrics = dataset.optimize.compact_files(
-            materialize_deletions_threshold=DELETED_SHARE,
+            materialize_deletions_threshold=DELETED_SHARE, max_bytes_per_file=DATA_FILE_BYTES,
             excluded_fragment_ids=[f.fragment_id for f in fragments if f.fragment_id not in chosen])
         done.update(fragments_removed=metrics.fragments_removed, fragments_added=metrics.fragments_added)
     table.checkout_latest()
     table.to_lance().cleanup_old_versions(older_than=cleanup_older_than)
     return done
+
+
+def _file_bytes(fragment: Any) -> int:
+    """The bytes of a fragment's data files, as its manifest records them (0 where it does not)."""
+    return sum(data.file_size_bytes or 0 for data in fragment.data_files())

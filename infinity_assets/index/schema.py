@@ -36,6 +36,11 @@ INDEX_DIR = "index"
 #: weighed before tables move to it (2.0 was: see "Designs weighed" in docs/search-at-scale.md). A table keeps
 #: the format it was created in until it is rebuilt.
 FILE_VERSION = "2.2"
+#: The largest data file a write of an index table starts (Lance's default, 90 GB, put a 100,000-page table of
+#: ColPali pages in one 30 GB file). Smaller files make more, smaller fragments: an object store that keeps a
+#: large object as a list of chunks (SeaweedFS) pays for each range read in the object's size, and the
+#: reader's local copy proceeds, and resumes, fragment by fragment.
+DATA_FILE_BYTES = 2 * 1024**3
 #: The table of each modality (``TABLES["images"] == "images"``).
 TABLES: dict[str, str] = {modality.value: modality.table for modality in MODALITIES}
 META_MODEL = b"infinity_assets.model"
@@ -223,9 +228,33 @@ def connect(store: DocumentStore) -> Any:
 def create_table(store: DocumentStore, modality: str, rows: Any, schema: pa.Schema,
                  file_version: str = FILE_VERSION) -> Any:
     """Create, or replace in one commit, the index table of ``modality`` from ``rows``, in
-    ``file_version``."""
-    return connect(store).create_table(TABLES[modality], data=rows, schema=schema, mode="overwrite",
-                                       storage_options={"new_table_data_storage_version": file_version})
+    ``file_version``, in data files of at most about :data:`DATA_FILE_BYTES`."""
+    return write_rows(store, modality, rows, schema, "overwrite", file_version)
+
+
+def write_rows(store: DocumentStore, modality: str, rows: Any, schema: pa.Schema, mode: str,
+               file_version: str = FILE_VERSION) -> Any:
+    """Write ``rows`` to the index table of ``modality`` in one commit (``mode``: Lance's ``"overwrite"`` or
+    ``"append"``, which keeps the table's format) in data files of at most about :data:`DATA_FILE_BYTES`
+    (LanceDB's ``create_table`` and ``add`` do not take the bound; the table is Lance's either way); the
+    table, opened again."""
+    import lance
+
+    batches = rows.to_batches() if isinstance(rows, pa.Table) else rows
+    # Lance checks the bound between the batches it is given: none is larger than a 16th of it
+    pieces = pa.RecordBatchReader.from_batches(schema, _sliced(batches, DATA_FILE_BYTES // 16))
+    lance.write_dataset(pieces, f"{index_uri(store)}/{TABLES[modality]}.lance", schema, mode=mode,
+                        max_bytes_per_file=DATA_FILE_BYTES, data_storage_version=file_version,
+                        storage_options=storage_options(store) or None)
+    return connect(store).open_table(TABLES[modality])
+
+
+def _sliced(batches: Any, limit: int) -> Any:
+    """``batches`` sliced (no copy) into pieces of about ``limit`` bytes at most (a row at least)."""
+    for batch in batches:
+        rows = max(1, limit * batch.num_rows // max(1, batch.nbytes))
+        for start in range(0, batch.num_rows, rows):
+            yield batch.slice(start, rows)
 
 
 def open_table(store: DocumentStore, modality: str) -> Any | None:
