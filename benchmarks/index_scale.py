@@ -105,9 +105,9 @@ FAST_PLAID = ("does not install with torch pinned to 2.13.0: fast-plaid 1.7.0 re
 
 
 def _engine_version() -> str:
-    """The row format, default encoding and data file bound of the two-stage index: a cached build is reused by
-    any code that writes the same rows (a change of the search code, or of the first-stage sidecar, does not
-    rebuild)."""
+    """The row format, default encoding and data file bound of the two-stage index: a cached build is reused
+    by any code that writes the same rows (a change of the search code, or of the first-stage sidecar, does
+    not rebuild)."""
     from infinity_assets.index.rows import ROW_FORMAT
     from infinity_assets.index.schema import DATA_FILE_BYTES, FILE_VERSION, EncodingSettings
 

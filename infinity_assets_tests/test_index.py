@@ -294,7 +294,7 @@ def test_a_table_is_written_in_bounded_data_files_and_a_full_one_is_never_compac
     for number in range(compaction.SMALL_FRAGMENTS):
         write_artifact(store, f"s{number}", [f"s{number}-{i}" for i in range(10)])
         report = index.sync_index(store, "text", cleanup_older_than=timedelta(0))
-    assert report.compaction["fragments_removed"] == compaction.SMALL_FRAGMENTS, (report.compaction, data_files())
+    assert report.compaction["fragments_removed"] == compaction.SMALL_FRAGMENTS, report.compaction
     assert set(full) <= set(data_files()), "the compaction rewrote full data files"
     assert_index_equals_artifacts(store)
 

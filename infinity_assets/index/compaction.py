@@ -5,9 +5,10 @@ deleted. Lance's default compaction, which LanceDB's ``optimize()`` runs, counts
 under 1,048,576 rows and merges it with its small neighbours: after a sync of a few pages into a table built
 in one fragment it rewrites the whole table (26 GB for 100,000 ColPali pages). Here a fragment is small when
 it holds fewer than an eighth of the table's rows (at least :data:`MIN_SMALL_ROWS`) in data files of less than
-an eighth of :data:`~infinity_assets.index.schema.DATA_FILE_BYTES` (a table is written in files of that bound:
-a full one is never small), and the small ones are merged, again within the bound, once :data:`SMALL_FRAGMENTS` of them have accumulated, so a row is rewritten a few times in its life,
-not at every sync. A fragment whose deleted rows exceed :data:`DELETED_SHARE` of it is rewritten without
+an eighth of :data:`~infinity_assets.index.schema.DATA_FILE_BYTES` (tables are written in files of that
+bound: a full one is never small), and the small ones are merged, again within the bound, once
+:data:`SMALL_FRAGMENTS` of them have accumulated, so a row is rewritten a few times in its life, not at
+every sync. A fragment whose deleted rows exceed :data:`DELETED_SHARE` of it is rewritten without
 them (Lance's threshold), whatever its size: that is what gives their bytes back. Then versions older than
 ``cleanup_older_than`` are removed. The index has no Lance indices to optimize (its IVF lives beside it).
 """
