@@ -464,7 +464,9 @@ def s3_two_stage(pages: int, local_root: str, searches: list[tuple[str, dict[str
         options = {"endpoint_url": s3.endpoint_url, "key": s3.access_key, "secret": s3.secret_key}
         store = DocumentStore(f"s3://{bucket}/bench", **options)
         started = time.perf_counter()
-        store.fs.put(f"{local_root}/index", store.path("index"), recursive=True)
+        index_dir = Path(local_root) / "index"
+        for path in sorted(p for p in index_dir.rglob("*") if p.is_file()):  # s3fs's recursive put reads
+            store.fs.put_file(str(path), store.path(f"index/{path.relative_to(index_dir)}"))  # files at once
         upload = time.perf_counter() - started
         marker = SCRATCH / f"s3-{bucket}.json"
         marker.write_text(json.dumps({"build_seconds": None, "upload_seconds": upload}))
