@@ -39,7 +39,7 @@ FILE_VERSION = "2.2"
 #: The largest data file a write of an index table starts (Lance's default, 90 GB, put a 100,000-page table of
 #: ColPali pages in one 30 GB file). Smaller files make more, smaller fragments: an object store that keeps a
 #: large object as a list of chunks (SeaweedFS) pays for each range read in the object's size, and the
-#: reader's local copy proceeds, and resumes, fragment by fragment.
+#: reader's local copy proceeds fragment by fragment.
 DATA_FILE_BYTES = 2 * 1024**3
 #: The table of each modality (``TABLES["images"] == "images"``).
 TABLES: dict[str, str] = {modality.value: modality.table for modality in MODALITIES}
