@@ -45,7 +45,7 @@ def compact(table: Any, cleanup_older_than: timedelta) -> dict[str, int]:
     chosen = (small if len(small) >= SMALL_FRAGMENTS else set()) | with_deletions
     done = {"fragments": len(fragments), "small": len(small), "with_deletions": len(with_deletions),
             "fragments_removed": 0, "fragments_added": 0}
-    if chosen:  # the others are left out; Lance's default target keeps a rewritten large fragment whole
+    if chosen:  # the others are left out; a rewritten fragment is written in files within the bound
         metrics = dataset.optimize.compact_files(
             materialize_deletions_threshold=DELETED_SHARE, max_bytes_per_file=DATA_FILE_BYTES,
             excluded_fragment_ids=[f.fragment_id for f in fragments if f.fragment_id not in chosen])
