@@ -21,15 +21,14 @@ from infinity_assets.index.lock import WriterLock
 from infinity_assets.index.rows import encode_rows, vectors_table
 from infinity_assets.index.schema import (
     INDEX_DIR,
-    TABLES,
     EncodingSettings,
     create_table,
     index_schema,
-    index_uri,
     open_table,
     table_background,
     table_encoding,
     table_settings,
+    table_uri,
     write_rows,
 )
 from infinity_assets.index.sync import SyncReport, add_missing_columns, learn_background
@@ -53,7 +52,7 @@ def write_index(store: DocumentStore, modality: str,
     """
     started = time.monotonic()
     encoding = encoding or EncodingSettings()
-    report = SyncReport(modality=modality, uri=f"{index_uri(store)}/{TABLES[modality]}.lance", model=model,
+    report = SyncReport(modality=modality, uri=table_uri(store, modality), model=model,
                         hidden_dim=hidden_dim, encoding=encoding)
     counted = [0]
 

@@ -199,6 +199,11 @@ def index_uri(store: DocumentStore) -> str:
     return f"{store.root_uri}/{INDEX_DIR}"
 
 
+def table_uri(store: DocumentStore, modality: str) -> str:
+    """``<root>/index/<table>.lance``: where the index table of ``modality`` lives."""
+    return f"{index_uri(store)}/{TABLES[modality]}.lance"
+
+
 def storage_options(store: DocumentStore) -> dict[str, str]:
     """LanceDB ``storage_options`` for the store's S3 endpoint and credentials (empty for a local root)."""
     if not store.is_s3:
@@ -243,7 +248,7 @@ def write_rows(store: DocumentStore, modality: str, rows: Any, schema: pa.Schema
     batches = rows.to_batches() if isinstance(rows, pa.Table) else rows
     # Lance checks the bound between the batches it is given: none is larger than a 16th of it
     pieces = pa.RecordBatchReader.from_batches(schema, _sliced(batches, DATA_FILE_BYTES // 16))
-    lance.write_dataset(pieces, f"{index_uri(store)}/{TABLES[modality]}.lance", schema, mode=mode,
+    lance.write_dataset(pieces, table_uri(store, modality), schema, mode=mode,
                         max_bytes_per_file=DATA_FILE_BYTES, data_storage_version=file_version,
                         storage_options=storage_options(store) or None)
     return connect(store).open_table(TABLES[modality])

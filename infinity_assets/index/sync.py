@@ -47,16 +47,15 @@ from infinity_assets.index.rows import encode_rows, pooled_column, pooled_tokens
 from infinity_assets.index.schema import (
     INDEX_DIR,
     KEY_COLUMNS,
-    TABLES,
     VERSION_COLUMNS,
     EncodingSettings,
     create_table,
     index_schema,
-    index_uri,
     open_table,
     table_background,
     table_encoding,
     table_settings,
+    table_uri,
 )
 from infinity_assets.storage.documents import DocumentStore, is_storage_failure
 
@@ -128,7 +127,7 @@ def sync_index(
     """
     encoding = encoding or EncodingSettings()
     started = time.monotonic()
-    report = SyncReport(modality=modality, uri=f"{index_uri(store)}/{TABLES[modality]}.lance")
+    report = SyncReport(modality=modality, uri=table_uri(store, modality))
     with WriterLock(store.fs, _fs_path(store), is_s3=store.is_s3, timeout=lock_timeout) as lock:
         report.lock_wait_seconds = lock.waited
         table = open_table(store, modality)
