@@ -448,17 +448,22 @@ def s3_pages(cfg: dict[str, Any]) -> int:
     return pages
 
 
+#: Set to 1, the S3 rows move the local build to SeaweedFS instead of copying it (see :func:`s3_two_stage`).
+S3_MOVE_BUILD_VARIABLE = "INFINITY_BENCH_INDEX_S3_MOVE_BUILD"
+
+
 def s3_two_stage(pages: int, local_root: str, searches: list[tuple[str, dict[str, Any]]],
                  vectors: list[np.ndarray], exact: np.ndarray | None,
-                 known: list[int]) -> list[dict[str, Any]]:
+                 known: list[int], move_build: bool = False) -> list[dict[str, Any]]:
     """The local two-stage index of ``pages`` uploaded once, as it is, to SeaweedFS (S3), and searched there
     by each of ``searches`` (its label, more of the engine's spec), each reader making local copies of its
-    own (removed after its row)."""
+    own (removed after its row). With ``move_build`` the local build's index is removed after the upload and
+    downloaded back after the rows, so the disk holds the table twice, not three times, while the readers
+    copy it; its marker is removed meanwhile, so a run stopped before the build is back rebuilds it."""
     from infinity_assets.storage.documents import DocumentStore
     from infinity_assets_dev.seaweedfs import SeaweedFS
 
     shutil.rmtree(SCRATCH / "seaweedfs", ignore_errors=True)
-    rows = []
     with SeaweedFS(SCRATCH / "seaweedfs") as s3:
         bucket = s3.create_bucket()
         options = {"endpoint_url": s3.endpoint_url, "key": s3.access_key, "secret": s3.secret_key}
@@ -470,19 +475,45 @@ def s3_two_stage(pages: int, local_root: str, searches: list[tuple[str, dict[str
         upload = time.perf_counter() - started
         marker = SCRATCH / f"s3-{bucket}.json"
         marker.write_text(json.dumps({"build_seconds": None, "upload_seconds": upload}))
-        for label, extra in searches:
-            spec = {"engine": "two-stage", "corpus": "synthetic", "pages": pages,
-                    "root": f"s3://{bucket}/bench", "store_options": options, "marker": str(marker),
-                    "local_copy": str(SCRATCH / "seaweedfs-copies"), **extra}
-            try:
-                result = run_engine(spec, vectors, SCRATCH)
-            finally:
-                shutil.rmtree(SCRATCH / "seaweedfs-copies", ignore_errors=True)
-            choice = result.get("info", {}).get("local_copy_originals")
-            note = f"uploaded in {upload:.0f} s" + (f"; the rerank's rows: {choice}" if choice else "")
-            rows.append(_row(label, result, pages, corpora.PAGE_VECTORS, exact, known, note=note))
-            _print(rows[-1])
+        build_marker = Path(local_root) / "built.json"
+        built = build_marker.read_text() if move_build else ""
+        if move_build:
+            build_marker.unlink()
+            shutil.rmtree(index_dir)
+            print("    the local build's index removed: SeaweedFS holds it until the rows are done", flush=True)
+        try:
+            rows = _s3_rows(pages, bucket, options, marker, upload, searches, vectors, exact, known)
+        finally:
+            if move_build:
+                started = time.perf_counter()
+                for path in sorted(store.fs.find(store.path("index"))):
+                    local = index_dir / Path(path).relative_to(store.path("index"))
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    store.fs.get_file(path, str(local))
+                build_marker.write_text(built)
+                print(f"    the local build's index downloaded back in {time.perf_counter() - started:.0f} s",
+                      flush=True)
     shutil.rmtree(SCRATCH / "seaweedfs", ignore_errors=True)
+    return rows
+
+
+def _s3_rows(pages: int, bucket: str, options: dict[str, str], marker: Path, upload: float,
+             searches: list[tuple[str, dict[str, Any]]], vectors: list[np.ndarray], exact: np.ndarray | None,
+             known: list[int]) -> list[dict[str, Any]]:
+    """One row per search of :func:`s3_two_stage`, on the table uploaded to ``bucket``."""
+    rows = []
+    for label, extra in searches:
+        spec = {"engine": "two-stage", "corpus": "synthetic", "pages": pages,
+                "root": f"s3://{bucket}/bench", "store_options": options, "marker": str(marker),
+                "local_copy": str(SCRATCH / "seaweedfs-copies"), **extra}
+        try:
+            result = run_engine(spec, vectors, SCRATCH)
+        finally:
+            shutil.rmtree(SCRATCH / "seaweedfs-copies", ignore_errors=True)
+        choice = result.get("info", {}).get("local_copy_originals")
+        note = f"uploaded in {upload:.0f} s" + (f"; the rerank's rows: {choice}" if choice else "")
+        rows.append(_row(label, result, pages, corpora.PAGE_VECTORS, exact, known, note=note))
+        _print(rows[-1])
     return rows
 
 
@@ -519,7 +550,8 @@ def on_s3(cfg: dict[str, Any]) -> dict[str, Any]:
                 rows.append({"engine": label, "pages": pages, "error": error})
                 _print(rows[-1])
             continue
-        rows += s3_two_stage(pages, root, searches, vectors, exact, known)
+        rows += s3_two_stage(pages, root, searches, vectors, exact, known,
+                             move_build=os.environ.get(S3_MOVE_BUILD_VARIABLE) == "1")
     return {"rows": rows, "pages": pages, "queries": len(queries)}
 
 

@@ -107,12 +107,17 @@ def main() -> int:
     parser.add_argument("--index-s3-pages", type=int, default=None,
                         help="the synthetic table the index section's S3 rows upload to SeaweedFS and "
                              "search (one of its sizes; default the smallest); needs ~3x its size free")
+    parser.add_argument("--index-s3-move-build", action="store_true",
+                        help="the S3 rows move the local build to SeaweedFS (downloaded back after them), so "
+                             "the disk needs ~2x the table free, not ~3x, for the reader to copy it")
     parser.add_argument("--index-parts", default=None,
                         help="comma-separated parts of the index section to run (default: all); results "
                              "go to benchmarks/results/index-<pages>-<parts>/")
     args = parser.parse_args()
     if args.index_s3_pages:  # read where the S3 rows run, in this process or a part's own
         os.environ[index_scale.S3_PAGES_VARIABLE] = str(args.index_s3_pages)
+    if args.index_s3_move_build:
+        os.environ[index_scale.S3_MOVE_BUILD_VARIABLE] = "1"
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
