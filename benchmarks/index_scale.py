@@ -480,7 +480,8 @@ def s3_two_stage(pages: int, local_root: str, searches: list[tuple[str, dict[str
         if move_build:
             build_marker.unlink()
             shutil.rmtree(index_dir)
-            print("    the local build's index removed: SeaweedFS holds it until the rows are done", flush=True)
+            print("    the local build's index removed: SeaweedFS holds it until the rows are done",
+                  flush=True)
         try:
             rows = _s3_rows(pages, bucket, options, marker, upload, searches, vectors, exact, known)
         finally:
