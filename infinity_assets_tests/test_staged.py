@@ -478,6 +478,49 @@ def test_the_copys_mapped_pages_are_let_go_after_each_read(tmp_path):
 
 
 
+def test_the_rows_of_a_column_not_in_the_page_cache_are_asked_for_before_they_are_gathered(tmp_path,
+                                                                                         monkeypatch):
+    """A column the copy did not read into the page cache (no memory to spare) has every row a read gathers
+    asked of the kernel first (``MADV_WILLNEED`` over each row's pages, whatever its offset in the file),
+    all before the first is gathered; a column that was read through is gathered as it is. Answers: the
+    table's."""
+    store, rng, centres = topic_index(tmp_path, seed=13, documents=40)
+    queries = [topic_vectors(rng, centres, 3) for _ in range(4)]
+    want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
+    events: list[tuple[str, int, list[int], list[int]]] = []  # (asked / gathered, item size, starts, lengths)
+    prefetch, take_runs = local_copy._FragmentCopy.prefetch, local_copy.take_runs
+
+    def asked(copy, name, starts, lengths):
+        events.append(("asked", copy.mapped[name].itemsize, list(starts), list(lengths)))
+        prefetch(copy, name, starts, lengths)  # the real madvise: a range not starting on a page would raise
+
+    def gathered(tokens, starts, lengths):
+        events.append(("gathered", tokens.itemsize, list(starts), list(lengths)))
+        return take_runs(tokens, starts, lengths)
+
+    monkeypatch.setattr(local_copy._FragmentCopy, "prefetch", asked)
+    monkeypatch.setattr(local_copy, "take_runs", gathered)
+    for memory, warmed in ((0, set()), (1 << 40, {"bits", "pooled", "embedding"})):
+        monkeypatch.setattr(local_copy, "_available_memory", lambda: memory)
+        reader = index.IndexReader(store, "text", local_copy=str(tmp_path / f"copies-{memory}"),
+                                   copy_originals=True)
+        assert reader.staged.local_copy.originals_ready(timeout=60), reader.staged.local_copy.originals_error
+        assert set(reader.staged.local_copy.warmed) == warmed
+        for query, hits in zip(queries, want):
+            events.clear()
+            assert reader.search_staged(query, k=5, settings=PRUNING).hits == hits
+            sizes = {size for _, size, *_ in events}
+            assert len(sizes) == 3  # bits, pooled and embedding, each read once
+            for size in sizes:
+                kinds = [kind for kind, item, *_ in events if item == size]
+                runs = [run for kind, item, *run in events if item == size and kind == "asked"]
+                if warmed:
+                    assert set(kinds) == {"gathered"}
+                else:  # every run asked for, then the same runs gathered
+                    assert kinds == sorted(kinds) and kinds.count("asked") == kinds.count("gathered")
+                    assert runs == [run for kind, item, *run in events if item == size and kind == "gathered"]
+
+
 def test_auto_counts_finished_copies_of_the_rerank_rows_as_free_but_not_one_still_being_written(
         tmp_path, monkeypatch):
     """``copy_originals="auto"`` weighs the copy of ``embedding`` against the disk's free space: a finished

@@ -341,14 +341,19 @@ class LocalCopy:
         ``pooled``: ``(n, hidden_dim)`` int8; ``embedding``: ``(n, hidden_dim)`` in the table's dtype),
         document ``i`` owning ``offsets[i]:offsets[i + 1]``. Gathered
         from the memory-mapped files in one ``take`` per fragment, whose mapped pages are then let go
-        (:meth:`_FragmentCopy.release`): a read leaves nothing of the copy in the reader's memory."""
+        (:meth:`_FragmentCopy.release`): a read leaves nothing of the copy in the reader's memory. A column
+        not read into the page cache (:attr:`warmed`) has its rows' pages asked for first, all at once
+        (:meth:`_FragmentCopy.prefetch`): the gather then waits for one round of disk reads, not for one
+        read per page fault in turn."""
         name, dtype, numerator, denominator = self.columns[column]
         width = self.hidden_dim * numerator // denominator
         copies = self._embedding if column == "embedding" else self._fragments
+        runs = [(copies[number], *copies[number].ranges(local, column)) for number, local in fragment_rows]
+        if column not in self.warmed:  # on the disk: every run's read asked for before the first is gathered
+            for copy, starts, lengths in runs:
+                copy.prefetch(name, starts, lengths)
         tokens, counts = [], []
-        for number, local in fragment_rows:
-            copy = copies[number]
-            starts, lengths = copy.ranges(local, column)
+        for copy, starts, lengths in runs:
             tokens.append(take_runs(copy.mapped[name], starts, lengths))
             copy.release()
             counts.append(lengths)
@@ -411,25 +416,37 @@ class _FragmentCopy:
     def __init__(self, folder: Path, live_rows: np.ndarray, hidden_dim: int, columns: dict[str, tuple]) -> None:
         self.folder = folder
         self.offsets = {column: np.load(folder / f"{column}.offsets.npy") for column in columns}
-        self._maps: list[mmap.mmap] = []
-        self.mapped = {name: self._map(folder / name, _item(dtype, hidden_dim * numerator // denominator))
+        self._maps: dict[str, mmap.mmap] = {}
+        self.mapped = {name: self._map(name, _item(dtype, hidden_dim * numerator // denominator))
                        for name, dtype, numerator, denominator in columns.values()}
         self.hits = pa.ipc.open_file(pa.memory_map(str(folder / HITS_FILE))).read_all()
         self.rows = live_rows  # position among the fragment's live rows -> row of the copy
 
-    def _map(self, path: Path, item: str) -> np.ndarray:
-        """The file at ``path`` mapped read-only, as an array of ``item`` (an empty file: an empty array)."""
-        with open(path, "rb") as file:
+    def _map(self, name: str, item: str) -> np.ndarray:
+        """The column file ``name`` mapped read-only, as an array of ``item`` (an empty file: an empty
+        array)."""
+        with open(self.folder / name, "rb") as file:
             if os.fstat(file.fileno()).st_size == 0:
                 return np.zeros(0, item)
-            self._maps.append(mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ))
-        return np.frombuffer(self._maps[-1], item)
+            self._maps[name] = mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ)
+        return np.frombuffer(self._maps[name], item)
+
+    def prefetch(self, name: str, starts: np.ndarray, lengths: np.ndarray) -> None:
+        """Ask the kernel to read the pages of the runs ``starts[i]:starts[i] + lengths[i]`` of the column
+        file ``name`` now (``MADV_WILLNEED``: it queues the reads and returns), so that they are read
+        concurrently."""
+        mapping, item = self._maps.get(name), self.mapped[name].itemsize
+        for start, length in zip(np.asarray(starts).tolist(), np.asarray(lengths).tolist()):
+            if mapping is not None and length:
+                begin = start * item
+                aligned = begin - begin % mmap.PAGESIZE
+                mapping.madvise(mmap.MADV_WILLNEED, aligned, begin + length * item - aligned)
 
     def release(self) -> None:
         """Drop the mapped pages from the process (``MADV_DONTNEED``; the OS page cache keeps them, and the
         next read maps them again). A read maps far more than it gathers: each page fault maps the pages
         around it that the page cache holds (64 KB), so 1,500 candidates' codes map ~80 MB."""
-        for mapping in self._maps:
+        for mapping in self._maps.values():
             mapping.madvise(mmap.MADV_DONTNEED)
 
     @staticmethod
