@@ -172,11 +172,10 @@ def test_an_index_synced_through_any_sequence_of_materializations_answers_as_a_f
         fresh = fresh_build(store, tmp_path, step)
         assert index.index_rows(store, "text").equals(index.index_rows(fresh, "text")), name
         synced, rebuilt = index.IndexReader(store, "text"), index.IndexReader(fresh, "text")
-        copied = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))  # stage 3 from its copy
+        # stage 3 from its copy, the rerank from the table
+        copied = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"), copy_originals=False)
         assert copied.staged.local_copy.ready(timeout=60), copied.staged.local_copy.error
-        # a local table: the default ("auto") leaves the rerank's rows in the table, on the same disk
         assert not copied.staged.local_copy.originals and not list((tmp_path / "copies").glob("*/*/embedding.*"))
-        assert copied.staged.local_copy.originals_choice == "the table is on a local disk"
         with pytest.raises(ValueError, match="copy_originals='on': True, False or 'auto'"):
             index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"), copy_originals="on")
         # the rerank from its copy too (a directory of its own: readers of one table share one set of copied columns)
@@ -385,7 +384,8 @@ def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go
     release = threading.Event()
     warm = local_copy.LocalCopy._warm
     monkeypatch.setattr(local_copy.LocalCopy, "_warm", lambda copy, *args: release.wait(60) and warm(copy, *args))
-    reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
+    reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"),
+                               copy_originals=False)
     assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
     assert not reader.staged.local_copy.ready() and reader.staged.resident.token_bits is not None
     release.set()
@@ -394,7 +394,8 @@ def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go
     assert reader.staged.resident.token_bits is None
 
     monkeypatch.setattr(local_copy, "WARM_SHARE", 0.0)
-    unwarmed = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
+    unwarmed = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"),
+                                 copy_originals=False)
     assert unwarmed.staged.local_copy.ready(timeout=60) and unwarmed.staged.local_copy.warmed == ()
     assert [unwarmed.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
 
@@ -402,7 +403,8 @@ def test_a_reader_holds_stage_2s_codes_until_its_copy_is_ready_then_lets_them_go
     bits_bytes = (folder / "bits.u1").stat().st_size
     monkeypatch.setattr(local_copy, "WARM_SHARE", 1.0)
     monkeypatch.setattr(local_copy, "_available_memory", lambda: bits_bytes + 1)
-    partly = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
+    partly = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"),
+                               copy_originals=False)
     assert partly.staged.local_copy.ready(timeout=60) and partly.staged.local_copy.warmed == ("bits",)
 
 
@@ -464,7 +466,8 @@ def test_the_copys_mapped_pages_are_let_go_after_each_read(tmp_path):
     store, rng, centres = topic_index(tmp_path, seed=11, documents=40)
     queries = [topic_vectors(rng, centres, 3) for _ in range(4)]
     want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
-    reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"))
+    reader = index.IndexReader(store, "text", local_copy=str(tmp_path / "copies"),
+                               copy_originals=False)
     assert reader.staged.local_copy.ready(timeout=60), reader.staged.local_copy.error
     (folder,) = [f for f in (tmp_path / "copies").glob("*/*") if f.is_dir()]
     for query, hits in zip(queries, want):
@@ -547,8 +550,32 @@ def test_auto_counts_finished_copies_of_the_rerank_rows_as_free_but_not_one_stil
     fits, why, _ = local_copy.originals_fit(s3, tmp_path, 240, promised=200)  # another copy's
     assert not fits and why.endswith("0.0 GB of it promised to other copies being made)")
     for local in (str(tmp_path / "text.lance"), f"file://{tmp_path}/text.lance"):
-        assert local_copy.originals_fit(types.SimpleNamespace(uri=local), tmp_path, 240) == (
-            False, "the table is on a local disk", 0)
+        table = types.SimpleNamespace(uri=local)
+        assert local_copy.originals_fit(table, tmp_path, 240, page_cache=239) == (
+            False, "the table is on a local disk and its rerank rows (0.0 GB) do not fit in the page cache with "
+                   "the rest of the copy (0.0 GB left of 50% of the memory available)", 0)
+        assert local_copy.originals_fit(table, tmp_path, 240, page_cache=240)[::2] == (True, 0)
+        assert local_copy.originals_fit(table, tmp_path, 240, local_too=True)[::2] == (True, 0)
+
+
+def test_auto_copies_a_local_tables_rerank_rows_when_the_whole_copy_fits_in_the_page_cache(tmp_path, monkeypatch):
+    """A local table's rerank rows are on a local disk already: ``auto`` copies them only for a table small
+    enough that the whole copy is read into the page cache (the rerank then gathers them from memory, not
+    through the table), and says why it does not otherwise. Answers: the table's either way."""
+    store, rng, centres = topic_index(tmp_path, seed=15, documents=30)
+    queries = [topic_vectors(rng, centres, 3) for _ in range(3)]
+    want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
+    sizes = column_bytes(index.open_table(store, "text").to_lance())
+    copy = sizes["bits"] + sizes["pooled"]
+    for memory, copied in ((2 * (copy + sizes["embedding"]), True), (2 * (copy + sizes["embedding"]) - 2, False)):
+        monkeypatch.setattr(local_copy, "_available_memory", lambda: memory)
+        reader = index.IndexReader(store, "text", local_copy=str(tmp_path / f"copies-{memory}"))
+        reader.staged.local_copy.originals_ready(timeout=60)
+        assert reader.staged.local_copy.originals is copied, reader.staged.local_copy.originals_choice
+        assert reader.staged.local_copy.originals_choice.startswith(
+            "the table is on a local disk and its rerank rows (0.0 GB) " + ("fit" if copied else "do not fit"))
+        assert set(reader.staged.local_copy.warmed) == {"bits", "pooled"} | ({"embedding"} if copied else set())
+        assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
 
 
 def test_a_copy_that_would_take_the_disks_reserve_is_not_made_and_the_search_reads_the_table(

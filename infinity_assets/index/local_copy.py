@@ -6,9 +6,11 @@ cross the network per query, and on a local disk a read skips Lance's per-call c
 table's dtype of them), the copy holds ``embedding`` too (the rerank's unit vectors: ~265 KB per ColPali page
 in float16, the size of the table itself), copied once the rest is ready (so stages 2-3 do not wait for it),
 and from then on the rerank reads it from here: no query goes through the table. By default (``auto``) it does
-so only for a table on object storage, and only when the copy leaves :data:`RESERVE_SHARE` of its disk free
-(:func:`originals_fit`; the copies of other tables still being made, by any process, counted as used): there
-the rerank's rows would otherwise cross the network per query. A reader reads stage 2's codes from here too
+so for a table on object storage, where the rerank's rows would otherwise cross the network per query, and
+for a local table small enough that the whole copy, ``embedding`` with it, is read into the page cache (then
+the rerank gathers its rows from memory instead of through Lance's per-call cost); in either case only when
+the copy leaves :data:`RESERVE_SHARE` of its disk free (:func:`originals_fit`; the copies of other tables
+still being made, by any process, counted as used). A reader reads stage 2's codes from here too
 (unless ``hold_bits=True``): they stay in the OS page cache, shared by every process that reads the copy,
 instead of each reader's memory: the pages a read maps are let go when it returns. No copy is made that
 would leave less than :data:`RESERVE_SHARE` of its disk free (:func:`disk_room`): the search then reads the
@@ -192,19 +194,24 @@ def disk_room(root: Path, needed: int, copied: int, promised: int = 0) -> tuple[
             f"({disk.free / 1e9:.1f} GB free{others})"), adds
 
 
-def originals_fit(dataset: Any, root: Path, needed: int, promised: int = 0,
-                  local_too: bool = False) -> tuple[bool, str, int]:
+def originals_fit(dataset: Any, root: Path, needed: int, promised: int = 0, local_too: bool = False,
+                  page_cache: float = 0.0) -> tuple[bool, str, int]:
     """Whether an ``auto`` copy takes ``embedding`` (``needed`` bytes in the table) too, why, and the bytes
-    it would add to the disk: only for a table on object storage (a local table's rows are read from the
-    local disk anyway; ``local_too``: for any table), and only when the copy leaves :data:`RESERVE_SHARE` of
-    the disk under ``root`` free (:func:`disk_room`: the finished copies of it there count as free, since
-    those this version does not use are removed before it is copied; ``promised`` bytes count as used)."""
-    if not local_too and ("://" not in str(dataset.uri) or str(dataset.uri).startswith("file://")):
-        return False, "the table is on a local disk", 0
+    it would add to the disk: for a table on object storage; for a local table (whose rows are on a local
+    disk already) only when they fit in the ``page_cache`` bytes the copy may still read into the OS page
+    cache (``local_too``: whatever their size); and only when the copy leaves :data:`RESERVE_SHARE` of the
+    disk under ``root`` free (:func:`disk_room`: the finished copies of it there count as free, since those
+    this version does not use are removed before it is copied; ``promised`` bytes count as used)."""
+    local = "://" not in str(dataset.uri) or str(dataset.uri).startswith("file://")
+    size = f"its rerank rows ({needed / 1e9:.1f} GB)"
+    if local and not local_too and needed > page_cache:
+        return False, (f"the table is on a local disk and {size} do not fit in the page cache with the rest of "
+                       f"the copy ({max(page_cache, 0) / 1e9:.1f} GB left of {WARM_SHARE:.0%} of the memory available)"), 0
     why, adds = disk_room(root, needed, _copied(_finished(root), "embedding.*"), promised)
     if why:
         return False, f"copying the rerank's rows needs {needed / 1e9:.1f} GB and {why}", adds
-    return True, f"the table is on object storage and its rerank rows ({needed / 1e9:.1f} GB) fit", adds
+    where = "on a local disk and {} fit in the page cache" if local else "on object storage and {} fit"
+    return True, f"the table is {where.format(size)}", adds
 
 
 def table_folder(directory: str | Path, table_uri: str) -> Path:
@@ -319,8 +326,10 @@ class LocalCopy:
                 raise OSError(f"the copy of the columns stages 2-3 read needs {needed / 1e9:.1f} GB and "
                               f"{why}")
             if embedding:
+                page_cache = self._budget - sum(sizes.get(name, 0) for name in COLUMNS)  # after bits, pooled
                 fits, choice, more = originals_fit(self.dataset, self.root, sizes["embedding"],
-                                                   elsewhere + adds, local_too=not self._auto)
+                                                   elsewhere + adds, local_too=not self._auto,
+                                                   page_cache=page_cache)
                 if self._auto or not fits:
                     self.originals_choice = choice if self._auto else f"{self.originals_choice}, but {choice}"
                 self._wanted = fits

@@ -57,7 +57,8 @@ class IndexReader:
     table. With a copy, stage 2's codes are read from it once it is ready, not held in memory, unless
     ``hold_bits=True``; with ``copy_originals=True`` the copy holds the rerank's ``embedding`` rows too
     (about the table's size again) where they leave the disk's reserve, and no query reads the table;
-    ``"auto"`` (the default) does so only for a table on object storage whose rows fit on the copy's disk
+    ``"auto"`` (the default) does so for a table on object storage, and for a local one whose copy fits in
+    the page cache, where the rows fit on the copy's disk
     (:func:`~infinity_assets.index.local_copy.originals_fit`); False: never.
     Opening one caps the process's malloc arenas (:func:`~infinity_assets.client.allocator.limit_arenas`).
 

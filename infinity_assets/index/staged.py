@@ -133,8 +133,9 @@ class StagedSearch:
     the ``bits`` and ``pooled`` columns are copied for stages 2 and 3
     (:class:`~infinity_assets.index.local_copy.LocalCopy`, made in the background; until it is ready stage 3
     reads the table), None: no copy; ``copy_originals``: the copy holds ``embedding`` too, and the rerank
-    reads its rows there (about the table's size again on local disk), ``"auto"``: only for a table on object
-    storage whose rows fit (:func:`~infinity_assets.index.local_copy.originals_fit`); ``hold_bits``: stage 2's
+    reads its rows there (about the table's size again on local disk), ``"auto"``: for a table on object
+    storage, or a local one whose copy fits in the page cache, where the rows fit on the disk
+    (:func:`~infinity_assets.index.local_copy.originals_fit`); ``hold_bits``: stage 2's
     codes held in memory (True) or, with a copy, read from it per query once it is ready (False; held until
     then, and for good if it cannot be made)."""
 
