@@ -552,13 +552,14 @@ def test_auto_counts_finished_copies_of_the_rerank_rows_as_free_but_not_one_stil
     for local in (str(tmp_path / "text.lance"), f"file://{tmp_path}/text.lance"):
         table = types.SimpleNamespace(uri=local)
         assert local_copy.originals_fit(table, tmp_path, 240, page_cache=239) == (
-            False, "the table is on a local disk and its rerank rows (0.0 GB) do not fit in the page cache with "
-                   "the rest of the copy (0.0 GB left of 50% of the memory available)", 0)
+            False, "the table is on a local disk and its rerank rows (0.0 GB) do not fit in the page cache "
+                   "with the rest of the copy (0.0 GB left of 50% of the memory available)", 0)
         assert local_copy.originals_fit(table, tmp_path, 240, page_cache=240)[::2] == (True, 0)
         assert local_copy.originals_fit(table, tmp_path, 240, local_too=True)[::2] == (True, 0)
 
 
-def test_auto_copies_a_local_tables_rerank_rows_when_the_whole_copy_fits_in_the_page_cache(tmp_path, monkeypatch):
+def test_auto_copies_a_local_tables_rerank_rows_when_the_whole_copy_fits_in_the_page_cache(tmp_path,
+                                                                                            monkeypatch):
     """A local table's rerank rows are on a local disk already: ``auto`` copies them only for a table small
     enough that the whole copy is read into the page cache (the rerank then gathers them from memory, not
     through the table), and says why it does not otherwise. Answers: the table's either way."""
@@ -566,15 +567,16 @@ def test_auto_copies_a_local_tables_rerank_rows_when_the_whole_copy_fits_in_the_
     queries = [topic_vectors(rng, centres, 3) for _ in range(3)]
     want = [index.IndexReader(store, "text").search_staged(q, k=5, settings=PRUNING).hits for q in queries]
     sizes = column_bytes(index.open_table(store, "text").to_lance())
-    copy = sizes["bits"] + sizes["pooled"]
-    for memory, copied in ((2 * (copy + sizes["embedding"]), True), (2 * (copy + sizes["embedding"]) - 2, False)):
+    whole = sizes["bits"] + sizes["pooled"] + sizes["embedding"]
+    for memory, copied in ((2 * whole, True), (2 * whole - 2, False)):  # WARM_SHARE: half of it
         monkeypatch.setattr(local_copy, "_available_memory", lambda: memory)
         reader = index.IndexReader(store, "text", local_copy=str(tmp_path / f"copies-{memory}"))
         reader.staged.local_copy.originals_ready(timeout=60)
         assert reader.staged.local_copy.originals is copied, reader.staged.local_copy.originals_choice
         assert reader.staged.local_copy.originals_choice.startswith(
             "the table is on a local disk and its rerank rows (0.0 GB) " + ("fit" if copied else "do not fit"))
-        assert set(reader.staged.local_copy.warmed) == {"bits", "pooled"} | ({"embedding"} if copied else set())
+        warmed = {"bits", "pooled", "embedding"} if copied else {"bits", "pooled"}
+        assert set(reader.staged.local_copy.warmed) == warmed
         assert [reader.search_staged(q, k=5, settings=PRUNING).hits for q in queries] == want
 
 

@@ -205,8 +205,9 @@ def originals_fit(dataset: Any, root: Path, needed: int, promised: int = 0, loca
     local = "://" not in str(dataset.uri) or str(dataset.uri).startswith("file://")
     size = f"its rerank rows ({needed / 1e9:.1f} GB)"
     if local and not local_too and needed > page_cache:
-        return False, (f"the table is on a local disk and {size} do not fit in the page cache with the rest of "
-                       f"the copy ({max(page_cache, 0) / 1e9:.1f} GB left of {WARM_SHARE:.0%} of the memory available)"), 0
+        left = f"{max(page_cache, 0) / 1e9:.1f} GB left of {WARM_SHARE:.0%} of the memory available"
+        return False, (f"the table is on a local disk and {size} do not fit in the page cache with the rest "
+                       f"of the copy ({left})"), 0
     why, adds = disk_room(root, needed, _copied(_finished(root), "embedding.*"), promised)
     if why:
         return False, f"copying the rerank's rows needs {needed / 1e9:.1f} GB and {why}", adds
