@@ -211,8 +211,10 @@ def originals_fit(dataset: Any, root: Path, needed: int, promised: int = 0, loca
     why, adds = disk_room(root, needed, _copied(_finished(root), "embedding.*"), promised)
     if why:
         return False, f"copying the rerank's rows needs {needed / 1e9:.1f} GB and {why}", adds
-    where = "on a local disk and {} fit in the page cache" if local else "on object storage and {} fit"
-    return True, f"the table is {where.format(size)}", adds
+    if not local:
+        return True, f"the table is on object storage and {size} fit", adds
+    where = "" if local_too else " in the page cache"
+    return True, f"the table is on a local disk and {size} fit{where}", adds
 
 
 def table_folder(directory: str | Path, table_uri: str) -> Path:
@@ -446,8 +448,10 @@ class _FragmentCopy:
         file ``name`` now (``MADV_WILLNEED``: it queues the reads and returns), so that they are read
         concurrently."""
         mapping, item = self._maps.get(name), self.mapped[name].itemsize
+        if mapping is None:  # an empty file: nothing to read
+            return
         for start, length in zip(np.asarray(starts).tolist(), np.asarray(lengths).tolist()):
-            if mapping is not None and length:
+            if length:
                 begin = start * item
                 aligned = begin - begin % mmap.PAGESIZE
                 mapping.madvise(mmap.MADV_WILLNEED, aligned, begin + length * item - aligned)
